@@ -1,0 +1,3 @@
+from kdtemp.cli import main
+
+main()

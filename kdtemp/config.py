@@ -1,0 +1,466 @@
+"""Experiment configuration: one pydantic model per YAML section.
+
+Every key has its default here and nowhere else, so a YAML file states only what it changes; an
+unknown key, a wrong type or an out-of-range value is a `ConfigError` naming the key and the file
+(or the command-line option that set it).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from kdtemp.errors import ConfigError
+
+DATASETS = ("mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100")
+RESNET_ARCHS = (
+    "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+    "resnet8x4", "resnet32x4",
+)
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, and a validated config never changes under our feet."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_safe_name(value: str, what: str) -> str:
+    """A name that becomes a directory: letters, digits, '.', '_', '-'; no separators, no '..'."""
+    if not SAFE_NAME.match(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} is not a safe directory name: use letters, digits, '.', '_' and '-' "
+            "(no '/', no '..', at most 100 characters)"
+        )
+    return value
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+class DataConfig(StrictModel):
+    dataset: Literal["mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100"] = "mnist1d"
+    root: Path = Path("data")
+    """Where generated, cached or downloaded datasets live."""
+    batch_size: PositiveInt = 128
+    """Training batch size, unless teacher/student set their own."""
+    eval_batch_size: PositiveInt = 1000
+    augment: bool = False
+    """Random crop (padding 4) and horizontal flip of training images, drawn on the device."""
+    download: bool = True
+    """Let torchvision download mnist, fashion-mnist and CIFAR when no local copy exists."""
+
+
+# --- models and their training ---------------------------------------------------------------
+
+
+class TrainingSettings(StrictModel):
+    """How one network (teacher or student) is optimised."""
+
+    epochs: PositiveInt = 30
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    """sgd uses Nesterov momentum when momentum > 0."""
+    lr: PositiveFloat = 0.1
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: NonNegativeFloat = 5e-4
+    batch_size: PositiveInt | None = None
+    """None takes data.batch_size."""
+    lr_schedule: Literal["constant", "cosine", "multistep"] = "cosine"
+    lr_milestones: list[PositiveInt] = []
+    """Epochs at which multistep multiplies the learning rate by lr_gamma."""
+    lr_gamma: PositiveFloat = 0.1
+    seed: NonNegativeInt = 0
+    """Teacher only: students take their seeds from kd.seeds."""
+
+
+class MLPSpec(TrainingSettings):
+    arch: Literal["mlp"] = "mlp"
+    hidden: list[PositiveInt] = [256, 256]
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class CNNSpec(TrainingSettings):
+    """conv-BN-ReLU-maxpool blocks, then fc-ReLU-dropout-fc; Conv1d for sequences, Conv2d for images."""
+
+    arch: Literal["cnn"] = "cnn"
+    channels: Annotated[list[PositiveInt], Field(min_length=1)] = [32, 64]
+    kernel_size: PositiveInt = 3
+    hidden: PositiveInt = 256
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5
+
+
+class ResNetSpec(TrainingSettings):
+    """CIFAR ResNets of the RepDistiller family (He et al. 2016; 'x4' = four times the width)."""
+
+    arch: Literal[RESNET_ARCHS]  # type: ignore[valid-type]
+
+
+ModelSpec = Annotated[Union[MLPSpec, CNNSpec, ResNetSpec], Field(discriminator="arch")]
+
+
+def architecture_of(spec: ModelSpec) -> dict:
+    """The fields that shape the network (arch and its kwargs), not how it is trained."""
+    return spec.model_dump(mode="json", exclude=set(TrainingSettings.model_fields))
+
+
+def _with_default_arch(value: Any, arch: str) -> Any:
+    if isinstance(value, dict) and "arch" not in value:
+        return {"arch": arch, **value}
+    return value
+
+
+# --- temperature schedules ---------------------------------------------------------------------
+
+
+class ScheduleBase(StrictModel):
+    """What every schedule accepts: clamps, how often T changes, and a label for tables."""
+
+    t_min: PositiveFloat | None = None
+    t_max: PositiveFloat | None = None
+    granularity: Literal["epoch", "step"] = "epoch"
+    label: str | None = None
+    """Name in CSVs and tables; defaults to the schedule name (plus its parameters if repeated)."""
+
+    @model_validator(mode="after")
+    def _clamps_ordered(self):
+        if self.t_min is not None and self.t_max is not None and self.t_min > self.t_max:
+            raise ValueError(f"t_min ({self.t_min}) is above t_max ({self.t_max})")
+        return self
+
+
+class ConstantSchedule(ScheduleBase):
+    name: Literal["constant"] = "constant"
+
+
+class LinearSchedule(ScheduleBase):
+    name: Literal["linear"] = "linear"
+    t_end: PositiveFloat = 1.0
+
+
+class ExpSchedule(ScheduleBase):
+    """T = t0 * gamma**epoch, or T = t0 * final_ratio**progress when final_ratio is given."""
+
+    name: Literal["exp"] = "exp"
+    gamma: PositiveFloat | None = None
+    final_ratio: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _gamma_or_ratio(self):
+        if self.gamma is not None and self.final_ratio is not None:
+            raise ValueError("give gamma or final_ratio, not both")
+        return self
+
+
+class CosineSchedule(ScheduleBase):
+    name: Literal["cosine"] = "cosine"
+    t_end: PositiveFloat = 1.0
+
+
+class StepSchedule(ScheduleBase):
+    name: Literal["step"] = "step"
+    milestones: list[NonNegativeInt] = []
+    factor: PositiveFloat = 0.5
+
+
+class StagesSchedule(ScheduleBase):
+    """Piecewise-constant absolute temperatures: [[start_progress, T], ...], first start 0."""
+
+    name: Literal["stages"] = "stages"
+    stages: Annotated[
+        list[tuple[Annotated[float, Field(ge=0, le=1)], PositiveFloat]], Field(min_length=1)
+    ] = [(0.0, 1.0), (0.3, 3.0), (0.8, 1.5)]
+
+    @field_validator("stages")
+    @classmethod
+    def _starts_increase(cls, stages):
+        starts = [start for start, _ in stages]
+        if starts[0] != 0:
+            raise ValueError("the first stage must start at progress 0")
+        if any(b <= a for a, b in zip(starts, starts[1:])):
+            raise ValueError("stage starts must increase")
+        return stages
+
+
+class LearnableSchedule(ScheduleBase):
+    """CTKD (Li et al. 2023): T = t_min + t_range * sigmoid(theta), theta trained adversarially."""
+
+    name: Literal["learnable"] = "learnable"
+    t_min: PositiveFloat = 1.0
+    t_range: PositiveFloat = 20.0
+    lambda_max: NonNegativeFloat = 1.0
+    curriculum_epochs: PositiveInt = 10
+    penalty: NonNegativeFloat = 0.0
+    """Weight of penalty * (T - t_target)**2, the regularised variant; 0 = off."""
+    t_target: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _penalty_has_target(self):
+        if self.penalty > 0 and self.t_target is None:
+            raise ValueError("penalty needs t_target (the temperature it pulls towards)")
+        return self
+
+
+class LogitStdSchedule(ScheduleBase):
+    """Per-sample temperature from z-scored logits (Sun et al. 2024 logit standardization)."""
+
+    name: Literal["logit-std"] = "logit-std"
+
+
+SCHEDULE_CLASSES = (
+    ConstantSchedule, LinearSchedule, ExpSchedule, CosineSchedule, StepSchedule,
+    StagesSchedule, LearnableSchedule, LogitStdSchedule,
+)
+SCHEDULE_NAMES = tuple(cls.model_fields["name"].default for cls in SCHEDULE_CLASSES)
+
+ScheduleSpec = Annotated[
+    Union[
+        ConstantSchedule, LinearSchedule, ExpSchedule, CosineSchedule, StepSchedule,
+        StagesSchedule, LearnableSchedule, LogitStdSchedule,
+    ],
+    Field(discriminator="name"),
+]
+
+
+# --- distillation ------------------------------------------------------------------------------
+
+
+class KDConfig(StrictModel):
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
+    """Weight of the distillation term: (1 - alpha) * CE + alpha * T^2 * KL. (torchdistill's alpha is the CE weight.)"""
+    temperatures: Annotated[list[PositiveFloat], Field(min_length=1)] = [1.0, 2.0, 4.0, 8.0]
+    seeds: Annotated[list[NonNegativeInt], Field(min_length=1)] = [0, 1, 2]
+    schedules: Annotated[list[ScheduleSpec], Field(min_length=1)] = [ConstantSchedule()]
+    baseline: bool = True
+    """Also train one no-KD student per seed (schedule 'none', alpha 0)."""
+
+    @field_validator("schedules", mode="before")
+    @classmethod
+    def _bare_names(cls, value):
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("temperatures", "seeds")
+    @classmethod
+    def _unique(cls, values):
+        return list(dict.fromkeys(values))
+
+
+# --- the sweep engine ----------------------------------------------------------------------------
+
+
+class TrainConfig(StrictModel):
+    max_group_size: PositiveInt | None = None
+    """Most student runs trained at once in one stacked model; None = as many as fit in memory."""
+    amp: bool | None = None
+    """bf16 autocast for forward passes; None = on for CUDA, off for CPU."""
+    clip_grad_norm: PositiveFloat | None = None
+
+
+# --- the whole experiment ----------------------------------------------------------------------
+
+
+class ExperimentConfig(StrictModel):
+    name: str = "default"
+    runs_dir: Path = Path("runs")
+    device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
+    data: DataConfig = DataConfig()
+    teacher: ModelSpec = CNNSpec()
+    student: ModelSpec = MLPSpec()
+    kd: KDConfig = KDConfig()
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value):
+        return check_safe_name(value, "name")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value):
+        if not DEVICE.match(value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_arch(cls, value):
+        return _with_default_arch(value, "cnn")
+
+    @field_validator("student", mode="before")
+    @classmethod
+    def _student_arch(cls, value):
+        value = _with_default_arch(value, "mlp")
+        if isinstance(value, dict) and "seed" in value:
+            raise ValueError("students take their seeds from kd.seeds; remove student.seed")
+        return value
+
+    @property
+    def experiment_dir(self) -> Path:
+        return self.runs_dir / self.name
+
+    def teacher_batch_size(self) -> int:
+        return self.teacher.batch_size or self.data.batch_size
+
+    def student_batch_size(self) -> int:
+        return self.student.batch_size or self.data.batch_size
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def parse_number_list(text: str, option: str, kind: type = float) -> list:
+    """'1,3,5' -> [1.0, 3.0, 5.0], with errors that say which item is wrong and what to type."""
+    example = "1,3,5,10" if kind is float else "0,1,2"
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(item == "" for item in items):
+        raise ConfigError(f"{option}: empty list {text!r}; give comma-separated numbers like {example}")
+    values = []
+    for item in items:
+        try:
+            values.append(kind(item))
+        except ValueError:
+            noun = "a number" if kind is float else "a whole number"
+            raise ConfigError(f"{option}: {item!r} is not {noun}; give comma-separated numbers like {example}") from None
+    return values
+
+
+def parse_name_list(text: str, option: str) -> list[str]:
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(item == "" for item in items):
+        raise ConfigError(f"{option}: empty list {text!r}; give comma-separated names")
+    return items
+
+
+def read_yaml(path: Path) -> dict:
+    """Parse a YAML config (safe_load only) into a dict; an empty file is an empty dict."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}; pass an existing YAML file (see configs/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: cannot parse YAML{where}: {problem}; fix the syntax") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; pass a YAML config") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, kd:, ...), got {type(data).__name__}")
+    return data
+
+
+def set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted_key.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {} if child is None else child
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def load_config(path: Path | None = None, overrides: dict[str, tuple[Any, str]] | None = None) -> ExperimentConfig:
+    """Read `path` (or only the defaults), apply overrides {dotted.key: (value, option)} and validate.
+
+    The experiment name defaults to the file's stem, or 'default' without a file.
+    """
+    tree = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
+    if path is not None and "name" not in tree:
+        tree["name"] = path.stem
+    options: dict[str, str] = {}
+    for dotted_key, (value, option) in (overrides or {}).items():
+        set_dotted(tree, dotted_key, value)
+        options[dotted_key] = option
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source, options)) from None
+
+
+def config_to_dict(config: ExperimentConfig) -> dict:
+    """Plain-data form (paths as strings) for YAML files and hashing."""
+    return config.model_dump(mode="json")
+
+
+# --- turning pydantic errors into one actionable line -------------------------------------------
+
+_UNION_TAGS = set(SCHEDULE_NAMES) | {"mlp", "cnn", *RESNET_ARCHS}
+_UNION_FIELDS = {"teacher", "student"}
+_UNION_LISTS = {"schedules", "teachers"}
+
+
+def _all_field_names() -> set[str]:
+    names: set[str] = set()
+    classes = [ExperimentConfig, DataConfig, KDConfig, TrainConfig, MLPSpec, CNNSpec, ResNetSpec, *SCHEDULE_CLASSES]
+    for cls in classes:
+        names.update(cls.model_fields)
+    return names
+
+
+def _readable_loc(loc: tuple) -> str:
+    parts: list[str] = []
+    for index, part in enumerate(loc):
+        prev = loc[index - 1] if index >= 1 else None
+        prev2 = loc[index - 2] if index >= 2 else None
+        is_tag = isinstance(part, str) and part in _UNION_TAGS and (
+            prev in _UNION_FIELDS or (isinstance(prev, int) and prev2 in _UNION_LISTS)
+        )
+        if is_tag:
+            continue
+        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return "".join(parts).lstrip(".")
+
+
+def describe_validation_error(exc: ValidationError, source: str, options: dict[str, str]) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    key = _readable_loc(first["loc"])
+    option = next((flag for dotted, flag in options.items() if key == dotted or key.startswith(dotted + "[")), None)
+    where = option if option else f"{source}: {key}" if key else source
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        leaf = str(first["loc"][-1])
+        close = difflib.get_close_matches(leaf, sorted(_all_field_names()), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else "; remove it (see the config reference in README.md)"
+        message = f"{source}: unknown key '{key}'{hint}"
+    elif kind == "union_tag_invalid":
+        ctx = first.get("ctx", {})
+        message = f"{where}: unknown {ctx.get('discriminator', 'name').strip(chr(39))} {ctx.get('tag')!r}; choose one of {ctx.get('expected_tags')}"
+    elif kind == "missing":
+        message = f"{where}: required key is missing"
+    else:
+        text = first["msg"]
+        text = text.removeprefix("Value error, ")
+        got = first.get("input")
+        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+        message = f"{where}: {text[0].lower() + text[1:]}{shown}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return message
