@@ -1,0 +1,131 @@
+"""Where a temperature is computed: schedules as pure functions of training progress.
+
+With E student epochs and 0-based epoch e, progress is p = e / (E - 1) (0 when E = 1). A schedule
+with `granularity: step` evaluates the same formula at p = step / (total_steps - 1), and its
+epoch-based formulas (exp's gamma, step's milestones) at the fractional epoch p * (E - 1).
+
+- constant   T = t0
+- linear     T = t0 + (t_end - t0) * p
+- exp        T = t0 * gamma**e, or t0 * final_ratio**p
+- cosine     T = t_end + (t0 - t_end) * (1 + cos(pi * p)) / 2
+- step       T = t0 * factor**(number of milestones <= e)
+- stages     piecewise-constant absolute temperatures [[start_progress, T], ...]
+- learnable  T = t_min + t_range * sigmoid(theta), theta trained through a gradient-reversal layer
+             whose weight follows a cosine curriculum from 0 to -lambda_max (CTKD, Li et al. 2023)
+- logit-std  T = t0 on z-scored logits: a per-sample effective temperature t0 * std(logits)
+             (Sun et al. 2024); the z-scoring itself is `losses.standardize_logits`
+
+Any schedule may be clamped to [t_min, t_max].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kdtemp.config import (
+    ConstantSchedule, CosineSchedule, ExpSchedule, LearnableSchedule, LinearSchedule, LogitStdSchedule,
+    ScheduleSpec, StagesSchedule, StepSchedule,
+)
+
+DEFAULT_GAMMA = 0.9
+LOW_TEMPERATURE = 0.5
+
+
+def progress(epoch: int, epochs: int) -> float:
+    """p = e / (E - 1), and 0 for a one-epoch run."""
+    return 0.0 if epochs <= 1 else epoch / (epochs - 1)
+
+
+def scheduled_temperature(schedule: ScheduleSpec, t0: float, p: float, epoch: float) -> float:
+    """T at progress p (and the matching possibly fractional epoch), clamps applied.
+
+    For `learnable` this is the starting temperature; the trained value lives in the engine.
+    """
+    if isinstance(schedule, (ConstantSchedule, LogitStdSchedule, LearnableSchedule)):
+        value = t0
+    elif isinstance(schedule, LinearSchedule):
+        value = t0 + (schedule.t_end - t0) * p
+    elif isinstance(schedule, ExpSchedule):
+        if schedule.final_ratio is not None:
+            value = t0 * schedule.final_ratio ** p
+        else:
+            value = t0 * (schedule.gamma if schedule.gamma is not None else DEFAULT_GAMMA) ** epoch
+    elif isinstance(schedule, CosineSchedule):
+        value = schedule.t_end + (t0 - schedule.t_end) * (1 + math.cos(math.pi * p)) / 2
+    elif isinstance(schedule, StepSchedule):
+        passed = sum(1 for milestone in schedule.milestones if milestone <= epoch)
+        value = t0 * schedule.factor ** passed
+    elif isinstance(schedule, StagesSchedule):
+        value = schedule.stages[0][1]
+        for start, temperature in schedule.stages:
+            if p >= start:
+                value = temperature
+    else:  # pragma: no cover - the config's union is exhaustive
+        raise TypeError(f"unknown schedule {schedule!r}")
+    return clamp(schedule, value)
+
+
+def clamp(schedule: ScheduleSpec, value: float) -> float:
+    if schedule.t_min is not None:
+        value = max(value, schedule.t_min)
+    if schedule.t_max is not None:
+        value = min(value, schedule.t_max)
+    return value
+
+
+def temperature_table(schedule: ScheduleSpec, t0: float, epochs: int, steps_per_epoch: int) -> torch.Tensor:
+    """The temperature for every optimisation step of a run, shape (epochs * steps_per_epoch,).
+
+    Precomputed so the engine reads T by indexing a device tensor, never by asking the host.
+    """
+    total = epochs * steps_per_epoch
+    values = []
+    for step in range(total):
+        epoch = step // steps_per_epoch
+        if schedule.granularity == "step":
+            p = 0.0 if total <= 1 else step / (total - 1)
+            values.append(scheduled_temperature(schedule, t0, p, p * (epochs - 1)))
+        else:
+            values.append(scheduled_temperature(schedule, t0, progress(epoch, epochs), epoch))
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def epoch_temperatures(schedule: ScheduleSpec, t0: float, epochs: int) -> list[float]:
+    """T per epoch at epoch granularity: what a reader checks the CSV against."""
+    return [scheduled_temperature(schedule, t0, progress(e, epochs), e) for e in range(epochs)]
+
+
+def lowest_temperature(schedule: ScheduleSpec, t0: float, epochs: int, steps_per_epoch: int) -> float:
+    if isinstance(schedule, LearnableSchedule):
+        return schedule.t_min
+    return float(temperature_table(schedule, t0, epochs, steps_per_epoch).min())
+
+
+# --- learnable temperature (CTKD) ----------------------------------------------------------------
+
+
+def reversal_weight(schedule: LearnableSchedule, epoch: int) -> float:
+    """Gradient-reversal weight: a cosine ramp from 0 at epoch 0 to -lambda_max at curriculum_epochs."""
+    ramp = min(epoch, schedule.curriculum_epochs) / schedule.curriculum_epochs
+    return -schedule.lambda_max * (1 - math.cos(math.pi * ramp)) / 2
+
+
+def initial_theta(schedule: LearnableSchedule, t0: float) -> float:
+    """theta such that t_min + t_range * sigmoid(theta) = t0, t0 held 1% inside the range's ends."""
+    fraction = (t0 - schedule.t_min) / schedule.t_range
+    fraction = min(max(fraction, 0.01), 0.99)
+    return math.log(fraction / (1 - fraction))
+
+
+def learned_temperature(theta: torch.Tensor, t_min: torch.Tensor | float, t_range: torch.Tensor | float) -> torch.Tensor:
+    return t_min + t_range * torch.sigmoid(theta)
+
+
+def scale_gradient(value: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
+    """Identity forward, gradient multiplied by `weight` backward (a gradient-reversal layer when < 0).
+
+    Written with detach rather than a custom autograd.Function so that it works under vmap.
+    """
+    return value.detach() + weight * (value - value.detach())
