@@ -1,0 +1,49 @@
+"""What the jobs report while they run. The library never prints: it yields these, the CLI renders them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Note:
+    """A line for the user; level 'warning' is shown as such."""
+
+    text: str
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Set progress task `task` to `completed` of `total` (None = unknown)."""
+
+    task: str
+    description: str
+    completed: float
+    total: float | None
+
+
+@dataclass(frozen=True)
+class TeacherResult:
+    path: Path
+    test_acc: float
+    parameters: int
+    epochs: int
+    seconds: float
+    already_trained: bool = False
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    planned: int
+    skipped: int
+    resumed: int
+    started: int
+    completed: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    """(run_id, reason) of runs that diverged or broke."""
+    busy: list[str] = field(default_factory=list)
+    """Runs another process was training, left to it."""
+    seconds: float = 0.0
+    experiment_dir: Path | None = None

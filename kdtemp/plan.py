@@ -1,0 +1,140 @@
+"""The sweep's grid: which student runs exist, what identifies each one, and which train together.
+
+A run id is a readable prefix plus a hash of everything that changes the run's numbers, and of
+nothing else: growing the grid, renaming the experiment or moving the runs dir keeps every id, so
+finished runs are recognised and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any
+
+from kdtemp.config import ExperimentConfig, LearnableSchedule, LogitStdSchedule, ScheduleSpec, StagesSchedule
+
+BASELINE = "none"
+RUN_FORMAT = 1
+
+
+@dataclass(frozen=True, eq=False)
+class RunSpec:
+    """One student run of the grid."""
+
+    run_id: str
+    schedule: ScheduleSpec | None
+    """None for the no-KD baseline."""
+    schedule_label: str
+    t0: float | None
+    alpha: float
+    seed: int
+    identity: dict[str, Any] = field(repr=False)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.schedule is None
+
+    def columns(self) -> dict[str, Any]:
+        """The run-describing columns of its metrics rows."""
+        return {"run_id": self.run_id, "schedule": self.schedule_label, "t0": self.t0, "alpha": self.alpha, "seed": self.seed}
+
+
+def schedule_labels(schedules: list[ScheduleSpec]) -> list[str]:
+    """A table name per schedule: its label, else its name, plus its parameters when the name repeats."""
+    names = [s.name for s in schedules]
+    labels = []
+    for schedule in schedules:
+        if schedule.label:
+            labels.append(schedule.label)
+        elif names.count(schedule.name) == 1:
+            labels.append(schedule.name)
+        else:
+            params = schedule.model_dump(exclude={"name", "label"}, exclude_defaults=True)
+            suffix = "-".join(f"{key}{_compact(value)}" for key, value in params.items())
+            labels.append(f"{schedule.name}-{suffix}" if suffix else schedule.name)
+    if len(set(labels)) != len(labels):
+        from kdtemp.errors import ConfigError
+
+        raise ConfigError("kd.schedules lists the same schedule twice; remove the repeat or give each a distinct label")
+    return labels
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":")).replace('"', "")
+
+
+def _token(value: float) -> str:
+    return f"{value:g}".replace("+", "")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+
+
+def shared_identity(config: ExperimentConfig, teacher_fingerprint: str) -> dict[str, Any]:
+    """What every run of the sweep shares and that changes its numbers."""
+    return {
+        "format": RUN_FORMAT,
+        "dataset": config.data.dataset,
+        "augment": config.data.augment,
+        "batch_size": config.student_batch_size(),
+        "student": config.student.model_dump(mode="json"),
+        "teacher": teacher_fingerprint,
+        "clip_grad_norm": config.train.clip_grad_norm,
+        "amp": config.train.amp,
+    }
+
+
+def make_run_id(prefix: str, identity: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{_safe(prefix)}-{digest}"
+
+
+def plan_runs(config: ExperimentConfig, teacher_fingerprint: str) -> list[RunSpec]:
+    """Every (schedule, t0, seed) of the grid, then one baseline per seed when kd.baseline is on.
+
+    `stages` sets absolute temperatures, so it runs once per seed with t0 = its first stage's T.
+    """
+    shared = shared_identity(config, teacher_fingerprint)
+    alpha = config.kd.alpha
+    runs: list[RunSpec] = []
+    labels = schedule_labels(list(config.kd.schedules))
+    for schedule, label in zip(config.kd.schedules, labels):
+        schedule_params = schedule.model_dump(mode="json", exclude={"label"})
+        t0_values = [schedule.stages[0][1]] if isinstance(schedule, StagesSchedule) else config.kd.temperatures
+        for t0 in t0_values:
+            for seed in config.kd.seeds:
+                identity = {**shared, "schedule": schedule_params, "t0": t0, "alpha": alpha, "seed": seed}
+                prefix = f"{label}-a{_token(alpha)}-s{seed}" if isinstance(schedule, StagesSchedule) \
+                    else f"{label}-T{_token(t0)}-a{_token(alpha)}-s{seed}"
+                runs.append(RunSpec(make_run_id(prefix, identity), schedule, label, float(t0), alpha, seed, identity))
+    if config.kd.baseline:
+        for seed in config.kd.seeds:
+            identity = {**shared, "schedule": None, "t0": None, "alpha": 0.0, "seed": seed}
+            runs.append(RunSpec(make_run_id(f"baseline-s{seed}", identity), None, BASELINE, None, 0.0, seed, identity))
+    return runs
+
+
+def group_runs(runs: list[RunSpec], max_size: int | None) -> list[list[RunSpec]]:
+    """Lockstep groups: runs with one seed share init, batch order, augmentation and dropout masks.
+
+    Groups larger than `max_size` are cut into consecutive chunks.
+    """
+    ordered = sorted(runs, key=lambda run: run.seed)
+    groups: list[list[RunSpec]] = []
+    for _, same_seed in groupby(ordered, key=lambda run: run.seed):
+        members = list(same_seed)
+        size = max_size or len(members)
+        groups.extend(members[i:i + size] for i in range(0, len(members), size))
+    return groups
+
+
+def uses_standardized_logits(run: RunSpec) -> bool:
+    return isinstance(run.schedule, LogitStdSchedule)
+
+
+def learnable_schedule(run: RunSpec) -> LearnableSchedule | None:
+    return run.schedule if isinstance(run.schedule, LearnableSchedule) else None

@@ -1,0 +1,323 @@
+"""Run storage: the one place that decides the output layout and how files are written.
+
+    runs/<name>/teacher/            model.pt, metrics.csv, config.yaml, checkpoint.pt (while training)
+    runs/<name>/students/<run_id>/  config.yaml, metrics.csv, checkpoint.pt, summary.json (written last)
+    runs/<name>/cache/              teacher logits, keyed by checkpoint + dataset + transform
+    runs/<name>/locks/              one lock per run, so two sweeps never train the same run
+    runs/<name>/report/             what `kdtemp report` writes
+
+Every whole-file write is atomic (temp file in the same directory, fsync, rename); metrics rows are
+appended whole and fsynced per epoch. A reader therefore sees a file either before or after a
+write, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import pickle
+import socket
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import yaml
+from filelock import FileLock, Timeout
+
+from kdtemp.errors import CheckpointError, RunsError
+
+STUDENT_COLUMNS = [
+    "run_id", "schedule", "t0", "alpha", "seed", "epoch", "temperature", "lr",
+    "train_loss", "train_ce", "train_kd", "train_acc", "test_loss", "test_acc", "agreement", "epoch_seconds",
+    "test_kl", "test_ece", "effective_temperature", "train_penalty", "generation",
+]
+TEACHER_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_ece", "epoch_seconds"]
+
+COMPLETED = "completed"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ExperimentLayout:
+    """Paths of one experiment; ask it rather than joining paths elsewhere."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, runs_dir: Path, name: str) -> "ExperimentLayout":
+        return cls(Path(runs_dir) / name)
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def teacher_model(self) -> Path:
+        return self.teacher_dir / "model.pt"
+
+    @property
+    def students_dir(self) -> Path:
+        return self.root / "students"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.students_dir / run_id
+
+    def lock_path(self, run_id: str) -> Path:
+        return self.root / "locks" / f"{run_id}.lock"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def run_dirs(self) -> list[Path]:
+        if not self.students_dir.is_dir():
+            return []
+        return sorted(p for p in self.students_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+class RunFiles:
+    """The files of one student run."""
+
+    def __init__(self, directory: Path):
+        self.dir = directory
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.csv"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary.json"
+
+    @property
+    def owner(self) -> Path:
+        return self.dir / "owner.json"
+
+
+# --- atomic writes -----------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should read like any other file
+        with os.fdopen(handle, "wb") as temp:
+            temp.write(data)
+            temp.flush()
+            os.fsync(temp.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        raise
+    _fsync_directory(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def atomic_write_yaml(path: Path, data: Any) -> None:
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _fsync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def check_writable(directory: Path) -> None:
+    """Fail up front, with one line, when the runs directory cannot take files."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RunsError(f"cannot write to runs directory {directory} ({exc.strerror or exc}); choose another with --runs-dir") from None
+
+
+# --- CSV -----------------------------------------------------------------------------------------
+
+
+def format_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def append_csv_row(path: Path, row: dict[str, Any], columns: list[str]) -> None:
+    """Append one whole row (header first if the file is new), flushed and fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if new:
+        writer.writerow(columns)
+    writer.writerow([format_cell(row.get(column)) for column in columns])
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(buffer.getvalue())
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([format_cell(row.get(column)) for column in columns])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def keep_epochs_before(path: Path, epoch: int, columns: list[str]) -> None:
+    """Drop rows of `epoch` and later, so a resumed run never shows an epoch twice."""
+    if not path.exists():
+        return
+    rows = [row for row in read_csv_rows(path) if row.get("epoch", "").isdigit() and int(row["epoch"]) < epoch]
+    write_csv(path, rows, columns)
+
+
+# --- summaries ---------------------------------------------------------------------------------
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's summary.json, or None when absent or unreadable (an unfinished run)."""
+    path = RunFiles(run_dir).summary
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_completed(run_dir: Path) -> bool:
+    summary = read_summary(run_dir)
+    return summary is not None and summary.get("status") == COMPLETED
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: Path, what: str = "checkpoint") -> dict:
+    """torch.load with weights_only=True: tensors and plain data load, anything executable is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = f" ({first[:160]})" if first else ""
+        raise CheckpointError(
+            f"refused to load {what} {path}: it holds Python objects beyond tensors and plain data, which could run code"
+            f"{detail}; delete it and recreate it with kdtemp"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read {what} {path} ({first}); it is truncated or not a checkpoint: delete it and recreate it") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{what} {path} is not a kdtemp checkpoint (expected a dict); delete it and recreate it")
+    return data
+
+
+# --- locks ---------------------------------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive, non-blocking per-run lock: whoever holds it is the only writer of the run."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(path))
+
+    def acquire(self) -> bool:
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            self._lock.release()
+
+    @property
+    def held(self) -> bool:
+        return self._lock.is_locked
+
+
+def is_locked_elsewhere(path: Path) -> bool:
+    """True when another process holds the run's lock (it is training right now)."""
+    if not path.exists():
+        return False
+    probe = FileLock(str(path))
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return True
+    probe.release()
+    return False
+
+
+def owner_record(worker: str | None = None) -> dict:
+    """Who trains a run: host, pid and worker/job, for `kdtemp status`."""
+    record = {"host": socket.gethostname(), "pid": os.getpid()}
+    for variable in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID"):
+        if variable in os.environ:
+            record[variable.lower()] = os.environ[variable]
+    if worker:
+        record["worker"] = worker
+    return record
