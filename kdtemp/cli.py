@@ -1,0 +1,273 @@
+"""The `kdtemp` command: parse options, call the library, render its events. No training logic here."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kdtemp import events as E
+from kdtemp import jobs, report
+from kdtemp.config import ExperimentConfig, load_config, parse_name_list, parse_number_list
+from kdtemp.engine import StopRequested
+from kdtemp.errors import KDTempError
+
+try:  # typer >= 0.20 vendors its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_errors
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, rich_markup_mode="rich", pretty_exceptions_enable=False,
+    help="Knowledge-distillation temperature studies: train a teacher, sweep students over temperatures, report.",
+)
+out = Console()
+err = Console(stderr=True)
+
+CONFIG_HELP = "YAML config; keys not in it keep their defaults. Default: the built-in MNIST-1D experiment."
+EXPERIMENT = "Experiment"
+GRID = "Grid"
+
+
+class Interrupt:
+    """First Ctrl-C asks the job to stop after the current step; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    @contextmanager
+    def installed(self):
+        def handle(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            err.print("[yellow]stopping after the current step (Ctrl-C again to stop at once)...[/yellow]")
+
+        previous = signal.signal(signal.SIGINT, handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def build_config(config: Optional[Path], overrides: dict[str, tuple[object, str]]) -> ExperimentConfig:
+    return load_config(config, {key: value for key, value in overrides.items() if value[0] is not None})
+
+
+def render(stream: Iterable) -> list:
+    """Show progress bars and notes for a job's events; return its result events.
+
+    The bars start with the first progress event, so a job refused up front prints only its error.
+    """
+    results = []
+    columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    progress = Progress(*columns, console=err, transient=False)
+    tasks: dict[str, int] = {}
+    try:
+        for event in stream:
+            if isinstance(event, E.Progress):
+                if not tasks:
+                    progress.start()
+                if event.task not in tasks:
+                    tasks[event.task] = progress.add_task(event.description, total=event.total)
+                progress.update(tasks[event.task], description=event.description, completed=event.completed, total=event.total)
+            elif isinstance(event, E.Note):
+                style = "yellow" if event.level == "warning" else "dim"
+                prefix = "warning: " if event.level == "warning" else ""
+                progress.console.print(f"[{style}]{prefix}{event.text}[/{style}]", highlight=False, soft_wrap=True)
+            else:
+                results.append(event)
+    finally:
+        if tasks:
+            progress.stop()
+    return results
+
+
+def run_job(stream_factory) -> list:
+    interrupt = Interrupt()
+    try:
+        with interrupt.installed():
+            return render(stream_factory(interrupt))
+    except KDTempError as exc:
+        fail(str(exc))
+    except (StopRequested, KeyboardInterrupt):
+        err.print("[yellow]interrupted: every finished epoch is saved; run the same command again to resume.[/yellow]")
+        raise typer.Exit(130)
+    return []
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+@app.command("train-teacher", no_args_is_help=False)
+def train_teacher_command(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP, rich_help_panel=EXPERIMENT),
+    dataset: Optional[str] = typer.Option(None, help="mnist1d, fashion-mnist, mnist, cifar10 or cifar100.", rich_help_panel=EXPERIMENT),
+    epochs: Optional[str] = typer.Option(None, help="Teacher epochs.", rich_help_panel=EXPERIMENT),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N.", rich_help_panel=EXPERIMENT),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT),
+    force: bool = typer.Option(False, "--force", help="Retrain even if a finished teacher exists."),
+):
+    """Train, evaluate and checkpoint the teacher.
+
+    [bold]Example:[/bold] kdtemp train-teacher --config configs/fashion-mnist.yaml
+    """
+    def stream(interrupt):
+        settings = build_config(config, {
+            "data.dataset": (dataset, "--dataset"), "teacher.epochs": (epochs, "--epochs"),
+            "device": (device, "--device"), "runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir"),
+        })
+        return jobs.train_teacher(settings, force=force, should_stop=interrupt)
+
+    for result in run_job(stream):
+        if isinstance(result, E.TeacherResult):
+            verb = "already trained" if result.already_trained else f"trained in {result.seconds:.1f}s"
+            out.print(f"teacher {verb}: test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
+                      f"({result.parameters:,} parameters) -> {result.path}", highlight=False)
+
+
+@app.command("sweep")
+def sweep_command(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP, rich_help_panel=EXPERIMENT),
+    temps: Optional[str] = typer.Option(None, "--temps", help="Grid temperatures t0, comma-separated, e.g. 1,3,5,10.", rich_help_panel=GRID),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds, comma-separated, e.g. 0,1,2.", rich_help_panel=GRID),
+    alpha: Optional[str] = typer.Option(None, "--alpha", help="Weight of the KD term, in [0, 1].", rich_help_panel=GRID),
+    schedules: Optional[str] = typer.Option(None, "--schedules", help="Temperature schedules, e.g. constant,linear,exp.", rich_help_panel=GRID),
+    dataset: Optional[str] = typer.Option(None, help="mnist1d, fashion-mnist, mnist, cifar10 or cifar100.", rich_help_panel=EXPERIMENT),
+    epochs: Optional[str] = typer.Option(None, help="Student epochs.", rich_help_panel=EXPERIMENT),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N.", rich_help_panel=EXPERIMENT),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT),
+    force: bool = typer.Option(False, "--force", help="Retrain every run, even completed ones."),
+):
+    """Distil students over temperatures x schedules x seeds, plus a no-KD baseline per seed.
+
+    [bold]Example:[/bold] kdtemp sweep --temps 1,3,5,10 --seeds 0,1,2 --alpha 0.9
+
+    Finished runs are skipped and interrupted ones resume; one metrics.csv is written per run.
+    """
+    def stream(interrupt):
+        settings = build_config(config, {
+            "kd.temperatures": (parse_number_list(temps, "--temps") if temps is not None else None, "--temps"),
+            "kd.seeds": (parse_number_list(seeds, "--seeds", int) if seeds is not None else None, "--seeds"),
+            "kd.alpha": (alpha, "--alpha"),
+            "kd.schedules": (_schedules_override(config, schedules), "--schedules"),
+            "data.dataset": (dataset, "--dataset"), "student.epochs": (epochs, "--epochs"),
+            "device": (device, "--device"), "runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir"),
+        })
+        return jobs.sweep(settings, force=force, should_stop=interrupt)
+
+    for result in run_job(stream):
+        if isinstance(result, E.SweepResult):
+            out.print(
+                f"{result.planned} runs: {result.skipped} skipped (complete), {result.resumed} resumed, "
+                f"{result.started} started, {result.completed} completed, {len(result.failed)} failed "
+                f"in {result.seconds:.1f}s", highlight=False)
+            for run_id in result.busy:
+                out.print(f"  left to another process: {run_id}", highlight=False)
+            if result.failed:
+                for run_id, reason in result.failed:
+                    err.print(f"[red]failed:[/red] {run_id}: {reason}", highlight=False)
+                raise typer.Exit(1)
+            if result.experiment_dir is not None:
+                out.print(f"results in {result.experiment_dir}; next: kdtemp report", highlight=False)
+
+
+def _schedules_override(config: Optional[Path], text: Optional[str]) -> Optional[list]:
+    """--schedules names: each takes its parameters from the config's entry of that name, else defaults."""
+    if text is None:
+        return None
+    names = parse_name_list(text, "--schedules")
+    configured = {s.name: s.model_dump(mode="json", exclude_defaults=True) | {"name": s.name}
+                  for s in load_config(config).kd.schedules}
+    return [configured.get(name, {"name": name}) for name in names]
+
+
+@app.command("report")
+def report_command(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config whose experiment to report.", rich_help_panel=EXPERIMENT),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT),
+    metric: str = typer.Option("test_acc", help=f"Metric in the table: {', '.join(report.METRICS)}."),
+):
+    """Aggregate the sweep's CSVs into an accuracy-versus-temperature table, summary.csv and report.md.
+
+    [bold]Example:[/bold] kdtemp report --config configs/fashion-mnist.yaml
+    """
+    try:
+        settings = build_config(config, {"runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir")})
+        results = report.load_results(settings.experiment_dir)
+        summary = report.summarize(results)
+        table = report.temperature_table(results, summary, metric)
+        paths = report.write_summary_files(results, summary, table)
+    except KDTempError as exc:
+        fail(str(exc))
+    out.print(rich_table(results, table))
+    out.print(footer(results), highlight=False)
+    for line in report.problem_lines(results):
+        err.print(f"[yellow]{line}[/yellow]", highlight=False)
+    out.print(f"wrote {paths['summary']} and {paths['markdown']}", highlight=False)
+
+
+def rich_table(results: report.ExperimentResults, table: report.TemperatureTable) -> Table:
+    unit = "%" if table.percent else ""
+    grid = Table(title=f"{results.name}: {table.metric}{' (%)' if unit else ''}, mean ± sd (n seeds), last epoch",
+                 caption="bold = best temperature of the row; * = paired t-test vs baseline, p < 0.05")
+    grid.add_column("schedule", no_wrap=True)
+    for t in table.temperatures:
+        grid.add_column(f"T={t:g}", justify="right", no_wrap=True)
+    for label, cells in table.rows.items():
+        texts = []
+        for t in table.temperatures:
+            cell = cells.get(t)
+            text = report.format_cell(cell, table.percent) if cell else ""
+            texts.append(f"[bold green]{text}[/bold green]" if cell and cell.best else text)
+        grid.add_row(label, *texts)
+    for label, cell in table.references.items():
+        grid.add_row(f"[dim]{label}[/dim]", report.format_cell(cell, table.percent), *[""] * (len(table.temperatures) - 1))
+    return grid
+
+
+def footer(results: report.ExperimentResults) -> str:
+    parts = []
+    if results.teacher and results.teacher.get("test_acc") is not None:
+        parts.append(f"teacher {100 * results.teacher['test_acc']:.2f}% ({results.teacher.get('parameters') or 0:,} params)")
+    parts.append(f"{len(results.final)} completed runs")
+    if results.failed:
+        parts.append(f"{len(results.failed)} failed")
+    if results.unfinished:
+        parts.append(f"{len(results.unfinished)} unfinished")
+    return "; ".join(parts)
+
+
+def main() -> None:
+    """Entry point: one line for usage errors too, never click's multi-line box."""
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        out.print(exc.ctx.get_help(), highlight=False)
+        raise SystemExit(0)
+    except click_errors.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "kdtemp"
+        err.print(f"[bold red]error:[/bold red] {exc.format_message()} (see `{command} --help`)", highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code)
+    except typer.Abort:
+        err.print("[yellow]aborted[/yellow]")
+        raise SystemExit(130)
+    raise SystemExit(code if isinstance(code, int) else 0)

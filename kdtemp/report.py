@@ -1,0 +1,286 @@
+"""CSVs in, tables out: aggregate each experiment's runs into accuracy-versus-temperature summaries.
+
+Only completed runs are averaged. Failed, unfinished and unreadable runs are counted and listed,
+never averaged in. Headline numbers are last-epoch values; best-epoch accuracy is labelled as such.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from kdtemp import runs as R
+from kdtemp import stats
+from kdtemp.errors import RunsError
+
+KEYS = ["schedule", "alpha", "t0"]
+METRICS = {
+    # --metric name: (column in the per-run table, shown as percent, higher is better)
+    "test_acc": ("test_acc", True, True),
+    "best_test_acc": ("best_test_acc", True, True),
+    "test_loss": ("test_loss", False, False),
+    "agreement": ("agreement", True, True),
+    "kl_to_teacher": ("test_kl", False, False),
+    "ece": ("test_ece", True, False),
+}
+NUMERIC_COLUMNS = ["t0", "alpha", "seed", "epoch", "test_acc", "test_loss"]
+
+
+@dataclass
+class ExperimentResults:
+    """Everything `report` knows about one experiment."""
+
+    name: str
+    root: Path
+    final: pd.DataFrame
+    """One row per completed run: its last epoch, plus best_test_acc."""
+    curves: pd.DataFrame
+    """Every epoch of every completed run."""
+    teacher: dict | None
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    cells_failed: dict[tuple, int] = field(default_factory=dict)
+    """(schedule, alpha, t0) -> number of failed runs in that cell."""
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """A run's metrics.csv, validated: the columns we need, numbers where numbers belong, epochs 0..n-1."""
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise RunsError(f"{path}: unreadable metrics ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    missing = [column for column in ("run_id", "schedule", *NUMERIC_COLUMNS) if column not in frame.columns]
+    if missing:
+        raise RunsError(f"{path}: missing columns {', '.join(missing)}")
+    if frame.empty:
+        raise RunsError(f"{path}: no rows")
+    for column in [c for c in frame.columns if c not in ("run_id", "schedule")]:
+        converted = pd.to_numeric(frame[column], errors="coerce")
+        if converted.isna().sum() > frame[column].isna().sum():
+            raise RunsError(f"{path}: column {column} holds text where numbers belong (a truncated or edited file)")
+        frame[column] = converted
+    if list(frame["epoch"]) != list(range(len(frame))):
+        raise RunsError(f"{path}: epochs are not 0..{len(frame) - 1} in order (a truncated or edited file)")
+    if frame[["test_acc", "test_loss"]].isna().any().any():
+        raise RunsError(f"{path}: empty test_acc/test_loss cells (a truncated file)")
+    return frame
+
+
+def load_results(root: Path) -> ExperimentResults:
+    """Read every run under `root`/students; raise RunsError when there is none at all."""
+    layout = R.ExperimentLayout(Path(root))
+    run_dirs = layout.run_dirs()
+    if not run_dirs:
+        raise RunsError(f"no runs under {layout.students_dir}; run `kdtemp sweep` first")
+    finals, curves = [], []
+    results = ExperimentResults(layout.root.name, layout.root, pd.DataFrame(), pd.DataFrame(), _teacher_info(layout))
+    for run_dir in run_dirs:
+        summary = R.read_summary(run_dir)
+        status = summary.get("status") if summary else None
+        if status == R.FAILED:
+            results.failed.append((run_dir.name, str(summary.get("reason", "failed"))))
+            key = (summary.get("schedule"), summary.get("alpha"), summary.get("t0"))
+            results.cells_failed[key] = results.cells_failed.get(key, 0) + 1
+            continue
+        if status != R.COMPLETED:
+            results.unfinished.append(run_dir.name)
+            continue
+        try:
+            frame = read_metrics(R.RunFiles(run_dir).metrics)
+        except RunsError as exc:
+            results.unreadable.append((run_dir.name, str(exc)))
+            continue
+        if len(frame) != summary.get("epochs", len(frame)):
+            results.unreadable.append((run_dir.name, f"metrics.csv has {len(frame)} epochs, summary.json says {summary.get('epochs')}"))
+            continue
+        last = frame.iloc[-1].to_dict()
+        last["best_test_acc"] = float(frame["test_acc"].max())
+        finals.append(last)
+        curves.append(frame)
+    if finals:
+        results.final = pd.DataFrame(finals)
+        results.curves = pd.concat(curves, ignore_index=True)
+    return results
+
+
+def _teacher_info(layout: R.ExperimentLayout) -> dict | None:
+    if not layout.teacher_model.exists():
+        return None
+    try:
+        checkpoint = R.load_checkpoint(layout.teacher_model, "teacher checkpoint")
+    except Exception:
+        return None
+    return {key: checkpoint.get(key) for key in ("test_acc", "test_loss", "parameters", "architecture", "dataset", "epochs")}
+
+
+def summarize(results: ExperimentResults) -> pd.DataFrame:
+    """One row per schedule x alpha x t0, the baseline row(s), and the teacher row."""
+    columns = ["schedule", "alpha", "t0", "n", "mean_test_acc", "std_test_acc", "ci95_test_acc", "mean_best_test_acc",
+               "delta_vs_baseline", "p_value", "mean_test_loss", "mean_agreement", "mean_kl_to_teacher", "mean_ece", "failed"]
+    rows = []
+    final = results.final
+    baseline = final[final["schedule"] == "none"].set_index("seed") if not final.empty else pd.DataFrame()
+    seen_keys = set()
+    if not final.empty:
+        for (schedule, alpha, t0), cell in final.groupby(["schedule", "alpha", "t0"], dropna=False, sort=False):
+            t0_value = None if pd.isna(t0) else float(t0)
+            seen_keys.add((schedule, float(alpha), t0_value))
+            rows.append(_summary_row(schedule, float(alpha), t0_value, cell, baseline, results))
+    for (schedule, alpha, t0), count in results.cells_failed.items():
+        if (schedule, alpha, t0) not in seen_keys:
+            rows.append({"schedule": schedule, "alpha": alpha, "t0": t0, "n": 0, "failed": count})
+    if results.teacher:
+        rows.append({"schedule": "teacher", "n": 1, "mean_test_acc": results.teacher.get("test_acc"),
+                     "mean_test_loss": results.teacher.get("test_loss"), "failed": 0})
+    frame = pd.DataFrame(rows, columns=columns)
+    order = {"none": 1, "teacher": 2}
+    frame["_order"] = frame["schedule"].map(lambda s: order.get(s, 0))
+    frame = frame.sort_values(["_order", "schedule", "alpha", "t0"], kind="stable").drop(columns="_order")
+    return frame.reset_index(drop=True)
+
+
+def _summary_row(schedule: str, alpha: float, t0: float | None, cell: pd.DataFrame, baseline: pd.DataFrame,
+                 results: ExperimentResults) -> dict:
+    accuracies = cell["test_acc"].tolist()
+    row = {
+        "schedule": schedule, "alpha": alpha, "t0": t0, "n": len(cell),
+        "mean_test_acc": stats.mean(accuracies), "std_test_acc": stats.std(accuracies),
+        "ci95_test_acc": stats.ci95_half_width(accuracies),
+        "mean_best_test_acc": stats.mean(cell["best_test_acc"].tolist()),
+        "mean_test_loss": stats.mean(cell["test_loss"].tolist()),
+        "mean_agreement": _mean_of(cell, "agreement"), "mean_kl_to_teacher": _mean_of(cell, "test_kl"),
+        "mean_ece": _mean_of(cell, "test_ece"),
+        "failed": results.cells_failed.get((schedule, alpha, t0), 0),
+    }
+    if schedule != "none" and not baseline.empty:
+        paired = cell[cell["seed"].isin(baseline.index)]
+        treated = paired["test_acc"].tolist()
+        control = baseline.loc[paired["seed"], "test_acc"].tolist()
+        differences = [a - b for a, b in zip(treated, control)]
+        row["delta_vs_baseline"] = stats.mean(differences) if differences else math.nan
+        row["p_value"] = stats.paired_t_test(treated, control)
+    return row
+
+
+def _mean_of(cell: pd.DataFrame, column: str) -> float:
+    if column not in cell:
+        return math.nan
+    values = cell[column].dropna().tolist()
+    return stats.mean(values) if values else math.nan
+
+
+# --- the accuracy-versus-temperature table ---------------------------------------------------
+
+
+@dataclass
+class Cell:
+    mean: float
+    std: float
+    n: int
+    p_value: float = math.nan
+    best: bool = False
+
+
+@dataclass
+class TemperatureTable:
+    """Rows = schedule (x alpha), columns = t0, cells = mean, sd and n of one metric over seeds."""
+
+    metric: str
+    percent: bool
+    temperatures: list[float]
+    rows: dict[str, dict[float, Cell]]
+    references: dict[str, Cell]
+    """Baseline and teacher, shown beside the grid."""
+
+
+def temperature_table(results: ExperimentResults, summary: pd.DataFrame, metric: str = "test_acc") -> TemperatureTable:
+    if metric not in METRICS:
+        raise RunsError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    column, percent, higher_better = METRICS[metric]
+    final = results.final
+    if final.empty or column not in final:
+        return TemperatureTable(metric, percent, [], {}, _references(results, summary, column))
+    grid = final[final["schedule"] != "none"]
+    temperatures = sorted(float(t) for t in grid["t0"].dropna().unique())
+    alphas = sorted(grid["alpha"].unique())
+    rows: dict[str, dict[float, Cell]] = {}
+    for (schedule, alpha), part in grid.groupby(["schedule", "alpha"], sort=True):
+        label = schedule if len(alphas) == 1 else f"{schedule} (alpha {alpha:g})"
+        cells = {}
+        for t0, cell in part.groupby("t0"):
+            values = cell[column].dropna().tolist()
+            match = summary[(summary["schedule"] == schedule) & (summary["alpha"] == alpha) & (summary["t0"] == t0)]
+            p_value = float(match["p_value"].iloc[0]) if len(match) and metric == "test_acc" else math.nan
+            cells[float(t0)] = Cell(stats.mean(values), stats.std(values), len(values), p_value)
+        pick = max if higher_better else min
+        best_t = pick(cells, key=lambda t: cells[t].mean)
+        cells[best_t].best = True
+        rows[label] = cells
+    return TemperatureTable(metric, percent, temperatures, rows, _references(results, summary, column))
+
+
+def _references(results: ExperimentResults, summary: pd.DataFrame, column: str) -> dict[str, Cell]:
+    references = {}
+    final = results.final
+    if not final.empty and column in final:
+        base = final[final["schedule"] == "none"][column].dropna().tolist()
+        if base:
+            references["baseline (no KD)"] = Cell(stats.mean(base), stats.std(base), len(base))
+    if results.teacher and column == "test_acc" and results.teacher.get("test_acc") is not None:
+        references["teacher"] = Cell(float(results.teacher["test_acc"]), math.nan, 1)
+    return references
+
+
+def format_cell(cell: Cell, percent: bool) -> str:
+    scale = 100.0 if percent else 1.0
+    digits = 1 if percent else 3
+    text = f"{cell.mean * scale:.{digits}f}"
+    if not math.isnan(cell.std):
+        text += f" ± {cell.std * scale:.{digits}f}"
+    text += f" ({cell.n})"
+    if not math.isnan(cell.p_value) and cell.p_value < 0.05:
+        text += " *"
+    return text
+
+
+def table_markdown(table: TemperatureTable) -> str:
+    header = ["schedule", *[f"T={t:g}" for t in table.temperatures]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, cells in table.rows.items():
+        texts = []
+        for t in table.temperatures:
+            cell = cells.get(t)
+            text = format_cell(cell, table.percent) if cell else ""
+            texts.append(f"**{text}**" if cell and cell.best else text)
+        lines.append("| " + " | ".join([label, *texts]) + " |")
+    for label, cell in table.references.items():
+        lines.append("| " + " | ".join([label, format_cell(cell, table.percent), *[""] * (len(table.temperatures) - 1)]) + " |")
+    return "\n".join(lines)
+
+
+def write_summary_files(results: ExperimentResults, summary: pd.DataFrame, table: TemperatureTable) -> dict[str, Path]:
+    """summary.csv and report.md under runs/<name>/report/, written atomically."""
+    out = R.ExperimentLayout(results.root).report_dir
+    paths = {"summary": out / "summary.csv", "markdown": out / "report.md"}
+    R.atomic_write_text(paths["summary"], summary.to_csv(index=False))
+    lines = [f"# kdtemp report: {results.name}", "", f"Metric: `{table.metric}`, last epoch, mean ± sd (n seeds); "
+             "`*` = paired t-test against the no-KD baseline, p < 0.05; bold = best temperature of the row.", "",
+             table_markdown(table), ""]
+    lines += problem_lines(results)
+    R.atomic_write_text(paths["markdown"], "\n".join(lines) + "\n")
+    return paths
+
+
+def problem_lines(results: ExperimentResults) -> list[str]:
+    lines = []
+    for run_id, reason in results.failed:
+        lines.append(f"- failed: {run_id}: {reason}")
+    for run_id in results.unfinished:
+        lines.append(f"- unfinished (not averaged): {run_id}")
+    for run_id, reason in results.unreadable:
+        lines.append(f"- skipped, unreadable: {run_id}: {reason}")
+    return lines
