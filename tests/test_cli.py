@@ -1,0 +1,169 @@
+"""The three jobs end to end through the CLI, as a user runs them, and every refusal the issue lists."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from rich.console import Console
+
+from kdtemp import cli
+from kdtemp.runs import STUDENT_COLUMNS
+
+FIRST_COLUMNS = ["run_id", "schedule", "t0", "alpha", "seed", "epoch", "temperature", "lr", "train_loss", "train_ce",
+                 "train_kd", "train_acc", "test_loss", "test_acc", "agreement", "epoch_seconds"]
+
+
+@pytest.fixture
+def wide_output(monkeypatch):
+    monkeypatch.setattr(cli, "out", Console(width=200))
+    monkeypatch.setattr(cli, "err", Console(stderr=True, width=200))
+
+
+@pytest.fixture
+def trained(tiny_config, run_cli, wide_output):
+    config = tiny_config()
+    result = run_cli("train-teacher", "--config", config)
+    assert result.code == 0, result.stderr
+    return config
+
+
+def runs_root(config):
+    return config.parent / "runs" / config.stem
+
+
+def test_train_teacher_writes_a_safe_checkpoint(trained):
+    teacher = runs_root(trained) / "teacher"
+    checkpoint = torch.load(teacher / "model.pt", weights_only=True)
+    assert checkpoint["architecture"]["arch"] == "cnn" and checkpoint["dataset"] == "mnist1d"
+    assert checkpoint["num_classes"] == 10 and checkpoint["input_shape"] == [1, 40]
+    metrics = pd.read_csv(teacher / "metrics.csv")
+    assert list(metrics["epoch"]) == [0, 1]
+    assert checkpoint["test_acc"] == pytest.approx(metrics["test_acc"].iloc[-1])
+    assert (teacher / "config.yaml").exists() and not (teacher / "checkpoint.pt").exists()
+
+
+def test_train_teacher_again_keeps_the_finished_teacher(trained, run_cli):
+    before = (runs_root(trained) / "teacher" / "model.pt").read_bytes()
+    result = run_cli("train-teacher", "--config", trained)
+    assert result.code == 0 and "already trained" in result.stdout
+    assert (runs_root(trained) / "teacher" / "model.pt").read_bytes() == before
+
+
+def test_sweep_and_report_end_to_end(trained, run_cli):
+    result = run_cli("sweep", "--config", trained)
+    assert result.code == 0, result.stderr
+    assert "6 runs: 0 skipped (complete), 0 resumed, 6 started, 6 completed, 0 failed" in result.stdout
+    students = runs_root(trained) / "students"
+    run_dirs = sorted(p for p in students.iterdir())
+    assert len(run_dirs) == 6  # 2 temperatures x 2 seeds + a baseline per seed
+    for run_dir in run_dirs:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        assert list(metrics.columns[:16]) == FIRST_COLUMNS and list(metrics.columns) == STUDENT_COLUMNS
+        assert list(metrics["epoch"]) == [0, 1]
+        assert metrics["test_acc"].between(0, 1).all() and metrics["agreement"].between(0, 1).all()
+        if summary["schedule"] == "none":
+            assert metrics["t0"].isna().all() and metrics["temperature"].isna().all() and (metrics["alpha"] == 0).all()
+        else:
+            assert (metrics["temperature"] == metrics["t0"]).all()
+            assert run_dir.name.startswith(f"constant-T{metrics['t0'][0]:g}-a0.9-s{metrics['seed'][0]}-")
+
+    report = run_cli("report", "--config", trained)
+    assert report.code == 0, report.stderr
+    # The printed cells equal what pandas computes from the per-run CSVs.
+    frames = [pd.read_csv(d / "metrics.csv") for d in run_dirs]
+    final = pd.concat([f.iloc[[-1]] for f in frames])
+    grid = final[final["schedule"] == "constant"].groupby("t0")["test_acc"]
+    for t0, mean in grid.mean().items():
+        std = grid.std(ddof=1)[t0]
+        assert f"{100 * mean:.1f} ± {100 * std:.1f} (2)" in report.stdout
+    baseline = final[final["schedule"] == "none"]["test_acc"]
+    assert f"{100 * baseline.mean():.1f} ± {100 * baseline.std():.1f} (2)" in report.stdout
+    assert "teacher" in report.stdout and "T=1" in report.stdout and "T=4" in report.stdout
+    summary_csv = pd.read_csv(runs_root(trained) / "report" / "summary.csv")
+    constant = summary_csv[summary_csv["schedule"] == "constant"].set_index("t0")
+    assert constant["mean_test_acc"].to_dict() == pytest.approx(grid.mean().to_dict())
+    assert (runs_root(trained) / "report" / "report.md").read_text().startswith("# kdtemp report")
+
+    again = run_cli("sweep", "--config", trained)
+    assert "6 runs: 6 skipped (complete), 0 resumed, 0 started" in again.stdout
+
+
+def test_same_config_and_seed_give_the_same_numbers(tiny_config, run_cli, wide_output, tmp_path):
+    results = []
+    for name in ("first", "second"):
+        config = tiny_config(name, kd={"temperatures": [2], "seeds": [3]})
+        assert run_cli("train-teacher", "--config", config).code == 0
+        assert run_cli("sweep", "--config", config).code == 0
+        frames = [pd.read_csv(d / "metrics.csv").drop(columns=["epoch_seconds", "run_id"])
+                  for d in sorted((runs_root(config) / "students").iterdir())]
+        results.append(pd.concat(frames, ignore_index=True))
+    pd.testing.assert_frame_equal(results[0], results[1])
+
+
+ERROR_CASES = [
+    (["sweep", "--temps", "1,x,3"], r"--temps: 'x' is not a number"),
+    (["sweep", "--temps", "0"], r"--temps: input should be greater than 0"),
+    (["sweep", "--temps=-1"], r"--temps: input should be greater than 0"),
+    (["sweep", "--temps", ""], r"--temps: empty list"),
+    (["sweep", "--alpha", "1.5"], r"--alpha: input should be less than or equal to 1"),
+    (["sweep", "--alpha", "-0.1"], r"--alpha: input should be greater than or equal to 0"),
+    (["sweep", "--dataset", "imagenet"], r"--dataset: input should be 'mnist1d'"),
+    (["sweep", "--seeds", "0,a"], r"--seeds: 'a' is not a whole number"),
+    (["sweep", "--tmps", "3"], r"No such option: --tmps"),
+]
+
+
+@pytest.mark.parametrize("args, message", ERROR_CASES)
+def test_bad_command_lines_are_refused_in_one_line(tiny_config, run_cli, wide_output, args, message):
+    config = tiny_config()
+    result = run_cli(*args, "--config", config)
+    assert_refused(result, message)
+    assert not runs_root(config).exists()
+
+
+def assert_refused(result, message):
+    import re
+
+    assert result.code != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_bad_config_files_are_refused(tmp_path, run_cli, wide_output):
+    assert_refused(run_cli("sweep", "--config", tmp_path / "missing.yaml"), r"config file not found: .*missing.yaml")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("kd:\n  temperature: [1, 2]\n")
+    assert_refused(run_cli("sweep", "--config", unknown), r"unknown.yaml: unknown key 'kd.temperature'; did you mean 'temperatures'")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("kd: [1, 2\n")
+    assert_refused(run_cli("train-teacher", "--config", broken), r"broken.yaml: cannot parse YAML")
+    alpha = tmp_path / "alpha.yaml"
+    alpha.write_text("kd:\n  alpha: 2\n")
+    assert_refused(run_cli("sweep", "--config", alpha), r"alpha.yaml: kd.alpha: input should be less than or equal to 1")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_before_any_teacher_names_the_command(tiny_config, run_cli, wide_output):
+    config = tiny_config()
+    assert_refused(run_cli("sweep", "--config", config), r"no teacher at .*model.pt; run `kdtemp train-teacher --config")
+    assert not runs_root(config).exists()
+
+
+def test_report_without_runs(tiny_config, run_cli, wide_output):
+    config = tiny_config()
+    assert_refused(run_cli("report", "--config", config), r"no runs under .*students; run `kdtemp sweep` first")
+
+
+def test_console_script_help_shows_an_example():
+    result = subprocess.run([sys.executable, "-m", "kdtemp", "sweep", "--help"], capture_output=True, text=True,
+                            env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0
+    assert "kdtemp sweep --temps 1,3,5,10" in result.stdout
+    assert "--schedules" in result.stdout

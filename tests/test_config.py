@@ -1,0 +1,162 @@
+"""Config loading: defaults, shipped files, overrides, and one actionable line per mistake."""
+
+from pathlib import Path
+
+import pytest
+
+from kdtemp.config import (
+    CNNSpec, ConstantSchedule, ExperimentConfig, LinearSchedule, MLPSpec, load_config, parse_number_list,
+)
+from kdtemp.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def write(tmp_path, text, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_describe_the_mnist1d_experiment():
+    config = load_config()
+    assert config.name == "default"
+    assert config.data.dataset == "mnist1d"
+    assert isinstance(config.teacher, CNNSpec) and isinstance(config.student, MLPSpec)
+    assert config.kd.alpha == 0.9
+    assert config.kd.schedules == [ConstantSchedule()]
+
+
+def test_shipped_default_yaml_is_exactly_the_defaults():
+    assert load_config(CONFIGS / "default.yaml") == ExperimentConfig()
+
+
+@pytest.mark.parametrize("name", ["default", "fashion-mnist", "cifar10", "cifar100"])
+def test_every_shipped_config_validates(name):
+    config = load_config(CONFIGS / f"{name}.yaml")
+    assert config.name == name
+
+
+def test_fashion_config_matches_the_specified_networks():
+    from kdtemp.models import build_model, count_parameters
+
+    config = load_config(CONFIGS / "fashion-mnist.yaml")
+    teacher = build_model(config.teacher, (1, 28, 28), 10)
+    student = build_model(config.student, (1, 28, 28), 10)
+    assert count_parameters(teacher) == 824_650  # ~0.8M as specified
+    assert count_parameters(student) == 784 * 64 + 64 + 64 * 10 + 10
+
+
+def test_a_file_states_only_what_it_changes(tmp_path):
+    config = load_config(write(tmp_path, "kd:\n  alpha: 0.5\nstudent:\n  epochs: 7\n"))
+    assert config.kd.alpha == 0.5
+    assert config.student.epochs == 7
+    assert config.student.hidden == MLPSpec().hidden  # untouched keys keep defaults
+    assert config.kd.temperatures == ExperimentConfig().kd.temperatures
+    assert config.name == "exp"  # from the file's stem
+
+
+def test_changing_arch_takes_that_arch_defaults(tmp_path):
+    config = load_config(write(tmp_path, "student:\n  arch: cnn\n  channels: [4]\n"))
+    assert isinstance(config.student, CNNSpec) and config.student.channels == [4]
+
+
+def test_unknown_key_names_key_file_and_suggestion(tmp_path):
+    path = write(tmp_path, "kd:\n  alhpa: 0.5\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    message = str(excinfo.value)
+    assert str(path) in message and "kd.alhpa" in message and "did you mean 'alpha'" in message
+    assert "\n" not in message
+
+
+def test_unknown_top_level_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'trainer'"):
+        load_config(write(tmp_path, "trainer: {}\n"))
+
+
+def test_wrong_type_names_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"exp.yaml: student.epochs: .*integer.*'ten'"):
+        load_config(write(tmp_path, "student:\n  epochs: ten\n"))
+
+
+def test_alpha_out_of_range(tmp_path):
+    with pytest.raises(ConfigError, match=r"kd.alpha: input should be less than or equal to 1 \(got 1.5\)"):
+        load_config(write(tmp_path, "kd:\n  alpha: 1.5\n"))
+
+
+def test_unparsable_yaml_gives_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot parse YAML at line 3, column 3: expected <block end>, but found '-'"):
+        load_config(write(tmp_path, "kd:\n  alpha: 0.5\n  - x\n"))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match=r"top level must be a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_yaml_cannot_construct_python_objects(tmp_path):
+    """safe_load only: a python/object tag is a parse error, never an object."""
+    path = write(tmp_path, "kd: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ConfigError, match="cannot parse YAML"):
+        load_config(path)
+    assert not (Path.cwd() / "pwned").exists()
+
+
+def test_overrides_name_the_option():
+    with pytest.raises(ConfigError, match=r"^--alpha: "):
+        load_config(None, {"kd.alpha": ("2", "--alpha")})
+    with pytest.raises(ConfigError, match=r"^--temps: input should be greater than 0"):
+        load_config(None, {"kd.temperatures": ([1.0, -1.0], "--temps")})
+    config = load_config(None, {"kd.temperatures": ([3.0, 1.0, 3.0], "--temps"), "student.epochs": ("4", "--epochs")})
+    assert config.kd.temperatures == [3.0, 1.0]  # duplicates dropped, order kept
+    assert config.student.epochs == 4
+
+
+def test_unknown_dataset_lists_the_choices():
+    with pytest.raises(ConfigError, match=r"--dataset: .*'mnist1d'.*'cifar100' \(got 'imagenet'\)"):
+        load_config(None, {"data.dataset": ("imagenet", "--dataset")})
+
+
+def test_unknown_schedule_and_arch(tmp_path):
+    with pytest.raises(ConfigError, match=r"kd.schedules\[0\]: unknown name 'warmup'; choose one of"):
+        load_config(write(tmp_path, "kd:\n  schedules: [warmup]\n"))
+    with pytest.raises(ConfigError, match=r"teacher: unknown arch 'vgg'"):
+        load_config(write(tmp_path, "teacher:\n  arch: vgg\n"))
+
+
+def test_schedule_entries_bare_or_with_params(tmp_path):
+    config = load_config(write(tmp_path, "kd:\n  schedules: [constant, {name: linear, t_end: 2}]\n"))
+    assert config.kd.schedules == [ConstantSchedule(), LinearSchedule(t_end=2.0)]
+
+
+def test_unknown_schedule_parameter(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'kd.schedules\[0\].t_ned'; did you mean 't_end'"):
+        load_config(write(tmp_path, "kd:\n  schedules: [{name: linear, t_ned: 2}]\n"))
+
+
+def test_student_seed_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"students take their seeds from kd.seeds"):
+        load_config(write(tmp_path, "student:\n  seed: 3\n"))
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "..", ""])
+def test_experiment_names_must_be_safe(tmp_path, name):
+    with pytest.raises(ConfigError, match="not a safe directory name"):
+        load_config(write(tmp_path, f"name: '{name}'\n"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1,x,3", "'x' is not a number"),
+    ("", "empty list"),
+    ("1,,3", "empty list"),
+])
+def test_number_lists(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_number_list(text, "--temps")
+    assert parse_number_list("1, 3,5", "--temps") == [1.0, 3.0, 5.0]
