@@ -78,7 +78,7 @@ class TrainingSettings(StrictModel):
     epochs: PositiveInt = 30
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     """sgd uses Nesterov momentum when momentum > 0."""
-    lr: PositiveFloat = 0.1
+    lr: PositiveFloat = 0.05
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     weight_decay: NonNegativeFloat = 5e-4
     batch_size: PositiveInt | None = None
