@@ -1,0 +1,202 @@
+"""Temperature schedules against hand-computed values; the learnable and per-sample temperatures."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from kdtemp.config import (
+    ConstantSchedule, CosineSchedule, ExpSchedule, LearnableSchedule, LinearSchedule, StagesSchedule, StepSchedule,
+)
+from kdtemp.losses import kd_terms, soft_target_log_probs, standardize_logits
+from kdtemp.schedules import (
+    epoch_temperatures, initial_theta, learned_temperature, reversal_weight, scale_gradient, temperature_table,
+)
+
+
+@pytest.mark.parametrize("schedule, t0, epochs, expected", [
+    (ConstantSchedule(), 4.0, 3, [4, 4, 4]),
+    (LinearSchedule(), 4.0, 4, [4, 3, 2, 1]),  # t_end defaults to 1
+    (LinearSchedule(t_end=8), 2.0, 3, [2, 5, 8]),  # t_end above t0 warms up
+    (ExpSchedule(gamma=0.5), 8.0, 4, [8, 4, 2, 1]),
+    (ExpSchedule(), 10.0, 3, [10, 9, 8.1]),  # gamma defaults to 0.9: "10% lower each epoch"
+    (ExpSchedule(final_ratio=0.25), 8.0, 3, [8, 4, 2]),  # t0 * r**p
+    (CosineSchedule(), 9.0, 3, [9, 5, 1]),
+    (CosineSchedule(t_end=3), 3.0, 2, [3, 3]),
+    (StepSchedule(milestones=[1, 3]), 8.0, 4, [8, 4, 4, 2]),  # factor defaults to 0.5
+    (StagesSchedule(), 99.0, 6, [1, 1, 3, 3, 1.5, 1.5]),  # absolute temperatures, t0 ignored
+    (LinearSchedule(), 4.0, 1, [4]),  # E = 1: progress is 0
+    (CosineSchedule(), 6.0, 1, [6]),
+    (LinearSchedule(t_end=0.1, t_min=1.0), 10.0, 3, [10, 5.05, 1]),  # clamped below
+    (LinearSchedule(t_end=0.1, t_max=6.0), 10.0, 3, [6, 5.05, 0.1]),  # clamped above
+])
+def test_formulas_by_hand(schedule, t0, epochs, expected):
+    assert epoch_temperatures(schedule, t0, epochs) == pytest.approx(expected)
+    table = temperature_table(schedule, t0, epochs, steps_per_epoch=3)
+    assert table.tolist() == pytest.approx([value for value in expected for _ in range(3)], rel=1e-6)
+
+
+def test_step_granularity_uses_step_progress():
+    table = temperature_table(LinearSchedule(granularity="step"), 4.0, epochs=2, steps_per_epoch=3)
+    assert table.tolist() == pytest.approx([4, 3.4, 2.8, 2.2, 1.6, 1.0])
+    # epoch-based formulas see the fractional epoch p * (E - 1)
+    exp = temperature_table(ExpSchedule(gamma=0.5, granularity="step"), 8.0, epochs=3, steps_per_epoch=2)
+    assert exp.tolist() == pytest.approx([8 * 0.5 ** (2 * s / 5) for s in range(6)], rel=1e-6)
+
+
+def test_reversal_weight_follows_a_cosine_curriculum():
+    schedule = LearnableSchedule(lambda_max=2.0, curriculum_epochs=4)
+    weights = [reversal_weight(schedule, e) for e in range(7)]
+    assert weights[0] == 0.0
+    assert weights[2] == pytest.approx(-1.0)  # halfway: -lambda_max / 2
+    assert weights[4] == pytest.approx(-2.0) and weights[6] == pytest.approx(-2.0)
+    assert all(b <= a for a, b in zip(weights, weights[1:]))
+
+
+@pytest.mark.parametrize("t0", [1.5, 4.0, 20.0])
+def test_theta_starts_where_temperature_is_t0(t0):
+    schedule = LearnableSchedule()
+    assert float(learned_temperature(torch.tensor(initial_theta(schedule, t0)), 1.0, 20.0)) == pytest.approx(t0, rel=1e-5)
+
+
+def test_gradient_reversal_flips_and_scales_the_gradient():
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(16, 10, generator=generator), torch.randn(16, 10, generator=generator) * 3
+    targets = torch.randint(0, 10, (16,), generator=generator)
+
+    def theta_gradient(weight):
+        theta = torch.tensor(0.3, requires_grad=True)
+        temperature = learned_temperature(scale_gradient(theta, weight), 1.0, 20.0)
+        kd = kd_terms(student, soft_target_log_probs(teacher, temperature), targets, temperature)["kd"]
+        kd.backward()
+        return float(theta.grad), float(kd.detach())
+
+    plain, loss_plain = theta_gradient(1.0)
+    reversed_, loss_reversed = theta_gradient(-0.5)
+    assert loss_plain == loss_reversed  # identity in the forward pass
+    assert plain != 0 and reversed_ == pytest.approx(-0.5 * plain)
+
+
+def test_logit_std_matches_float64_reference():
+    generator = torch.Generator().manual_seed(1)
+    student = torch.randn(8, 10, generator=generator, dtype=torch.float64) * 4
+    teacher = torch.randn(8, 10, generator=generator, dtype=torch.float64) * 7 + 2
+    targets = torch.randint(0, 10, (8,), generator=generator)
+    t0 = 2.0
+
+    def zscore(x):
+        return (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-7)
+
+    p = torch.softmax(zscore(teacher) / t0, -1)
+    log_q = torch.log_softmax(zscore(student) / t0, -1)
+    expected = t0 ** 2 * (p * (p.log() - log_q)).sum(-1).mean()
+    ours = kd_terms(student.float(), soft_target_log_probs(teacher.float(), t0, standardize=True), targets, t0, True)["kd"]
+    assert float(ours) == pytest.approx(float(expected), rel=1e-5)
+    # the effective temperature per sample is t0 * std(logits): same targets as tempering raw logits by it
+    effective = t0 * teacher.std(-1, keepdim=True)
+    assert torch.allclose(torch.softmax((teacher - teacher.mean(-1, keepdim=True)) / effective, -1), p, atol=1e-6)
+    assert torch.allclose(standardize_logits(teacher.float()).std(-1), torch.ones(8), atol=1e-5)
+
+
+def group_for(members, epochs=3, data_root=None):
+    from kdtemp.config import DataConfig, MLPSpec
+    from kdtemp.data import load_dataset
+    from kdtemp.engine import LoopSettings, StudentGroup, TeacherSignal
+    from kdtemp.models import build_model
+
+    data = load_dataset(DataConfig(root=data_root))
+    generator = torch.Generator().manual_seed(0)
+    teacher_train = torch.randn(len(data.train_y), 10, generator=generator) * 3
+    teacher_train[torch.arange(len(data.train_y)), data.train_y] += 6  # a teacher that knows the labels
+    signal = TeacherSignal(test_logits=torch.randn(1, len(data.test_y), 10, generator=generator), train_logits=teacher_train[None])
+    spec = MLPSpec(hidden=[32], epochs=epochs)
+    settings = LoopSettings(spec, 500, 1000, 0, torch.device("cpu"))
+    return StudentGroup(lambda: build_model(spec, data.input_shape, 10), members, data, signal, settings)
+
+
+def test_learnable_temperature_moves_within_bounds(data_root):
+    from kdtemp.engine import EpochDone, Member
+
+    schedule = LearnableSchedule(t_min=1.0, t_range=9.0, curriculum_epochs=2)
+    epochs, steps = 4, 8
+    members = [Member(0, 0.9, torch.full((epochs * steps,), 4.0), t0=4.0, learnable=schedule),
+               Member(0, 0.9, torch.full((epochs * steps,), 4.0), t0=4.0)]
+    group = group_for(members, epochs, data_root)
+    rows = [event.metrics for event in group.run() if isinstance(event, EpochDone)]
+    learned = [r[0]["temperature"] for r in rows]
+    assert learned[0] == pytest.approx(4.0, abs=1e-5)  # weight 0 in epoch 0: theta does not move
+    assert abs(learned[-1] - 4.0) > 0.05  # then it moves
+    assert all(1.0 <= t <= 10.0 for t in learned)
+    assert [r[1]["temperature"] for r in rows] == pytest.approx([4.0] * epochs)  # its neighbour is untouched
+
+
+def test_learnable_penalty_pulls_towards_target(data_root):
+    from kdtemp.engine import EpochDone, Member
+
+    schedule = LearnableSchedule(t_min=1.0, t_range=9.0, lambda_max=0.0, penalty=5.0, t_target=2.0)
+    epochs, steps = 3, 8
+    members = [Member(0, 0.9, torch.full((epochs * steps,), 8.0), t0=8.0, learnable=schedule)]
+    rows = [event.metrics[0] for event in group_for(members, epochs, data_root).run() if isinstance(event, EpochDone)]
+    assert rows[-1]["temperature"] < rows[0]["temperature"] < 8.0
+    assert rows[0]["train_penalty"] > rows[-1]["train_penalty"] > 0
+
+
+ALL_SCHEDULES = [
+    "constant", {"name": "linear", "t_end": 1}, {"name": "exp", "gamma": 0.8}, "cosine",
+    {"name": "step", "milestones": [2], "factor": 0.5}, {"name": "stages", "stages": [[0, 2], [0.5, 6]]},
+    {"name": "learnable", "curriculum_epochs": 2}, "logit-std",
+]
+
+
+def test_cli_sweep_records_each_schedule_per_epoch(tiny_config, run_cli):
+    from kdtemp.config import load_config
+
+    config = tiny_config(kd={"temperatures": [4], "seeds": [0], "schedules": ALL_SCHEDULES},
+                         student={"hidden": [32], "epochs": 4})
+    assert run_cli("train-teacher", "--config", config).code == 0
+    result = run_cli("sweep", "--config", config)
+    assert result.code == 0, result.stderr
+    students = config.parent / "runs" / config.stem / "students"
+    frames = {}
+    for run_dir in students.iterdir():
+        frame = pd.read_csv(run_dir / "metrics.csv")
+        frames[frame["schedule"][0]] = frame
+    assert set(frames) == {"constant", "linear", "exp", "cosine", "step", "stages", "learnable", "logit-std", "none"}
+    schedules = {s.name: s for s in load_config(config).kd.schedules}
+    for name in ("constant", "linear", "exp", "cosine", "step", "stages"):
+        t0 = 2.0 if name == "stages" else 4.0  # stages runs once, its t0 is its first stage's T
+        assert frames[name]["t0"].tolist() == [t0] * 4
+        assert frames[name]["temperature"].tolist() == pytest.approx(epoch_temperatures(schedules[name], 4.0, 4), rel=1e-6)
+    assert frames["linear"]["temperature"].tolist() == pytest.approx([4, 3, 2, 1])
+    learnable = frames["learnable"]["temperature"]
+    assert learnable.between(1, 21).all() and learnable.nunique() > 1
+    logit_std = frames["logit-std"]
+    assert (logit_std["temperature"] == 4.0).all() and (logit_std["effective_temperature"] > 0).all()
+    assert logit_std["effective_temperature"].notna().all() and frames["constant"]["effective_temperature"].isna().all()
+
+    report = run_cli("report", "--config", config)
+    assert report.code == 0
+    for name in ("constant", "linear", "exp", "cosine", "step", "stages", "learnable", "logit-std"):
+        assert f"│ {name} " in report.stdout
+
+
+def test_cli_schedules_option_takes_parameters_from_the_config(tiny_config, run_cli):
+    config = tiny_config(kd={"temperatures": [4], "seeds": [0], "schedules": [{"name": "linear", "t_end": 2}]},
+                         student={"hidden": [32], "epochs": 3})
+    assert run_cli("train-teacher", "--config", config).code == 0
+    result = run_cli("sweep", "--config", config, "--schedules", "linear,exp")
+    assert result.code == 0, result.stderr
+    students = config.parent / "runs" / config.stem / "students"
+    linear = next(pd.read_csv(d / "metrics.csv") for d in students.iterdir() if d.name.startswith("linear"))
+    exp = next(pd.read_csv(d / "metrics.csv") for d in students.iterdir() if d.name.startswith("exp"))
+    assert linear["temperature"].tolist() == pytest.approx([4, 3, 2])  # t_end 2 from the config
+    assert exp["temperature"].tolist() == pytest.approx([4, 3.6, 3.24])  # gamma 0.9 by default
+
+
+def test_low_temperatures_warn_once(tiny_config, run_cli):
+    config = tiny_config(kd={"temperatures": [0.2, 0.3], "seeds": [0]}, student={"hidden": [8], "epochs": 1})
+    assert run_cli("train-teacher", "--config", config).code == 0
+    result = run_cli("sweep", "--config", config)
+    assert result.code == 0
+    assert result.stderr.count("temperatures below 0.5") == 1
