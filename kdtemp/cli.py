@@ -15,8 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kdtemp import events as E
-from kdtemp import jobs, report
-from kdtemp.config import ExperimentConfig, load_config, parse_name_list, parse_number_list
+from kdtemp import jobs, render, report
+from kdtemp.config import ExperimentConfig, check_safe_name, load_config, parse_name_list, parse_number_list
 from kdtemp.engine import StopRequested
 from kdtemp.errors import KDTempError
 
@@ -29,8 +29,9 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, rich_markup_mode="rich", pretty_exceptions_enable=False,
     help="Knowledge-distillation temperature studies: train a teacher, sweep students over temperatures, report.",
 )
-out = Console()
-err = Console(stderr=True)
+# Piped output gets a wide console so tables are not cropped to 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 CONFIG_HELP = "YAML config; keys not in it keep their defaults. Default: the built-in MNIST-1D experiment."
 EXPERIMENT = "Experiment"
@@ -70,7 +71,7 @@ def build_config(config: Optional[Path], overrides: dict[str, tuple[object, str]
     return load_config(config, {key: value for key, value in overrides.items() if value[0] is not None})
 
 
-def render(stream: Iterable) -> list:
+def show_events(stream: Iterable) -> list:
     """Show progress bars and notes for a job's events; return its result events.
 
     The bars start with the first progress event, so a job refused up front prints only its error.
@@ -103,7 +104,7 @@ def run_job(stream_factory) -> list:
     interrupt = Interrupt()
     try:
         with interrupt.installed():
-            return render(stream_factory(interrupt))
+            return show_events(stream_factory(interrupt))
     except KDTempError as exc:
         fail(str(exc))
     except (StopRequested, KeyboardInterrupt):
@@ -202,25 +203,46 @@ def _schedules_override(config: Optional[Path], text: Optional[str]) -> Optional
 def report_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config whose experiment to report.", rich_help_panel=EXPERIMENT),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT),
+    name: Optional[str] = typer.Option(None, "--name", help="Experiments to compare side by side: a,b or all.", rich_help_panel=EXPERIMENT),
     metric: str = typer.Option("test_acc", help=f"Metric in the table: {', '.join(report.METRICS)}."),
 ):
-    """Aggregate the sweep's CSVs into an accuracy-versus-temperature table, summary.csv and report.md.
+    """Aggregate the sweep's CSVs: accuracy-vs-temperature table, statistics, plots, report.md and report.html.
 
-    [bold]Example:[/bold] kdtemp report --config configs/fashion-mnist.yaml
+    [bold]Example:[/bold] kdtemp report --config configs/fashion-mnist.yaml --metric agreement
     """
     try:
         settings = build_config(config, {"runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir")})
-        results = report.load_results(settings.experiment_dir)
-        summary = report.summarize(results)
-        table = report.temperature_table(results, summary, metric)
-        paths = report.write_summary_files(results, summary, table)
+        names = _experiment_names(settings, name)
+        reports = [report.build_report(settings.runs_dir / experiment, metric) for experiment in names]
+        if len(reports) == 1:
+            paths = render.write_report(reports[0])
+        else:
+            paths = render.write_comparison(reports, settings.runs_dir / "comparison")
     except KDTempError as exc:
         fail(str(exc))
-    out.print(rich_table(results, table))
-    out.print(footer(results), highlight=False)
-    for line in report.problem_lines(results):
-        err.print(f"[yellow]{line}[/yellow]", highlight=False)
-    out.print(f"wrote {paths['summary']} and {paths['markdown']}", highlight=False)
+    for built in reports:
+        out.print(rich_table(built.results, built.table))
+        out.print(render.footer(built), highlight=False)
+        for line in report.problem_lines(built.results):
+            err.print(f"[yellow]{line}[/yellow]", highlight=False)
+    out.print(f"wrote {paths['html']}, {paths['markdown'].name} and {paths['summary'].name}", highlight=False)
+
+
+def _experiment_names(settings: ExperimentConfig, names: Optional[str]) -> list[str]:
+    if names is None:
+        return [settings.name]
+    if names.strip() == "all":
+        found = sorted(d.parent.name for d in settings.runs_dir.glob("*/students") if d.is_dir())
+        if not found:
+            fail(f"no experiments with runs under {settings.runs_dir}; run `kdtemp sweep` first")
+        return found
+    chosen = parse_name_list(names, "--name")
+    for experiment in chosen:
+        try:
+            check_safe_name(experiment, "--name")
+        except ValueError as exc:
+            fail(str(exc))
+    return chosen
 
 
 def rich_table(results: report.ExperimentResults, table: report.TemperatureTable) -> Table:
@@ -229,7 +251,7 @@ def rich_table(results: report.ExperimentResults, table: report.TemperatureTable
                  caption="bold = best temperature of the row; * = paired t-test vs baseline, p < 0.05")
     grid.add_column("schedule", no_wrap=True)
     for t in table.temperatures:
-        grid.add_column(f"T={t:g}", justify="right", no_wrap=True)
+        grid.add_column(f"T={t:g}", justify="right")
     for label, cells in table.rows.items():
         texts = []
         for t in table.temperatures:
@@ -240,18 +262,6 @@ def rich_table(results: report.ExperimentResults, table: report.TemperatureTable
     for label, cell in table.references.items():
         grid.add_row(f"[dim]{label}[/dim]", report.format_cell(cell, table.percent), *[""] * (len(table.temperatures) - 1))
     return grid
-
-
-def footer(results: report.ExperimentResults) -> str:
-    parts = []
-    if results.teacher and results.teacher.get("test_acc") is not None:
-        parts.append(f"teacher {100 * results.teacher['test_acc']:.2f}% ({results.teacher.get('parameters') or 0:,} params)")
-    parts.append(f"{len(results.final)} completed runs")
-    if results.failed:
-        parts.append(f"{len(results.failed)} failed")
-    if results.unfinished:
-        parts.append(f"{len(results.unfinished)} unfinished")
-    return "; ".join(parts)
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ the first run directory is created, so a refused command leaves nothing half-wri
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import time
 from dataclasses import dataclass, field
@@ -187,8 +186,7 @@ def load_teacher(config: ExperimentConfig, data: Dataset, device: torch.device) 
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit a {config.teacher.arch} ({str(exc).splitlines()[0]}); retrain with `kdtemp train-teacher --force`") from None
-    fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return LoadedTeacher(model.to(device).eval(), checkpoint, fingerprint, path)
+    return LoadedTeacher(model.to(device).eval(), checkpoint, R.file_fingerprint(path), path)
 
 
 def check_teacher_matches(checkpoint: dict, config: ExperimentConfig, data: Dataset, path: Path) -> None:
@@ -214,26 +212,27 @@ def teacher_logits(teacher: LoadedTeacher, data: Dataset, config: ExperimentConf
     """
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     transform = "augment" if config.data.augment else "none"
-    key = hashlib.sha256(f"{teacher.fingerprint}|{data.fingerprint()}|{transform}".encode()).hexdigest()[:16]
-    path = layout.cache_dir / f"teacher-logits-{key}.pt"
+    path = layout.teacher_logits_cache(teacher.fingerprint, transform)
+    data_fingerprint = data.fingerprint()
     amp = amp_enabled(config.train.amp, device)
     channels_last = device.type == "cuda" and data.is_image
     if path.exists():
         try:
             cached = R.load_checkpoint(path, "teacher-logits cache")
-            if cached.get("key") == key and cached["test"].shape == (len(data.test_y), data.num_classes):
+            if cached.get("data_fingerprint") == data_fingerprint and cached["test"].shape == (len(data.test_y), data.num_classes):
                 yield Note(f"teacher logits read from cache {path.name}")
                 train = cached.get("train")
                 yield (train.to(device) if train is not None else None, cached["test"].to(device))
                 return
         except (CheckpointError, KeyError, AttributeError):
             pass
-        yield Note(f"teacher-logits cache {path.name} is unreadable; recomputing", "warning")
+        yield Note(f"teacher-logits cache {path.name} does not fit this data; recomputing", "warning")
     yield Note("computing teacher logits on the training set (once for the whole grid)")
     batch = config.data.eval_batch_size
     train = None if config.data.augment else predict_logits(teacher.model, data.train_x, batch, device, amp, channels_last)
     test = predict_logits(teacher.model, data.test_x, batch, device, amp, channels_last)
-    R.atomic_torch_save({"key": key, "train": None if train is None else train.cpu(), "test": test.cpu()}, path)
+    R.atomic_torch_save({"data_fingerprint": data_fingerprint, "train": None if train is None else train.cpu(),
+                         "test": test.cpu()}, path)
     yield (train, test)
 
 
@@ -315,12 +314,14 @@ def sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck 
         networks=(teacher.model,) if train_logits is None else (),
     )
     state = _SweepState(len(runs), skipped)
+    sizes = {"student_params": count_parameters(build_model(config.student, data.input_shape, data.num_classes)),
+             "teacher_params": int(teacher.checkpoint.get("parameters") or count_parameters(teacher.model))}
     group_limit = _group_limit(config, data, device)
     groups = group_runs(pending, group_limit)
     done_runs = 0
     for number, group in enumerate(groups, 1):
         yield from _train_group(config, layout, data, signal, group, device, force, should_stop, worker, state,
-                                f"group {number}/{len(groups)}", done_runs, len(pending))
+                                f"group {number}/{len(groups)}", done_runs, len(pending), sizes)
         done_runs += len(group)
     yield SweepResult(len(runs), skipped, state.resumed, state.started, state.completed, state.failed, state.busy,
                       time.perf_counter() - started_at, layout.root)
@@ -372,7 +373,7 @@ def _prepare_run(run: RunSpec, layout: R.ExperimentLayout, config: ExperimentCon
 
 
 def _train_group(config, layout, data, signal, group, device, force, should_stop, worker, state: _SweepState,
-                 label: str, done_before: int, pending_total: int) -> Iterator:
+                 label: str, done_before: int, pending_total: int, sizes: dict) -> Iterator:
     locks = {}
     try:
         mine = []
@@ -402,7 +403,7 @@ def _train_group(config, layout, data, signal, group, device, force, should_stop
                 state.started += 1
         for _, members in sorted(by_epoch.items()):
             yield from _train_members(config, layout, data, signal, members, device, should_stop, state, label,
-                                      done_before, pending_total)
+                                      done_before, pending_total, sizes)
             done_before += len(members)
     finally:
         for lock in locks.values():
@@ -410,7 +411,7 @@ def _train_group(config, layout, data, signal, group, device, force, should_stop
 
 
 def _train_members(config, layout, data, signal, members, device, should_stop, state: _SweepState, label: str,
-                   done_before: int, pending_total: int) -> Iterator:
+                   done_before: int, pending_total: int, sizes: dict) -> Iterator:
     spec = config.student
     spe = steps_per_epoch(len(data.train_y), config.student_batch_size())
     runs = [run for run, _ in members]
@@ -433,7 +434,7 @@ def _train_members(config, layout, data, signal, members, device, should_stop, s
             if k in event.failures:
                 files.checkpoint.unlink(missing_ok=True)
                 R.atomic_write_json(files.summary, _summary(run, files, "failed", config, device, len(runs),
-                                                            reason=event.failures[k], failed_epoch=event.epoch))
+                                                            reason=event.failures[k], failed_epoch=event.epoch, **sizes))
                 state.failed.append((run.run_id, event.failures[k]))
                 continue
             row = event.metrics[k]
@@ -448,7 +449,7 @@ def _train_members(config, layout, data, signal, members, device, should_stop, s
             else:
                 R.atomic_torch_save({"format": STUDENT_FORMAT, "run_id": run.run_id, "state_dict": member_state["model"]},
                                     files.dir / "model.pt")
-                R.atomic_write_json(files.summary, _summary(run, files, "completed", config, device, len(runs)))
+                R.atomic_write_json(files.summary, _summary(run, files, "completed", config, device, len(runs), **sizes))
                 files.checkpoint.unlink(missing_ok=True)
                 state.completed += 1
         yield Progress("batches", f"epoch {event.epoch + 1}", spe, spe)

@@ -54,3 +54,11 @@ def expected_calibration_error(bins: torch.Tensor) -> torch.Tensor:
     """ECE = sum over bins of |accuracy - confidence| weighted by the bin's share of samples."""
     count, conf_sum, correct_sum = bins.unbind(dim=-2)
     return (correct_sum - conf_sum).abs().sum(dim=-1) / count.sum(dim=-1).clamp_min(1)
+
+
+def soft_target_statistics(logits: torch.Tensor, temperature: float) -> tuple[float, float]:
+    """Mean entropy (nats) and mean top-class probability of softmax(logits / T): how soft targets are."""
+    log_probs = F.log_softmax(logits.double() / temperature, dim=-1)
+    probs = log_probs.exp()
+    entropy = -(probs * log_probs).sum(dim=-1).mean()
+    return float(entropy), float(probs.max(dim=-1).values.mean())

@@ -14,7 +14,8 @@ import pandas as pd
 
 from kdtemp import runs as R
 from kdtemp import stats
-from kdtemp.errors import RunsError
+from kdtemp.errors import KDTempError, RunsError
+from kdtemp.metrics import soft_target_statistics
 
 KEYS = ["schedule", "alpha", "t0"]
 METRICS = {
@@ -27,6 +28,7 @@ METRICS = {
     "ece": ("test_ece", True, False),
 }
 NUMERIC_COLUMNS = ["t0", "alpha", "seed", "epoch", "test_acc", "test_loss"]
+ENTROPY_LADDER = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 @dataclass
@@ -112,9 +114,59 @@ def _teacher_info(layout: R.ExperimentLayout) -> dict | None:
         return None
     try:
         checkpoint = R.load_checkpoint(layout.teacher_model, "teacher checkpoint")
-    except Exception:
+    except KDTempError:
         return None
-    return {key: checkpoint.get(key) for key in ("test_acc", "test_loss", "parameters", "architecture", "dataset", "epochs")}
+    info = {key: checkpoint.get(key) for key in ("test_acc", "test_loss", "parameters", "architecture", "dataset",
+                                                  "epochs", "num_classes")}
+    info["fingerprint"] = R.file_fingerprint(layout.teacher_model)
+    return info
+
+
+def student_parameters(results: ExperimentResults) -> int | None:
+    """The student's size, as recorded by its runs."""
+    for run_dir in R.ExperimentLayout(results.root).run_dirs():
+        summary = R.read_summary(run_dir)
+        if summary and summary.get("student_params"):
+            return int(summary["student_params"])
+    return None
+
+
+# --- soft targets versus temperature ----------------------------------------------------------
+
+
+def entropy_table(teacher_logits, grid_temperatures: list[float]) -> pd.DataFrame:
+    """Mean entropy (nats) and top-class probability of the teacher's soft targets per temperature.
+
+    Temperatures are the grid's and a standard ladder; relative_entropy divides by the T = 1 value.
+    """
+    temperatures = sorted(set(ENTROPY_LADDER) | {float(t) for t in grid_temperatures})
+    rows = []
+    for temperature in temperatures:
+        entropy, max_prob = soft_target_statistics(teacher_logits, temperature)
+        rows.append({"temperature": temperature, "mean_entropy": entropy, "mean_max_prob": max_prob,
+                     "in_grid": temperature in grid_temperatures})
+    frame = pd.DataFrame(rows)
+    at_one, _ = soft_target_statistics(teacher_logits, 1.0)
+    frame["relative_entropy"] = frame["mean_entropy"] / at_one if at_one > 0 else math.nan
+    return frame[["temperature", "mean_entropy", "mean_max_prob", "relative_entropy", "in_grid"]]
+
+
+def cached_teacher_logits(results: ExperimentResults):
+    """The sweep's cached teacher logits: training set when cached, else the test set; (logits, split)."""
+    if not results.teacher:
+        return None, None
+    layout = R.ExperimentLayout(results.root)
+    for transform, split in (("none", "train"), ("augment", "test")):
+        path = layout.teacher_logits_cache(results.teacher["fingerprint"], transform)
+        if path.exists():
+            try:
+                cached = R.load_checkpoint(path, "teacher-logits cache")
+            except KDTempError:
+                continue
+            logits = cached.get(split)
+            if logits is not None:
+                return logits, split
+    return None, None
 
 
 def summarize(results: ExperimentResults) -> pd.DataFrame:
@@ -247,34 +299,6 @@ def format_cell(cell: Cell, percent: bool) -> str:
     return text
 
 
-def table_markdown(table: TemperatureTable) -> str:
-    header = ["schedule", *[f"T={t:g}" for t in table.temperatures]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, cells in table.rows.items():
-        texts = []
-        for t in table.temperatures:
-            cell = cells.get(t)
-            text = format_cell(cell, table.percent) if cell else ""
-            texts.append(f"**{text}**" if cell and cell.best else text)
-        lines.append("| " + " | ".join([label, *texts]) + " |")
-    for label, cell in table.references.items():
-        lines.append("| " + " | ".join([label, format_cell(cell, table.percent), *[""] * (len(table.temperatures) - 1)]) + " |")
-    return "\n".join(lines)
-
-
-def write_summary_files(results: ExperimentResults, summary: pd.DataFrame, table: TemperatureTable) -> dict[str, Path]:
-    """summary.csv and report.md under runs/<name>/report/, written atomically."""
-    out = R.ExperimentLayout(results.root).report_dir
-    paths = {"summary": out / "summary.csv", "markdown": out / "report.md"}
-    R.atomic_write_text(paths["summary"], summary.to_csv(index=False))
-    lines = [f"# kdtemp report: {results.name}", "", f"Metric: `{table.metric}`, last epoch, mean ± sd (n seeds); "
-             "`*` = paired t-test against the no-KD baseline, p < 0.05; bold = best temperature of the row.", "",
-             table_markdown(table), ""]
-    lines += problem_lines(results)
-    R.atomic_write_text(paths["markdown"], "\n".join(lines) + "\n")
-    return paths
-
-
 def problem_lines(results: ExperimentResults) -> list[str]:
     lines = []
     for run_id, reason in results.failed:
@@ -284,3 +308,26 @@ def problem_lines(results: ExperimentResults) -> list[str]:
     for run_id, reason in results.unreadable:
         lines.append(f"- skipped, unreadable: {run_id}: {reason}")
     return lines
+
+
+# --- everything a report shows ------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    results: ExperimentResults
+    summary: pd.DataFrame
+    table: TemperatureTable
+    entropy: pd.DataFrame | None
+    entropy_split: str | None
+    student_params: int | None
+
+
+def build_report(root: Path, metric: str = "test_acc") -> Report:
+    results = load_results(root)
+    summary = summarize(results)
+    table = temperature_table(results, summary, metric)
+    logits, split = cached_teacher_logits(results)
+    grid = [float(t) for t in results.final["t0"].dropna().unique()] if not results.final.empty else []
+    entropy = entropy_table(logits, grid) if logits is not None else None
+    return Report(results, summary, table, entropy, split, student_parameters(results))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
@@ -77,6 +78,10 @@ class ExperimentLayout:
     @property
     def cache_dir(self) -> Path:
         return self.root / "cache"
+
+    def teacher_logits_cache(self, teacher_fingerprint: str, transform: str) -> Path:
+        """Cached teacher logits: keyed by the checkpoint's content and the input transform."""
+        return self.cache_dir / f"teacher-logits-{teacher_fingerprint}-{transform}.pt"
 
     @property
     def report_dir(self) -> Path:
@@ -271,6 +276,15 @@ def load_checkpoint(path: Path, what: str = "checkpoint") -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{what} {path} is not a kdtemp checkpoint (expected a dict); delete it and recreate it")
     return data
+
+
+def file_fingerprint(path: Path) -> str:
+    """Short content hash of a file: identifies a checkpoint whatever its path."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 # --- locks ---------------------------------------------------------------------------------------

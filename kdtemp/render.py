@@ -1,0 +1,248 @@
+"""Write a report to files: summary.csv, entropy.csv, the figures, report.md and a self-contained report.html."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from kdtemp import plots
+from kdtemp import runs as R
+from kdtemp.report import Report, TemperatureTable, format_cell, problem_lines
+
+FIGURES = {
+    "accuracy_vs_temperature": "Test accuracy against the grid temperature",
+    "learning_curves": "Learning curves",
+    "temperature_schedules": "Temperature schedules as trained",
+    "entropy_vs_temperature": "How soft the teacher's targets are",
+}
+CAPTION = ("last epoch, mean ± sd (n seeds); bold = best temperature of the row; "
+           "* = paired t-test against the no-KD baseline, p < 0.05")
+
+
+def footer(report: Report) -> str:
+    results = report.results
+    parts = []
+    teacher = results.teacher or {}
+    if teacher.get("test_acc") is not None:
+        parts.append(f"teacher {100 * teacher['test_acc']:.2f}%")
+    sizes = []
+    if report.student_params:
+        sizes.append(f"student {report.student_params:,}")
+    if teacher.get("parameters"):
+        sizes.append(f"teacher {teacher['parameters']:,}")
+    if sizes:
+        parts.append("parameters: " + ", ".join(sizes))
+        if report.student_params and teacher.get("parameters"):
+            parts[-1] += f" ({teacher['parameters'] / report.student_params:.1f}x smaller student)"
+    runs = f"{len(results.final)} completed runs"
+    extras = [f"{len(items)} {label}" for items, label in
+              ((results.failed, "failed"), (results.unfinished, "unfinished"), (results.unreadable, "unreadable")) if items]
+    parts.append(runs + (f" ({', '.join(extras)}; not averaged)" if extras else ""))
+    return "; ".join(parts)
+
+
+def write_figures(report: Report, out: Path) -> dict[str, Path]:
+    results, figures = report.results, {}
+    name = results.name
+    if not results.final.empty:
+        figures["accuracy_vs_temperature"] = plots.accuracy_vs_temperature(report.summary, name, out / "accuracy_vs_temperature.png")
+        figures["learning_curves"] = plots.learning_curves(results.curves, name, out / "learning_curves.png")
+        if (results.curves["schedule"] != "none").any():
+            figures["temperature_schedules"] = plots.temperature_schedules(results.curves, name, out / "temperature_schedules.png")
+    if report.entropy is not None:
+        classes = (results.teacher or {}).get("num_classes") or 10
+        figures["entropy_vs_temperature"] = plots.entropy_vs_temperature(report.entropy, classes, name, out / "entropy_vs_temperature.png")
+    return figures
+
+
+def write_report(report: Report, out: Path | None = None) -> dict[str, Path]:
+    """Every report file under runs/<name>/report/ (or `out`), each written atomically."""
+    out = out or R.ExperimentLayout(report.results.root).report_dir
+    paths = {"summary": out / "summary.csv", "markdown": out / "report.md", "html": out / "report.html"}
+    R.atomic_write_text(paths["summary"], report.summary.to_csv(index=False))
+    if report.entropy is not None:
+        paths["entropy"] = out / "entropy.csv"
+        R.atomic_write_text(paths["entropy"], report.entropy.to_csv(index=False))
+    figures = write_figures(report, out)
+    paths.update(figures)
+    R.atomic_write_text(paths["markdown"], markdown(report, figures))
+    R.atomic_write_text(paths["html"], html_page(f"kdtemp report: {report.results.name}", [html_section(report, figures)]))
+    return paths
+
+
+# --- markdown ------------------------------------------------------------------------------------
+
+
+def table_markdown(table: TemperatureTable) -> str:
+    header = ["schedule", *[f"T={t:g}" for t in table.temperatures]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, cells in table.rows.items():
+        texts = []
+        for t in table.temperatures:
+            cell = cells.get(t)
+            text = format_cell(cell, table.percent) if cell else ""
+            texts.append(f"**{text}**" if cell and cell.best else text)
+        lines.append("| " + " | ".join([label, *texts]) + " |")
+    for label, cell in table.references.items():
+        lines.append("| " + " | ".join([label, format_cell(cell, table.percent), *[""] * (len(table.temperatures) - 1)]) + " |")
+    return "\n".join(lines)
+
+
+def entropy_markdown(entropy: pd.DataFrame) -> str:
+    lines = ["| T | mean entropy (nats) | mean top probability | entropy / entropy at T=1 |", "|---|---|---|---|"]
+    for row in entropy.itertuples():
+        mark = " (grid)" if row.in_grid else ""
+        lines.append(f"| {row.temperature:g}{mark} | {row.mean_entropy:.3f} | {100 * row.mean_max_prob:.1f}% | {row.relative_entropy:.2f} |")
+    return "\n".join(lines)
+
+
+def markdown(report: Report, figures: dict[str, Path]) -> str:
+    results, table = report.results, report.table
+    lines = [f"# kdtemp report: {results.name}", "", f"Metric `{table.metric}`: {CAPTION}.", "",
+             table_markdown(table), "", footer(report), ""]
+    if report.entropy is not None:
+        lines += ["## Soft targets vs temperature", "",
+                  f"The teacher's soft targets on the {report.entropy_split} set.", "", entropy_markdown(report.entropy), ""]
+    if figures:
+        lines += ["## Figures", ""] + [f"![{FIGURES[key]}]({path.name})" for key, path in figures.items()] + [""]
+    lines += ["## Summary", "", "Per schedule × alpha × t0; `summary.csv` holds the same numbers unrounded.", "",
+              summary_markdown(report.summary), ""]
+    problems = problem_lines(results)
+    if problems:
+        lines += ["## Runs not averaged", "", *problems, ""]
+    return "\n".join(lines)
+
+
+SUMMARY_SHOWN = ["schedule", "alpha", "t0", "n", "mean_test_acc", "std_test_acc", "ci95_test_acc", "mean_best_test_acc",
+                 "delta_vs_baseline", "p_value", "mean_agreement", "mean_kl_to_teacher", "mean_ece", "failed"]
+PERCENT_COLUMNS = {"mean_test_acc", "std_test_acc", "ci95_test_acc", "mean_best_test_acc", "delta_vs_baseline",
+                   "mean_agreement", "mean_ece"}
+
+
+def _summary_text(column: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if column in PERCENT_COLUMNS:
+        return f"{100 * value:.2f}%"
+    if column == "p_value":
+        return f"{value:.3g}"
+    if column == "mean_kl_to_teacher":
+        return f"{value:.3f}"
+    if column in ("t0", "alpha"):
+        return f"{value:g}"
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    columns = [c for c in SUMMARY_SHOWN if c in summary]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in summary.iterrows():
+        lines.append("| " + " | ".join(_summary_text(c, row[c]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+# --- html ----------------------------------------------------------------------------------------
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+td.best { font-weight: bold; background: #e8f5e9; }
+td.reference { color: #555; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+.caption, .footer { color: #555; font-size: 0.9em; }
+"""
+
+
+def _esc(text) -> str:
+    return html.escape(str(text))
+
+
+def table_html(table: TemperatureTable) -> str:
+    head = "".join(f"<th>T={t:g}</th>" for t in table.temperatures)
+    rows = []
+    for label, cells in table.rows.items():
+        tds = []
+        for t in table.temperatures:
+            cell = cells.get(t)
+            text = format_cell(cell, table.percent) if cell else ""
+            tds.append(f'<td class="best">{_esc(text)}</td>' if cell and cell.best else f"<td>{_esc(text)}</td>")
+        rows.append(f"<tr><td>{_esc(label)}</td>{''.join(tds)}</tr>")
+    for label, cell in table.references.items():
+        blanks = "<td></td>" * (len(table.temperatures) - 1)
+        rows.append(f'<tr><td class="reference">{_esc(label)}</td><td class="reference">{_esc(format_cell(cell, table.percent))}</td>{blanks}</tr>')
+    return f'<table class="temperature-table"><thead><tr><th>schedule</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def frame_html(frame: pd.DataFrame, columns: list[str], text) -> str:
+    head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(text(c, row[c]))}</td>" for c in columns) + "</tr>" for _, row in frame.iterrows())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _entropy_text(column: str, value) -> str:
+    if column == "temperature":
+        return f"{value:g}"
+    if column == "mean_max_prob":
+        return f"{100 * value:.1f}%"
+    if column == "in_grid":
+        return "yes" if value else ""
+    return f"{value:.3f}"
+
+
+def image_html(path: Path, alt: str) -> str:
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{_esc(alt)}" src="data:image/png;base64,{encoded}"><figcaption class="caption">{_esc(alt)}</figcaption></figure>'
+
+
+def html_section(report: Report, figures: dict[str, Path]) -> str:
+    results, table = report.results, report.table
+    parts = [f"<h2>{_esc(results.name)}</h2>",
+             f'<p class="caption">Metric <code>{_esc(table.metric)}</code>: {_esc(CAPTION)}.</p>',
+             table_html(table), f'<p class="footer">{_esc(footer(report))}</p>']
+    if "accuracy_vs_temperature" in figures:
+        parts.append(image_html(figures["accuracy_vs_temperature"], FIGURES["accuracy_vs_temperature"]))
+    if report.entropy is not None:
+        parts += ["<h3>Soft targets vs temperature</h3>",
+                  f'<p class="caption">The teacher\'s soft targets on the {_esc(report.entropy_split)} set.</p>',
+                  frame_html(report.entropy, ["temperature", "mean_entropy", "mean_max_prob", "relative_entropy", "in_grid"], _entropy_text)]
+    for key in ("learning_curves", "temperature_schedules", "entropy_vs_temperature"):
+        if key in figures:
+            parts.append(image_html(figures[key], FIGURES[key]))
+    parts += ["<h3>Summary</h3>", frame_html(report.summary, [c for c in SUMMARY_SHOWN if c in report.summary], _summary_text)]
+    problems = problem_lines(results)
+    if problems:
+        parts += ["<h3>Runs not averaged</h3>", "<ul>" + "".join(f"<li>{_esc(p[2:])}</li>" for p in problems) + "</ul>"]
+    return "\n".join(parts)
+
+
+def html_page(title: str, sections: list[str]) -> str:
+    """One self-contained file: styles inline, figures as base64 PNG, opens offline."""
+    body = "\n".join(sections)
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+            f"<style>{STYLE}</style></head>\n<body><h1>{_esc(title)}</h1>\n{body}\n</body></html>\n")
+
+
+# --- several experiments side by side ------------------------------------------------------------
+
+
+def write_comparison(reports: list[Report], out: Path) -> dict[str, Path]:
+    """One summary.csv with an `experiment` column, and report.md/html with every experiment in turn."""
+    paths = {"summary": out / "summary.csv", "markdown": out / "report.md", "html": out / "report.html"}
+    frames = [r.summary.assign(experiment=r.results.name) for r in reports]
+    combined = pd.concat(frames, ignore_index=True)
+    combined = combined[["experiment", *[c for c in combined.columns if c != "experiment"]]]
+    R.atomic_write_text(paths["summary"], combined.to_csv(index=False))
+    sections, markdown_parts = [], [f"# kdtemp comparison: {', '.join(r.results.name for r in reports)}", ""]
+    for report in reports:
+        figures = write_figures(report, out / report.results.name)
+        sections.append(html_section(report, figures))
+        markdown_parts += [f"## {report.results.name}", "", table_markdown(report.table), "", footer(report), ""]
+    R.atomic_write_text(paths["markdown"], "\n".join(markdown_parts))
+    R.atomic_write_text(paths["html"], html_page("kdtemp comparison", sections))
+    return paths
