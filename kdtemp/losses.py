@@ -9,8 +9,9 @@ probability that can underflow. alpha weights the distillation term (torchdistil
 weight: ours = 1 - theirs). Temperature enters only here, which is why one batch and one teacher
 pass can serve a whole grid.
 
-Each function accepts a plain float or a 0-d tensor for the temperature and works unchanged under
-`torch.func.vmap`, where the engine batches many students with their own temperatures.
+Every function takes logits with optional leading member dimensions, (..., B, C), and a temperature
+that is a float, a 0-d tensor, or one value per member (shape (...)): the engine evaluates a whole
+stacked group of students, each with its own temperature, in one call. They work under vmap too.
 """
 
 from __future__ import annotations
@@ -34,9 +35,19 @@ def standardize_logits(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     return (logits - mean) / (std + eps)
 
 
-def _maybe_standardize(logits: torch.Tensor, standardize: bool | torch.Tensor) -> torch.Tensor:
+def _broadcastable(value, trailing: int = 2):
+    """A per-member value of shape (...) given `trailing` unit dims to broadcast against logits.
+
+    Floats and 0-d tensors (one student, or a member under vmap) pass through unchanged.
+    """
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        return value.view(*value.shape, *([1] * trailing))
+    return value
+
+
+def _maybe_standardize(logits: torch.Tensor, standardize: bool | torch.Tensor, trailing: int = 2) -> torch.Tensor:
     if isinstance(standardize, torch.Tensor):
-        return torch.where(standardize, standardize_logits(logits), logits)
+        return torch.where(_broadcastable(standardize, trailing), standardize_logits(logits), logits)
     return standardize_logits(logits) if standardize else logits
 
 
@@ -48,30 +59,40 @@ def soft_target_log_probs(
     weights: torch.Tensor | None = None,
     standardize: bool | torch.Tensor = False,
 ) -> torch.Tensor:
-    """log of the soft targets at temperature T, for one teacher (B, C) or an ensemble (n, B, C).
+    """log of the soft targets at temperature T, for one teacher (..., B, C) or an ensemble (..., n, B, C).
 
     mean_probs: the mean of softmax(t_i / T); weighted: the same with `weights`; mean_logits:
     softmax(mean_i t_i / T). Computed in log space (logsumexp), so no probability is logged.
+    A 2-D input is one teacher; a 3-D or 4-D input has a teacher axis third from the end.
     """
     if teacher_logits.dim() == 2:
         teacher_logits = teacher_logits.unsqueeze(0)
-    teacher_logits = _maybe_standardize(teacher_logits, standardize)
-    count = teacher_logits.shape[0]
+    count = teacher_logits.shape[-3]
     if count == 1:
-        return F.log_softmax(teacher_logits[0] / temperature, dim=-1)
+        single = _maybe_standardize(teacher_logits[..., 0, :, :], standardize)
+        return F.log_softmax(single / _broadcastable(temperature), dim=-1)
     if ensemble == "mean_logits":
-        return F.log_softmax(teacher_logits.mean(dim=0) / temperature, dim=-1)
+        averaged = _maybe_standardize(teacher_logits.mean(dim=-3), standardize)
+        return F.log_softmax(averaged / _broadcastable(temperature), dim=-1)
     if weights is None:
         weights = torch.full((count,), 1.0 / count, device=teacher_logits.device, dtype=teacher_logits.dtype)
     log_weights = torch.log(weights / weights.sum()).view(count, 1, 1)
-    return torch.logsumexp(log_weights + F.log_softmax(teacher_logits / temperature, dim=-1), dim=0)
+    each = _maybe_standardize(teacher_logits, standardize, trailing=3) / _broadcastable(temperature, 3)
+    return torch.logsumexp(log_weights + F.log_softmax(each, dim=-1), dim=-3)
 
 
 def soft_target_kl(student_logits: torch.Tensor, target_log_probs: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
     """KL(p_target || softmax(s / T)), summed over classes and averaged over the batch (`batchmean`)."""
-    student_log_probs = F.log_softmax(student_logits / temperature, dim=-1)
+    student_log_probs = F.log_softmax(student_logits / _broadcastable(temperature), dim=-1)
     per_sample = (target_log_probs.exp() * (target_log_probs - student_log_probs)).sum(dim=-1)
-    return per_sample.mean()
+    return per_sample.mean(dim=-1)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the batch, per member for (..., B, C) logits and (B,) targets."""
+    log_probs = F.log_softmax(logits, dim=-1)
+    picked = log_probs.gather(-1, targets.expand(log_probs.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    return -picked.mean(dim=-1)
 
 
 def kd_terms(
@@ -86,7 +107,7 @@ def kd_terms(
     With `standardize` the student's logits are z-scored before tempering, as logit-std asks; the
     targets must then come from standardized teacher logits too.
     """
-    ce = F.cross_entropy(student_logits, targets)
+    ce = cross_entropy(student_logits, targets)
     kd_logits = _maybe_standardize(student_logits, standardize)
     kd = temperature * temperature * soft_target_kl(kd_logits, target_log_probs, temperature)
     return {"ce": ce, "kd": kd}
