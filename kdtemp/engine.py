@@ -16,6 +16,7 @@ import contextlib
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -28,10 +29,12 @@ from kdtemp import metrics as M
 from kdtemp.config import LearnableSchedule, TrainingSettings
 from kdtemp.data import Dataset, augment_batch, draw_augmentation
 from kdtemp.losses import combine_terms, kd_terms, soft_target_log_probs
+from kdtemp.models import has_dropout
 from kdtemp.optim import build_optimizer, learning_rate, set_learning_rate
 from kdtemp.schedules import initial_theta, learned_temperature, reversal_weight, scale_gradient
 
 PROGRESS_EVERY = 20  # steps between progress events
+EPOCH_SUMS = ("loss", "ce", "kd", "penalty", "temperature", "effective")
 AUGMENT_STREAM = 1
 DROPOUT_STREAM = 2
 
@@ -47,7 +50,7 @@ class LoopSettings:
     batch_size: int
     eval_batch_size: int
     seed: int
-    """Fixes batch order, augmentation and dropout masks (not the init: see Member.init_seed)."""
+    """The single network's seed (batch order, augmentation, dropout); a student group uses its members' seeds."""
     device: torch.device
     augment: bool = False
     amp: bool = False
@@ -63,7 +66,8 @@ class LoopSettings:
 class Member:
     """One student run as the engine sees it: its knobs of the KD loss, nothing about files."""
 
-    init_seed: int
+    seed: int
+    """Fixes the student's initial weights, its batch order, augmentation and dropout masks."""
     alpha: float
     temperatures: torch.Tensor
     """Scheduled temperature per optimisation step, shape (epochs * steps_per_epoch,)."""
@@ -144,28 +148,42 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
-def _seed_dropout(settings: LoopSettings, epoch: int) -> None:
-    seed = int(torch.randint(0, 2**62, (1,), generator=epoch_generator(settings.seed, epoch, DROPOUT_STREAM)))
-    torch.manual_seed(seed)
+def _seed_dropout(seed: int, epoch: int) -> None:
+    drawn = int(torch.randint(0, 2**62, (1,), generator=epoch_generator(seed, epoch, DROPOUT_STREAM)))
+    torch.manual_seed(drawn)
 
 
 class _EpochBatches:
-    """Index batches of one epoch, plus its augmentation draws, all on the device."""
+    """Index batches of one epoch, plus its augmentation draws, all on the device.
 
-    def __init__(self, data: Dataset, settings: LoopSettings, epoch: int):
+    With one seed each batch is (B,) indices shared by every member. With several seeds
+    (`member_rows[k]` = member k's seed's row), batches are (K, B): row k is what member k would
+    draw alone. Augmentation needs one seed.
+    """
+
+    def __init__(self, data: Dataset, settings: LoopSettings, epoch: int, seeds: Sequence[int] | None = None,
+                 member_rows: torch.Tensor | None = None):
         num_samples = len(data.train_y)
-        self.order = epoch_order(settings.seed, epoch, num_samples).to(settings.device)
+        seeds = list(seeds) if seeds is not None else [settings.seed]
+        orders = torch.stack([epoch_order(seed, epoch, num_samples) for seed in seeds]).to(settings.device)
+        self.orders = orders[0] if member_rows is None else orders
+        self.member_rows = member_rows
         self.batch_size = settings.batch_size
         self.data = data
         self.augmentation = None
         if settings.augment:
-            generator = epoch_generator(settings.seed, epoch, AUGMENT_STREAM)
+            if member_rows is not None:
+                raise ValueError("augmented batches need one seed per group")
+            generator = epoch_generator(seeds[0], epoch, AUGMENT_STREAM)
             self.augmentation = draw_augmentation(num_samples, generator, settings.device)
         self.channels_last = settings.channels_last
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        for start in range(0, len(self.order), self.batch_size):
-            indices = self.order[start:start + self.batch_size]
+        for start in range(0, len(self.data.train_y), self.batch_size):
+            if self.member_rows is None:
+                indices = self.orders[start:start + self.batch_size]
+            else:
+                indices = self.orders[self.member_rows, start:start + self.batch_size]
             inputs = self.data.train_x[indices]
             if self.augmentation is not None:
                 inputs = augment_batch(inputs, indices, self.augmentation, self.data.pad_value)
@@ -246,7 +264,7 @@ class NetworkTrainer:
         self.model.train()
         for epoch in range(self.completed_epochs, settings.epochs):
             started = time.perf_counter()
-            _seed_dropout(settings, epoch)
+            _seed_dropout(settings.seed, epoch)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device)
             lr_at_start = learning_rate(settings.training, epoch * self.steps_per_epoch, self.steps_per_epoch)
@@ -278,17 +296,44 @@ class NetworkTrainer:
             yield EpochDone(epoch, [row])
 
 
+CPU_INFERENCE_BATCH = 256
+"""Chunk size for CPU inference: small enough for a conv net's activations to stay in cache."""
+
+
+def inference_module(model: nn.Module, example: torch.Tensor, device: torch.device) -> nn.Module:
+    """A faster stand-in for `model` in eval mode, or `model` itself.
+
+    On CPU: a frozen TorchScript copy with BatchNorm folded into convolutions and oneDNN layouts,
+    several times faster for conv nets. It is used only if it reproduces the eager outputs on
+    `example`; any failure to build it falls back to eager.
+    """
+    model.eval()
+    if device.type != "cpu":
+        return model
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, example)))
+            if torch.allclose(frozen(example), model(example), rtol=1e-4, atol=1e-4):
+                return frozen
+    except Exception:  # TorchScript raises many kinds of errors for modules it cannot handle
+        pass
+    return model
+
+
 def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device,
                    amp: bool = False, channels_last: bool = False) -> torch.Tensor:
     """Eval-mode logits of `model` on `inputs`, in float32, in chunks: the teacher's one pass."""
-    model.eval()
+    if device.type == "cpu":
+        batch_size = min(batch_size, CPU_INFERENCE_BATCH)
+    runner = inference_module(model, inputs[:batch_size].to(device), device)
     outputs = []
     with torch.no_grad(), autocast(device, amp):
         for chunk in _chunks(len(inputs), batch_size):
             batch = inputs[chunk].to(device)
             if channels_last and batch.dim() == 4:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            outputs.append(model(batch).float())
+            outputs.append(runner(batch).float())
     return torch.cat(outputs)
 
 
@@ -309,9 +354,8 @@ class LearnableTemperatures:
     reversal: torch.Tensor
     """Gradient-reversal weight per member and epoch, shape (K, epochs)."""
 
-    @property
-    def any(self) -> bool:
-        return bool(self.mask.any())
+    enabled: bool
+    """Whether any member learns its temperature (a Python bool: checking the mask would sync the device)."""
 
     @classmethod
     def for_members(cls, members: Sequence[Member], epochs: int, device: torch.device) -> "LearnableTemperatures":
@@ -324,6 +368,7 @@ class LearnableTemperatures:
         reversal = [[reversal_weight(m.learnable, e) if m.learnable is not None else 0.0 for e in range(epochs)]
                     for m in members]
         return cls(
+            enabled=any(m.learnable is not None for m in members),
             mask=torch.tensor([m.learnable is not None for m in members], device=device),
             theta=theta.requires_grad_(),
             t_min=column(lambda s: s.t_min, 1.0),
@@ -340,7 +385,7 @@ class LearnableTemperatures:
         The KD term sees theta through a gradient-reversal layer, so theta climbs the KD loss
         (CTKD's adversarial temperature); the optional penalty pulls T towards t_target normally.
         """
-        if not self.any:
+        if not self.enabled:
             return scheduled, torch.zeros_like(scheduled)
         reversed_theta = scale_gradient(self.theta, self.reversal[:, epoch])
         learned = torch.minimum(learned_temperature(reversed_theta, self.t_min, self.t_range), self.t_max)
@@ -362,8 +407,15 @@ class StudentGroup:
         device = settings.device
         modules = []
         for member in self.members:
-            torch.manual_seed(member.init_seed)
+            torch.manual_seed(member.seed)
             modules.append(build_student())
+        self.seeds = sorted({member.seed for member in self.members})
+        self.member_rows = None
+        if len(self.seeds) > 1:
+            if teacher.train_logits is None or settings.augment or has_dropout(modules[0]):
+                raise ValueError("students of several seeds train together only with cached teacher logits, "
+                                 "no augmentation and no dropout")
+            self.member_rows = torch.tensor([self.seeds.index(m.seed) for m in self.members], device=device)
         # The template holds structure only; stacked tensors are the real parameters.
         self.template = copy.deepcopy(modules[0]).to("meta")
         params, buffers = stack_module_state(modules)
@@ -378,35 +430,38 @@ class StudentGroup:
         self.learnable = LearnableTemperatures.for_members(self.members, settings.epochs, device)
         self.theta = self.learnable.theta
         groups = [{"params": list(self.params.values())}]
-        if self.learnable.any:
+        if self.learnable.enabled:
             groups.append({"params": [self.theta], "weight_decay": 0.0})
         self.optimizer = build_optimizer(settings.training, groups)
-        self.active = torch.ones(count, dtype=torch.bool, device=device)
+        self.inactive = torch.zeros(count, dtype=torch.bool, device=device)
+        """Members that failed: their losses are masked out of the sum that is back-propagated."""
         self.failed: dict[int, str] = {}
         self.completed_epochs = 0
         self.teacher_test_log_probs = teacher.test_log_probs().to(device)
-        self._forward_terms = vmap(
-            self._member_terms,
-            in_dims=(0, 0, None, None, 0 if teacher.per_member else None, 0, 0),
-            randomness="same",
-        )
+        # Without logit-std members the flag stays a Python False, so no member pays for z-scoring.
+        self._standardize_arg = self.standardize if self.any_standardize else False
+        # randomness="same": members draw one dropout mask, the one each would draw alone (they share a seed)
         self._forward_logits = vmap(self._member_logits, in_dims=(0, 0, None), randomness="same")
+        self._forward_own_batches = vmap(self._member_logits, in_dims=(0, 0, 0), randomness="same")
+        self._rows = torch.arange(count, device=device)[:, None]
 
     # -- per-member pieces, vmapped --
 
     def _member_logits(self, params, buffers, inputs):
         return functional_call(self.template, (params, buffers), (inputs,))
 
-    def _member_terms(self, params, buffers, inputs, targets, teacher_logits, temperature, standardize):
+    def _loss_terms(self, inputs, targets, teacher_logits, temperature):
+        """Every member's forward pass (one vmapped call), then the KD terms on (K, B, C) logits at once."""
+        forward = self._forward_logits if self.member_rows is None else self._forward_own_batches
         with autocast(self.settings.device, self.settings.amp):
-            logits = functional_call(self.template, (params, buffers), (inputs,))
+            logits = forward(self.params, self.buffers, inputs)
         logits = logits.float()
         target_log_probs = soft_target_log_probs(
             teacher_logits.float(), temperature, ensemble=self.teacher.ensemble,
-            weights=self.teacher.weights, standardize=standardize,
+            weights=self.teacher.weights, standardize=self._standardize_arg,
         )
-        terms = kd_terms(logits, target_log_probs, targets, temperature, standardize)
-        return terms["ce"], terms["kd"], (logits.argmax(-1) == targets).sum()
+        terms = kd_terms(logits, target_log_probs, targets, temperature, self._standardize_arg)
+        return terms["ce"], terms["kd"], (logits.argmax(-1) == targets).sum(-1)
 
     # -- state for checkpoints --
 
@@ -462,10 +517,14 @@ class StudentGroup:
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
 
     def _teacher_logits(self, indices: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        if self.teacher.train_logits is not None:
-            if self.teacher.per_member:
-                return self.teacher.train_logits[:, :, indices]
-            return self.teacher.train_logits[:, indices]
+        """(n_teachers, B, C) shared by the group, or (K, n_teachers, B, C) per member."""
+        cached = self.teacher.train_logits
+        if cached is not None:
+            if indices.dim() == 1:
+                return cached[:, :, indices] if self.teacher.per_member else cached[:, indices]
+            if self.teacher.per_member:  # (K, n, N, C) -> (K, B, n, C) -> (K, n, B, C)
+                return cached[self._rows, :, indices].permute(0, 2, 1, 3)
+            return cached[:, indices].movedim(1, 0)  # (n, K, B, C) -> (K, n, B, C)
         with torch.no_grad(), autocast(self.settings.device, self.settings.amp):
             return torch.stack([network(inputs).float() for network in self.teacher.networks])
 
@@ -487,41 +546,41 @@ class StudentGroup:
         self.template.train()
         for epoch in range(self.completed_epochs, settings.epochs):
             started = time.perf_counter()
-            _seed_dropout(settings, epoch)
-            sums = {name: torch.zeros(count, device=device) for name in ("loss", "ce", "kd", "penalty", "correct", "temperature", "effective")}
+            _seed_dropout(self.seeds[0], epoch)
+            # batch-weighted sums of (loss, ce, kd, penalty, temperature, effective T) and correct counts, on the device
+            weighted = torch.zeros(len(EPOCH_SUMS), count, device=device)
+            correct_total = torch.zeros(count, device=device)
             lr_at_start = learning_rate(settings.training, epoch * self.steps_per_epoch, self.steps_per_epoch)
-            for step, (indices, inputs, targets) in enumerate(_EpochBatches(self.data, settings, epoch)):
+            batches = _EpochBatches(self.data, settings, epoch, self.seeds, self.member_rows)
+            for step, (indices, inputs, targets) in enumerate(batches):
                 step_index = epoch * self.steps_per_epoch + step
                 set_learning_rate(self.optimizer, learning_rate(settings.training, step_index, self.steps_per_epoch))
                 teacher_logits = self._teacher_logits(indices, inputs)
                 temperature, penalty = self.learnable.temperatures(self.temperature_table[:, step_index], epoch)
-                ce, kd, correct = self._forward_terms(self.params, self.buffers, inputs, targets, teacher_logits,
-                                                      temperature, self.standardize)
+                ce, kd, correct = self._loss_terms(inputs, targets, teacher_logits, temperature)
                 losses = combine_terms({"ce": ce, "kd": kd, "penalty": penalty}, self.alpha)
-                total = torch.where(self.active, losses, torch.zeros_like(losses)).sum()
+                total = losses.masked_fill(self.inactive, 0.0).sum()
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 if settings.clip_grad_norm:
                     self._clip_gradients(settings.clip_grad_norm)
                 self.optimizer.step()
-                batch = len(targets)
+                batch = targets.shape[-1]
                 with torch.no_grad():
-                    sums["loss"] += losses.detach() * batch
-                    sums["ce"] += ce.detach() * batch
-                    sums["kd"] += kd.detach() * batch
-                    sums["penalty"] += penalty.detach() * batch
-                    sums["correct"] += correct
-                    sums["temperature"] += temperature.detach() * batch
+                    effective = temperature
                     if self.any_standardize:
                         # mean per-sample std of the teacher logits: scalar, or (K,) with per-member teachers
-                        spread = teacher_logits.float().std(dim=-1).flatten(-2).mean(dim=-1)
-                        sums["effective"] += temperature.detach() * spread * batch
+                        effective = temperature * teacher_logits.float().std(dim=-1).flatten(-2).mean(dim=-1)
+                    weighted += torch.stack((losses, ce, kd, penalty, temperature, effective)) * batch
+                    correct_total += correct
                 if should_stop is not None and should_stop():
                     raise StopRequested
                 if (step + 1) % PROGRESS_EVERY == 0:
                     yield StepsDone(epoch, step + 1, self.steps_per_epoch)
+            sums = dict(zip(EPOCH_SUMS, weighted.unbind()))
+            sums["correct"] = correct_total
             yield self._end_epoch(epoch, sums, lr_at_start, started)
-            if not bool(self.active.any()):
+            if bool(self.inactive.all()):
                 return
 
     def _end_epoch(self, epoch: int, sums: dict[str, torch.Tensor], lr: float, started: float) -> EpochDone:
@@ -564,7 +623,5 @@ class StudentGroup:
                 row["train_penalty"] = host["penalty"][k] / count
             rows.append(row)
         if new_failures:
-            mask = torch.ones_like(self.active)
-            mask[list(new_failures)] = False
-            self.active &= mask
+            self.inactive[list(new_failures)] = True
         return EpochDone(epoch, rows, new_failures)

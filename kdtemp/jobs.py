@@ -23,11 +23,11 @@ from kdtemp.data import Dataset, load_dataset
 from kdtemp.device import amp_enabled, max_group_size, member_bytes, resolve_device
 from kdtemp.engine import (
     EpochDone, LoopSettings, Member, NetworkTrainer, StepsDone, StudentGroup, TeacherSignal,
-    predict_logits, steps_per_epoch,
+    inference_module, predict_logits, steps_per_epoch,
 )
 from kdtemp.errors import CheckpointError, ConfigError
 from kdtemp.events import Note, Progress, SweepResult, TeacherResult
-from kdtemp.models import build_model, count_parameters
+from kdtemp.models import build_model, count_parameters, has_dropout
 from kdtemp.plan import RunSpec, group_runs, learnable_schedule, plan_runs, uses_standardized_logits
 from kdtemp.schedules import LOW_TEMPERATURE, lowest_temperature, temperature_table
 
@@ -254,9 +254,9 @@ def plan_sweep(config: ExperimentConfig, data: Dataset, teacher: LoadedTeacher) 
 
 def member_for(run: RunSpec, epochs: int, spe: int) -> Member:
     if run.is_baseline:
-        return Member(init_seed=run.seed, alpha=0.0, temperatures=torch.ones(epochs * spe), distills=False)
+        return Member(seed=run.seed, alpha=0.0, temperatures=torch.ones(epochs * spe), distills=False)
     return Member(
-        init_seed=run.seed, alpha=run.alpha, temperatures=temperature_table(run.schedule, run.t0, epochs, spe),
+        seed=run.seed, alpha=run.alpha, temperatures=temperature_table(run.schedule, run.t0, epochs, spe),
         t0=run.t0, standardize=uses_standardized_logits(run), learnable=learnable_schedule(run),
     )
 
@@ -311,13 +311,15 @@ def sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck 
     signal = TeacherSignal(
         test_logits=test_logits[None],
         train_logits=None if train_logits is None else train_logits[None],
-        networks=(teacher.model,) if train_logits is None else (),
+        networks=() if train_logits is not None else
+        (inference_module(teacher.model, data.train_x[:config.student_batch_size()], device),),
     )
     state = _SweepState(len(runs), skipped)
     sizes = {"student_params": count_parameters(build_model(config.student, data.input_shape, data.num_classes)),
              "teacher_params": int(teacher.checkpoint.get("parameters") or count_parameters(teacher.model))}
     group_limit = _group_limit(config, data, device)
-    groups = group_runs(pending, group_limit)
+    student_probe = build_model(config.student, data.input_shape, data.num_classes)
+    groups = group_runs(pending, group_limit, across_seeds=train_logits is not None and not has_dropout(student_probe))
     done_runs = 0
     for number, group in enumerate(groups, 1):
         yield from _train_group(config, layout, data, signal, group, device, force, should_stop, worker, state,
@@ -415,14 +417,14 @@ def _train_members(config, layout, data, signal, members, device, should_stop, s
     spec = config.student
     spe = steps_per_epoch(len(data.train_y), config.student_batch_size())
     runs = [run for run, _ in members]
-    seed = runs[0].seed
-    settings = _loop_settings(config, spec, config.student_batch_size(), seed, device)
+    seeds = sorted({run.seed for run in runs})
+    settings = _loop_settings(config, spec, config.student_batch_size(), seeds[0], device)
     group = StudentGroup(lambda: build_model(spec, data.input_shape, data.num_classes),
                          [member_for(run, spec.epochs, spe) for run in runs], data, signal, settings)
     resume_states = [s for _, s in members]
     if resume_states[0] is not None:
         group.load_member_states([s["member"] for s in resume_states])
-    description = f"{label}: {len(runs)} runs at once (seed {seed})"
+    description = f"{label}: {len(runs)} runs at once (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
     yield Progress("runs", "runs", done_before, pending_total)
     yield Progress("epochs", description, group.completed_epochs, spec.epochs)
     for event in group.run(should_stop):

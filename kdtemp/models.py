@@ -44,6 +44,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def has_dropout(model: nn.Module) -> bool:
+    """Whether training draws random masks: such students can only share a group with their own seed."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
 def size_bytes(model: nn.Module) -> int:
     """Bytes of parameters and buffers: what a saved state dict weighs."""
     tensors = list(model.parameters()) + list(model.buffers())

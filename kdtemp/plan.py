@@ -118,18 +118,23 @@ def plan_runs(config: ExperimentConfig, teacher_fingerprint: str) -> list[RunSpe
     return runs
 
 
-def group_runs(runs: list[RunSpec], max_size: int | None) -> list[list[RunSpec]]:
-    """Lockstep groups: runs with one seed share init, batch order, augmentation and dropout masks.
+def group_runs(runs: list[RunSpec], max_size: int | None, across_seeds: bool) -> list[list[RunSpec]]:
+    """Lockstep groups, each cut into chunks of at most `max_size`.
 
-    Groups larger than `max_size` are cut into consecutive chunks.
+    Runs of one seed share init, batch order, augmentation and dropout masks, so they always group.
+    Runs of several seeds group too when `across_seeds` (teacher logits cached, no augmentation, no
+    dropout): each member then draws its own seed's batches, exactly as it would alone.
     """
     ordered = sorted(runs, key=lambda run: run.seed)
+    if across_seeds:
+        batches = [ordered]
+    else:
+        batches = [list(same_seed) for _, same_seed in groupby(ordered, key=lambda run: run.seed)]
     groups: list[list[RunSpec]] = []
-    for _, same_seed in groupby(ordered, key=lambda run: run.seed):
-        members = list(same_seed)
+    for members in batches:
         size = max_size or len(members)
         groups.extend(members[i:i + size] for i in range(0, len(members), size))
-    return groups
+    return [group for group in groups if group]
 
 
 def uses_standardized_logits(run: RunSpec) -> bool:

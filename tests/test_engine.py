@@ -1,0 +1,197 @@
+"""The stacked engine changes speed, not results: a run trained in a group equals the run trained alone,
+and both equal a plain PyTorch loop written here independently."""
+
+import math
+
+import pytest
+import torch
+
+from kdtemp.config import ConstantSchedule, DataConfig, MLPSpec
+from kdtemp.data import load_dataset
+from kdtemp.engine import EpochDone, LoopSettings, Member, StudentGroup, TeacherSignal, epoch_order, steps_per_epoch
+from kdtemp.losses import kd_loss
+from kdtemp.models import build_model
+from kdtemp.optim import learning_rate
+from kdtemp.schedules import temperature_table
+
+EPOCHS, BATCH = 2, 256
+SPEC = MLPSpec(hidden=[32], epochs=EPOCHS, weight_decay=5e-4, lr=0.05)
+COMPARED = ["train_loss", "train_ce", "train_acc", "test_loss", "test_acc", "agreement", "test_kl", "test_ece", "temperature"]
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    data = load_dataset(DataConfig(root=tmp_path_factory.getbasetemp() / "engine-data"))
+    generator = torch.Generator().manual_seed(0)
+    teacher_train = torch.randn(len(data.train_y), 10, generator=generator) * 2
+    teacher_train[torch.arange(len(data.train_y)), data.train_y] += 5
+    teacher_test = torch.randn(len(data.test_y), 10, generator=generator) * 2
+    teacher_test[torch.arange(len(data.test_y)), data.test_y] += 5
+    signal = TeacherSignal(test_logits=teacher_test[None], train_logits=teacher_train[None])
+    return data, signal
+
+
+def member(t0, seed=0, alpha=0.9, spec=SPEC, data_len=4000):
+    spe = steps_per_epoch(data_len, BATCH)
+    if t0 is None:
+        return Member(seed, 0.0, torch.ones(spec.epochs * spe), distills=False)
+    return Member(seed, alpha, temperature_table(ConstantSchedule(), t0, spec.epochs, spe), t0=t0)
+
+
+def train(setting, members, seed=0, spec=SPEC, clip=None):
+    data, signal = setting
+    settings = LoopSettings(spec, BATCH, 1000, seed, torch.device("cpu"), clip_grad_norm=clip)
+    group = StudentGroup(lambda: build_model(spec, data.input_shape, 10), members, data, signal, settings)
+    epochs = [event for event in group.run() if isinstance(event, EpochDone)]
+    return group, epochs
+
+
+def assert_rows_close(a, b, tolerance=1e-5):
+    for column in COMPARED:
+        assert a[column] == pytest.approx(b[column], rel=tolerance, abs=tolerance), column
+
+
+def test_group_equals_each_run_alone(setting):
+    members = [member(1.0), member(4.0), member(None)]
+    _, grouped = train(setting, members)
+    for k, single in enumerate(members):
+        _, alone = train(setting, [single])
+        for epoch in range(EPOCHS):
+            assert_rows_close(grouped[epoch].metrics[k], alone[epoch].metrics[0])
+
+
+def test_group_equals_a_plain_pytorch_loop(setting):
+    """The reference: one nn.Module, the documented batch order, kd_loss, torch's own SGD."""
+    data, signal = setting
+    t0, seed = 4.0, 0
+    _, grouped = train(setting, [member(1.0), member(t0)])
+    torch.manual_seed(seed)
+    model = build_model(SPEC, data.input_shape, 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=SPEC.lr, momentum=0.9, nesterov=True, weight_decay=SPEC.weight_decay)
+    spe = steps_per_epoch(len(data.train_y), BATCH)
+    teacher = signal.train_logits[0]
+    for epoch in range(EPOCHS):
+        order = epoch_order(seed, epoch, len(data.train_y))
+        for step in range(spe):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(SPEC, epoch * spe + step, spe)
+            batch = order[step * BATCH:(step + 1) * BATCH]
+            loss = kd_loss(model(data.train_x[batch]), teacher[batch], data.train_y[batch], t0, 0.9)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            logits = model(data.test_x)
+        accuracy = float((logits.argmax(-1) == data.test_y).float().mean())
+        loss = float(torch.nn.functional.cross_entropy(logits, data.test_y))
+        assert grouped[epoch].metrics[1]["test_acc"] == pytest.approx(accuracy, abs=1e-6)
+        assert grouped[epoch].metrics[1]["test_loss"] == pytest.approx(loss, rel=1e-4)
+
+
+def test_a_diverging_member_fails_alone(setting):
+    """At T = 1e30, T^2 overflows float32: the loss is non-finite; its neighbour trains exactly as if alone."""
+    _, grouped = train(setting, [member(1e30), member(4.0)])
+    first = grouped[0]
+    assert first.metrics[0] is None and 0 in first.failures
+    assert first.failures[0].startswith("training loss became ") and first.failures[0].endswith("in epoch 0")
+    assert grouped[1].metrics[0] is None and not grouped[1].failures  # reported once
+    _, alone = train(setting, [member(4.0)])
+    for epoch in range(EPOCHS):
+        assert_rows_close(grouped[epoch].metrics[1], alone[epoch].metrics[0], tolerance=0)
+
+
+def test_member_state_round_trip_resumes_exactly(setting):
+    data, signal = setting
+    members = [member(2.0), member(None)]
+    _, straight = train(setting, members)
+    one_epoch = SPEC.model_copy(update={"epochs": EPOCHS})
+    settings = LoopSettings(one_epoch, BATCH, 1000, 0, torch.device("cpu"))
+    first = StudentGroup(lambda: build_model(SPEC, data.input_shape, 10), members, data, signal, settings)
+    events = first.run()
+    for event in events:
+        if isinstance(event, EpochDone):
+            break  # stop after epoch 0, as a crash would
+    states = [first.member_state(k) for k in range(len(members))]
+    assert all(state["epoch"] == 1 for state in states)
+    resumed = StudentGroup(lambda: build_model(SPEC, data.input_shape, 10), members, data, signal, settings)
+    resumed.load_member_states(states)
+    rest = [event for event in resumed.run() if isinstance(event, EpochDone)]
+    assert [event.epoch for event in rest] == [1]
+    for k in range(len(members)):
+        assert_rows_close(rest[0].metrics[k], straight[1].metrics[k], tolerance=0)
+
+
+def test_member_state_is_a_plain_module_state_dict(setting):
+    data, _ = setting
+    group, _ = train(setting, [member(2.0), member(8.0)])
+    model = build_model(SPEC, data.input_shape, 10)
+    model.load_state_dict(group.member_state(1)["model"])
+    with torch.no_grad():
+        accuracy = float((model(data.test_x).argmax(-1) == data.test_y).float().mean())
+    assert accuracy == pytest.approx(float(group.evaluate()["test_acc"][1]), abs=1e-6)
+
+
+def test_dropout_students_group_like_alone(setting):
+    """Members of a group share a seed, so they share dropout masks with their solo runs too."""
+    spec = MLPSpec(hidden=[32], dropout=0.3, epochs=1, lr=0.05)
+    members = [member(2.0, spec=spec), member(6.0, spec=spec)]
+    _, grouped = train(setting, members, spec=spec)
+    _, alone = train(setting, [members[1]], spec=spec)
+    assert_rows_close(grouped[0].metrics[1], alone[0].metrics[0])
+
+
+def test_gradient_clipping_is_per_member(setting):
+    members = [member(1.0), member(8.0)]
+    _, grouped = train(setting, members, clip=0.05)  # gradient norms here are about 0.3
+    _, alone = train(setting, [members[1]], clip=0.05)
+    assert_rows_close(grouped[-1].metrics[1], alone[-1].metrics[0])
+    _, unclipped = train(setting, [members[1]])
+    assert unclipped[-1].metrics[0]["train_loss"] != pytest.approx(alone[-1].metrics[0]["train_loss"], rel=1e-3)
+
+
+def test_same_seed_same_numbers(setting):
+    _, first = train(setting, [member(3.0, seed=5)], seed=5)
+    _, second = train(setting, [member(3.0, seed=5)], seed=5)
+    without_time = [{k: v for k, v in e.metrics[0].items() if k != "epoch_seconds"} for e in (first[-1], second[-1])]
+    assert without_time[0] == without_time[1]
+    _, other = train(setting, [member(3.0, seed=6)], seed=6)
+    assert not math.isclose(first[-1].metrics[0]["train_loss"], other[-1].metrics[0]["train_loss"])
+
+
+def test_a_group_across_seeds_equals_each_run_alone(setting):
+    """Members of different seeds draw their own seed's batches inside one group."""
+    members = [member(2.0, seed=0), member(2.0, seed=1), member(None, seed=1), member(6.0, seed=2)]
+    group, grouped = train(setting, members)
+    assert group.seeds == [0, 1, 2]
+    for k, single in enumerate(members):
+        _, alone = train(setting, [single], seed=single.seed)
+        for epoch in range(EPOCHS):
+            assert_rows_close(grouped[epoch].metrics[k], alone[epoch].metrics[0])
+
+
+def test_per_member_teachers_across_seeds(setting):
+    """Each member distilling from its own cached teacher (born-again generations) gathers its own rows."""
+    data, signal = setting
+    generator = torch.Generator().manual_seed(7)
+    own = torch.randn(2, 1, len(data.train_y), 10, generator=generator) * 3
+    own_test = torch.randn(2, 1, len(data.test_y), 10, generator=generator)
+    members = [member(3.0, seed=0), member(3.0, seed=1)]
+    per_member = TeacherSignal(test_logits=own_test, train_logits=own, per_member=True)
+    settings = LoopSettings(SPEC, BATCH, 1000, 0, torch.device("cpu"))
+    group = StudentGroup(lambda: build_model(SPEC, data.input_shape, 10), members, data, per_member, settings)
+    grouped = [e for e in group.run() if isinstance(e, EpochDone)]
+    for k in range(2):
+        single = TeacherSignal(test_logits=own_test[k], train_logits=own[k])
+        alone = StudentGroup(lambda: build_model(SPEC, data.input_shape, 10), [members[k]], data, single,
+                             LoopSettings(SPEC, BATCH, 1000, k, torch.device("cpu")))
+        alone_epochs = [e for e in alone.run() if isinstance(e, EpochDone)]
+        assert_rows_close(grouped[-1].metrics[k], alone_epochs[-1].metrics[0])
+
+
+def test_dropout_students_of_different_seeds_are_not_grouped(setting):
+    data, signal = setting
+    spec = MLPSpec(hidden=[16], dropout=0.2, epochs=1)
+    settings = LoopSettings(spec, BATCH, 1000, 0, torch.device("cpu"))
+    with pytest.raises(ValueError, match="several seeds train together only"):
+        StudentGroup(lambda: build_model(spec, data.input_shape, 10), [member(1.0, seed=0, spec=spec),
+                     member(1.0, seed=1, spec=spec)], data, signal, settings)
