@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kdtemp import events as E
-from kdtemp import jobs, render, report
+from kdtemp import jobs
 from kdtemp.config import ExperimentConfig, check_safe_name, load_config, parse_name_list, parse_number_list
 from kdtemp.engine import StopRequested
 from kdtemp.errors import KDTempError
@@ -123,6 +123,7 @@ def train_teacher_command(
     epochs: Optional[str] = typer.Option(None, help="Teacher epochs.", rich_help_panel=EXPERIMENT),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N.", rich_help_panel=EXPERIMENT),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast for forward passes (default: on for CUDA).", rich_help_panel=EXPERIMENT),
     force: bool = typer.Option(False, "--force", help="Retrain even if a finished teacher exists."),
 ):
     """Train, evaluate and checkpoint the teacher.
@@ -133,6 +134,7 @@ def train_teacher_command(
         settings = build_config(config, {
             "data.dataset": (dataset, "--dataset"), "teacher.epochs": (epochs, "--epochs"),
             "device": (device, "--device"), "runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir"),
+            "train.amp": (amp, "--amp"),
         })
         return jobs.train_teacher(settings, force=force, should_stop=interrupt)
 
@@ -154,6 +156,7 @@ def sweep_command(
     epochs: Optional[str] = typer.Option(None, help="Student epochs.", rich_help_panel=EXPERIMENT),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N.", rich_help_panel=EXPERIMENT),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast for forward passes (default: on for CUDA).", rich_help_panel=EXPERIMENT),
     force: bool = typer.Option(False, "--force", help="Retrain every run, even completed ones."),
 ):
     """Distil students over temperatures x schedules x seeds, plus a no-KD baseline per seed.
@@ -170,6 +173,7 @@ def sweep_command(
             "kd.schedules": (_schedules_override(config, schedules), "--schedules"),
             "data.dataset": (dataset, "--dataset"), "student.epochs": (epochs, "--epochs"),
             "device": (device, "--device"), "runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir"),
+            "train.amp": (amp, "--amp"),
         })
         return jobs.sweep(settings, force=force, should_stop=interrupt)
 
@@ -204,12 +208,14 @@ def report_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config whose experiment to report.", rich_help_panel=EXPERIMENT),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT),
     name: Optional[str] = typer.Option(None, "--name", help="Experiments to compare side by side: a,b or all.", rich_help_panel=EXPERIMENT),
-    metric: str = typer.Option("test_acc", help=f"Metric in the table: {', '.join(report.METRICS)}."),
+    metric: str = typer.Option("test_acc", help="Metric in the table: test_acc, best_test_acc, test_loss, agreement, kl_to_teacher, ece."),
 ):
     """Aggregate the sweep's CSVs: accuracy-vs-temperature table, statistics, plots, report.md and report.html.
 
     [bold]Example:[/bold] kdtemp report --config configs/fashion-mnist.yaml --metric agreement
     """
+    from kdtemp import render, report  # pandas, scipy and matplotlib load only when a report is asked for
+
     try:
         settings = build_config(config, {"runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir")})
         names = _experiment_names(settings, name)
@@ -245,7 +251,10 @@ def _experiment_names(settings: ExperimentConfig, names: Optional[str]) -> list[
     return chosen
 
 
-def rich_table(results: report.ExperimentResults, table: report.TemperatureTable) -> Table:
+def rich_table(results, table) -> Table:
+    """The accuracy-versus-temperature table (a report.TemperatureTable) for the terminal."""
+    from kdtemp.report import format_cell
+
     unit = "%" if table.percent else ""
     grid = Table(title=f"{results.name}: {table.metric}{' (%)' if unit else ''}, mean ± sd (n seeds), last epoch",
                  caption="bold = best temperature of the row; * = paired t-test vs baseline, p < 0.05")
@@ -256,11 +265,11 @@ def rich_table(results: report.ExperimentResults, table: report.TemperatureTable
         texts = []
         for t in table.temperatures:
             cell = cells.get(t)
-            text = report.format_cell(cell, table.percent) if cell else ""
+            text = format_cell(cell, table.percent) if cell else ""
             texts.append(f"[bold green]{text}[/bold green]" if cell and cell.best else text)
         grid.add_row(label, *texts)
     for label, cell in table.references.items():
-        grid.add_row(f"[dim]{label}[/dim]", report.format_cell(cell, table.percent), *[""] * (len(table.temperatures) - 1))
+        grid.add_row(f"[dim]{label}[/dim]", format_cell(cell, table.percent), *[""] * (len(table.temperatures) - 1))
     return grid
 
 

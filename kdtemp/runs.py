@@ -249,8 +249,28 @@ def read_summary(run_dir: Path) -> dict | None:
 
 
 def is_completed(run_dir: Path) -> bool:
+    """summary.json says completed and metrics.csv holds every epoch, intact; anything less is rerun."""
     summary = read_summary(run_dir)
-    return summary is not None and summary.get("status") == COMPLETED
+    if summary is None or summary.get("status") != COMPLETED:
+        return False
+    return metrics_are_complete(RunFiles(run_dir).metrics, summary.get("epochs"))
+
+
+def metrics_are_complete(path: Path, epochs) -> bool:
+    """Rows for epochs 0..epochs-1, in order, each with a test accuracy: what a finished run leaves."""
+    try:
+        rows = read_csv_rows(path)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    if not isinstance(epochs, int) or len(rows) != epochs:
+        return False
+    for expected, row in enumerate(rows):
+        try:
+            if int(row.get("epoch") or -1) != expected or not 0 <= float(row.get("test_acc") or "nan") <= 1:
+                return False
+        except ValueError:
+            return False
+    return True
 
 
 # --- checkpoints -------------------------------------------------------------------------------
