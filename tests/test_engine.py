@@ -8,7 +8,8 @@ import torch
 
 from kdtemp.config import ConstantSchedule, DataConfig, MLPSpec
 from kdtemp.data import load_dataset
-from kdtemp.engine import EpochDone, LoopSettings, Member, StudentGroup, TeacherSignal, epoch_order, steps_per_epoch
+from kdtemp.engine import EpochDone, LoopSettings, Member, TeacherSignal, epoch_order, steps_per_epoch
+from kdtemp.student_group import StudentGroup
 from kdtemp.losses import kd_loss
 from kdtemp.models import build_model
 from kdtemp.optim import learning_rate
@@ -174,14 +175,14 @@ def test_per_member_teachers_across_seeds(setting):
     data, signal = setting
     generator = torch.Generator().manual_seed(7)
     own = torch.randn(2, 1, len(data.train_y), 10, generator=generator) * 3
-    own_test = torch.randn(2, 1, len(data.test_y), 10, generator=generator)
     members = [member(3.0, seed=0), member(3.0, seed=1)]
-    per_member = TeacherSignal(test_logits=own_test, train_logits=own, per_member=True)
+    # agreement and KL stay measured against the experiment's teacher
+    per_member = TeacherSignal(test_logits=signal.test_logits, train_logits=own, per_member=True)
     settings = LoopSettings(SPEC, BATCH, 1000, 0, torch.device("cpu"))
     group = StudentGroup(lambda: build_model(SPEC, data.input_shape, 10), members, data, per_member, settings)
     grouped = [e for e in group.run() if isinstance(e, EpochDone)]
     for k in range(2):
-        single = TeacherSignal(test_logits=own_test[k], train_logits=own[k])
+        single = TeacherSignal(test_logits=signal.test_logits, train_logits=own[k])
         alone = StudentGroup(lambda: build_model(SPEC, data.input_shape, 10), [members[k]], data, single,
                              LoopSettings(SPEC, BATCH, 1000, k, torch.device("cpu")))
         alone_epochs = [e for e in alone.run() if isinstance(e, EpochDone)]

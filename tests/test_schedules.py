@@ -102,7 +102,8 @@ def test_logit_std_matches_float64_reference():
 def group_for(members, epochs=3, data_root=None):
     from kdtemp.config import DataConfig, MLPSpec
     from kdtemp.data import load_dataset
-    from kdtemp.engine import LoopSettings, StudentGroup, TeacherSignal
+    from kdtemp.engine import LoopSettings, TeacherSignal
+    from kdtemp.student_group import StudentGroup
     from kdtemp.models import build_model
 
     data = load_dataset(DataConfig(root=data_root))

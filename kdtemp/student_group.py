@@ -1,0 +1,385 @@
+"""K students trained in lockstep as one stacked model.
+
+The students share one architecture and are stacked with `torch.func` (parameters of shape (K, ...),
+one `vmap`ped forward), each with its own alpha, temperature schedule, seed and optimizer state.
+One batch and one teacher pass (or one read of cached teacher logits) serve them all. Their losses
+are summed before `backward`, which keeps their gradients independent; a member whose loss turns
+non-finite is masked out and reported as failed. A member trained here gives the numbers it would
+give trained alone: tests/test_engine.py holds the proof.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from kdtemp.data import Dataset
+from kdtemp.engine import (
+    EpochBatches, EpochDone, LoopSettings, Member, StepsDone, StopRequested, TeacherSignal, add_sums, autocast,
+    chunks, evaluation_sums, finish_evaluation, seed_dropout, steps_per_epoch, PROGRESS_EVERY,
+)
+from kdtemp.hints import FeatureCapture, build_regressor, feature_shape
+from kdtemp.losses import combine_terms, kd_terms, soft_target_log_probs
+from kdtemp.models import has_dropout
+from kdtemp.optim import build_optimizer, learning_rate, set_learning_rate
+from kdtemp.schedules import initial_theta, learned_temperature, reversal_weight, scale_gradient
+
+EPOCH_SUMS = ("loss", "ce", "kd", "penalty", "feature", "temperature", "effective")
+
+
+@dataclass(frozen=True)
+class Hint:
+    """FitNets hint settings of a group: weight * MSE(regressor(student feature), teacher feature)."""
+
+    weight: float
+    student_layer: str | None
+    teacher_shape: tuple[int, ...]
+
+
+# --- learnable temperatures (CTKD) -----------------------------------------------------------
+
+
+@dataclass
+class LearnableTemperatures:
+    """Per-member CTKD temperature parameters; members without one keep their scheduled T."""
+
+    mask: torch.Tensor
+    theta: torch.Tensor
+    t_min: torch.Tensor
+    t_range: torch.Tensor
+    t_max: torch.Tensor
+    penalty: torch.Tensor
+    t_target: torch.Tensor
+    reversal: torch.Tensor
+    """Gradient-reversal weight per member and epoch, shape (K, epochs)."""
+
+    enabled: bool
+    """Whether any member learns its temperature (a Python bool: checking the mask would sync the device)."""
+
+    @classmethod
+    def for_members(cls, members: Sequence[Member], epochs: int, device: torch.device) -> "LearnableTemperatures":
+        def column(get, default: float) -> torch.Tensor:
+            values = [get(m.learnable) if m.learnable is not None else default for m in members]
+            return torch.tensor(values, dtype=torch.float32, device=device)
+
+        theta = torch.tensor([initial_theta(m.learnable, m.t0) if m.learnable is not None else 0.0 for m in members],
+                             dtype=torch.float32, device=device)
+        reversal = [[reversal_weight(m.learnable, e) if m.learnable is not None else 0.0 for e in range(epochs)]
+                    for m in members]
+        return cls(
+            enabled=any(m.learnable is not None for m in members),
+            mask=torch.tensor([m.learnable is not None for m in members], device=device),
+            theta=theta.requires_grad_(),
+            t_min=column(lambda s: s.t_min, 1.0),
+            t_range=column(lambda s: s.t_range, 1.0),
+            t_max=column(lambda s: s.t_max if s.t_max is not None else math.inf, math.inf),
+            penalty=column(lambda s: s.penalty, 0.0),
+            t_target=column(lambda s: s.t_target or 1.0, 1.0),
+            reversal=torch.tensor(reversal, dtype=torch.float32, device=device),
+        )
+
+    def temperatures(self, scheduled: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(temperature for the KD term, penalty term) per member at this step.
+
+        The KD term sees theta through a gradient-reversal layer, so theta climbs the KD loss
+        (CTKD's adversarial temperature); the optional penalty pulls T towards t_target normally.
+        """
+        if not self.enabled:
+            return scheduled, torch.zeros_like(scheduled)
+        reversed_theta = scale_gradient(self.theta, self.reversal[:, epoch])
+        learned = torch.minimum(learned_temperature(reversed_theta, self.t_min, self.t_range), self.t_max)
+        plain = learned_temperature(self.theta, self.t_min, self.t_range)
+        penalty = torch.where(self.mask, self.penalty * (plain - self.t_target) ** 2, torch.zeros_like(plain))
+        return torch.where(self.mask, learned, scheduled), penalty
+
+
+# --- the group ---------------------------------------------------------------------------------
+
+
+def _stack(modules: list[nn.Module], device: torch.device) -> tuple[nn.Module, dict, dict]:
+    """(structure-only template on the meta device, stacked parameters, stacked buffers)."""
+    template = copy.deepcopy(modules[0]).to("meta")
+    params, buffers = stack_module_state(modules)
+    params = {name: p.detach().to(device).requires_grad_() for name, p in params.items()}
+    return template, params, {name: b.to(device) for name, b in buffers.items()}
+
+
+class StudentGroup:
+    """K students trained in lockstep as one stacked model."""
+
+    def __init__(self, build_student: Callable[[], nn.Module], members: Sequence[Member], data: Dataset,
+                 teacher: TeacherSignal, settings: LoopSettings, hint: Hint | None = None):
+        self.members = list(members)
+        self.data, self.teacher, self.settings, self.hint = data, teacher, settings, hint
+        device = settings.device
+        student_shape = None
+        if hint is not None:
+            student_shape = feature_shape(build_student(), hint.student_layer, data.train_x[:2].cpu(), "student")
+        modules, regressors = [], []
+        for member in self.members:
+            torch.manual_seed(member.seed)  # the init each member would get alone
+            modules.append(build_student())
+            if hint is not None:
+                regressors.append(build_regressor(student_shape, hint.teacher_shape))
+        self.seeds = sorted({member.seed for member in self.members})
+        self.member_rows = None
+        if len(self.seeds) > 1:
+            if teacher.train_logits is None or settings.augment or has_dropout(modules[0]):
+                raise ValueError("students of several seeds train together only with cached teacher logits, "
+                                 "no augmentation and no dropout")
+            self.member_rows = torch.tensor([self.seeds.index(m.seed) for m in self.members], device=device)
+        self.template, self.params, self.buffers = _stack(modules, device)
+        self.regressor_params: dict[str, torch.Tensor] = {}
+        if hint is not None:
+            self.regressor_template, self.regressor_params, _ = _stack(regressors, device)
+            self._capture = FeatureCapture(self.template, hint.student_layer)
+            self._teacher_captures = [FeatureCapture(n, teacher.feature_layer, "teacher") for n in teacher.networks]
+        count = len(self.members)
+        self.steps_per_epoch = steps_per_epoch(len(data.train_y), settings.batch_size)
+        self.alpha = torch.tensor([m.alpha for m in self.members], device=device)
+        self.standardize = torch.tensor([m.standardize for m in self.members], device=device)
+        self.any_standardize = any(m.standardize for m in self.members)
+        self.temperature_table = torch.stack([m.temperatures for m in self.members]).to(device)
+        self.learnable = LearnableTemperatures.for_members(self.members, settings.epochs, device)
+        self.theta = self.learnable.theta
+        groups = [{"params": [*self.params.values(), *self.regressor_params.values()]}]
+        if self.learnable.enabled:
+            groups.append({"params": [self.theta], "weight_decay": 0.0})
+        self.optimizer = build_optimizer(settings.training, groups)
+        self.inactive = torch.zeros(count, dtype=torch.bool, device=device)
+        """Members that failed: their losses are masked out of the sum that is back-propagated."""
+        self.failed: dict[int, str] = {}
+        self.completed_epochs = 0
+        self.teacher_test_log_probs = teacher.test_log_probs().to(device)
+        # Without logit-std members the flag stays a Python False, so no member pays for z-scoring.
+        self._standardize_arg = self.standardize if self.any_standardize else False
+        # randomness="same": members draw one dropout mask, the one each would draw alone (they share a seed)
+        self._forward_shared = vmap(self._member_forward, in_dims=(0, 0, None), randomness="same")
+        self._forward_own_batches = vmap(self._member_forward, in_dims=(0, 0, 0), randomness="same")
+        if hint is not None:
+            self._regress = vmap(lambda p, f: functional_call(self.regressor_template, p, (f,)), in_dims=(0, 0))
+        # the no-KD baseline takes no hint either
+        self.hint_weight = torch.tensor([hint.weight if hint is not None and m.distills else 0.0 for m in self.members],
+                                        device=device)
+        self._rows = torch.arange(count, device=device)[:, None]
+
+    # -- per-member forward, vmapped --
+
+    def _member_forward(self, params, buffers, inputs):
+        """One member's logits, and its hint feature when hints are on."""
+        if self.hint is None:
+            return functional_call(self.template, (params, buffers), (inputs,))
+        self._capture.values.clear()
+        logits = functional_call(self.template, (params, buffers), (inputs,))
+        return logits, self._capture.pop()
+
+    def _forward(self, inputs, own_batches: bool):
+        forward = self._forward_own_batches if own_batches else self._forward_shared
+        with autocast(self.settings.device, self.settings.amp):
+            output = forward(self.params, self.buffers, inputs)
+        return output if self.hint is not None else (output, None)
+
+    def _loss_terms(self, inputs, targets, teacher_logits, teacher_features, temperature) -> tuple[dict, torch.Tensor]:
+        """Every member's forward pass (one vmapped call), then the named loss terms on (K, B, ...) at once."""
+        logits, features = self._forward(inputs, self.member_rows is not None)
+        logits = logits.float()
+        target_log_probs = soft_target_log_probs(
+            teacher_logits.float(), temperature, ensemble=self.teacher.ensemble,
+            weights=self.teacher.weights, standardize=self._standardize_arg,
+        )
+        terms = kd_terms(logits, target_log_probs, targets, temperature, self._standardize_arg)
+        if self.hint is not None:
+            projected = self._regress(self.regressor_params, features.float())
+            teacher_axis = teacher_features.dim() - len(self.hint.teacher_shape) - 2
+            target = teacher_features.float().mean(dim=teacher_axis)  # several teachers: their mean feature
+            terms["feature"] = (projected - target).pow(2).flatten(1).mean(dim=1)
+        return terms, (logits.argmax(-1) == targets).sum(-1)
+
+    # -- state for checkpoints --
+
+    def member_state(self, k: int) -> dict:
+        """Member k as a plain module state dict plus its optimizer slices: loadable into nn.Module."""
+
+        def optimizer_slice(tensor: torch.Tensor) -> dict:
+            state = self.optimizer.state.get(tensor, {})
+            return {key: (value[k] if value.dim() > 0 else value).detach().clone() for key, value in state.items()}
+
+        trainable = {**self.params, **{f"regressor.{n}": p for n, p in self.regressor_params.items()}}
+        return {
+            "epoch": self.completed_epochs,
+            "model": {name: t[k].detach().clone() for name, t in {**self.params, **self.buffers}.items()},
+            "regressor": {name: t[k].detach().clone() for name, t in self.regressor_params.items()},
+            "optimizer": {name: optimizer_slice(p) for name, p in trainable.items()},
+            "theta": self.theta[k].detach().clone(),
+            "theta_optimizer": optimizer_slice(self.theta),
+        }
+
+    def load_member_states(self, states: Sequence[dict]) -> None:
+        """Restore every member from `member_state` dicts (all at the same epoch)."""
+        epochs = {int(s["epoch"]) for s in states}
+        if len(epochs) != 1:
+            raise ValueError(f"members of one group must resume from one epoch, got {sorted(epochs)}")
+        device = self.settings.device
+        with torch.no_grad():
+            for name, tensor in {**self.params, **self.buffers}.items():
+                tensor.copy_(torch.stack([s["model"][name] for s in states]).to(device))
+            for name, tensor in self.regressor_params.items():
+                tensor.copy_(torch.stack([s["regressor"][name] for s in states]).to(device))
+            self.theta.copy_(torch.stack([s["theta"] for s in states]).to(device))
+        trainable = {**self.params, **{f"regressor.{n}": p for n, p in self.regressor_params.items()}}
+        for name, tensor in trainable.items():
+            self._restore_optimizer_state(tensor, [s["optimizer"].get(name, {}) for s in states])
+        self._restore_optimizer_state(self.theta, [s.get("theta_optimizer", {}) for s in states])
+        self.completed_epochs = epochs.pop()
+
+    def _restore_optimizer_state(self, tensor: torch.Tensor, slices: list[dict]) -> None:
+        if not slices or not slices[0]:
+            return
+        restored = {}
+        for key, first in slices[0].items():
+            if first.dim() == 0 and key == "step":
+                restored[key] = first.clone()
+            else:
+                restored[key] = torch.stack([s[key] for s in slices]).to(tensor.device)
+        self.optimizer.state[tensor] = restored
+
+    # -- training --
+
+    def _clip_gradients(self, max_norm: float) -> None:
+        """Per-member gradient-norm clipping, equal to clip_grad_norm_ on each student alone."""
+        grads = [p.grad for p in (*self.params.values(), *self.regressor_params.values()) if p.grad is not None]
+        squared = sum(g.pow(2).flatten(1).sum(1) for g in grads)
+        scale = (max_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+
+    def _gather(self, cached: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """This step's rows of a cached (n, N, ...) or per-member (K, n, N, ...) tensor: (n, B, ...) or (K, n, B, ...)."""
+        if indices.dim() == 1:
+            return cached[:, :, indices] if self.teacher.per_member else cached[:, indices]
+        if self.teacher.per_member:
+            return cached[self._rows, :, indices].movedim(2, 1)  # (K, B, n, ...) -> (K, n, B, ...)
+        return cached[:, indices].movedim(1, 0)  # (n, K, B, ...) -> (K, n, B, ...)
+
+    def _teacher_batch(self, indices: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The teacher's logits (and hint features) for this step's batch."""
+        if self.teacher.train_logits is not None:
+            features = self._gather(self.teacher.train_features, indices) if self.hint is not None else None
+            return self._gather(self.teacher.train_logits, indices), features
+        with torch.no_grad(), autocast(self.settings.device, self.settings.amp):
+            logits = torch.stack([network(inputs).float() for network in self.teacher.networks])
+        features = None
+        if self.hint is not None:
+            features = torch.stack([capture.pop().float() for capture in self._teacher_captures])
+        if self.teacher.per_member:  # network k is member k's own teacher: (K, B, ...) -> (K, 1, B, ...)
+            return logits.unsqueeze(1), None if features is None else features.unsqueeze(1)
+        return logits, features
+
+    def evaluate(self) -> dict[str, torch.Tensor]:
+        """Test metrics per member, as (K,) tensors on the device."""
+        self.template.eval()
+        totals: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for chunk in chunks(len(self.data.test_y), self.settings.eval_batch_size):
+                logits = self._forward(self.data.test_x[chunk], own_batches=False)[0].float()
+                teacher = self.teacher_test_log_probs[..., chunk, :]
+                add_sums(totals, evaluation_sums(logits, self.data.test_y[chunk], teacher))
+        self.template.train()
+        return finish_evaluation(totals, len(self.data.test_y))
+
+    def run(self, should_stop: Callable[[], bool] | None = None) -> Iterator[StepsDone | EpochDone]:
+        settings, device = self.settings, self.settings.device
+        count = len(self.members)
+        self.template.train()
+        for epoch in range(self.completed_epochs, settings.epochs):
+            started = time.perf_counter()
+            seed_dropout(self.seeds[0], epoch)
+            # batch-weighted sums of EPOCH_SUMS and correct counts, kept on the device
+            weighted = torch.zeros(len(EPOCH_SUMS), count, device=device)
+            correct_total = torch.zeros(count, device=device)
+            lr_at_start = learning_rate(settings.training, epoch * self.steps_per_epoch, self.steps_per_epoch)
+            batches = EpochBatches(self.data, settings, epoch, self.seeds, self.member_rows)
+            for step, (indices, inputs, targets) in enumerate(batches):
+                step_index = epoch * self.steps_per_epoch + step
+                set_learning_rate(self.optimizer, learning_rate(settings.training, step_index, self.steps_per_epoch))
+                teacher_logits, teacher_features = self._teacher_batch(indices, inputs)
+                temperature, penalty = self.learnable.temperatures(self.temperature_table[:, step_index], epoch)
+                terms, correct = self._loss_terms(inputs, targets, teacher_logits, teacher_features, temperature)
+                feature = terms.pop("feature", torch.zeros_like(penalty))
+                losses = combine_terms({**terms, "penalty": penalty, "feature": self.hint_weight * feature}, self.alpha)
+                total = losses.masked_fill(self.inactive, 0.0).sum()
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if settings.clip_grad_norm:
+                    self._clip_gradients(settings.clip_grad_norm)
+                self.optimizer.step()
+                batch = targets.shape[-1]
+                with torch.no_grad():
+                    effective = temperature
+                    if self.any_standardize:
+                        # mean per-sample std of the teacher logits: scalar, or (K,) with per-member teachers
+                        effective = temperature * teacher_logits.float().std(dim=-1).flatten(-2).mean(dim=-1)
+                    stacked = (losses, terms["ce"], terms["kd"], penalty, feature, temperature, effective)
+                    weighted += torch.stack(stacked) * batch
+                    correct_total += correct
+                if should_stop is not None and should_stop():
+                    raise StopRequested
+                if (step + 1) % PROGRESS_EVERY == 0:
+                    yield StepsDone(epoch, step + 1, self.steps_per_epoch)
+            sums = dict(zip(EPOCH_SUMS, weighted.unbind()))
+            sums["correct"] = correct_total
+            yield self._end_epoch(epoch, sums, lr_at_start, started)
+            if bool(self.inactive.all()):
+                return
+
+    def _end_epoch(self, epoch: int, sums: dict[str, torch.Tensor], lr: float, started: float) -> EpochDone:
+        count = len(self.data.train_y)
+        finite = torch.isfinite(sums["loss"])
+        evaluation = self.evaluate()
+        host = {name: value.cpu().tolist() for name, value in {**sums, **evaluation, "finite": finite}.items()}
+        self.completed_epochs = epoch + 1
+        seconds = time.perf_counter() - started
+        rows: list[dict | None] = []
+        new_failures: dict[int, str] = {}
+        for k, member in enumerate(self.members):
+            if k in self.failed:
+                rows.append(None)
+                continue
+            if not host["finite"][k]:
+                reason = f"training loss became {host['loss'][k]} in epoch {epoch}"
+                self.failed[k] = reason
+                new_failures[k] = reason
+                rows.append(None)
+                continue
+            row = {
+                "epoch": epoch,
+                "temperature": host["temperature"][k] / count,
+                "lr": lr,
+                "train_loss": host["loss"][k] / count,
+                "train_ce": host["ce"][k] / count,
+                "train_kd": host["kd"][k] / count if member.distills else None,
+                "train_acc": host["correct"][k] / count,
+                "test_loss": host["test_loss"][k],
+                "test_acc": host["test_acc"][k],
+                "agreement": host["agreement"][k],
+                "test_kl": host["test_kl"][k],
+                "test_ece": host["test_ece"][k],
+                "epoch_seconds": seconds,
+            }
+            if member.standardize:
+                row["effective_temperature"] = host["effective"][k] / count
+            if member.learnable is not None and member.learnable.penalty > 0:
+                row["train_penalty"] = host["penalty"][k] / count
+            if self.hint is not None and member.distills:
+                row["train_feature"] = host["feature"][k] / count
+            rows.append(row)
+        if new_failures:
+            self.inactive[list(new_failures)] = True
+        return EpochDone(epoch, rows, new_failures)
