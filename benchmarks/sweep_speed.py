@@ -30,7 +30,8 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from kdtemp import jobs
+from kdtemp.sweep import sweep
+from kdtemp.teachers import train_teacher
 from kdtemp.config import load_config
 from kdtemp.data import IDX_FILES, SYSTEM_FASHION_MNIST_DIRS, load_dataset
 from kdtemp.events import Note, SweepResult
@@ -74,7 +75,7 @@ def experiment_config(workdir: Path, name: str, temps, seeds, epochs: int, group
 def train_teacher(workdir: Path, epochs: int) -> Path:
     config = experiment_config(workdir, "teacher-source", [1], [0], 1, None)
     config = config.model_copy(update={"teacher": config.teacher.model_copy(update={"epochs": epochs})})
-    for _ in jobs.train_teacher(config):
+    for _ in train_teacher(config):
         pass
     return ExperimentLayout.of(config.runs_dir, config.name).teacher_model
 
@@ -86,7 +87,7 @@ def kdtemp_way(workdir: Path, name: str, teacher: Path, temps, seeds, epochs: in
     layout.teacher_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(teacher, layout.teacher_model)
     marks = {"start": time.perf_counter()}
-    for event in jobs.sweep(config):
+    for event in sweep(config):
         if isinstance(event, Note) and event.text.startswith("computing teacher logits"):
             marks["logits"] = time.perf_counter()
         elif isinstance(event, Note) and "runs planned" in event.text:

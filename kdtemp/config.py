@@ -242,6 +242,13 @@ ScheduleSpec = Annotated[
 # --- distillation ------------------------------------------------------------------------------
 
 
+class FeatureLayers(StrictModel):
+    """Named modules whose outputs a hint matches (names as in model.named_modules())."""
+
+    student: str
+    teacher: str
+
+
 class KDConfig(StrictModel):
     alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
     """Weight of the distillation term: (1 - alpha) * CE + alpha * T^2 * KL. (torchdistill's alpha is the CE weight.)"""
@@ -250,6 +257,16 @@ class KDConfig(StrictModel):
     schedules: Annotated[list[ScheduleSpec], Field(min_length=1)] = [ConstantSchedule()]
     baseline: bool = True
     """Also train one no-KD student per seed (schedule 'none', alpha 0)."""
+    ensemble: Literal["mean_probs", "mean_logits", "weighted"] = "mean_probs"
+    """How several teachers' soft targets combine: mean of softmax(t_i/T), softmax(mean t_i / T), or weighted mean."""
+    teacher_weights: list[PositiveFloat] | None = None
+    """One weight per teacher, for ensemble: weighted."""
+    feature_weight: NonNegativeFloat = 0.0
+    """Weight of the FitNets hint term MSE(regressor(student feature), teacher feature); 0 = off."""
+    feature_layers: FeatureLayers | None = None
+    """Layers the hint matches; default: the penultimate features (the input of `classifier`)."""
+    generations: PositiveInt = 1
+    """Born-again generations: generation k+1 is distilled from generation k's student."""
 
     @field_validator("schedules", mode="before")
     @classmethod
@@ -285,6 +302,8 @@ class ExperimentConfig(StrictModel):
     """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
     data: DataConfig = DataConfig()
     teacher: ModelSpec = CNNSpec()
+    teachers: Annotated[list[ModelSpec], Field(min_length=1)] | None = None
+    """Several teachers (an ensemble), instead of `teacher`; each one's seed defaults to its index."""
     student: ModelSpec = MLPSpec()
     kd: KDConfig = KDConfig()
     train: TrainConfig = TrainConfig()
@@ -306,6 +325,25 @@ class ExperimentConfig(StrictModel):
     def _teacher_arch(cls, value):
         return _with_default_arch(value, "cnn")
 
+    @field_validator("teachers", mode="before")
+    @classmethod
+    def _teachers_arch(cls, value):
+        if isinstance(value, list):
+            return [_with_default_arch(item, "cnn") for item in value]
+        return value
+
+    @model_validator(mode="after")
+    def _teachers_consistent(self):
+        if self.teachers is not None and "teacher" in self.model_fields_set:
+            raise ValueError("give teacher or teachers, not both")
+        count = len(self.teacher_specs())
+        weights = self.kd.teacher_weights
+        if self.kd.ensemble == "weighted" and (weights is None or len(weights) != count):
+            raise ValueError(f"kd.ensemble: weighted needs kd.teacher_weights with one weight per teacher ({count})")
+        if weights is not None and self.kd.ensemble != "weighted":
+            raise ValueError("kd.teacher_weights only apply with kd.ensemble: weighted")
+        return self
+
     @field_validator("student", mode="before")
     @classmethod
     def _student_arch(cls, value):
@@ -318,8 +356,15 @@ class ExperimentConfig(StrictModel):
     def experiment_dir(self) -> Path:
         return self.runs_dir / self.name
 
-    def teacher_batch_size(self) -> int:
-        return self.teacher.batch_size or self.data.batch_size
+    def teacher_specs(self) -> list[ModelSpec]:
+        """The teacher, or every teacher of the ensemble (seed = index unless set)."""
+        if self.teachers is None:
+            return [self.teacher]
+        return [spec if "seed" in spec.model_fields_set else spec.model_copy(update={"seed": index})
+                for index, spec in enumerate(self.teachers)]
+
+    def teacher_batch_size(self, spec: ModelSpec | None = None) -> int:
+        return (spec or self.teacher).batch_size or self.data.batch_size
 
     def student_batch_size(self) -> int:
         return self.student.batch_size or self.data.batch_size
@@ -405,8 +450,18 @@ def load_config(path: Path | None = None, overrides: dict[str, tuple[Any, str]] 
 
 
 def config_to_dict(config: ExperimentConfig) -> dict:
-    """Plain-data form (paths as strings) for YAML files and hashing."""
-    return config.model_dump(mode="json")
+    """Plain-data form (paths as strings) that validates back to the same experiment.
+
+    Students take their seeds from kd.seeds, so student.seed is left out; an ensemble's teachers
+    are written with their effective seeds.
+    """
+    tree = config.model_dump(mode="json", exclude={"student": {"seed"}})
+    if config.teachers is None:
+        del tree["teachers"]
+    else:
+        del tree["teacher"]
+        tree["teachers"] = [spec.model_dump(mode="json") for spec in config.teacher_specs()]
+    return tree
 
 
 # --- turning pydantic errors into one actionable line -------------------------------------------
@@ -418,7 +473,8 @@ _UNION_LISTS = {"schedules", "teachers"}
 
 def _all_field_names() -> set[str]:
     names: set[str] = set()
-    classes = [ExperimentConfig, DataConfig, KDConfig, TrainConfig, MLPSpec, CNNSpec, ResNetSpec, *SCHEDULE_CLASSES]
+    classes = [ExperimentConfig, DataConfig, KDConfig, TrainConfig, FeatureLayers, MLPSpec, CNNSpec, ResNetSpec,
+               *SCHEDULE_CLASSES]
     for cls in classes:
         names.update(cls.model_fields)
     return names

@@ -32,6 +32,15 @@ class TeacherResult:
     epochs: int
     seconds: float
     already_trained: bool = False
+    label: str = "teacher"
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    test_acc: float
+    mode: str
+    teachers: int
+    path: Path
 
 
 @dataclass(frozen=True)

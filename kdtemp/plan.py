@@ -32,6 +32,11 @@ class RunSpec:
     alpha: float
     seed: int
     identity: dict[str, Any] = field(repr=False)
+    generation: int = 1
+    parent: str | None = None
+    """The run whose student this one distils from (born-again generations 2 and later)."""
+    prefix: str = ""
+    """The readable part of run_id, without the hash."""
 
     @property
     def is_baseline(self) -> bool:
@@ -39,7 +44,8 @@ class RunSpec:
 
     def columns(self) -> dict[str, Any]:
         """The run-describing columns of its metrics rows."""
-        return {"run_id": self.run_id, "schedule": self.schedule_label, "t0": self.t0, "alpha": self.alpha, "seed": self.seed}
+        return {"run_id": self.run_id, "schedule": self.schedule_label, "t0": self.t0, "alpha": self.alpha,
+                "seed": self.seed, "generation": self.generation}
 
 
 def schedule_labels(schedules: list[ScheduleSpec]) -> list[str]:
@@ -75,8 +81,11 @@ def _safe(text: str) -> str:
 
 
 def shared_identity(config: ExperimentConfig, teacher_fingerprint: str) -> dict[str, Any]:
-    """What every run of the sweep shares and that changes its numbers."""
-    return {
+    """What every run of the sweep shares and that changes its numbers.
+
+    Method switches enter only when on, so turning none of them on keeps plain-KD run ids stable.
+    """
+    identity = {
         "format": RUN_FORMAT,
         "dataset": config.data.dataset,
         "augment": config.data.augment,
@@ -86,6 +95,10 @@ def shared_identity(config: ExperimentConfig, teacher_fingerprint: str) -> dict[
         "clip_grad_norm": config.train.clip_grad_norm,
         "amp": config.train.amp,
     }
+    if config.kd.feature_weight > 0:
+        layers = config.kd.feature_layers.model_dump() if config.kd.feature_layers else None
+        identity["hint"] = {"weight": config.kd.feature_weight, "layers": layers}
+    return identity
 
 
 def make_run_id(prefix: str, identity: dict[str, Any]) -> str:
@@ -110,12 +123,32 @@ def plan_runs(config: ExperimentConfig, teacher_fingerprint: str) -> list[RunSpe
                 identity = {**shared, "schedule": schedule_params, "t0": t0, "alpha": alpha, "seed": seed}
                 prefix = f"{label}-a{_token(alpha)}-s{seed}" if isinstance(schedule, StagesSchedule) \
                     else f"{label}-T{_token(t0)}-a{_token(alpha)}-s{seed}"
-                runs.append(RunSpec(make_run_id(prefix, identity), schedule, label, float(t0), alpha, seed, identity))
+                runs.append(RunSpec(make_run_id(prefix, identity), schedule, label, float(t0), alpha, seed, identity,
+                                    prefix=prefix))
+    runs += born_again(runs, config.kd.generations)
     if config.kd.baseline:
+        baseline_identity = {**shared}
+        baseline_identity.pop("hint", None)  # the no-KD baseline takes no hint either
         for seed in config.kd.seeds:
-            identity = {**shared, "schedule": None, "t0": None, "alpha": 0.0, "seed": seed}
-            runs.append(RunSpec(make_run_id(f"baseline-s{seed}", identity), None, BASELINE, None, 0.0, seed, identity))
+            identity = {**baseline_identity, "schedule": None, "t0": None, "alpha": 0.0, "seed": seed}
+            runs.append(RunSpec(make_run_id(f"baseline-s{seed}", identity), None, BASELINE, None, 0.0, seed, identity,
+                                prefix=f"baseline-s{seed}"))
     return runs
+
+
+def born_again(first_generation: list[RunSpec], generations: int) -> list[RunSpec]:
+    """Generations 2..N of every distilled run (Furlanello et al. 2018): same schedule, t0, alpha and
+    seed, each distilled from the previous generation's student."""
+    later = []
+    for root in first_generation:
+        parent = root
+        for generation in range(2, generations + 1):
+            identity = {**parent.identity, "generation": generation, "parent": parent.run_id}
+            prefix = f"{root.prefix}-g{generation}"
+            parent = RunSpec(make_run_id(prefix, identity), root.schedule, root.schedule_label, root.t0, root.alpha,
+                             root.seed, identity, generation, parent.run_id, prefix)
+            later.append(parent)
+    return sorted(later, key=lambda run: run.generation)
 
 
 def group_runs(runs: list[RunSpec], max_size: int | None, across_seeds: bool) -> list[list[RunSpec]]:
@@ -126,6 +159,8 @@ def group_runs(runs: list[RunSpec], max_size: int | None, across_seeds: bool) ->
     dropout): each member then draws its own seed's batches, exactly as it would alone.
     """
     ordered = sorted(runs, key=lambda run: run.seed)
+    if len({run.generation for run in runs}) > 1:
+        raise ValueError("a group holds one generation: plan generations one after another")
     if across_seeds:
         batches = [ordered]
     else:

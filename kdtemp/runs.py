@@ -37,7 +37,7 @@ from kdtemp.errors import CheckpointError, RunsError
 STUDENT_COLUMNS = [
     "run_id", "schedule", "t0", "alpha", "seed", "epoch", "temperature", "lr",
     "train_loss", "train_ce", "train_kd", "train_acc", "test_loss", "test_acc", "agreement", "epoch_seconds",
-    "test_kl", "test_ece", "effective_temperature", "train_penalty", "generation",
+    "test_kl", "test_ece", "effective_temperature", "train_penalty", "train_feature", "generation",
 ]
 TEACHER_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_ece", "epoch_seconds"]
 
@@ -64,6 +64,18 @@ class ExperimentLayout:
     @property
     def teacher_model(self) -> Path:
         return self.teacher_dir / "model.pt"
+
+    def teacher_dir_of(self, index: int, count: int) -> Path:
+        """teacher/ for a single teacher; teacher/teacher-<i>/ for each member of an ensemble."""
+        return self.teacher_dir if count == 1 else self.teacher_dir / f"teacher-{index}"
+
+    def teacher_models(self, count: int) -> list[Path]:
+        return [self.teacher_dir_of(index, count) / "model.pt" for index in range(count)]
+
+    @property
+    def ensemble_record(self) -> Path:
+        """teacher/ensemble.json: the teachers of an ensemble, their accuracies and the ensemble's."""
+        return self.teacher_dir / "ensemble.json"
 
     @property
     def students_dir(self) -> Path:

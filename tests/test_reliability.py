@@ -85,15 +85,16 @@ def reference(tmp_path_factory, data_root):
     """
     import yaml
 
-    from kdtemp import jobs
     from kdtemp.config import load_config
+    from kdtemp.sweep import sweep
+    from kdtemp.teachers import train_teacher
 
     directory = tmp_path_factory.mktemp("reference")
     tree = {"runs_dir": str(directory / "runs"), "data": {"root": str(data_root), "batch_size": 256},
             "teacher": {"channels": [8, 16], "hidden": 32, "epochs": 2}, **SLOW_SWEEP}
     config = directory / "reference.yaml"
     config.write_text(yaml.safe_dump(tree))
-    for job in (jobs.train_teacher, jobs.sweep):
+    for job in (train_teacher, sweep):
         for _ in job(load_config(config)):
             pass
     return config

@@ -1,0 +1,68 @@
+"""What a network costs to keep and to run: parameters, bytes, forward FLOPs and latency.
+
+This is why anyone distils at all: the report puts the student's accuracy next to how much smaller
+and faster it is than its teacher.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from kdtemp.models import count_parameters, size_bytes
+
+WARMUP, REPEATS = 3, 15
+
+
+def forward_flops(model: nn.Module, batch: torch.Tensor) -> int | None:
+    """Forward FLOPs per sample, counted by torch's FlopCounterMode (matmuls and convolutions); None if it cannot."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(batch)
+        return int(counter.get_total_flops() // len(batch))
+    except Exception:  # an op the counter does not know: the field is simply left out
+        return None
+
+
+def latency_ms(model: nn.Module, batch: torch.Tensor, device: torch.device) -> float:
+    """Median wall time of one forward pass of `batch` on `device`, after warm-up."""
+    timings = []
+    with torch.no_grad():
+        for index in range(WARMUP + REPEATS):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if index >= WARMUP:
+                timings.append(1000 * (time.perf_counter() - start))
+    return statistics.median(timings)
+
+
+def footprint(models: Sequence[nn.Module], batch: torch.Tensor, device: torch.device) -> dict:
+    """Sizes and costs of `models` run one after another (one model, or the members of an ensemble)."""
+    for model in models:
+        model.eval()
+    flops = [forward_flops(model, batch) for model in models]
+    return {
+        "params": sum(count_parameters(model) for model in models),
+        "size_bytes": sum(size_bytes(model) for model in models),
+        "latency_ms": sum(latency_ms(model, batch, device) for model in models),
+        "flops": None if any(f is None for f in flops) else sum(flops),
+    }
+
+
+def student_and_teacher(student: nn.Module, teachers: Sequence[nn.Module], batch: torch.Tensor, device: torch.device) -> dict:
+    """The summary.json fields: student_* and teacher_* for params, size_bytes, latency_ms and flops."""
+    fields = {"latency_batch_size": len(batch)}
+    for role, models in (("student", [student]), ("teacher", list(teachers))):
+        for name, value in footprint(models, batch, device).items():
+            fields[f"{role}_{name}"] = value
+    return fields

@@ -1,0 +1,71 @@
+"""From a config to what a job runs with: the device, the data on it, loop settings, and the record
+of versions and hardware that goes beside every result."""
+
+from __future__ import annotations
+
+import platform
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+import kdtemp
+from kdtemp.config import ExperimentConfig, ModelSpec
+from kdtemp.data import Dataset, load_dataset
+from kdtemp.device import amp_enabled
+from kdtemp.engine import LoopSettings
+from kdtemp.errors import ConfigError
+from kdtemp.events import Note
+
+StopCheck = Callable[[], bool] | None
+
+
+def environment_record(device: torch.device) -> dict:
+    """Versions and hardware, recorded beside every result for reproducibility."""
+    record = {
+        "kdtemp": kdtemp.__version__,
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "device": str(device),
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        record["device_name"] = torch.cuda.get_device_name(device)
+    return record
+
+
+def config_flag(config: ExperimentConfig) -> str:
+    """How to name this experiment's config on a command line, for messages that suggest a command."""
+    return "" if config.name == "default" else f" --config <your {config.name}.yaml>"
+
+
+def data_on(device: torch.device, config: ExperimentConfig) -> Iterator[Note | Dataset]:
+    """A note saying what was loaded, then the dataset on `device`."""
+    data = load_dataset(config.data)
+    yield Note(f"{data.name}: {len(data.train_y)} train / {len(data.test_y)} test, {data.num_classes} classes, from {data.source}")
+    if config.data.augment and not data.is_image:
+        raise ConfigError(f"data.augment crops and flips images; {data.name} holds sequences {data.input_shape}: set augment: false")
+    yield data.to(device)
+
+
+def loop_settings(config: ExperimentConfig, spec: ModelSpec, seed: int, device: torch.device,
+                  model: nn.Module | None = None) -> LoopSettings:
+    """Engine settings for training `spec`; channels_last only for conv nets on CUDA."""
+    has_conv = model is not None and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return LoopSettings(
+        training=spec, batch_size=spec.batch_size or config.data.batch_size,
+        eval_batch_size=config.data.eval_batch_size, seed=seed, device=device, augment=config.data.augment,
+        amp=amp_enabled(config.train.amp, device), clip_grad_norm=config.train.clip_grad_norm,
+        channels_last=device.type == "cuda" and has_conv,
+    )
+
+
+def split(items: Iterator) -> Iterator:
+    """Pass a job's events through; return (as StopIteration value) the one item that is not an event."""
+    result = None
+    for item in items:
+        if isinstance(item, Note):
+            yield item
+        else:
+            result = item
+    return result

@@ -1,0 +1,378 @@
+"""The `kdtemp sweep` job: distil one student per (schedule, t0, seed), plus a no-KD baseline per seed.
+
+Every check a user's input can fail is made before the first run directory is created, so a refused
+command leaves nothing half-written. Finished runs are skipped, interrupted ones resume from their
+last epoch, and runs another process holds are left to it. Born-again generations train one after
+another, each distilled from the previous generation's students.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from kdtemp import runs as R
+from kdtemp.config import ExperimentConfig, config_to_dict
+from kdtemp.data import Dataset
+from kdtemp.device import max_group_size, member_bytes, resolve_device
+from kdtemp.engine import EpochDone, Member, StepsDone, TeacherSignal, inference_module, predict_logits, steps_per_epoch
+from kdtemp.errors import CheckpointError
+from kdtemp.events import Note, Progress, SweepResult
+from kdtemp.footprint import student_and_teacher
+from kdtemp.hints import build_regressor, feature_shape, predict_features
+from kdtemp.models import build_model, has_dropout
+from kdtemp.plan import RunSpec, group_runs, learnable_schedule, plan_runs, uses_standardized_logits
+from kdtemp.prepare import StopCheck, config_flag, data_on, environment_record, loop_settings, split
+from kdtemp.schedules import LOW_TEMPERATURE, lowest_temperature, temperature_table
+from kdtemp.student_group import Hint, StudentGroup
+from kdtemp.teachers import (
+    LoadedTeacher, all_teacher_logits, ensemble_weights, load_teachers, teacher_features, teachers_fingerprint,
+)
+
+STUDENT_FORMAT = "kdtemp-student/1"
+
+
+def plan_sweep(config: ExperimentConfig, data: Dataset, fingerprint: str) -> tuple[list[RunSpec], list[Note]]:
+    """The grid's runs, and a warning when any schedule goes below T = 0.5."""
+    runs = plan_runs(config, fingerprint)
+    spe = steps_per_epoch(len(data.train_y), config.student_batch_size())
+    low = sorted({run.schedule_label for run in runs if not run.is_baseline
+                  and lowest_temperature(run.schedule, run.t0, config.student.epochs, spe) < LOW_TEMPERATURE})
+    notes = []
+    if low:
+        notes.append(Note(f"temperatures below {LOW_TEMPERATURE} in {', '.join(low)}: soft targets become nearly "
+                          "one-hot and gradients grow as 1/T", "warning"))
+    return runs, notes
+
+
+def member_for(run: RunSpec, epochs: int, spe: int) -> Member:
+    if run.is_baseline:
+        return Member(seed=run.seed, alpha=0.0, temperatures=torch.ones(epochs * spe), distills=False)
+    return Member(
+        seed=run.seed, alpha=run.alpha, temperatures=temperature_table(run.schedule, run.t0, epochs, spe),
+        t0=run.t0, standardize=uses_standardized_logits(run), learnable=learnable_schedule(run),
+    )
+
+
+def run_config_record(run: RunSpec, config: ExperimentConfig, device: torch.device) -> dict:
+    schedule = run.schedule.model_dump(mode="json") if run.schedule is not None else None
+    return {
+        "run": {"run_id": run.run_id, "schedule": run.schedule_label, "schedule_params": schedule, "t0": run.t0,
+                "alpha": run.alpha, "seed": run.seed, "generation": run.generation, "parent": run.parent},
+        "identity": run.identity,
+        "experiment": config_to_dict(config),
+        "environment": environment_record(device),
+    }
+
+
+@dataclass
+class _Sweep:
+    """What every group of one sweep shares, and its running counts."""
+
+    config: ExperimentConfig
+    layout: R.ExperimentLayout
+    data: Dataset
+    device: torch.device
+    teachers: list[LoadedTeacher]
+    signal: TeacherSignal
+    hint: Hint | None
+    sizes: dict
+    force: bool
+    should_stop: StopCheck
+    worker: str | None
+    pending: int
+    resumed: int = 0
+    started: int = 0
+    completed: int = 0
+    done: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+
+    @property
+    def student_spec(self):
+        return self.config.student
+
+
+def sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None,
+          only: set[str] | None = None, worker: str | None = None) -> Iterator:
+    """Yield progress events and, last, a SweepResult. `only` restricts the sweep to some run ids."""
+    started_at = time.perf_counter()
+    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    device = resolve_device(config.device)
+    specs = config.teacher_specs()
+    for path in layout.teacher_models(len(specs)):
+        if not path.exists():
+            raise CheckpointError(f"no teacher at {path}; run `kdtemp train-teacher{config_flag(config)}` first")
+    data = yield from split(data_on(device, config))
+    teachers = load_teachers(config, data, device)
+    hint = _hint(config, data, teachers)
+    runs, notes = plan_sweep(config, data, teachers_fingerprint(teachers, config))
+    yield from notes
+    if only is not None:
+        runs = [run for run in runs if run.run_id in only]
+    pending = [run for run in runs if force or not R.is_completed(layout.run_dir(run.run_id))]
+    skipped = len(runs) - len(pending)
+    yield Note(f"{len(runs)} runs planned: {skipped} already complete, {len(pending)} to train")
+    if not pending:
+        yield SweepResult(len(runs), skipped, 0, 0, 0, seconds=time.perf_counter() - started_at, experiment_dir=layout.root)
+        return
+    R.check_writable(layout.root)
+    signal = yield from _teacher_signal(config, data, device, teachers, hint)
+    student = build_model(config.student, data.input_shape, data.num_classes).to(device)
+    sizes = student_and_teacher(student, [t.model for t in teachers], data.train_x[:config.student_batch_size()], device)
+    state = _Sweep(config, layout, data, device, teachers, signal, hint, sizes, force, should_stop, worker, len(pending))
+    limit = _group_limit(config, data, device)
+    across_seeds = signal.train_logits is not None and not has_dropout(student)
+    for generation in sorted({run.generation for run in pending}):
+        members = [run for run in pending if run.generation == generation]
+        if generation > 1:
+            members = yield from _with_finished_parents(state, members)
+        groups = group_runs(members, limit, across_seeds)
+        for number, group in enumerate(groups, 1):
+            label = f"group {number}/{len(groups)}" + (f", generation {generation}" if config.kd.generations > 1 else "")
+            yield from _train_group(state, group, label)
+    yield SweepResult(len(runs), skipped, state.resumed, state.started, state.completed, state.failed, state.busy,
+                      time.perf_counter() - started_at, layout.root)
+
+
+def _hint(config: ExperimentConfig, data: Dataset, teachers: list[LoadedTeacher]) -> Hint | None:
+    """The hint settings, with both layers resolved and the regressor's shapes checked before anything runs."""
+    if config.kd.feature_weight <= 0:
+        return None
+    layers = config.kd.feature_layers
+    student_layer = layers.student if layers else None
+    teacher_shape = feature_shape(teachers[0].model, layers.teacher if layers else None, data.train_x[:2], "teacher")
+    student = build_model(config.student, data.input_shape, data.num_classes)
+    build_regressor(feature_shape(student, student_layer, data.train_x[:2].cpu(), "student"), teacher_shape)
+    return Hint(config.kd.feature_weight, student_layer, teacher_shape)
+
+
+def _teacher_signal(config: ExperimentConfig, data: Dataset, device: torch.device, teachers: list[LoadedTeacher],
+                    hint: Hint | None):
+    """Generation 1's teacher signal: cached logits (and hint features), or networks run on each batch."""
+    train, test = yield from all_teacher_logits(teachers, data, config, device)
+    teacher_layer = config.kd.feature_layers.teacher if config.kd.feature_layers else None
+    features, networks = None, ()
+    if train is not None and hint is not None:
+        yield Note("computing the teachers' hint features on the training set")
+        features = teacher_features([t.model for t in teachers], teacher_layer, data, config, device)
+    if train is None:
+        example = data.train_x[:config.student_batch_size()]
+        # hints are captured with hooks, which need the eager modules
+        networks = tuple(t.model if hint is not None else inference_module(t.model, example, device) for t in teachers)
+    return TeacherSignal(test_logits=test, train_logits=train, train_features=features, networks=networks,
+                         ensemble=config.kd.ensemble, weights=ensemble_weights(config, device), feature_layer=teacher_layer)
+
+
+def _group_limit(config: ExperimentConfig, data: Dataset, device: torch.device) -> int:
+    spec = config.student
+    probe = build_model(spec, data.input_shape, data.num_classes).to(device)
+    slots = {"sgd": 1, "adam": 2, "adamw": 2}[spec.optimizer]
+    return max_group_size(member_bytes(probe, data.train_x[: config.student_batch_size()], slots), 0, device,
+                          config.train.max_group_size)
+
+
+# --- born-again generations ------------------------------------------------------------------------
+
+
+def _with_finished_parents(state: _Sweep, runs: list[RunSpec]):
+    """The runs whose parent finished; a run whose parent failed fails too, one whose parent is unfinished waits."""
+    ready = []
+    for run in runs:
+        summary = R.read_summary(state.layout.run_dir(run.parent)) or {}
+        if summary.get("status") == R.COMPLETED:
+            ready.append(run)
+        elif summary.get("status") == R.FAILED:
+            reason = f"its parent {run.parent} failed ({summary.get('reason')})"
+            R.atomic_write_json(R.RunFiles(state.layout.run_dir(run.run_id)).summary,
+                                _summary(state, run, R.RunFiles(state.layout.run_dir(run.run_id)), "failed", 0, reason=reason))
+            state.failed.append((run.run_id, reason))
+        else:
+            state.busy.append(run.run_id)
+            yield Note(f"{run.run_id} waits for its parent {run.parent}, not finished yet; run the sweep again later")
+    return ready
+
+
+def _load_student(state: _Sweep, run_id: str) -> nn.Module:
+    path = state.layout.run_dir(run_id) / "model.pt"
+    checkpoint = R.load_checkpoint(path, "student model")
+    model = build_model(state.student_spec, state.data.input_shape, state.data.num_classes)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(state.device).eval()
+
+
+def _parent_signal(state: _Sweep, runs: list[RunSpec]) -> TeacherSignal:
+    """Each member distils from its own parent: per-member logits (and features), or per-member networks."""
+    parents = [_load_student(state, run.parent) for run in runs]
+    layer = state.hint.student_layer if state.hint is not None else None
+    data, batch = state.data, state.config.data.eval_batch_size
+    common = {"test_logits": state.signal.test_logits, "per_member": True, "feature_layer": layer}
+    if state.config.data.augment:
+        return TeacherSignal(networks=tuple(parents), **common)
+    logits = torch.stack([predict_logits(p, data.train_x, batch, state.device) for p in parents]).unsqueeze(1)
+    features = None
+    if state.hint is not None:
+        features = torch.stack([predict_features(p, layer, data.train_x, batch, state.device) for p in parents]).unsqueeze(1)
+    return TeacherSignal(train_logits=logits, train_features=features, **common)
+
+
+def _generation_hint(state: _Sweep, generation: int) -> Hint | None:
+    """From generation 2 on, the hint target is the parent student's own feature."""
+    if state.hint is None or generation == 1:
+        return state.hint
+    shape = feature_shape(build_model(state.student_spec, state.data.input_shape, state.data.num_classes),
+                          state.hint.student_layer, state.data.train_x[:2].cpu(), "student")
+    return Hint(state.hint.weight, state.hint.student_layer, shape)
+
+
+def _teachers_record(state: _Sweep, run: RunSpec) -> list[dict]:
+    if run.generation == 1:
+        return [] if run.is_baseline else [t.record for t in state.teachers]
+    parent = R.read_summary(state.layout.run_dir(run.parent)) or {}
+    return [{"id": run.parent, "test_acc": (parent.get("final") or {}).get("test_acc")}]
+
+
+# --- training a group ------------------------------------------------------------------------------
+
+
+def _prepare_run(state: _Sweep, run: RunSpec) -> tuple[dict | None, list[Note]]:
+    """Clear or keep a run's files for (re)training; returns its checkpoint state when it resumes."""
+    files = R.RunFiles(state.layout.run_dir(run.run_id))
+    notes: list[Note] = []
+    resume = None
+    if not state.force and files.checkpoint.exists():
+        try:
+            resume = R.load_checkpoint(files.checkpoint, "student checkpoint")
+            if resume.get("format") != STUDENT_FORMAT or resume.get("run_id") != run.run_id:
+                resume = None
+        except CheckpointError as exc:
+            notes.append(Note(f"{exc}; restarting {run.run_id}", "warning"))
+            resume = None
+    for stale in (files.summary, files.dir / "model.pt"):
+        stale.unlink(missing_ok=True)
+    if resume is None:
+        files.checkpoint.unlink(missing_ok=True)
+        files.metrics.unlink(missing_ok=True)
+    else:
+        R.keep_epochs_before(files.metrics, int(resume["member"]["epoch"]), R.STUDENT_COLUMNS)
+    R.atomic_write_yaml(files.config, run_config_record(run, state.config, state.device))
+    R.atomic_write_json(files.owner, R.owner_record(state.worker))
+    return resume, notes
+
+
+def _train_group(state: _Sweep, group: list[RunSpec], label: str) -> Iterator:
+    locks = {}
+    try:
+        mine = []
+        for run in group:
+            lock = R.RunLock(state.layout.lock_path(run.run_id))
+            if not lock.acquire():
+                state.busy.append(run.run_id)
+                yield Note(f"{run.run_id} is being trained by another process; leaving it to that one")
+                continue
+            if not state.force and R.is_completed(state.layout.run_dir(run.run_id)):
+                lock.release()  # finished by another process since we planned
+                continue
+            locks[run.run_id] = lock
+            mine.append(run)
+        by_epoch: dict[int, list] = {}
+        for run in mine:
+            resume, notes = _prepare_run(state, run)
+            yield from notes
+            epoch = int(resume["member"]["epoch"]) if resume else 0
+            by_epoch.setdefault(epoch, []).append((run, resume))
+            if resume:
+                state.resumed += 1
+            else:
+                state.started += 1
+        for _, members in sorted(by_epoch.items()):
+            yield from _train_members(state, members, label)
+    finally:
+        for lock in locks.values():
+            lock.release()
+
+
+def _train_members(state: _Sweep, members: list[tuple[RunSpec, dict | None]], label: str) -> Iterator:
+    config, data, spec = state.config, state.data, state.student_spec
+    spe = steps_per_epoch(len(data.train_y), config.student_batch_size())
+    runs = [run for run, _ in members]
+    seeds = sorted({run.seed for run in runs})
+    generation = runs[0].generation
+    signal = state.signal if generation == 1 else _parent_signal(state, runs)
+    group = StudentGroup(lambda: build_model(spec, data.input_shape, data.num_classes),
+                         [member_for(run, spec.epochs, spe) for run in runs], data, signal,
+                         loop_settings(config, spec, seeds[0], state.device), _generation_hint(state, generation))
+    if members[0][1] is not None:
+        group.load_member_states([resume["member"] for _, resume in members])
+    description = f"{label}: {len(runs)} runs at once (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+    yield Progress("runs", "runs", state.done, state.pending)
+    yield Progress("epochs", description, group.completed_epochs, spec.epochs)
+    for event in group.run(state.should_stop):
+        if isinstance(event, StepsDone):
+            yield Progress("batches", f"epoch {event.epoch + 1}", event.step, event.steps_per_epoch)
+            continue
+        _record_epoch(state, group, runs, event)
+        yield Progress("batches", f"epoch {event.epoch + 1}", spe, spe)
+        yield Progress("epochs", description, event.epoch + 1, spec.epochs)
+    state.done += len(runs)
+    yield Progress("runs", "runs", state.done, state.pending)
+
+
+def _record_epoch(state: _Sweep, group: StudentGroup, runs: list[RunSpec], event: EpochDone) -> None:
+    """Append each member's row, then its checkpoint; at the last epoch its weights, then summary.json."""
+    epochs = state.student_spec.epochs
+    for k, run in enumerate(runs):
+        files = R.RunFiles(state.layout.run_dir(run.run_id))
+        if k in event.failures:
+            files.checkpoint.unlink(missing_ok=True)
+            R.atomic_write_json(files.summary, _summary(state, run, files, "failed", len(runs),
+                                                        reason=event.failures[k], failed_epoch=event.epoch))
+            state.failed.append((run.run_id, event.failures[k]))
+            continue
+        row = event.metrics[k]
+        if row is None:
+            continue
+        R.append_csv_row(files.metrics, {**run.columns(), **row, "t0": run.t0,
+                                         "temperature": None if run.is_baseline else row["temperature"]},
+                         R.STUDENT_COLUMNS)
+        member = group.member_state(k)
+        if event.epoch + 1 < epochs:
+            R.atomic_torch_save({"format": STUDENT_FORMAT, "run_id": run.run_id, "member": member}, files.checkpoint)
+            continue
+        R.atomic_torch_save({"format": STUDENT_FORMAT, "run_id": run.run_id, "state_dict": member["model"]},
+                            files.dir / "model.pt")
+        R.atomic_write_json(files.summary, _summary(state, run, files, "completed", len(runs)))
+        files.checkpoint.unlink(missing_ok=True)
+        state.completed += 1
+
+
+def _summary(state: _Sweep, run: RunSpec, files: R.RunFiles, status: str, group_size: int, **extra) -> dict:
+    rows = R.read_csv_rows(files.metrics) if files.metrics.exists() else []
+    final = {key: _number(value) for key, value in rows[-1].items()} if rows else {}
+    accuracies = [float(row["test_acc"]) for row in rows if row.get("test_acc")]
+    best = max(range(len(accuracies)), key=accuracies.__getitem__) if accuracies else None
+    return {
+        "run_id": run.run_id, "status": status, "schedule": run.schedule_label, "t0": run.t0, "alpha": run.alpha,
+        "seed": run.seed, "generation": run.generation, "parent": run.parent, "epochs": state.student_spec.epochs,
+        "epochs_done": len(rows), "final": final,
+        "best_test_acc": accuracies[best] if best is not None else None, "best_epoch": best,
+        "wall_seconds": sum(float(row["epoch_seconds"]) for row in rows if row.get("epoch_seconds")),
+        "device": str(state.device), "group_size": group_size, "teachers": _teachers_record(state, run),
+        **state.sizes, **extra,
+    }
+
+
+def _number(text: str):
+    """A CSV cell back as None, int, float or text."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,280 @@
+"""The teacher: training it (or an ensemble of them), loading it safely, and its soft targets.
+
+`train_teacher` is the `kdtemp train-teacher` job. A finished teacher is kept, an interrupted one
+resumes; a checkpoint made for other data or another network is refused with a message saying which.
+The teacher's logits on the training set are computed once and cached, keyed by the checkpoint's
+content, the dataset and the input transform, so every sweep after the first reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from kdtemp import runs as R
+from kdtemp.config import ExperimentConfig, ModelSpec, architecture_of, config_to_dict
+from kdtemp.data import Dataset
+from kdtemp.device import amp_enabled, resolve_device
+from kdtemp.engine import EpochDone, NetworkTrainer, StepsDone, predict_logits
+from kdtemp.errors import CheckpointError
+from kdtemp.events import EnsembleResult, Note, Progress, TeacherResult
+from kdtemp.hints import predict_features
+from kdtemp.losses import soft_target_log_probs
+from kdtemp.models import build_model, count_parameters
+from kdtemp.prepare import StopCheck, config_flag, data_on, environment_record, loop_settings, split
+
+TEACHER_FORMAT = "kdtemp-teacher/1"
+RETRAIN = "retrain it with `kdtemp train-teacher --force`, or point --runs-dir/--config at the matching experiment"
+
+
+def teacher_label(index: int, count: int) -> str:
+    return "teacher" if count == 1 else f"teacher-{index}"
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None) -> Iterator:
+    """Train, evaluate each epoch and checkpoint the teacher (or each teacher of `teachers:`).
+
+    Yields progress, a TeacherResult per teacher and, for an ensemble, an EnsembleResult.
+    """
+    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    device = resolve_device(config.device)
+    specs = config.teacher_specs()
+    count = len(specs)
+    finished = {}
+    for index, spec in enumerate(specs):
+        path = layout.teacher_dir_of(index, count) / "model.pt"
+        if path.exists() and not force:
+            existing = R.load_checkpoint(path, "teacher checkpoint")
+            if existing.get("architecture") != architecture_of(spec) or existing.get("dataset") != config.data.dataset:
+                raise CheckpointError(
+                    f"{path} holds a {existing.get('architecture', {}).get('arch')} teacher for {existing.get('dataset')}, "
+                    f"but the config asks for {spec.arch} on {config.data.dataset}; pass --force to replace it "
+                    "(its students will be retrained), or use another experiment name")
+            finished[index] = existing
+    data = None
+    if len(finished) < count or count > 1:
+        R.check_writable(config.runs_dir)
+        data = yield from split(data_on(device, config))
+    for index, spec in enumerate(specs):
+        label = teacher_label(index, count)
+        directory = layout.teacher_dir_of(index, count)
+        if index in finished:
+            existing = finished[index]
+            yield TeacherResult(directory / "model.pt", float(existing["test_acc"]), int(existing["parameters"]),
+                                int(existing["epochs"]), 0.0, already_trained=True, label=label)
+        else:
+            yield (yield from _train_one(config, spec, directory, label, data, device, force, should_stop))
+    if count > 1:
+        yield _record_ensemble(config, layout, data, device)
+
+
+def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label: str, data: Dataset,
+               device: torch.device, force: bool, should_stop: StopCheck):
+    torch.manual_seed(spec.seed)
+    model = build_model(spec, data.input_shape, data.num_classes)
+    trainer = NetworkTrainer(model, data, loop_settings(config, spec, spec.seed, device, model))
+    checkpoint_path, metrics_path, model_path = directory / "checkpoint.pt", directory / "metrics.csv", directory / "model.pt"
+    identity = {"architecture": architecture_of(spec), "training": spec.model_dump(mode="json"), "dataset": config.data.dataset}
+    if force:
+        for stale in (checkpoint_path, metrics_path, model_path):
+            stale.unlink(missing_ok=True)
+    elif checkpoint_path.exists():
+        try:
+            state = R.load_checkpoint(checkpoint_path, "teacher checkpoint")
+            if state.get("identity") == identity:
+                trainer.load_state(state["trainer"])
+                yield Note(f"resuming {label} from epoch {trainer.completed_epochs}")
+        except CheckpointError as exc:
+            yield Note(f"{exc}; training {label} from scratch", "warning")
+    if trainer.completed_epochs == 0:
+        metrics_path.unlink(missing_ok=True)
+    else:
+        R.keep_epochs_before(metrics_path, trainer.completed_epochs, R.TEACHER_COLUMNS)
+    R.atomic_write_yaml(directory / "config.yaml", {"teacher": spec.model_dump(mode="json"),
+                                                    "experiment": config_to_dict(config),
+                                                    "environment": environment_record(device)})
+    parameters = count_parameters(trainer.model)
+    yield Note(f"{label} {spec.arch}: {parameters:,} parameters, {spec.epochs} epochs on {device}, seed {spec.seed}")
+    started = time.perf_counter()
+    last: dict = {}
+    description = f"{label} {spec.arch}"
+    yield Progress("epochs", description, trainer.completed_epochs, spec.epochs)
+    for event in trainer.run(should_stop):
+        if isinstance(event, StepsDone):
+            yield Progress("batches", f"epoch {event.epoch + 1}", event.step, event.steps_per_epoch)
+        elif isinstance(event, EpochDone):
+            if event.failures:
+                raise CheckpointError(f"{label} training diverged: {event.failures[0]}; lower its lr or set train.clip_grad_norm")
+            last = event.metrics[0]
+            R.append_csv_row(metrics_path, last, R.TEACHER_COLUMNS)
+            R.atomic_torch_save({"identity": identity, "trainer": trainer.state()}, checkpoint_path)
+            yield Progress("batches", f"epoch {event.epoch + 1}", trainer.steps_per_epoch, trainer.steps_per_epoch)
+            yield Progress("epochs", f"{description}  test acc {100 * last['test_acc']:.1f}%", event.epoch + 1, spec.epochs)
+    if not last:  # resumed after the final epoch had already been checkpointed
+        last = trainer.evaluate()
+    R.atomic_torch_save({
+        "format": TEACHER_FORMAT,
+        "state_dict": trainer.model.state_dict(),
+        "architecture": architecture_of(spec),
+        "dataset": data.name,
+        "data_fingerprint": data.fingerprint(),
+        "num_classes": data.num_classes,
+        "input_shape": list(data.input_shape),
+        "test_acc": float(last["test_acc"]),
+        "test_loss": float(last["test_loss"]),
+        "epochs": spec.epochs,
+        "parameters": parameters,
+        "environment": environment_record(device),
+    }, model_path)
+    checkpoint_path.unlink(missing_ok=True)
+    return TeacherResult(model_path, float(last["test_acc"]), parameters, spec.epochs, time.perf_counter() - started,
+                         label=label)
+
+
+def _record_ensemble(config: ExperimentConfig, layout: R.ExperimentLayout, data: Dataset, device: torch.device) -> EnsembleResult:
+    """Evaluate the ensemble on the test set and write teacher/ensemble.json."""
+    teachers = load_teachers(config, data, device)
+    test_logits = torch.stack([predict_logits(t.model, data.test_x, config.data.eval_batch_size, device) for t in teachers])
+    combined = soft_target_log_probs(test_logits, 1.0, ensemble=config.kd.ensemble, weights=ensemble_weights(config, device))
+    accuracy = float((combined.argmax(-1) == data.test_y).float().mean())
+    record = {
+        "ensemble": config.kd.ensemble, "weights": config.kd.teacher_weights, "test_acc": accuracy,
+        "parameters": sum(int(t.checkpoint["parameters"]) for t in teachers),
+        "num_classes": data.num_classes,
+        "teachers": [{"id": t.label, "test_acc": float(t.checkpoint["test_acc"]), "parameters": int(t.checkpoint["parameters"]),
+                      "fingerprint": t.fingerprint} for t in teachers],
+    }
+    R.atomic_write_json(layout.ensemble_record, record)
+    return EnsembleResult(accuracy, config.kd.ensemble, len(teachers), layout.ensemble_record)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedTeacher:
+    model: nn.Module
+    checkpoint: dict
+    fingerprint: str
+    path: Path
+    label: str
+
+    @property
+    def record(self) -> dict:
+        """How summary.json names a teacher a run distilled from."""
+        return {"id": self.label, "test_acc": float(self.checkpoint["test_acc"]), "fingerprint": self.fingerprint}
+
+
+def load_teachers(config: ExperimentConfig, data: Dataset, device: torch.device) -> list[LoadedTeacher]:
+    """The experiment's trained teacher(s), refused when made for other data or another network."""
+    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    specs = config.teacher_specs()
+    teachers = []
+    for index, (spec, path) in enumerate(zip(specs, layout.teacher_models(len(specs)))):
+        if not path.exists():
+            raise CheckpointError(f"no teacher at {path}; run `kdtemp train-teacher{config_flag(config)}` first")
+        checkpoint = R.load_checkpoint(path, "teacher checkpoint")
+        if checkpoint.get("format") != TEACHER_FORMAT or "state_dict" not in checkpoint:
+            raise CheckpointError(f"{path} is not a kdtemp teacher checkpoint; retrain it with `kdtemp train-teacher --force`")
+        check_teacher_matches(checkpoint, spec, data, path)
+        model = build_model(spec, data.input_shape, data.num_classes)
+        try:
+            model.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not fit a {spec.arch} ({str(exc).splitlines()[0]}); {RETRAIN}") from None
+        teachers.append(LoadedTeacher(model.to(device).eval(), checkpoint, R.file_fingerprint(path), path,
+                                      teacher_label(index, len(specs))))
+    return teachers
+
+
+def check_teacher_matches(checkpoint: dict, spec: ModelSpec, data: Dataset, path: Path) -> None:
+    if checkpoint.get("dataset") != data.name:
+        raise CheckpointError(f"teacher {path} was trained on {checkpoint.get('dataset')}, this config uses {data.name}; {RETRAIN}")
+    if checkpoint.get("num_classes") != data.num_classes:
+        raise CheckpointError(f"teacher {path} predicts {checkpoint.get('num_classes')} classes, {data.name} has {data.num_classes}; {RETRAIN}")
+    if list(checkpoint.get("input_shape", [])) != list(data.input_shape):
+        raise CheckpointError(f"teacher {path} takes inputs of shape {checkpoint.get('input_shape')}, {data.name} gives {list(data.input_shape)}; {RETRAIN}")
+    wanted = architecture_of(spec)
+    if checkpoint.get("architecture") != wanted:
+        raise CheckpointError(f"teacher {path} is a {checkpoint.get('architecture')}, the config asks for {wanted}; {RETRAIN}")
+    if checkpoint.get("data_fingerprint") not in (None, data.fingerprint()):
+        raise CheckpointError(f"teacher {path} was trained on different {data.name} data (content differs); {RETRAIN}")
+
+
+def teachers_fingerprint(teachers: list[LoadedTeacher], config: ExperimentConfig) -> str:
+    """What identifies the soft targets: the checkpoint's content, or every member's and how they combine."""
+    if len(teachers) == 1:
+        return teachers[0].fingerprint
+    parts = [t.fingerprint for t in teachers] + [config.kd.ensemble, json.dumps(config.kd.teacher_weights)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def ensemble_weights(config: ExperimentConfig, device: torch.device) -> torch.Tensor | None:
+    weights = config.kd.teacher_weights
+    return None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+# --- soft targets ----------------------------------------------------------------------------------
+
+
+def teacher_logits(teacher: LoadedTeacher, data: Dataset, config: ExperimentConfig, device: torch.device) -> Iterator:
+    """(train logits or None, test logits): one eval pass over each split, cached on disk.
+
+    With augmentation the training inputs change every epoch, so only test logits are cached and
+    the teacher runs on each batch instead.
+    """
+    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    transform = "augment" if config.data.augment else "none"
+    path = layout.teacher_logits_cache(teacher.fingerprint, transform)
+    data_fingerprint = data.fingerprint()
+    amp = amp_enabled(config.train.amp, device)
+    channels_last = device.type == "cuda" and data.is_image
+    if path.exists():
+        try:
+            cached = R.load_checkpoint(path, "teacher-logits cache")
+            if cached.get("data_fingerprint") == data_fingerprint and cached["test"].shape == (len(data.test_y), data.num_classes):
+                yield Note(f"{teacher.label} logits read from cache {path.name}")
+                train = cached.get("train")
+                return (train.to(device) if train is not None else None, cached["test"].to(device))
+        except (CheckpointError, KeyError, AttributeError):
+            pass
+        yield Note(f"teacher-logits cache {path.name} does not fit this data; recomputing", "warning")
+    yield Note(f"computing {teacher.label} logits on the training set (once for the whole grid)")
+    batch = config.data.eval_batch_size
+    train = None if config.data.augment else predict_logits(teacher.model, data.train_x, batch, device, amp, channels_last)
+    test = predict_logits(teacher.model, data.test_x, batch, device, amp, channels_last)
+    R.atomic_torch_save({"data_fingerprint": data_fingerprint, "train": None if train is None else train.cpu(),
+                         "test": test.cpu()}, path)
+    return (train, test)
+
+
+def all_teacher_logits(teachers: list[LoadedTeacher], data: Dataset, config: ExperimentConfig, device: torch.device):
+    """Every teacher's logits stacked on a teacher axis: (train (n, N, C) or None, test (n, N_test, C))."""
+    trains, tests = [], []
+    for teacher in teachers:
+        train, test = yield from teacher_logits(teacher, data, config, device)
+        trains.append(train)
+        tests.append(test)
+    train = None if trains[0] is None else torch.stack(trains)
+    return train, torch.stack(tests)
+
+
+def teacher_features(models: list[nn.Module], layer: str | None, data: Dataset, config: ExperimentConfig,
+                     device: torch.device) -> torch.Tensor:
+    """Hint targets: each model's feature at `layer` for every training input, stacked: (n, N, *F)."""
+    features = [predict_features(model, layer, data.train_x, config.data.eval_batch_size, device) for model in models]
+    shapes = {tuple(f.shape[1:]) for f in features}
+    if len(shapes) > 1:
+        raise CheckpointError(f"the teachers' hint features differ in shape {sorted(shapes)}; "
+                              "set kd.feature_layers.teacher to a layer of one shape in every teacher")
+    return torch.stack(features)
