@@ -15,7 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kdtemp import events as E
-from kdtemp import jobs
+from kdtemp.sweep import sweep
+from kdtemp.teachers import train_teacher
 from kdtemp.config import ExperimentConfig, check_safe_name, load_config, parse_name_list, parse_number_list
 from kdtemp.engine import StopRequested
 from kdtemp.errors import KDTempError
@@ -136,13 +137,16 @@ def train_teacher_command(
             "device": (device, "--device"), "runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir"),
             "train.amp": (amp, "--amp"),
         })
-        return jobs.train_teacher(settings, force=force, should_stop=interrupt)
+        return train_teacher(settings, force=force, should_stop=interrupt)
 
     for result in run_job(stream):
         if isinstance(result, E.TeacherResult):
             verb = "already trained" if result.already_trained else f"trained in {result.seconds:.1f}s"
-            out.print(f"teacher {verb}: test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
+            out.print(f"{result.label} {verb}: test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
                       f"({result.parameters:,} parameters) -> {result.path}", highlight=False)
+        elif isinstance(result, E.EnsembleResult):
+            out.print(f"ensemble of {result.teachers} ({result.mode}): test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
+                      f"-> {result.path}", highlight=False)
 
 
 @app.command("sweep")
@@ -175,7 +179,7 @@ def sweep_command(
             "device": (device, "--device"), "runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir"),
             "train.amp": (amp, "--amp"),
         })
-        return jobs.sweep(settings, force=force, should_stop=interrupt)
+        return sweep(settings, force=force, should_stop=interrupt)
 
     for result in run_job(stream):
         if isinstance(result, E.SweepResult):
@@ -232,6 +236,31 @@ def report_command(
         for line in report.problem_lines(built.results):
             err.print(f"[yellow]{line}[/yellow]", highlight=False)
     out.print(f"wrote {paths['html']}, {paths['markdown'].name} and {paths['summary'].name}", highlight=False)
+
+
+@app.command("export")
+def export_command(
+    run_id: Optional[str] = typer.Argument(None, help="Run to export (default: the best completed run)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config whose experiment holds the run.", rich_help_panel=EXPERIMENT),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT),
+    format: str = typer.Option("pt2", "--format", help="pt2 (torch.export.load) or torchscript (torch.jit.load, deprecated by PyTorch)."),
+):
+    """Export a student for use without kdtemp.
+
+    [bold]Example:[/bold] kdtemp export --format pt2
+    """
+    from kdtemp.export import FILE_NAMES, export_student
+    from kdtemp.runs import ExperimentLayout
+
+    if format not in FILE_NAMES:
+        fail(f"--format: {format!r} is not a format; choose pt2 or torchscript")
+    try:
+        settings = build_config(config, {"runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir")})
+        chosen, path = export_student(ExperimentLayout.of(settings.runs_dir, settings.name), run_id, format)
+    except KDTempError as exc:
+        fail(str(exc))
+    loader = "torch.jit.load(path)" if format == "torchscript" else "torch.export.load(path).module()"
+    out.print(f"exported {chosen} -> {path}  (load it with {loader})", highlight=False)
 
 
 def _experiment_names(settings: ExperimentConfig, names: Optional[str]) -> list[str]:

@@ -56,9 +56,16 @@ def expected_calibration_error(bins: torch.Tensor) -> torch.Tensor:
     return (correct_sum - conf_sum).abs().sum(dim=-1) / count.sum(dim=-1).clamp_min(1)
 
 
-def soft_target_statistics(logits: torch.Tensor, temperature: float) -> tuple[float, float]:
-    """Mean entropy (nats) and mean top-class probability of softmax(logits / T): how soft targets are."""
-    log_probs = F.log_softmax(logits.double() / temperature, dim=-1)
+def soft_target_statistics(teacher_logits: torch.Tensor, temperature: float, ensemble: str = "mean_probs",
+                           weights: torch.Tensor | None = None) -> tuple[float, float]:
+    """Mean entropy (nats) and mean top-class probability of the soft targets at T: how soft they are.
+
+    `teacher_logits` is (N, C) for one teacher or (n, N, C) for an ensemble combined by `ensemble`.
+    """
+    from kdtemp.losses import soft_target_log_probs
+
+    log_probs = soft_target_log_probs(teacher_logits.double(), temperature, ensemble=ensemble,
+                                      weights=None if weights is None else weights.double())
     probs = log_probs.exp()
     entropy = -(probs * log_probs).sum(dim=-1).mean()
     return float(entropy), float(probs.max(dim=-1).values.mean())

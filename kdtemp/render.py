@@ -11,7 +11,7 @@ import pandas as pd
 
 from kdtemp import plots
 from kdtemp import runs as R
-from kdtemp.report import Report, TemperatureTable, format_cell, problem_lines
+from kdtemp.report import Report, TemperatureTable, format_cell, headline, problem_lines
 
 FIGURES = {
     "accuracy_vs_temperature": "Test accuracy against the grid temperature",
@@ -24,25 +24,35 @@ CAPTION = ("last epoch, mean ± sd (n seeds); bold = best temperature of the row
 
 
 def footer(report: Report) -> str:
+    """Teacher accuracy, sizes and run counts in one line, then the best cell in words."""
     results = report.results
+    teacher, sizes = results.teacher or {}, results.sizes
     parts = []
-    teacher = results.teacher or {}
     if teacher.get("test_acc") is not None:
         parts.append(f"teacher {100 * teacher['test_acc']:.2f}%")
-    sizes = []
-    if report.student_params:
-        sizes.append(f"student {report.student_params:,}")
-    if teacher.get("parameters"):
-        sizes.append(f"teacher {teacher['parameters']:,}")
-    if sizes:
-        parts.append("parameters: " + ", ".join(sizes))
-        if report.student_params and teacher.get("parameters"):
-            parts[-1] += f" ({teacher['parameters'] / report.student_params:.1f}x smaller student)"
+    if sizes.get("student_params") and sizes.get("teacher_params"):
+        parts.append(f"parameters: student {sizes['student_params']:,}, teacher {sizes['teacher_params']:,}")
     runs = f"{len(results.final)} completed runs"
     extras = [f"{len(items)} {label}" for items, label in
               ((results.failed, "failed"), (results.unfinished, "unfinished"), (results.unreadable, "unreadable")) if items]
     parts.append(runs + (f" ({', '.join(extras)}; not averaged)" if extras else ""))
-    return "; ".join(parts)
+    line = "; ".join(parts)
+    best = headline(results, report.summary)
+    return f"{line}\n{best}" if best else line
+
+
+def footprint_rows(report: Report) -> list[tuple[str, str, str, str]]:
+    """(measure, student, teacher, teacher / student) rows of what the student saves."""
+    sizes = report.results.sizes
+    rows = []
+    for label, key, unit in (("parameters", "params", ""), ("size", "size_bytes", " bytes"),
+                             (f"latency, batch of {sizes.get('latency_batch_size')}", "latency_ms", " ms"),
+                             ("forward FLOPs per sample", "flops", "")):
+        student, teacher = sizes.get(f"student_{key}"), sizes.get(f"teacher_{key}")
+        if student and teacher:
+            fmt = (lambda v: f"{v:.3f}{unit}") if key == "latency_ms" else (lambda v: f"{int(v):,}{unit}")
+            rows.append((label, fmt(student), fmt(teacher), f"{teacher / student:.1f}x"))
+    return rows
 
 
 def write_figures(report: Report, out: Path) -> dict[str, Path]:
@@ -104,6 +114,10 @@ def markdown(report: Report, figures: dict[str, Path]) -> str:
     results, table = report.results, report.table
     lines = [f"# kdtemp report: {results.name}", "", f"Metric `{table.metric}`: {CAPTION}.", "",
              table_markdown(table), "", footer(report), ""]
+    rows = footprint_rows(report)
+    if rows:
+        lines += ["## What the student saves", "", "| | student | teacher | teacher / student |", "|---|---|---|---|"]
+        lines += [f"| {' | '.join(row)} |" for row in rows] + [""]
     if report.entropy is not None:
         lines += ["## Soft targets vs temperature", "",
                   f"The teacher's soft targets on the {report.entropy_split} set.", "", entropy_markdown(report.entropy), ""]
@@ -117,10 +131,11 @@ def markdown(report: Report, figures: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
-SUMMARY_SHOWN = ["schedule", "alpha", "t0", "n", "mean_test_acc", "std_test_acc", "ci95_test_acc", "mean_best_test_acc",
-                 "delta_vs_baseline", "p_value", "mean_agreement", "mean_kl_to_teacher", "mean_ece", "failed"]
+SUMMARY_SHOWN = ["schedule", "alpha", "t0", "generation", "n", "mean_test_acc", "std_test_acc", "ci95_test_acc",
+                 "mean_best_test_acc", "delta_vs_baseline", "p_value", "mean_agreement", "mean_kl_to_teacher", "mean_ece",
+                 "gap_closed", "failed"]
 PERCENT_COLUMNS = {"mean_test_acc", "std_test_acc", "ci95_test_acc", "mean_best_test_acc", "delta_vs_baseline",
-                   "mean_agreement", "mean_ece"}
+                   "mean_agreement", "mean_ece", "gap_closed"}
 
 
 def _summary_text(column: str, value) -> str:
@@ -204,7 +219,13 @@ def html_section(report: Report, figures: dict[str, Path]) -> str:
     results, table = report.results, report.table
     parts = [f"<h2>{_esc(results.name)}</h2>",
              f'<p class="caption">Metric <code>{_esc(table.metric)}</code>: {_esc(CAPTION)}.</p>',
-             table_html(table), f'<p class="footer">{_esc(footer(report))}</p>']
+             table_html(table), f'<p class="footer">{_esc(footer(report)).replace(chr(10), "<br>")}</p>']
+    rows = footprint_rows(report)
+    if rows:
+        body = "".join("<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in row) + "</tr>" for row in rows)
+        parts += ["<h3>What the student saves</h3>",
+                  f"<table><thead><tr><th></th><th>student</th><th>teacher</th><th>teacher / student</th></tr></thead>"
+                  f"<tbody>{body}</tbody></table>"]
     if "accuracy_vs_temperature" in figures:
         parts.append(image_html(figures["accuracy_vs_temperature"], FIGURES["accuracy_vs_temperature"]))
     if report.entropy is not None:

@@ -6,18 +6,19 @@ never averaged in. Headline numbers are last-epoch values; best-epoch accuracy i
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from kdtemp import runs as R
 from kdtemp import stats
 from kdtemp.errors import KDTempError, RunsError
 from kdtemp.metrics import soft_target_statistics
 
-KEYS = ["schedule", "alpha", "t0"]
 METRICS = {
     # --metric name: (column in the per-run table, shown as percent, higher is better)
     "test_acc": ("test_acc", True, True),
@@ -29,6 +30,13 @@ METRICS = {
 }
 NUMERIC_COLUMNS = ["t0", "alpha", "seed", "epoch", "test_acc", "test_loss"]
 ENTROPY_LADDER = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+SUMMARY_COLUMNS = [
+    "schedule", "alpha", "t0", "generation", "n", "mean_test_acc", "std_test_acc", "ci95_test_acc",
+    "mean_best_test_acc", "delta_vs_baseline", "p_value", "mean_test_loss", "mean_agreement", "mean_kl_to_teacher",
+    "mean_ece", "gap_closed", "compression", "speedup", "failed",
+]
+SIZE_FIELDS = ("student_params", "teacher_params", "student_size_bytes", "teacher_size_bytes", "student_latency_ms",
+               "teacher_latency_ms", "student_flops", "teacher_flops", "latency_batch_size")
 
 
 @dataclass
@@ -42,11 +50,29 @@ class ExperimentResults:
     curves: pd.DataFrame
     """Every epoch of every completed run."""
     teacher: dict | None
+    sizes: dict = field(default_factory=dict)
+    """Parameters, bytes, latency and FLOPs of student and teacher, as the runs recorded them."""
     failed: list[tuple[str, str]] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     cells_failed: dict[tuple, int] = field(default_factory=dict)
-    """(schedule, alpha, t0) -> number of failed runs in that cell."""
+    """(schedule, alpha, t0, generation) -> number of failed runs in that cell."""
+
+    @property
+    def generations(self) -> bool:
+        return not self.final.empty and self.final["generation"].max() > 1
+
+    @property
+    def compression(self) -> float:
+        return _ratio(self.sizes.get("teacher_params"), self.sizes.get("student_params"))
+
+    @property
+    def speedup(self) -> float:
+        return _ratio(self.sizes.get("teacher_latency_ms"), self.sizes.get("student_latency_ms"))
+
+
+def _ratio(numerator, denominator) -> float:
+    return numerator / denominator if numerator and denominator else math.nan
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
@@ -69,6 +95,7 @@ def read_metrics(path: Path) -> pd.DataFrame:
         raise RunsError(f"{path}: epochs are not 0..{len(frame) - 1} in order (a truncated or edited file)")
     if frame[["test_acc", "test_loss"]].isna().any().any():
         raise RunsError(f"{path}: empty test_acc/test_loss cells (a truncated file)")
+    frame["generation"] = frame["generation"].fillna(1).astype(int) if "generation" in frame else 1
     return frame
 
 
@@ -85,7 +112,7 @@ def load_results(root: Path) -> ExperimentResults:
         status = summary.get("status") if summary else None
         if status == R.FAILED:
             results.failed.append((run_dir.name, str(summary.get("reason", "failed"))))
-            key = (summary.get("schedule"), summary.get("alpha"), summary.get("t0"))
+            key = (summary.get("schedule"), summary.get("alpha"), summary.get("t0"), summary.get("generation") or 1)
             results.cells_failed[key] = results.cells_failed.get(key, 0) + 1
             continue
         if status != R.COMPLETED:
@@ -99,6 +126,8 @@ def load_results(root: Path) -> ExperimentResults:
         if len(frame) != summary.get("epochs", len(frame)):
             results.unreadable.append((run_dir.name, f"metrics.csv has {len(frame)} epochs, summary.json says {summary.get('epochs')}"))
             continue
+        if not results.sizes:
+            results.sizes = {key: summary[key] for key in SIZE_FIELDS if summary.get(key) is not None}
         last = frame.iloc[-1].to_dict()
         last["best_test_acc"] = float(frame["test_acc"].max())
         finals.append(last)
@@ -110,6 +139,13 @@ def load_results(root: Path) -> ExperimentResults:
 
 
 def _teacher_info(layout: R.ExperimentLayout) -> dict | None:
+    """Accuracy, size and fingerprints of the teacher, or of the ensemble (teacher/ensemble.json)."""
+    if layout.ensemble_record.exists():
+        try:
+            record = json.loads(layout.ensemble_record.read_text())
+            return {**record, "fingerprints": [t["fingerprint"] for t in record["teachers"]]}
+        except (OSError, ValueError, KeyError):
+            return None
     if not layout.teacher_model.exists():
         return None
     try:
@@ -118,23 +154,15 @@ def _teacher_info(layout: R.ExperimentLayout) -> dict | None:
         return None
     info = {key: checkpoint.get(key) for key in ("test_acc", "test_loss", "parameters", "architecture", "dataset",
                                                   "epochs", "num_classes")}
-    info["fingerprint"] = R.file_fingerprint(layout.teacher_model)
+    info["fingerprints"] = [R.file_fingerprint(layout.teacher_model)]
     return info
-
-
-def student_parameters(results: ExperimentResults) -> int | None:
-    """The student's size, as recorded by its runs."""
-    for run_dir in R.ExperimentLayout(results.root).run_dirs():
-        summary = R.read_summary(run_dir)
-        if summary and summary.get("student_params"):
-            return int(summary["student_params"])
-    return None
 
 
 # --- soft targets versus temperature ----------------------------------------------------------
 
 
-def entropy_table(teacher_logits, grid_temperatures: list[float]) -> pd.DataFrame:
+def entropy_table(teacher_logits: torch.Tensor, grid_temperatures: list[float], ensemble: str = "mean_probs",
+                  weights: torch.Tensor | None = None) -> pd.DataFrame:
     """Mean entropy (nats) and top-class probability of the teacher's soft targets per temperature.
 
     Temperatures are the grid's and a standard ladder; relative_entropy divides by the T = 1 value.
@@ -142,71 +170,75 @@ def entropy_table(teacher_logits, grid_temperatures: list[float]) -> pd.DataFram
     temperatures = sorted(set(ENTROPY_LADDER) | {float(t) for t in grid_temperatures})
     rows = []
     for temperature in temperatures:
-        entropy, max_prob = soft_target_statistics(teacher_logits, temperature)
+        entropy, max_prob = soft_target_statistics(teacher_logits, temperature, ensemble, weights)
         rows.append({"temperature": temperature, "mean_entropy": entropy, "mean_max_prob": max_prob,
                      "in_grid": temperature in grid_temperatures})
     frame = pd.DataFrame(rows)
-    at_one, _ = soft_target_statistics(teacher_logits, 1.0)
+    at_one, _ = soft_target_statistics(teacher_logits, 1.0, ensemble, weights)
     frame["relative_entropy"] = frame["mean_entropy"] / at_one if at_one > 0 else math.nan
     return frame[["temperature", "mean_entropy", "mean_max_prob", "relative_entropy", "in_grid"]]
 
 
 def cached_teacher_logits(results: ExperimentResults):
-    """The sweep's cached teacher logits: training set when cached, else the test set; (logits, split)."""
+    """The sweep's cached teacher logits, (n, N, C): training set when cached, else the test set; (logits, split)."""
     if not results.teacher:
         return None, None
     layout = R.ExperimentLayout(results.root)
     for transform, split in (("none", "train"), ("augment", "test")):
-        path = layout.teacher_logits_cache(results.teacher["fingerprint"], transform)
-        if path.exists():
+        stacked = []
+        for fingerprint in results.teacher["fingerprints"]:
+            path = layout.teacher_logits_cache(fingerprint, transform)
             try:
-                cached = R.load_checkpoint(path, "teacher-logits cache")
+                logits = R.load_checkpoint(path, "teacher-logits cache").get(split) if path.exists() else None
             except KDTempError:
-                continue
-            logits = cached.get(split)
-            if logits is not None:
-                return logits, split
+                logits = None
+            stacked.append(logits)
+        if stacked and all(logits is not None for logits in stacked):
+            return torch.stack(stacked), split
     return None, None
 
 
+# --- summaries ---------------------------------------------------------------------------------
+
+
 def summarize(results: ExperimentResults) -> pd.DataFrame:
-    """One row per schedule x alpha x t0, the baseline row(s), and the teacher row."""
-    columns = ["schedule", "alpha", "t0", "n", "mean_test_acc", "std_test_acc", "ci95_test_acc", "mean_best_test_acc",
-               "delta_vs_baseline", "p_value", "mean_test_loss", "mean_agreement", "mean_kl_to_teacher", "mean_ece", "failed"]
+    """One row per schedule x alpha x t0 x generation, the baseline row(s), and the teacher row."""
     rows = []
     final = results.final
     baseline = final[final["schedule"] == "none"].set_index("seed") if not final.empty else pd.DataFrame()
-    seen_keys = set()
+    seen = set()
     if not final.empty:
-        for (schedule, alpha, t0), cell in final.groupby(["schedule", "alpha", "t0"], dropna=False, sort=False):
-            t0_value = None if pd.isna(t0) else float(t0)
-            seen_keys.add((schedule, float(alpha), t0_value))
-            rows.append(_summary_row(schedule, float(alpha), t0_value, cell, baseline, results))
-    for (schedule, alpha, t0), count in results.cells_failed.items():
-        if (schedule, alpha, t0) not in seen_keys:
-            rows.append({"schedule": schedule, "alpha": alpha, "t0": t0, "n": 0, "failed": count})
+        keys = ["schedule", "alpha", "t0", "generation"]
+        for (schedule, alpha, t0, generation), cell in final.groupby(keys, dropna=False, sort=False):
+            key = (schedule, float(alpha), None if pd.isna(t0) else float(t0), int(generation))
+            seen.add(key)
+            rows.append(_summary_row(key, cell, baseline, results))
+    for (schedule, alpha, t0, generation), count in results.cells_failed.items():
+        if (schedule, alpha, t0, generation) not in seen:
+            rows.append({"schedule": schedule, "alpha": alpha, "t0": t0, "generation": generation, "n": 0, "failed": count})
     if results.teacher:
         rows.append({"schedule": "teacher", "n": 1, "mean_test_acc": results.teacher.get("test_acc"),
                      "mean_test_loss": results.teacher.get("test_loss"), "failed": 0})
-    frame = pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     order = {"none": 1, "teacher": 2}
     frame["_order"] = frame["schedule"].map(lambda s: order.get(s, 0))
-    frame = frame.sort_values(["_order", "schedule", "alpha", "t0"], kind="stable").drop(columns="_order")
+    frame = frame.sort_values(["_order", "generation", "schedule", "alpha", "t0"], kind="stable").drop(columns="_order")
     return frame.reset_index(drop=True)
 
 
-def _summary_row(schedule: str, alpha: float, t0: float | None, cell: pd.DataFrame, baseline: pd.DataFrame,
-                 results: ExperimentResults) -> dict:
+def _summary_row(key: tuple, cell: pd.DataFrame, baseline: pd.DataFrame, results: ExperimentResults) -> dict:
+    schedule, alpha, t0, generation = key
     accuracies = cell["test_acc"].tolist()
     row = {
-        "schedule": schedule, "alpha": alpha, "t0": t0, "n": len(cell),
+        "schedule": schedule, "alpha": alpha, "t0": t0, "generation": generation, "n": len(cell),
         "mean_test_acc": stats.mean(accuracies), "std_test_acc": stats.std(accuracies),
         "ci95_test_acc": stats.ci95_half_width(accuracies),
         "mean_best_test_acc": stats.mean(cell["best_test_acc"].tolist()),
         "mean_test_loss": stats.mean(cell["test_loss"].tolist()),
         "mean_agreement": _mean_of(cell, "agreement"), "mean_kl_to_teacher": _mean_of(cell, "test_kl"),
         "mean_ece": _mean_of(cell, "test_ece"),
-        "failed": results.cells_failed.get((schedule, alpha, t0), 0),
+        "compression": results.compression, "speedup": results.speedup,
+        "failed": results.cells_failed.get(key, 0),
     }
     if schedule != "none" and not baseline.empty:
         paired = cell[cell["seed"].isin(baseline.index)]
@@ -215,6 +247,10 @@ def _summary_row(schedule: str, alpha: float, t0: float | None, cell: pd.DataFra
         differences = [a - b for a, b in zip(treated, control)]
         row["delta_vs_baseline"] = stats.mean(differences) if differences else math.nan
         row["p_value"] = stats.paired_t_test(treated, control)
+        teacher = (results.teacher or {}).get("test_acc")
+        base = stats.mean(baseline["test_acc"].tolist())
+        if teacher is not None and teacher != base:
+            row["gap_closed"] = (row["mean_test_acc"] - base) / (teacher - base)
     return row
 
 
@@ -223,6 +259,28 @@ def _mean_of(cell: pd.DataFrame, column: str) -> float:
         return math.nan
     values = cell[column].dropna().tolist()
     return stats.mean(values) if values else math.nan
+
+
+def headline(results: ExperimentResults, summary: pd.DataFrame) -> str | None:
+    """The best cell in words: accuracy, share of the teacher's gap closed, at how much smaller and faster."""
+    grid = summary[~summary["schedule"].isin(["none", "teacher"]) & (summary["n"] > 0)]
+    if grid.empty:
+        return None
+    best = grid.loc[grid["mean_test_acc"].idxmax()]
+    where = f"{best['schedule']}" + (f" T={best['t0']:g}" if not pd.isna(best["t0"]) else "")
+    if results.generations:
+        where += f" gen {int(best['generation'])}"
+    text = f"best: {where}, {100 * best['mean_test_acc']:.1f}%"
+    if not pd.isna(best["gap_closed"]):
+        text += f", {100 * best['gap_closed']:.0f}% of the teacher's accuracy gap over no-KD closed"
+    parts = []
+    if not math.isnan(results.compression):
+        parts.append(f"{results.compression:.1f}x smaller")
+    if not math.isnan(results.speedup):
+        parts.append(f"{results.speedup:.1f}x faster")
+    if parts:
+        text += " at " + ", ".join(parts)
+    return text
 
 
 # --- the accuracy-versus-temperature table ---------------------------------------------------
@@ -239,7 +297,7 @@ class Cell:
 
 @dataclass
 class TemperatureTable:
-    """Rows = schedule (x alpha), columns = t0, cells = mean, sd and n of one metric over seeds."""
+    """Rows = schedule (x alpha x generation), columns = t0, cells = mean, sd and n of one metric over seeds."""
 
     metric: str
     percent: bool
@@ -255,27 +313,30 @@ def temperature_table(results: ExperimentResults, summary: pd.DataFrame, metric:
     column, percent, higher_better = METRICS[metric]
     final = results.final
     if final.empty or column not in final:
-        return TemperatureTable(metric, percent, [], {}, _references(results, summary, column))
+        return TemperatureTable(metric, percent, [], {}, _references(results, column))
     grid = final[final["schedule"] != "none"]
     temperatures = sorted(float(t) for t in grid["t0"].dropna().unique())
     alphas = sorted(grid["alpha"].unique())
     rows: dict[str, dict[float, Cell]] = {}
-    for (schedule, alpha), part in grid.groupby(["schedule", "alpha"], sort=True):
+    for (generation, schedule, alpha), part in grid.groupby(["generation", "schedule", "alpha"], sort=True):
         label = schedule if len(alphas) == 1 else f"{schedule} (alpha {alpha:g})"
+        if results.generations:
+            label += f", gen {generation}"
         cells = {}
         for t0, cell in part.groupby("t0"):
             values = cell[column].dropna().tolist()
-            match = summary[(summary["schedule"] == schedule) & (summary["alpha"] == alpha) & (summary["t0"] == t0)]
+            match = summary[(summary["schedule"] == schedule) & (summary["alpha"] == alpha) & (summary["t0"] == t0)
+                            & (summary["generation"] == generation)]
             p_value = float(match["p_value"].iloc[0]) if len(match) and metric == "test_acc" else math.nan
             cells[float(t0)] = Cell(stats.mean(values), stats.std(values), len(values), p_value)
         pick = max if higher_better else min
         best_t = pick(cells, key=lambda t: cells[t].mean)
         cells[best_t].best = True
         rows[label] = cells
-    return TemperatureTable(metric, percent, temperatures, rows, _references(results, summary, column))
+    return TemperatureTable(metric, percent, temperatures, rows, _references(results, column))
 
 
-def _references(results: ExperimentResults, summary: pd.DataFrame, column: str) -> dict[str, Cell]:
+def _references(results: ExperimentResults, column: str) -> dict[str, Cell]:
     references = {}
     final = results.final
     if not final.empty and column in final:
@@ -283,7 +344,8 @@ def _references(results: ExperimentResults, summary: pd.DataFrame, column: str) 
         if base:
             references["baseline (no KD)"] = Cell(stats.mean(base), stats.std(base), len(base))
     if results.teacher and column == "test_acc" and results.teacher.get("test_acc") is not None:
-        references["teacher"] = Cell(float(results.teacher["test_acc"]), math.nan, 1)
+        label = "teacher" if len(results.teacher["fingerprints"]) == 1 else f"teacher ensemble ({results.teacher.get('ensemble')})"
+        references[label] = Cell(float(results.teacher["test_acc"]), math.nan, 1)
     return references
 
 
@@ -320,7 +382,10 @@ class Report:
     table: TemperatureTable
     entropy: pd.DataFrame | None
     entropy_split: str | None
-    student_params: int | None
+
+    @property
+    def student_params(self) -> int | None:
+        return self.results.sizes.get("student_params")
 
 
 def build_report(root: Path, metric: str = "test_acc") -> Report:
@@ -328,6 +393,10 @@ def build_report(root: Path, metric: str = "test_acc") -> Report:
     summary = summarize(results)
     table = temperature_table(results, summary, metric)
     logits, split = cached_teacher_logits(results)
-    grid = [float(t) for t in results.final["t0"].dropna().unique()] if not results.final.empty else []
-    entropy = entropy_table(logits, grid) if logits is not None else None
-    return Report(results, summary, table, entropy, split, student_parameters(results))
+    entropy = None
+    if logits is not None:
+        grid = [float(t) for t in results.final["t0"].dropna().unique()] if not results.final.empty else []
+        weights = (results.teacher or {}).get("weights")
+        entropy = entropy_table(logits, grid, (results.teacher or {}).get("ensemble") or "mean_probs",
+                                None if weights is None else torch.tensor(weights, dtype=torch.float64))
+    return Report(results, summary, table, entropy, split)
