@@ -7,7 +7,7 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Annotated, Iterable, Optional
 
 import typer
 from rich.console import Console
@@ -117,27 +117,33 @@ def run_job(stream_factory) -> list:
 # --- commands ----------------------------------------------------------------------------------
 
 
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help=CONFIG_HELP, rich_help_panel=EXPERIMENT)]
+DatasetOption = Annotated[Optional[str], typer.Option(help="mnist1d, fashion-mnist, mnist, cifar10 or cifar100.", rich_help_panel=EXPERIMENT)]
+DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=EXPERIMENT)]
+RunsDirOption = Annotated[Optional[Path], typer.Option("--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT)]
+AmpOption = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 autocast for forward passes (default: on for CUDA).", rich_help_panel=EXPERIMENT)]
+
+
+def common_overrides(dataset, device, runs_dir, amp) -> dict[str, tuple[object, str]]:
+    """The overrides every training command takes, as {dotted.key: (value, option)}."""
+    return {"data.dataset": (dataset, "--dataset"), "device": (device, "--device"),
+            "runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir"), "train.amp": (amp, "--amp")}
+
+
 @app.command("train-teacher", no_args_is_help=False)
 def train_teacher_command(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP, rich_help_panel=EXPERIMENT),
-    dataset: Optional[str] = typer.Option(None, help="mnist1d, fashion-mnist, mnist, cifar10 or cifar100.", rich_help_panel=EXPERIMENT),
-    epochs: Optional[str] = typer.Option(None, help="Teacher epochs.", rich_help_panel=EXPERIMENT),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N.", rich_help_panel=EXPERIMENT),
-    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast for forward passes (default: on for CUDA).", rich_help_panel=EXPERIMENT),
+    config: ConfigOption = None, dataset: DatasetOption = None,
+    epochs: Annotated[Optional[str], typer.Option(help="Teacher epochs.", rich_help_panel=EXPERIMENT)] = None,
+    device: DeviceOption = None, runs_dir: RunsDirOption = None, amp: AmpOption = None,
     force: bool = typer.Option(False, "--force", help="Retrain even if a finished teacher exists."),
 ):
-    """Train, evaluate and checkpoint the teacher.
+    """Train, evaluate and checkpoint the teacher (or each teacher of an ensemble).
 
     [bold]Example:[/bold] kdtemp train-teacher --config configs/fashion-mnist.yaml
     """
     def stream(interrupt):
-        settings = build_config(config, {
-            "data.dataset": (dataset, "--dataset"), "teacher.epochs": (epochs, "--epochs"),
-            "device": (device, "--device"), "runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir"),
-            "train.amp": (amp, "--amp"),
-        })
-        return train_teacher(settings, force=force, should_stop=interrupt)
+        overrides = {**common_overrides(dataset, device, runs_dir, amp), "teacher.epochs": (epochs, "--epochs")}
+        return train_teacher(build_config(config, overrides), force=force, should_stop=interrupt)
 
     for result in run_job(stream):
         if isinstance(result, E.TeacherResult):
@@ -151,16 +157,14 @@ def train_teacher_command(
 
 @app.command("sweep")
 def sweep_command(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help=CONFIG_HELP, rich_help_panel=EXPERIMENT),
+    config: ConfigOption = None,
     temps: Optional[str] = typer.Option(None, "--temps", help="Grid temperatures t0, comma-separated, e.g. 1,3,5,10.", rich_help_panel=GRID),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds, comma-separated, e.g. 0,1,2.", rich_help_panel=GRID),
     alpha: Optional[str] = typer.Option(None, "--alpha", help="Weight of the KD term, in [0, 1].", rich_help_panel=GRID),
     schedules: Optional[str] = typer.Option(None, "--schedules", help="Temperature schedules, e.g. constant,linear,exp.", rich_help_panel=GRID),
-    dataset: Optional[str] = typer.Option(None, help="mnist1d, fashion-mnist, mnist, cifar10 or cifar100.", rich_help_panel=EXPERIMENT),
-    epochs: Optional[str] = typer.Option(None, help="Student epochs.", rich_help_panel=EXPERIMENT),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N.", rich_help_panel=EXPERIMENT),
-    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast for forward passes (default: on for CUDA).", rich_help_panel=EXPERIMENT),
+    dataset: DatasetOption = None,
+    epochs: Annotated[Optional[str], typer.Option(help="Student epochs.", rich_help_panel=EXPERIMENT)] = None,
+    device: DeviceOption = None, runs_dir: RunsDirOption = None, amp: AmpOption = None,
     force: bool = typer.Option(False, "--force", help="Retrain every run, even completed ones."),
 ):
     """Distil students over temperatures x schedules x seeds, plus a no-KD baseline per seed.
@@ -170,16 +174,15 @@ def sweep_command(
     Finished runs are skipped and interrupted ones resume; one metrics.csv is written per run.
     """
     def stream(interrupt):
-        settings = build_config(config, {
+        overrides = {
+            **common_overrides(dataset, device, runs_dir, amp),
             "kd.temperatures": (parse_number_list(temps, "--temps") if temps is not None else None, "--temps"),
             "kd.seeds": (parse_number_list(seeds, "--seeds", int) if seeds is not None else None, "--seeds"),
             "kd.alpha": (alpha, "--alpha"),
             "kd.schedules": (_schedules_override(config, schedules), "--schedules"),
-            "data.dataset": (dataset, "--dataset"), "student.epochs": (epochs, "--epochs"),
-            "device": (device, "--device"), "runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir"),
-            "train.amp": (amp, "--amp"),
-        })
-        return sweep(settings, force=force, should_stop=interrupt)
+            "student.epochs": (epochs, "--epochs"),
+        }
+        return sweep(build_config(config, overrides), force=force, should_stop=interrupt)
 
     for result in run_job(stream):
         if isinstance(result, E.SweepResult):
@@ -282,23 +285,16 @@ def _experiment_names(settings: ExperimentConfig, names: Optional[str]) -> list[
 
 def rich_table(results, table) -> Table:
     """The accuracy-versus-temperature table (a report.TemperatureTable) for the terminal."""
-    from kdtemp.report import format_cell
+    from kdtemp.report import table_rows
 
-    unit = "%" if table.percent else ""
-    grid = Table(title=f"{results.name}: {table.metric}{' (%)' if unit else ''}, mean ± sd (n seeds), last epoch",
+    grid = Table(title=f"{results.name}: {table.metric}{' (%)' if table.percent else ''}, mean ± sd (n seeds), last epoch",
                  caption="bold = best temperature of the row; * = paired t-test vs baseline, p < 0.05")
     grid.add_column("schedule", no_wrap=True)
     for t in table.temperatures:
         grid.add_column(f"T={t:g}", justify="right")
-    for label, cells in table.rows.items():
-        texts = []
-        for t in table.temperatures:
-            cell = cells.get(t)
-            text = format_cell(cell, table.percent) if cell else ""
-            texts.append(f"[bold green]{text}[/bold green]" if cell and cell.best else text)
-        grid.add_row(label, *texts)
-    for label, cell in table.references.items():
-        grid.add_row(f"[dim]{label}[/dim]", format_cell(cell, table.percent), *[""] * (len(table.temperatures) - 1))
+    for label, cells, reference in table_rows(table):
+        texts = [f"[bold green]{text}[/bold green]" if best else text for text, best in cells]
+        grid.add_row(f"[dim]{label}[/dim]" if reference else label, *texts)
     return grid
 
 

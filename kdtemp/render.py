@@ -11,7 +11,7 @@ import pandas as pd
 
 from kdtemp import plots
 from kdtemp import runs as R
-from kdtemp.report import Report, TemperatureTable, format_cell, headline, problem_lines
+from kdtemp.report import Report, TemperatureTable, headline, problem_lines, table_rows
 
 FIGURES = {
     "accuracy_vs_temperature": "Test accuracy against the grid temperature",
@@ -90,15 +90,8 @@ def write_report(report: Report, out: Path | None = None) -> dict[str, Path]:
 def table_markdown(table: TemperatureTable) -> str:
     header = ["schedule", *[f"T={t:g}" for t in table.temperatures]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, cells in table.rows.items():
-        texts = []
-        for t in table.temperatures:
-            cell = cells.get(t)
-            text = format_cell(cell, table.percent) if cell else ""
-            texts.append(f"**{text}**" if cell and cell.best else text)
-        lines.append("| " + " | ".join([label, *texts]) + " |")
-    for label, cell in table.references.items():
-        lines.append("| " + " | ".join([label, format_cell(cell, table.percent), *[""] * (len(table.temperatures) - 1)]) + " |")
+    for label, cells, _ in table_rows(table):
+        lines.append("| " + " | ".join([label, *(f"**{text}**" if best else text for text, best in cells)]) + " |")
     return "\n".join(lines)
 
 
@@ -181,16 +174,10 @@ def _esc(text) -> str:
 def table_html(table: TemperatureTable) -> str:
     head = "".join(f"<th>T={t:g}</th>" for t in table.temperatures)
     rows = []
-    for label, cells in table.rows.items():
-        tds = []
-        for t in table.temperatures:
-            cell = cells.get(t)
-            text = format_cell(cell, table.percent) if cell else ""
-            tds.append(f'<td class="best">{_esc(text)}</td>' if cell and cell.best else f"<td>{_esc(text)}</td>")
-        rows.append(f"<tr><td>{_esc(label)}</td>{''.join(tds)}</tr>")
-    for label, cell in table.references.items():
-        blanks = "<td></td>" * (len(table.temperatures) - 1)
-        rows.append(f'<tr><td class="reference">{_esc(label)}</td><td class="reference">{_esc(format_cell(cell, table.percent))}</td>{blanks}</tr>')
+    for label, cells, reference in table_rows(table):
+        kind = ' class="reference"' if reference else ""
+        tds = "".join(f'<td class="best">{_esc(text)}</td>' if best else f"<td{kind}>{_esc(text)}</td>" for text, best in cells)
+        rows.append(f"<tr><td{kind}>{_esc(label)}</td>{tds}</tr>")
     return f'<table class="temperature-table"><thead><tr><th>schedule</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 

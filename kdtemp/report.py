@@ -361,6 +361,20 @@ def format_cell(cell: Cell, percent: bool) -> str:
     return text
 
 
+def table_rows(table: TemperatureTable) -> list[tuple[str, list[tuple[str, bool]], bool]]:
+    """(label, [(cell text, is the row's best)], is a reference row) for every row: what the terminal,
+    report.md and report.html each decorate in their own way."""
+    rows = []
+    for label, cells in table.rows.items():
+        texts = [(format_cell(cells[t], table.percent), cells[t].best) if t in cells else ("", False)
+                 for t in table.temperatures]
+        rows.append((label, texts, False))
+    blanks = [("", False)] * (len(table.temperatures) - 1)
+    for label, cell in table.references.items():
+        rows.append((label, [(format_cell(cell, table.percent), False), *blanks], True))
+    return rows
+
+
 def problem_lines(results: ExperimentResults) -> list[str]:
     lines = []
     for run_id, reason in results.failed:
