@@ -244,39 +244,37 @@ def _download(name: str, config: DataConfig, fetch: Callable[[], None], how_to_g
         raise DataError(f"{name} not found offline and the download failed ({reason}); {how_to_get}") from None
 
 
+def _idx_dataset(name: str, config: DataConfig, candidates: list[Path], download_class: str, how: str,
+                 classes: tuple[str, ...]) -> Dataset:
+    """An idx dataset from the first folder that has all four files, else torchvision's download."""
+    directory = _find_idx_dir(candidates)
+    if directory is None:
+        import torchvision.datasets
+
+        root = str(config.root)
+        _download(name, config, lambda: getattr(torchvision.datasets, download_class)(root, download=True), how)
+        directory = _find_idx_dir(candidates)
+        if directory is None:
+            raise DataError(f"{name} download left no idx files under {config.root}; {how}")
+    return _images_from_idx(name, directory, classes)
+
+
 @register_dataset("fashion-mnist")
 def load_fashion_mnist(config: DataConfig) -> Dataset:
     root = Path(config.root)
+    how = ("install it with `apt-get install dataset-fashion-mnist`, or copy the four idx files "
+           f"(train-images-idx3-ubyte.gz, ...) into {root / 'fashion-mnist'}")
     candidates = [*SYSTEM_FASHION_MNIST_DIRS, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
-    how = (
-        "install it with `apt-get install dataset-fashion-mnist`, or copy the four idx files "
-        f"(train-images-idx3-ubyte.gz, ...) into {root / 'fashion-mnist'}"
-    )
-    directory = _find_idx_dir(candidates)
-    if directory is None:
-        from torchvision.datasets import FashionMNIST
-
-        _download("fashion-mnist", config, lambda: FashionMNIST(str(root), download=True), how)
-        directory = _find_idx_dir(candidates)
-        if directory is None:
-            raise DataError(f"fashion-mnist download left no idx files under {root}; {how}")
-    return _images_from_idx("fashion-mnist", directory, FASHION_CLASSES)
+    return _idx_dataset("fashion-mnist", config, candidates, "FashionMNIST", how, FASHION_CLASSES)
 
 
 @register_dataset("mnist")
 def load_mnist(config: DataConfig) -> Dataset:
     root = Path(config.root)
+    how = (f"run once on a machine with internet (torchvision downloads it into {root / 'MNIST'}), "
+           f"or copy the four idx files into {root / 'mnist'}")
     candidates = [root / "mnist", root / "MNIST" / "raw"]
-    how = f"run once on a machine with internet (torchvision downloads it into {root / 'MNIST'}), or copy the four idx files into {root / 'mnist'}"
-    directory = _find_idx_dir(candidates)
-    if directory is None:
-        from torchvision.datasets import MNIST
-
-        _download("mnist", config, lambda: MNIST(str(root), download=True), how)
-        directory = _find_idx_dir(candidates)
-        if directory is None:
-            raise DataError(f"mnist download left no idx files under {root}; {how}")
-    return _images_from_idx("mnist", directory, tuple(str(digit) for digit in range(10)))
+    return _idx_dataset("mnist", config, candidates, "MNIST", how, tuple(str(digit) for digit in range(10)))
 
 
 # --- CIFAR (python pickles, read without executing code) ---------------------------------------

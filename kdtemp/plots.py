@@ -73,6 +73,14 @@ def _panels(count: int, width: float = 4.2, height: float = 3.2, share_y: bool =
     return figure, axes
 
 
+def _decorate(axis, title: str, xlabel: str, ylabel: str) -> None:
+    axis.set_title(title)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+
+
 def learning_curves(curves: pd.DataFrame, name: str, path: Path) -> Path:
     """Test accuracy against epoch: a panel per schedule, a line per t0 (mean over seeds, shaded sd)."""
     schedules = sorted(s for s in curves["schedule"].unique() if s != BASELINE)
@@ -87,11 +95,7 @@ def learning_curves(curves: pd.DataFrame, name: str, path: Path) -> Path:
             axis.fill_between(mean.index, (mean - sd).values, (mean + sd).values, color=line.get_color(), alpha=0.15)
         if len(baseline):
             axis.plot(baseline.index, 100 * baseline.values, color="0.35", linestyle="--", label="no KD")
-        axis.set_title(schedule)
-        axis.set_xlabel("epoch")
-        axis.set_ylabel("test accuracy (%)")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        _decorate(axis, schedule, "epoch", "test accuracy (%)")
     figure.suptitle(f"{name}: learning curves (mean ± sd over seeds)")
     return _save(figure, path)
 
@@ -114,11 +118,7 @@ def temperature_schedules(curves: pd.DataFrame, name: str, path: Path) -> Path:
                 effective = runs.groupby("epoch")["effective_temperature"].mean()
                 axis.plot(effective.index, effective.values, linestyle=":", color=line.get_color(),
                           label=f"t0={t0:g}, mean effective")
-        axis.set_title(schedule)
-        axis.set_xlabel("epoch")
-        axis.set_ylabel("temperature T")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        _decorate(axis, schedule, "epoch", "temperature T")
     figure.suptitle(f"{name}: temperature schedules as trained")
     return _save(figure, path)
 
