@@ -152,7 +152,7 @@ class StudentGroup:
         groups = [{"params": [*self.params.values(), *self.regressor_params.values()]}]
         if self.learnable.enabled:
             groups.append({"params": [self.theta], "weight_decay": 0.0})
-        self.optimizer = build_optimizer(settings.training, groups)
+        self.optimizer = build_optimizer(settings.training, groups, memberwise=True)
         self.inactive = torch.zeros(count, dtype=torch.bool, device=device)
         """Members that failed: their losses are masked out of the sum that is back-propagated."""
         self.failed: dict[int, str] = {}
