@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kdtemp import events as E
-from kdtemp.sweep import sweep
+from kdtemp.launch import run_sweep
 from kdtemp.teachers import train_teacher
 from kdtemp.config import ExperimentConfig, check_safe_name, load_config, parse_name_list, parse_number_list
 from kdtemp.engine import StopRequested
@@ -37,6 +37,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 CONFIG_HELP = "YAML config; keys not in it keep their defaults. Default: the built-in MNIST-1D experiment."
 EXPERIMENT = "Experiment"
 GRID = "Grid"
+LAUNCH = "Where it runs"
 
 
 class Interrupt:
@@ -166,6 +167,14 @@ def sweep_command(
     epochs: Annotated[Optional[str], typer.Option(help="Student epochs.", rich_help_panel=EXPERIMENT)] = None,
     device: DeviceOption = None, runs_dir: RunsDirOption = None, amp: AmpOption = None,
     force: bool = typer.Option(False, "--force", help="Retrain every run, even completed ones."),
+    launcher: Optional[str] = typer.Option(None, "--launcher", help="local (default) or slurm.", rich_help_panel=LAUNCH),
+    workers: Optional[str] = typer.Option(None, "--workers", help="Local worker processes (CPU cores are split between them).", rich_help_panel=LAUNCH),
+    devices: Optional[str] = typer.Option(None, "--devices", help="One worker per device: cuda:0,cuda:1 or all.", rich_help_panel=LAUNCH),
+    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", rich_help_panel=LAUNCH),
+    slurm_gpus_per_job: Optional[str] = typer.Option(None, "--slurm-gpus-per-job", rich_help_panel=LAUNCH),
+    slurm_time: Optional[str] = typer.Option(None, "--slurm-time", help="Minutes per job (requeued and resumed past it).", rich_help_panel=LAUNCH),
+    slurm_array_parallelism: Optional[str] = typer.Option(None, "--slurm-array-parallelism", rich_help_panel=LAUNCH),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for Slurm jobs, showing progress (--no-wait prints the job id).", rich_help_panel=LAUNCH),
 ):
     """Distil students over temperatures x schedules x seeds, plus a no-KD baseline per seed.
 
@@ -181,10 +190,19 @@ def sweep_command(
             "kd.alpha": (alpha, "--alpha"),
             "kd.schedules": (_schedules_override(config, schedules), "--schedules"),
             "student.epochs": (epochs, "--epochs"),
+            "launcher.name": (launcher, "--launcher"), "launcher.workers": (workers, "--workers"),
+            "launcher.devices": (parse_name_list(devices, "--devices") if devices is not None else None, "--devices"),
+            "launcher.slurm_partition": (slurm_partition, "--slurm-partition"),
+            "launcher.slurm_gpus_per_job": (slurm_gpus_per_job, "--slurm-gpus-per-job"),
+            "launcher.slurm_time": (slurm_time, "--slurm-time"),
+            "launcher.slurm_array_parallelism": (slurm_array_parallelism, "--slurm-array-parallelism"),
         }
-        return sweep(build_config(config, overrides), force=force, should_stop=interrupt)
+        return run_sweep(build_config(config, overrides), force=force, should_stop=interrupt, wait=wait)
 
     for result in run_job(stream):
+        if isinstance(result, E.Submitted):
+            out.print(f"submitted Slurm job array {result.array_id}: {result.tasks} tasks, {result.runs} runs; "
+                      f"logs in {result.folder}; follow with `kdtemp status`", highlight=False)
         if isinstance(result, E.SweepResult):
             out.print(
                 f"{result.planned} runs: {result.skipped} skipped (complete), {result.resumed} resumed, "
@@ -239,6 +257,32 @@ def report_command(
         for line in report.problem_lines(built.results):
             err.print(f"[yellow]{line}[/yellow]", highlight=False)
     out.print(f"wrote {paths['html']}, {paths['markdown'].name} and {paths['summary'].name}", highlight=False)
+
+
+@app.command("status")
+def status_command(config: ConfigOption = None, runs_dir: RunsDirOption = None):
+    """List a sweep's runs: completed, running (and who runs them), failed, interrupted, pending.
+
+    [bold]Example:[/bold] kdtemp status --config configs/cifar100.yaml
+    """
+    from kdtemp.status import STATES, sweep_status
+
+    try:
+        settings = build_config(config, {"runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir")})
+        statuses = sweep_status(settings)
+    except KDTempError as exc:
+        fail(str(exc))
+    table = Table(title=f"{settings.name}: {len(statuses)} runs")
+    for column, justify in (("run", "left"), ("state", "left"), ("epochs", "right"), ("test acc", "right"), ("", "left")):
+        table.add_column(column, justify=justify, no_wrap=column == "run")
+    colours = {"completed": "green", "running": "cyan", "failed": "red", "interrupted": "yellow", "pending": "dim"}
+    for status in statuses:
+        accuracy = f"{100 * status.test_acc:.1f}%" if status.test_acc is not None else ""
+        table.add_row(status.run_id, f"[{colours[status.state]}]{status.state}[/]", f"{status.epochs_done}/{status.epochs}",
+                      accuracy, status.detail)
+    out.print(table)
+    counts = {state: sum(1 for s in statuses if s.state == state) for state in STATES}
+    out.print(", ".join(f"{count} {state}" for state, count in counts.items()), highlight=False)
 
 
 @app.command("export")

@@ -292,6 +292,36 @@ class TrainConfig(StrictModel):
     clip_grad_norm: PositiveFloat | None = None
 
 
+# --- where the sweep runs ----------------------------------------------------------------------
+
+
+class LauncherConfig(StrictModel):
+    """How a sweep is spread: one process (local, the default), local workers, or a Slurm job array."""
+
+    name: Literal["local", "slurm"] = "local"
+    workers: PositiveInt | None = None
+    """Local worker processes; on CPU they split the cores. None: one per --devices entry, else one."""
+    devices: list[str] | None = None
+    """Local devices, one worker each: ["cuda:0", "cuda:1"] or ["all"]."""
+    slurm_partition: str | None = None
+    slurm_gpus_per_job: NonNegativeInt = 0
+    slurm_cpus_per_job: PositiveInt = 2
+    slurm_mem_gb: PositiveInt | None = None
+    slurm_time: PositiveInt = 120
+    """Minutes per job; a job cut off at its limit is requeued and resumes."""
+    slurm_array_parallelism: PositiveInt = 16
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value):
+        if value is None:
+            return value
+        for device in value:
+            if device != "all" and not DEVICE.match(device):
+                raise ValueError(f"devices must be cpu, cuda, cuda:N or all, got {device!r}")
+        return value
+
+
 # --- the whole experiment ----------------------------------------------------------------------
 
 
@@ -307,6 +337,7 @@ class ExperimentConfig(StrictModel):
     student: ModelSpec = MLPSpec()
     kd: KDConfig = KDConfig()
     train: TrainConfig = TrainConfig()
+    launcher: LauncherConfig = LauncherConfig()
 
     @field_validator("name")
     @classmethod
@@ -473,8 +504,8 @@ _UNION_LISTS = {"schedules", "teachers"}
 
 def _all_field_names() -> set[str]:
     names: set[str] = set()
-    classes = [ExperimentConfig, DataConfig, KDConfig, TrainConfig, FeatureLayers, MLPSpec, CNNSpec, ResNetSpec,
-               *SCHEDULE_CLASSES]
+    classes = [ExperimentConfig, DataConfig, KDConfig, TrainConfig, LauncherConfig, FeatureLayers, MLPSpec, CNNSpec,
+               ResNetSpec, *SCHEDULE_CLASSES]
     for cls in classes:
         names.update(cls.model_fields)
     return names

@@ -56,3 +56,13 @@ class SweepResult:
     """Runs another process was training, left to it."""
     seconds: float = 0.0
     experiment_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A sweep handed to Slurm as a job array."""
+
+    array_id: str
+    tasks: int
+    runs: int
+    folder: Path

@@ -26,11 +26,12 @@ from kdtemp.footprint import student_and_teacher
 from kdtemp.hints import build_regressor, feature_shape, predict_features
 from kdtemp.models import build_model, has_dropout
 from kdtemp.plan import RunSpec, group_runs, learnable_schedule, plan_runs, uses_standardized_logits
-from kdtemp.prepare import StopCheck, config_flag, data_on, environment_record, loop_settings, split
+from kdtemp.prepare import StopCheck, data_on, environment_record, loop_settings, split
 from kdtemp.schedules import LOW_TEMPERATURE, lowest_temperature, temperature_table
 from kdtemp.student_group import Hint, StudentGroup
 from kdtemp.teachers import (
-    LoadedTeacher, all_teacher_logits, ensemble_weights, load_teachers, teacher_features, teachers_fingerprint,
+    LoadedTeacher, all_teacher_logits, ensemble_weights, load_teachers, teacher_features, teacher_paths,
+    teachers_fingerprint,
 )
 
 STUDENT_FORMAT = "kdtemp-student/1"
@@ -47,6 +48,12 @@ def plan_sweep(config: ExperimentConfig, data: Dataset, fingerprint: str) -> tup
         notes.append(Note(f"temperatures below {LOW_TEMPERATURE} in {', '.join(low)}: soft targets become nearly "
                           "one-hot and gradients grow as 1/T", "warning"))
     return runs, notes
+
+
+def planned_runs(config: ExperimentConfig) -> list[RunSpec]:
+    """The grid's runs from the config and the teachers' checkpoint files alone: no data, no models."""
+    fingerprints = [R.file_fingerprint(path) for path in teacher_paths(config)]
+    return plan_runs(config, teachers_fingerprint(fingerprints, config))
 
 
 def member_for(run: RunSpec, epochs: int, spe: int) -> Member:
@@ -103,14 +110,11 @@ def sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck 
     started_at = time.perf_counter()
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     device = resolve_device(config.device)
-    specs = config.teacher_specs()
-    for path in layout.teacher_models(len(specs)):
-        if not path.exists():
-            raise CheckpointError(f"no teacher at {path}; run `kdtemp train-teacher{config_flag(config)}` first")
+    teacher_paths(config)
     data = yield from split(data_on(device, config))
     teachers = load_teachers(config, data, device)
     hint = _hint(config, data, teachers)
-    runs, notes = plan_sweep(config, data, teachers_fingerprint(teachers, config))
+    runs, notes = plan_sweep(config, data, teachers_fingerprint([t.fingerprint for t in teachers], config))
     yield from notes
     if only is not None:
         runs = [run for run in runs if run.run_id in only]
@@ -260,7 +264,6 @@ def _prepare_run(state: _Sweep, run: RunSpec) -> tuple[dict | None, list[Note]]:
     else:
         R.keep_epochs_before(files.metrics, int(resume["member"]["epoch"]), R.STUDENT_COLUMNS)
     R.atomic_write_yaml(files.config, run_config_record(run, state.config, state.device))
-    R.atomic_write_json(files.owner, R.owner_record(state.worker))
     return resume, notes
 
 
@@ -277,6 +280,8 @@ def _train_group(state: _Sweep, group: list[RunSpec], label: str) -> Iterator:
             if not state.force and R.is_completed(state.layout.run_dir(run.run_id)):
                 lock.release()  # finished by another process since we planned
                 continue
+            # say who holds it at once, so `kdtemp status` can name the worker or job
+            R.atomic_write_json(R.RunFiles(state.layout.run_dir(run.run_id)).owner, R.owner_record(state.worker))
             locks[run.run_id] = lock
             mine.append(run)
         by_epoch: dict[int, list] = {}

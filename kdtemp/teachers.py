@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from kdtemp import runs as R
@@ -177,12 +178,9 @@ class LoadedTeacher:
 
 def load_teachers(config: ExperimentConfig, data: Dataset, device: torch.device) -> list[LoadedTeacher]:
     """The experiment's trained teacher(s), refused when made for other data or another network."""
-    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     specs = config.teacher_specs()
     teachers = []
-    for index, (spec, path) in enumerate(zip(specs, layout.teacher_models(len(specs)))):
-        if not path.exists():
-            raise CheckpointError(f"no teacher at {path}; run `kdtemp train-teacher{config_flag(config)}` first")
+    for index, (spec, path) in enumerate(zip(specs, teacher_paths(config))):
         checkpoint = R.load_checkpoint(path, "teacher checkpoint")
         if checkpoint.get("format") != TEACHER_FORMAT or "state_dict" not in checkpoint:
             raise CheckpointError(f"{path} is not a kdtemp teacher checkpoint; retrain it with `kdtemp train-teacher --force`")
@@ -211,12 +209,22 @@ def check_teacher_matches(checkpoint: dict, spec: ModelSpec, data: Dataset, path
         raise CheckpointError(f"teacher {path} was trained on different {data.name} data (content differs); {RETRAIN}")
 
 
-def teachers_fingerprint(teachers: list[LoadedTeacher], config: ExperimentConfig) -> str:
+def teachers_fingerprint(fingerprints: list[str], config: ExperimentConfig) -> str:
     """What identifies the soft targets: the checkpoint's content, or every member's and how they combine."""
-    if len(teachers) == 1:
-        return teachers[0].fingerprint
-    parts = [t.fingerprint for t in teachers] + [config.kd.ensemble, json.dumps(config.kd.teacher_weights)]
+    if len(fingerprints) == 1:
+        return fingerprints[0]
+    parts = [*fingerprints, config.kd.ensemble, json.dumps(config.kd.teacher_weights)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def teacher_paths(config: ExperimentConfig) -> list[Path]:
+    """The experiment's teacher checkpoints, refused with the command to run when one is missing."""
+    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    paths = layout.teacher_models(len(config.teacher_specs()))
+    for path in paths:
+        if not path.exists():
+            raise CheckpointError(f"no teacher at {path}; run `kdtemp train-teacher{config_flag(config)}` first")
+    return paths
 
 
 def ensemble_weights(config: ExperimentConfig, device: torch.device) -> torch.Tensor | None:
@@ -236,6 +244,14 @@ def teacher_logits(teacher: LoadedTeacher, data: Dataset, config: ExperimentConf
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     transform = "augment" if config.data.augment else "none"
     path = layout.teacher_logits_cache(teacher.fingerprint, transform)
+    # several workers or jobs may start at once: one computes, the others wait and read its cache
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        return (yield from _cached_teacher_logits(teacher, data, config, device, path))
+
+
+def _cached_teacher_logits(teacher: LoadedTeacher, data: Dataset, config: ExperimentConfig, device: torch.device,
+                           path: Path):
     data_fingerprint = data.fingerprint()
     amp = amp_enabled(config.train.amp, device)
     channels_last = device.type == "cuda" and data.is_image

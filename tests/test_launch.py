@@ -1,0 +1,188 @@
+"""Launchers: local workers and a real single-node Slurm cluster give the sequential sweep's numbers, exactly."""
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from kdtemp import runs as R
+from kdtemp.config import load_config
+from kdtemp.launch import work_units
+from kdtemp.sweep import sweep
+from kdtemp.teachers import train_teacher
+
+REPO = Path(__file__).resolve().parent.parent
+GRID = {"student": {"hidden": [64], "epochs": 12}, "kd": {"temperatures": [1, 2, 4], "seeds": [0, 1]},
+        "train": {"max_group_size": 4}, "launcher": {"slurm_cpus_per_job": 1, "slurm_time": 10}}
+
+
+def experiment(config: Path) -> Path:
+    return config.parent / "runs" / config.stem
+
+
+def finals(root: Path) -> pd.DataFrame:
+    frames = [pd.read_csv(d / "metrics.csv").drop(columns=["epoch_seconds"]) for d in R.ExperimentLayout(root).run_dirs()]
+    return pd.concat(frames, ignore_index=True).sort_values(["run_id", "epoch"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_root):
+    """8 runs (3 temperatures x 2 seeds + 2 baselines) trained in one process: the numbers to match."""
+    directory = tmp_path_factory.mktemp("launch-reference")
+    tree = {"runs_dir": str(directory / "runs"), "data": {"root": str(data_root), "batch_size": 256},
+            "teacher": {"channels": [8, 16], "hidden": 32, "epochs": 2}, **GRID}
+    path = directory / "reference.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    for job in (train_teacher, sweep):
+        for _ in job(load_config(path)):
+            pass
+    return path
+
+
+def copy_of(reference: Path, tmp_path: Path, name: str) -> Path:
+    """A fresh experiment with the reference's config and teacher, and no students yet."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(reference.read_text().replace(str(reference.parent / "runs"), str(tmp_path / "runs")))
+    shutil.copytree(experiment(reference) / "teacher", experiment(config) / "teacher")
+    return config
+
+
+def kdtemp(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "kdtemp", *args], cwd=REPO, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_units_are_per_seed_groups_with_their_generations(reference):
+    config = load_config(reference)
+    assert work_units(config) == []  # all complete
+    units = work_units(config, force=True)
+    assert sorted(len(unit) for unit in units) == [4, 4]  # one per seed (max_group_size 4), never across seeds
+    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    for unit in units:
+        seeds = {pd.read_csv(layout.run_dir(run_id) / "metrics.csv")["seed"][0] for run_id in unit}
+        assert len(seeds) == 1
+    assert len(work_units(config, force=True, at_least=6)) >= 6  # split further for idle workers
+
+
+def test_local_workers_match_the_sequential_sweep(reference, tmp_path, run_cli):
+    config = copy_of(reference, tmp_path, "workers")
+    result = run_cli("sweep", "--config", config, "--workers", "2")
+    assert result.code == 0, result.stderr
+    assert "8 runs: 0 skipped (complete), 0 resumed, 8 started, 8 completed, 0 failed" in result.stdout
+    assert "worker 0 (auto)" in result.stderr and "worker 1 (auto)" in result.stderr
+    pd.testing.assert_frame_equal(finals(experiment(config)), finals(experiment(reference)))
+    owners = {R.RunFiles(d).owner.read_text() for d in R.ExperimentLayout(experiment(config)).run_dirs()}
+    assert any("worker 0" in owner for owner in owners) and any("worker 1" in owner for owner in owners)
+
+
+def test_devices_that_do_not_exist_are_refused(reference, tmp_path, run_cli):
+    config = copy_of(reference, tmp_path, "nodevice")
+    result = run_cli("sweep", "--config", config, "--devices", "cuda:0,cuda:1")
+    assert result.code == 2 and "CUDA is not available here" in result.stderr
+    assert not (experiment(config) / "students").exists()
+
+
+def test_status_lists_every_state(reference, tmp_path, run_cli):
+    config = copy_of(reference, tmp_path, "states")
+    shutil.copytree(experiment(reference) / "students", experiment(config) / "students")
+    run_dirs = R.ExperimentLayout(experiment(config)).run_dirs()
+    (run_dirs[0] / "summary.json").write_text('{"status": "failed", "reason": "training loss became nan in epoch 2"}')
+    (run_dirs[1] / "summary.json").unlink()  # cut off after its metrics: interrupted
+    shutil.rmtree(run_dirs[2])  # never started
+    lock = R.RunLock(R.ExperimentLayout(experiment(config)).lock_path(run_dirs[3].name))
+    (run_dirs[3] / "summary.json").unlink()
+    assert lock.acquire()
+    try:
+        # another process holds run 3's lock: status must call it running
+        result = kdtemp("status", "--config", str(config))
+    finally:
+        lock.release()
+    assert result.returncode == 0, result.stderr
+    assert "4 completed, 1 running, 1 failed, 1 interrupted, 1 pending" in result.stdout
+    assert re.search(rf"{run_dirs[0].name}.*failed.*training loss became nan", result.stdout)
+    assert re.search(rf"{run_dirs[1].name}.*interrupted.*resumes after epoch 11", result.stdout)
+    assert re.search(rf"{run_dirs[3].name}.*running", result.stdout)
+
+
+# --- a real Slurm ----------------------------------------------------------------------------------
+
+SLURM_MISSING = next((reason for missing, reason in [
+    (shutil.which("slurmctld") is None or shutil.which("munged") is None, "Slurm is not installed (apt-get install slurm-wlm munge)"),
+    (hasattr(os, "geteuid") and os.geteuid() != 0, "starting a local Slurm cluster needs root"),
+    (importlib.util.find_spec("submitit") is None, "submitit is not installed (pip install 'kdtemp[slurm]')"),
+] if missing), None)
+slurm = pytest.mark.skipif(SLURM_MISSING is not None, reason=SLURM_MISSING or "")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """scripts/slurm-local.sh: a single-node cluster for this module; stopped by pid afterwards."""
+    directory = tmp_path_factory.mktemp("slurm")
+    script = REPO / "scripts" / "slurm-local.sh"
+    started = subprocess.run([str(script), "start", str(directory)], capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stderr
+        yield {"SLURM_CONF": str(directory / "slurm.conf")}
+    finally:
+        subprocess.run([str(script), "stop", str(directory)], capture_output=True, timeout=60)
+
+
+@slurm
+def test_slurm_array_matches_the_sequential_sweep(reference, tmp_path, cluster):
+    config = copy_of(reference, tmp_path, "slurm")
+    result = kdtemp("sweep", "--config", str(config), "--launcher", "slurm", env=cluster)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"submitted Slurm job array \d+: 2 tasks, 8 runs", result.stdout)
+    assert "8 runs: 0 skipped (complete), 0 resumed, 8 started, 8 completed, 0 failed" in result.stdout
+    pd.testing.assert_frame_equal(finals(experiment(config)), finals(experiment(reference)))
+    owners = [R.RunFiles(d).owner.read_text() for d in R.ExperimentLayout(experiment(config)).run_dirs()]
+    assert all("slurm_array_job_id" in owner for owner in owners)
+
+
+@slurm
+def test_a_cancelled_array_resumes_when_run_again(reference, tmp_path, cluster):
+    """One task at a time, cancelled while the first runs: the second never starts, whatever the timing.
+
+    Running the same command again finishes every run exactly once, with the sequential sweep's numbers.
+    """
+    from kdtemp.status import sweep_status
+
+    config = copy_of(reference, tmp_path, "cancelled")
+    submitted = kdtemp("sweep", "--config", str(config), "--launcher", "slurm", "--no-wait",
+                       "--slurm-array-parallelism", "1", env=cluster)
+    assert submitted.returncode == 0, submitted.stderr
+    array = re.search(r"submitted Slurm job array (\d+)", submitted.stdout).group(1)
+    layout = R.ExperimentLayout(experiment(config))
+    deadline = time.monotonic() + 120
+    running = []
+    while time.monotonic() < deadline and not running:
+        running = [s for s in sweep_status(load_config(config)) if s.state == "running" and s.detail]
+        time.sleep(0.1)
+    assert running and all(f"slurm job {array}_0" in s.detail for s in running), running
+    queued = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%i %T"], env={**os.environ, **cluster},
+                            capture_output=True, text=True).stdout
+    assert f"{array}_0 RUNNING" in queued and f"{array}_1 PENDING" in queued, queued
+    subprocess.run(["scancel", array], env={**os.environ, **cluster}, check=True, timeout=30)
+    while time.monotonic() < deadline:  # wait for the array to leave the queue
+        if not subprocess.run(["squeue", "-h", "-j", array], env={**os.environ, **cluster}, capture_output=True,
+                              text=True).stdout.strip():
+            break
+        time.sleep(0.3)
+    states = [s.state for s in sweep_status(load_config(config))]
+    assert states.count("completed") <= 4 and states.count("pending") >= 4, states
+    rerun = kdtemp("sweep", "--config", str(config), "--launcher", "slurm", env=cluster)
+    assert rerun.returncode == 0, rerun.stderr
+    final = kdtemp("status", "--config", str(config), env=cluster)
+    assert "8 completed, 0 running, 0 failed, 0 interrupted, 0 pending" in final.stdout
+    assert all(R.is_completed(d) for d in layout.run_dirs()) and len(layout.run_dirs()) == 8
+    pd.testing.assert_frame_equal(finals(experiment(config)), finals(experiment(reference)))
