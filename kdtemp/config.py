@@ -176,7 +176,8 @@ class CosineSchedule(ScheduleBase):
 
 class StepSchedule(ScheduleBase):
     name: Literal["step"] = "step"
-    milestones: list[NonNegativeInt] = []
+    milestones: list[NonNegativeInt] | None = None
+    """Epochs at which T is multiplied by factor; None: half and three quarters of the way, E//2 and 3E//4."""
     factor: PositiveFloat = 0.5
 
 

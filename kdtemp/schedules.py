@@ -8,7 +8,7 @@ epoch-based formulas (exp's gamma, step's milestones) at the fractional epoch p 
 - linear     T = t0 + (t_end - t0) * p
 - exp        T = t0 * gamma**e, or t0 * final_ratio**p
 - cosine     T = t_end + (t0 - t_end) * (1 + cos(pi * p)) / 2
-- step       T = t0 * factor**(number of milestones <= e)
+- step       T = t0 * factor**(number of milestones <= e); milestones default to E//2 and 3E//4
 - stages     piecewise-constant absolute temperatures [[start_progress, T], ...]
 - learnable  T = t_min + t_range * sigmoid(theta), theta trained through a gradient-reversal layer
              whose weight follows a cosine curriculum from 0 to -lambda_max (CTKD, Li et al. 2023)
@@ -38,8 +38,8 @@ def progress(epoch: int, epochs: int) -> float:
     return 0.0 if epochs <= 1 else epoch / (epochs - 1)
 
 
-def scheduled_temperature(schedule: ScheduleSpec, t0: float, p: float, epoch: float) -> float:
-    """T at progress p (and the matching possibly fractional epoch), clamps applied.
+def scheduled_temperature(schedule: ScheduleSpec, t0: float, p: float, epoch: float, epochs: int) -> float:
+    """T at progress p (and the matching possibly fractional epoch) of `epochs`, clamps applied.
 
     For `learnable` this is the starting temperature; the trained value lives in the engine.
     """
@@ -55,7 +55,8 @@ def scheduled_temperature(schedule: ScheduleSpec, t0: float, p: float, epoch: fl
     elif isinstance(schedule, CosineSchedule):
         value = schedule.t_end + (t0 - schedule.t_end) * (1 + math.cos(math.pi * p)) / 2
     elif isinstance(schedule, StepSchedule):
-        passed = sum(1 for milestone in schedule.milestones if milestone <= epoch)
+        milestones = schedule.milestones if schedule.milestones is not None else [epochs // 2, 3 * epochs // 4]
+        passed = sum(1 for milestone in milestones if milestone <= epoch)
         value = t0 * schedule.factor ** passed
     elif isinstance(schedule, StagesSchedule):
         value = schedule.stages[0][1]
@@ -86,15 +87,15 @@ def temperature_table(schedule: ScheduleSpec, t0: float, epochs: int, steps_per_
         epoch = step // steps_per_epoch
         if schedule.granularity == "step":
             p = 0.0 if total <= 1 else step / (total - 1)
-            values.append(scheduled_temperature(schedule, t0, p, p * (epochs - 1)))
+            values.append(scheduled_temperature(schedule, t0, p, p * (epochs - 1), epochs))
         else:
-            values.append(scheduled_temperature(schedule, t0, progress(epoch, epochs), epoch))
+            values.append(scheduled_temperature(schedule, t0, progress(epoch, epochs), epoch, epochs))
     return torch.tensor(values, dtype=torch.float32)
 
 
 def epoch_temperatures(schedule: ScheduleSpec, t0: float, epochs: int) -> list[float]:
     """T per epoch at epoch granularity: what a reader checks the CSV against."""
-    return [scheduled_temperature(schedule, t0, progress(e, epochs), e) for e in range(epochs)]
+    return [scheduled_temperature(schedule, t0, progress(e, epochs), e, epochs) for e in range(epochs)]
 
 
 def lowest_temperature(schedule: ScheduleSpec, t0: float, epochs: int, steps_per_epoch: int) -> float:

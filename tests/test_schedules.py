@@ -25,6 +25,7 @@ from kdtemp.schedules import (
     (CosineSchedule(), 9.0, 3, [9, 5, 1]),
     (CosineSchedule(t_end=3), 3.0, 2, [3, 3]),
     (StepSchedule(milestones=[1, 3]), 8.0, 4, [8, 4, 4, 2]),  # factor defaults to 0.5
+    (StepSchedule(), 8.0, 8, [8, 8, 8, 8, 4, 4, 2, 2]),  # milestones default to E//2 = 4 and 3E//4 = 6
     (StagesSchedule(), 99.0, 6, [1, 1, 3, 3, 1.5, 1.5]),  # absolute temperatures, t0 ignored
     (LinearSchedule(), 4.0, 1, [4]),  # E = 1: progress is 0
     (CosineSchedule(), 6.0, 1, [6]),
