@@ -72,7 +72,7 @@ def experiment_config(workdir: Path, name: str, temps, seeds, epochs: int, group
     return load_config(path)
 
 
-def train_teacher(workdir: Path, epochs: int) -> Path:
+def make_teacher(workdir: Path, epochs: int) -> Path:
     config = experiment_config(workdir, "teacher-source", [1], [0], 1, None)
     config = config.model_copy(update={"teacher": config.teacher.model_copy(update={"epochs": epochs})})
     for _ in train_teacher(config):
@@ -194,7 +194,7 @@ def main() -> None:
     (workdir / "data").mkdir()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; workdir {workdir}")
 
-    teacher = args.teacher or train_teacher(workdir, args.teacher_epochs)
+    teacher = args.teacher or make_teacher(workdir, args.teacher_epochs)
     rate = matmul_rate()
     data = load_dataset(experiment_config(workdir, "probe", temps, seeds, args.epochs, None).data)
     student = build_model(load_config(CONFIG).student, (1, 28, 28), 10)

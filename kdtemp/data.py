@@ -382,20 +382,23 @@ class EpochAugmentation:
     offsets: torch.Tensor  # (N, 2) int64, in [0, 2 * padding]
     flips: torch.Tensor  # (N,) bool
     padding: int
+    fill: torch.Tensor  # (1, C, 1, 1): each channel's normalised black, on the device
 
 
-def draw_augmentation(num_samples: int, generator: torch.Generator, device: torch.device, padding: int = 4) -> EpochAugmentation:
+def draw_augmentation(num_samples: int, generator: torch.Generator, device: torch.device, pad_value: tuple[float, ...],
+                      padding: int = 4) -> EpochAugmentation:
     offsets = torch.randint(0, 2 * padding + 1, (num_samples, 2), generator=generator)
     flips = torch.rand(num_samples, generator=generator) < 0.5
-    return EpochAugmentation(offsets.to(device), flips.to(device), padding)
+    fill = torch.tensor(pad_value, dtype=torch.float32).view(1, -1, 1, 1)
+    return EpochAugmentation(offsets.to(device), flips.to(device), padding, fill.to(device))
 
 
-def augment_batch(images: torch.Tensor, indices: torch.Tensor, plan: EpochAugmentation, pad_value: tuple[float, ...]) -> torch.Tensor:
-    """Random crop (zero-padded in pixel space) and horizontal flip of a (B, C, H, W) batch."""
+def augment_batch(images: torch.Tensor, indices: torch.Tensor, plan: EpochAugmentation) -> torch.Tensor:
+    """Random crop (padded with black in pixel space, as torchvision does) and horizontal flip of a (B, C, H, W) batch."""
     batch, channels, height, width = images.shape
     pad = plan.padding
     padded = images.new_empty(batch, channels, height + 2 * pad, width + 2 * pad)
-    padded.copy_(torch.tensor(pad_value, device=images.device, dtype=images.dtype).view(1, -1, 1, 1).expand_as(padded))
+    padded.copy_(plan.fill.to(images.dtype).expand_as(padded))
     padded[:, :, pad:pad + height, pad:pad + width] = images
     offsets = plan.offsets[indices]
     rows = offsets[:, 0:1] + torch.arange(height, device=images.device)  # (B, H)

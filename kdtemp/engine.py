@@ -164,7 +164,7 @@ class EpochBatches:
             if member_rows is not None:
                 raise ValueError("augmented batches need one seed per group")
             generator = epoch_generator(seeds[0], epoch, AUGMENT_STREAM)
-            self.augmentation = draw_augmentation(num_samples, generator, settings.device)
+            self.augmentation = draw_augmentation(num_samples, generator, settings.device, data.pad_value)
         self.channels_last = settings.channels_last
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -175,7 +175,7 @@ class EpochBatches:
                 indices = self.orders[self.member_rows, start:start + self.batch_size]
             inputs = self.data.train_x[indices]
             if self.augmentation is not None:
-                inputs = augment_batch(inputs, indices, self.augmentation, self.data.pad_value)
+                inputs = augment_batch(inputs, indices, self.augmentation)
             if self.channels_last and inputs.dim() == 4:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             yield indices, inputs, self.data.train_y[indices]

@@ -192,10 +192,10 @@ def reference_augment(images, offsets, flips, pad_value, padding=4):
 def test_augmentation_matches_per_sample_reference():
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(10, 3, 8, 8, generator=generator)
-    plan = D.draw_augmentation(10, generator, torch.device("cpu"))
-    indices = torch.tensor([3, 0, 9, 9, 5])
     pad_value = (-1.0, -2.0, -3.0)
-    ours = D.augment_batch(images[indices], indices, plan, pad_value)
+    plan = D.draw_augmentation(10, generator, torch.device("cpu"), pad_value)
+    indices = torch.tensor([3, 0, 9, 9, 5])
+    ours = D.augment_batch(images[indices], indices, plan)
     expected = reference_augment(images[indices], plan.offsets[indices], plan.flips[indices], pad_value)
     assert torch.equal(ours, expected)
     assert plan.flips.any() and (~plan.flips).any()

@@ -240,3 +240,30 @@ def test_ensemble_config_checks():
         load_config(None, {"teachers": ([{}, {}], "y"), "kd.ensemble": ("weighted", "z")})
     with pytest.raises(ConfigError, match="teacher_weights only apply with kd.ensemble: weighted"):
         load_config(None, {"teachers": ([{}, {}], "y"), "kd.teacher_weights": ([1, 2], "z")})
+
+
+def test_augmented_images_run_the_teacher_per_batch(tmp_path, monkeypatch, run_cli):
+    """Fashion-MNIST-format images with augmentation: no cached train logits, the teachers run on every
+    augmented batch (hints captured there too), and generation 2 runs each member's own parent per batch."""
+    from kdtemp import data as D
+    from test_data import write_idx_set
+
+    monkeypatch.setattr(D, "SYSTEM_FASHION_MNIST_DIRS", [tmp_path / "absent"])
+    write_idx_set(tmp_path / "data" / "fashion-mnist", train_count=96, test_count=32)
+    tree = {"runs_dir": str(tmp_path / "runs"),
+            "data": {"dataset": "fashion-mnist", "root": str(tmp_path / "data"), "augment": True, "batch_size": 32},
+            "teacher": {"channels": [4], "hidden": 16, "epochs": 1},
+            "student": {"hidden": [16], "epochs": 2},
+            "kd": {"temperatures": [2], "seeds": [0, 1], "feature_weight": 0.5, "generations": 2}}
+    config = tmp_path / "augmented.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    assert run_cli("train-teacher", "--config", config).code == 0
+    result = run_cli("sweep", "--config", config)
+    assert result.code == 0, result.stderr
+    assert "6 runs: 0 skipped (complete), 0 resumed, 6 started, 6 completed, 0 failed" in result.stdout
+    layout = R.ExperimentLayout(tmp_path / "runs" / "augmented")
+    cached = torch.load(next(layout.cache_dir.glob("teacher-logits-*-augment.pt")), weights_only=True)
+    assert cached["train"] is None and cached["test"].shape == (32, 10)  # only test logits can be cached
+    frames = [pd.read_csv(d / "metrics.csv") for d in layout.run_dirs()]
+    assert sorted(f["generation"][0] for f in frames) == [1, 1, 1, 1, 2, 2]
+    assert all((f["train_feature"] > 0).all() for f in frames if f["schedule"][0] != "none")
