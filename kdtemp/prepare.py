@@ -4,6 +4,7 @@ of versions and hardware that goes beside every result."""
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -36,7 +37,8 @@ def environment_record(device: torch.device) -> dict:
 
 def config_flag(config: ExperimentConfig) -> str:
     """How to name this experiment's config on a command line, for messages that suggest a command."""
-    return "" if config.name == "default" else f" --config <your {config.name}.yaml>"
+    flag = "" if config.name == "default" else f" --config <your {config.name}.yaml>"
+    return flag if config.runs_dir == Path("runs") else f"{flag} --runs-dir {config.runs_dir}"
 
 
 def data_on(device: torch.device, config: ExperimentConfig) -> Iterator[Note | Dataset]:

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import pickle
+import re
 import socket
 import tempfile
 import zipfile
@@ -296,8 +297,9 @@ def load_checkpoint(path: Path, what: str = "checkpoint") -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        detail = f" ({first[:160]})" if first else ""
+        # torch's message suggests weights_only=False; name only what the file asked for
+        global_name = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        detail = f" (it asks for {global_name.group(1)})" if global_name else ""
         raise CheckpointError(
             f"refused to load {what} {path}: it holds Python objects beyond tensors and plain data, which could run code"
             f"{detail}; delete it and recreate it with kdtemp"

@@ -152,7 +152,9 @@ def test_bad_config_files_are_refused(tmp_path, run_cli, wide_output):
 
 def test_sweep_before_any_teacher_names_the_command(tiny_config, run_cli, wide_output):
     config = tiny_config()
-    assert_refused(run_cli("sweep", "--config", config), r"no teacher at .*model.pt; run `kdtemp train-teacher --config")
+    result = run_cli("sweep", "--config", config)
+    assert_refused(result, r"no teacher at .*model.pt; run `kdtemp train-teacher --config <your \w+.yaml> --runs-dir ")
+    assert f"--runs-dir {runs_root(config).parent}` first" in result.stderr  # the suggested command trains where sweep looks
     assert not runs_root(config).exists()
 
 

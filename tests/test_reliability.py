@@ -203,7 +203,9 @@ def test_a_teacher_checkpoint_that_would_run_code_is_refused(tiny_config, run_cl
     torch.save({"state_dict": _Payload(marker)}, experiment(config) / "teacher" / "model.pt")
     result = run_cli("sweep", "--config", config)
     assert result.code == 2 and not marker.exists()
-    assert re.search(r"error: refused to load teacher checkpoint .*model.pt: it holds Python objects beyond tensors", result.stderr)
+    assert re.search(r"error: refused to load teacher checkpoint .*model.pt: it holds Python objects beyond tensors"
+                     r".*\(it asks for (posix|nt|os)\.system\); delete it", result.stderr)
+    assert "False" not in result.stderr  # torch's advice to turn weights_only off is not passed on
     assert not (experiment(config) / "students").exists()
 
 
