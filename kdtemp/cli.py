@@ -273,7 +273,7 @@ def status_command(config: ConfigOption = None, runs_dir: RunsDirOption = None):
     except KDTempError as exc:
         fail(str(exc))
     table = Table(title=f"{settings.name}: {len(statuses)} runs")
-    for column, justify in (("run", "left"), ("state", "left"), ("epochs", "right"), ("test acc", "right"), ("", "left")):
+    for column, justify in (("run", "left"), ("state", "left"), ("epochs", "right"), ("test acc", "right"), ("detail", "left")):
         table.add_column(column, justify=justify, no_wrap=column == "run")
     colours = {"completed": "green", "running": "cyan", "failed": "red", "interrupted": "yellow", "pending": "dim"}
     for status in statuses:

@@ -109,6 +109,7 @@ def test_status_lists_every_state(reference, tmp_path, run_cli):
         lock.release()
     assert result.returncode == 0, result.stderr
     assert "4 completed, 1 running, 1 failed, 1 interrupted, 1 pending" in result.stdout
+    assert re.search(r"run .*state .*epochs .*test acc .*detail", result.stdout)
     assert re.search(rf"{run_dirs[0].name}.*failed.*training loss became nan", result.stdout)
     assert re.search(rf"{run_dirs[1].name}.*interrupted.*resumes after epoch 11", result.stdout)
     assert re.search(rf"{run_dirs[3].name}.*running", result.stdout)
