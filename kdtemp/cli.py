@@ -172,6 +172,8 @@ def sweep_command(
     devices: Optional[str] = typer.Option(None, "--devices", help="One worker per device: cuda:0,cuda:1 or all.", rich_help_panel=LAUNCH),
     slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", rich_help_panel=LAUNCH),
     slurm_gpus_per_job: Optional[str] = typer.Option(None, "--slurm-gpus-per-job", rich_help_panel=LAUNCH),
+    slurm_cpus_per_job: Optional[str] = typer.Option(None, "--slurm-cpus-per-job", rich_help_panel=LAUNCH),
+    slurm_mem_gb: Optional[str] = typer.Option(None, "--slurm-mem-gb", rich_help_panel=LAUNCH),
     slurm_time: Optional[str] = typer.Option(None, "--slurm-time", help="Minutes per job (requeued and resumed past it).", rich_help_panel=LAUNCH),
     slurm_array_parallelism: Optional[str] = typer.Option(None, "--slurm-array-parallelism", rich_help_panel=LAUNCH),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for Slurm jobs, showing progress (--no-wait prints the job id).", rich_help_panel=LAUNCH),
@@ -194,6 +196,8 @@ def sweep_command(
             "launcher.devices": (parse_name_list(devices, "--devices") if devices is not None else None, "--devices"),
             "launcher.slurm_partition": (slurm_partition, "--slurm-partition"),
             "launcher.slurm_gpus_per_job": (slurm_gpus_per_job, "--slurm-gpus-per-job"),
+            "launcher.slurm_cpus_per_job": (slurm_cpus_per_job, "--slurm-cpus-per-job"),
+            "launcher.slurm_mem_gb": (slurm_mem_gb, "--slurm-mem-gb"),
             "launcher.slurm_time": (slurm_time, "--slurm-time"),
             "launcher.slurm_array_parallelism": (slurm_array_parallelism, "--slurm-array-parallelism"),
         }

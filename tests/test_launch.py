@@ -92,6 +92,18 @@ def test_devices_that_do_not_exist_are_refused(reference, tmp_path, run_cli):
     assert not (experiment(config) / "students").exists()
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--slurm-cpus-per-job", "0", "--slurm-cpus-per-job: input should be greater than 0"),
+    ("--slurm-mem-gb", "lots", "--slurm-mem-gb: input should be a valid integer"),
+    ("--workers", "-1", "--workers: input should be greater than 0"),
+])
+def test_bad_launcher_options_name_the_option(reference, tmp_path, run_cli, option, value, message):
+    config = copy_of(reference, tmp_path, "badlaunch")
+    result = run_cli("sweep", "--config", config, "--launcher", "slurm", option, value)
+    assert result.code == 2 and f"error: {message}" in result.stderr and "Traceback" not in result.stderr
+    assert not (experiment(config) / "students").exists()
+
+
 def test_status_lists_every_state(reference, tmp_path, run_cli):
     config = copy_of(reference, tmp_path, "states")
     shutil.copytree(experiment(reference) / "students", experiment(config) / "students")
