@@ -17,7 +17,7 @@ import signal
 import subprocess
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 

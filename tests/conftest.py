@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers import write_experiment
 
 from kdtemp.cli import main
 
@@ -35,21 +35,7 @@ def tiny_config(tmp_path, data_root):
     """Write a small MNIST-1D experiment config and return its path; keyword overrides merge in."""
 
     def write(name: str = "tiny", **sections) -> Path:
-        tree = {
-            "runs_dir": str(tmp_path / "runs"),
-            "data": {"root": str(data_root), "batch_size": 256},
-            "teacher": {"channels": [8, 16], "hidden": 32, "epochs": 2},
-            "student": {"hidden": [32], "epochs": 2},
-            "kd": {"temperatures": [1, 4], "seeds": [0, 1]},
-        }
-        for key, value in sections.items():
-            if isinstance(value, dict) and isinstance(tree.get(key), dict):
-                tree[key] = {**tree[key], **value}
-            else:
-                tree[key] = value
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(tree))
-        return path
+        return write_experiment(tmp_path, data_root, name, **sections)
 
     return write
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 from rich.console import Console
 
+from helpers import experiment
+
 from kdtemp import cli
 from kdtemp.runs import STUDENT_COLUMNS
 
@@ -30,12 +32,8 @@ def trained(tiny_config, run_cli, wide_output):
     return config
 
 
-def runs_root(config):
-    return config.parent / "runs" / config.stem
-
-
 def test_train_teacher_writes_a_safe_checkpoint(trained):
-    teacher = runs_root(trained) / "teacher"
+    teacher = experiment(trained) / "teacher"
     checkpoint = torch.load(teacher / "model.pt", weights_only=True)
     assert checkpoint["architecture"]["arch"] == "cnn" and checkpoint["dataset"] == "mnist1d"
     assert checkpoint["num_classes"] == 10 and checkpoint["input_shape"] == [1, 40]
@@ -46,17 +44,17 @@ def test_train_teacher_writes_a_safe_checkpoint(trained):
 
 
 def test_train_teacher_again_keeps_the_finished_teacher(trained, run_cli):
-    before = (runs_root(trained) / "teacher" / "model.pt").read_bytes()
+    before = (experiment(trained) / "teacher" / "model.pt").read_bytes()
     result = run_cli("train-teacher", "--config", trained)
     assert result.code == 0 and "already trained" in result.stdout
-    assert (runs_root(trained) / "teacher" / "model.pt").read_bytes() == before
+    assert (experiment(trained) / "teacher" / "model.pt").read_bytes() == before
 
 
 def test_sweep_and_report_end_to_end(trained, run_cli):
     result = run_cli("sweep", "--config", trained)
     assert result.code == 0, result.stderr
     assert "6 runs: 0 skipped (complete), 0 resumed, 6 started, 6 completed, 0 failed" in result.stdout
-    students = runs_root(trained) / "students"
+    students = experiment(trained) / "students"
     run_dirs = sorted(p for p in students.iterdir())
     assert len(run_dirs) == 6  # 2 temperatures x 2 seeds + a baseline per seed
     for run_dir in run_dirs:
@@ -84,10 +82,10 @@ def test_sweep_and_report_end_to_end(trained, run_cli):
     baseline = final[final["schedule"] == "none"]["test_acc"]
     assert f"{100 * baseline.mean():.1f} ± {100 * baseline.std():.1f} (2)" in report.stdout
     assert "teacher" in report.stdout and "T=1" in report.stdout and "T=4" in report.stdout
-    summary_csv = pd.read_csv(runs_root(trained) / "report" / "summary.csv")
+    summary_csv = pd.read_csv(experiment(trained) / "report" / "summary.csv")
     constant = summary_csv[summary_csv["schedule"] == "constant"].set_index("t0")
     assert constant["mean_test_acc"].to_dict() == pytest.approx(grid.mean().to_dict())
-    assert (runs_root(trained) / "report" / "report.md").read_text().startswith("# kdtemp report")
+    assert (experiment(trained) / "report" / "report.md").read_text().startswith("# kdtemp report")
 
     again = run_cli("sweep", "--config", trained)
     assert "6 runs: 6 skipped (complete), 0 resumed, 0 started" in again.stdout
@@ -100,7 +98,7 @@ def test_same_config_and_seed_give_the_same_numbers(tiny_config, run_cli, wide_o
         assert run_cli("train-teacher", "--config", config).code == 0
         assert run_cli("sweep", "--config", config).code == 0
         frames = [pd.read_csv(d / "metrics.csv").drop(columns=["epoch_seconds", "run_id"])
-                  for d in sorted((runs_root(config) / "students").iterdir())]
+                  for d in sorted((experiment(config) / "students").iterdir())]
         results.append(pd.concat(frames, ignore_index=True))
     pd.testing.assert_frame_equal(results[0], results[1])
 
@@ -123,7 +121,7 @@ def test_bad_command_lines_are_refused_in_one_line(tiny_config, run_cli, wide_ou
     config = tiny_config()
     result = run_cli(*args, "--config", config)
     assert_refused(result, message)
-    assert not runs_root(config).exists()
+    assert not experiment(config).exists()
 
 
 def assert_refused(result, message):
@@ -154,8 +152,8 @@ def test_sweep_before_any_teacher_names_the_command(tiny_config, run_cli, wide_o
     config = tiny_config()
     result = run_cli("sweep", "--config", config)
     assert_refused(result, r"no teacher at .*model.pt; run `kdtemp train-teacher --config <your \w+.yaml> --runs-dir ")
-    assert f"--runs-dir {runs_root(config).parent}` first" in result.stderr  # the suggested command trains where sweep looks
-    assert not runs_root(config).exists()
+    assert f"--runs-dir {experiment(config).parent}` first" in result.stderr  # the suggested command trains where sweep looks
+    assert not experiment(config).exists()
 
 
 def test_report_without_runs(tiny_config, run_cli, wide_output):

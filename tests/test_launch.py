@@ -5,46 +5,26 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
+
+from helpers import REPO, experiment, final_metrics, kdtemp_command, kdtemp_env, train_experiment, write_experiment
 
 from kdtemp import runs as R
 from kdtemp.config import load_config
 from kdtemp.launch import work_units
-from kdtemp.sweep import sweep
-from kdtemp.teachers import train_teacher
 
-REPO = Path(__file__).resolve().parent.parent
 GRID = {"student": {"hidden": [64], "epochs": 12}, "kd": {"temperatures": [1, 2, 4], "seeds": [0, 1]},
         "train": {"max_group_size": 4}, "launcher": {"slurm_cpus_per_job": 1, "slurm_time": 10}}
-
-
-def experiment(config: Path) -> Path:
-    return config.parent / "runs" / config.stem
-
-
-def finals(root: Path) -> pd.DataFrame:
-    frames = [pd.read_csv(d / "metrics.csv").drop(columns=["epoch_seconds"]) for d in R.ExperimentLayout(root).run_dirs()]
-    return pd.concat(frames, ignore_index=True).sort_values(["run_id", "epoch"]).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_root):
     """8 runs (3 temperatures x 2 seeds + 2 baselines) trained in one process: the numbers to match."""
-    directory = tmp_path_factory.mktemp("launch-reference")
-    tree = {"runs_dir": str(directory / "runs"), "data": {"root": str(data_root), "batch_size": 256},
-            "teacher": {"channels": [8, 16], "hidden": 32, "epochs": 2}, **GRID}
-    path = directory / "reference.yaml"
-    path.write_text(yaml.safe_dump(tree))
-    for job in (train_teacher, sweep):
-        for _ in job(load_config(path)):
-            pass
-    return path
+    return train_experiment(write_experiment(tmp_path_factory.mktemp("launch-reference"), data_root, "reference", **GRID))
 
 
 def copy_of(reference: Path, tmp_path: Path, name: str) -> Path:
@@ -57,8 +37,7 @@ def copy_of(reference: Path, tmp_path: Path, name: str) -> Path:
 
 
 def kdtemp(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "kdtemp", *args], cwd=REPO, env=full_env, capture_output=True,
+    return subprocess.run(kdtemp_command(*args), cwd=REPO, env=kdtemp_env(env), capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -80,7 +59,7 @@ def test_local_workers_match_the_sequential_sweep(reference, tmp_path, run_cli):
     assert result.code == 0, result.stderr
     assert "8 runs: 0 skipped (complete), 0 resumed, 8 started, 8 completed, 0 failed" in result.stdout
     assert "worker 0 (auto)" in result.stderr and "worker 1 (auto)" in result.stderr
-    pd.testing.assert_frame_equal(finals(experiment(config)), finals(experiment(reference)))
+    pd.testing.assert_frame_equal(final_metrics(experiment(config)), final_metrics(experiment(reference)))
     owners = {R.RunFiles(d).owner.read_text() for d in R.ExperimentLayout(experiment(config)).run_dirs()}
     assert any("worker 0" in owner for owner in owners) and any("worker 1" in owner for owner in owners)
 
@@ -157,7 +136,7 @@ def test_slurm_array_matches_the_sequential_sweep(reference, tmp_path, cluster):
     assert result.returncode == 0, result.stderr
     assert re.search(r"submitted Slurm job array \d+: 2 tasks, 8 runs", result.stdout)
     assert "8 runs: 0 skipped (complete), 0 resumed, 8 started, 8 completed, 0 failed" in result.stdout
-    pd.testing.assert_frame_equal(finals(experiment(config)), finals(experiment(reference)))
+    pd.testing.assert_frame_equal(final_metrics(experiment(config)), final_metrics(experiment(reference)))
     owners = [R.RunFiles(d).owner.read_text() for d in R.ExperimentLayout(experiment(config)).run_dirs()]
     assert all("slurm_array_job_id" in owner for owner in owners)
 
@@ -198,4 +177,4 @@ def test_a_cancelled_array_resumes_when_run_again(reference, tmp_path, cluster):
     final = kdtemp("status", "--config", str(config), env=cluster)
     assert "8 completed, 0 running, 0 failed, 0 interrupted, 0 pending" in final.stdout
     assert all(R.is_completed(d) for d in layout.run_dirs()) and len(layout.run_dirs()) == 8
-    pd.testing.assert_frame_equal(finals(experiment(config)), finals(experiment(reference)))
+    pd.testing.assert_frame_equal(final_metrics(experiment(config)), final_metrics(experiment(reference)))

@@ -1,7 +1,6 @@
 """Ensembles, hints, born-again generations, the student's footprint and export, composed with a grid."""
 
 import json
-import math
 
 import pandas as pd
 import pytest

@@ -6,7 +6,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,15 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import REPO, experiment, final_metrics, kdtemp_command, kdtemp_env, train_experiment, write_experiment
+
 from kdtemp import runs as R
 
-REPO = Path(__file__).resolve().parent.parent
 SLOW_SWEEP = {"student": {"hidden": [64], "epochs": 8}, "kd": {"temperatures": [1, 2, 4], "seeds": [0, 1]},
               "train": {"max_group_size": 2}}
-
-
-def experiment(config: Path) -> Path:
-    return config.parent / "runs" / config.stem
 
 
 def with_teacher(tiny_config, run_cli, name, **sections):
@@ -32,9 +28,8 @@ def with_teacher(tiny_config, run_cli, name, **sections):
 
 
 def start_sweep(config: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    return subprocess.Popen([sys.executable, "-m", "kdtemp", "sweep", "--config", str(config), *extra], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(kdtemp_command("sweep", "--config", config, *extra), cwd=REPO, env=kdtemp_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for(predicate, timeout=60.0):
@@ -55,12 +50,7 @@ def rows_written(config: Path) -> int:
 
 
 def finals(config: Path) -> pd.DataFrame:
-    frames = []
-    for run_dir in R.ExperimentLayout(experiment(config)).run_dirs():
-        frame = pd.read_csv(R.RunFiles(run_dir).metrics)
-        assert list(frame["epoch"]) == list(range(len(frame)))  # no epoch twice, none missing
-        frames.append(frame.drop(columns=["epoch_seconds"]))
-    return pd.concat(frames, ignore_index=True).sort_values(["run_id", "epoch"]).reset_index(drop=True)
+    return final_metrics(experiment(config))
 
 
 def assert_all_complete(config: Path, count: int):
@@ -83,21 +73,7 @@ def reference(tmp_path_factory, data_root):
 
     Read-only: a test that changes files works on a copy.
     """
-    import yaml
-
-    from kdtemp.config import load_config
-    from kdtemp.sweep import sweep
-    from kdtemp.teachers import train_teacher
-
-    directory = tmp_path_factory.mktemp("reference")
-    tree = {"runs_dir": str(directory / "runs"), "data": {"root": str(data_root), "batch_size": 256},
-            "teacher": {"channels": [8, 16], "hidden": 32, "epochs": 2}, **SLOW_SWEEP}
-    config = directory / "reference.yaml"
-    config.write_text(yaml.safe_dump(tree))
-    for job in (train_teacher, sweep):
-        for _ in job(load_config(config)):
-            pass
-    return config
+    return train_experiment(write_experiment(tmp_path_factory.mktemp("reference"), data_root, "reference", **SLOW_SWEEP))
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
 """Temperature schedules against hand-computed values; the learnable and per-sample temperatures."""
 
-import math
 
 import pandas as pd
 import pytest
 import torch
+
+from helpers import experiment
 
 from kdtemp.config import (
     ConstantSchedule, CosineSchedule, ExpSchedule, LearnableSchedule, LinearSchedule, StagesSchedule, StepSchedule,
@@ -159,7 +160,7 @@ def test_cli_sweep_records_each_schedule_per_epoch(tiny_config, run_cli):
     assert run_cli("train-teacher", "--config", config).code == 0
     result = run_cli("sweep", "--config", config)
     assert result.code == 0, result.stderr
-    students = config.parent / "runs" / config.stem / "students"
+    students = experiment(config) / "students"
     frames = {}
     for run_dir in students.iterdir():
         frame = pd.read_csv(run_dir / "metrics.csv")
@@ -189,7 +190,7 @@ def test_cli_schedules_option_takes_parameters_from_the_config(tiny_config, run_
     assert run_cli("train-teacher", "--config", config).code == 0
     result = run_cli("sweep", "--config", config, "--schedules", "linear,exp")
     assert result.code == 0, result.stderr
-    students = config.parent / "runs" / config.stem / "students"
+    students = experiment(config) / "students"
     linear = next(pd.read_csv(d / "metrics.csv") for d in students.iterdir() if d.name.startswith("linear"))
     exp = next(pd.read_csv(d / "metrics.csv") for d in students.iterdir() if d.name.startswith("exp"))
     assert linear["temperature"].tolist() == pytest.approx([4, 3, 2])  # t_end 2 from the config
