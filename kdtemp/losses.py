@@ -134,6 +134,10 @@ def kd_loss(
     return combine_terms(kd_terms(student_logits, target_log_probs, targets, temperature), alpha)
 
 
-def hint_loss(projected_student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
-    """FitNets hint term (Romero et al. 2015): mean squared error between regressed and teacher features."""
-    return (projected_student_features - teacher_features).pow(2).mean()
+def hint_loss(projected_student_features: torch.Tensor, teacher_features: torch.Tensor, member_dims: int = 0) -> torch.Tensor:
+    """FitNets hint term (Romero et al. 2015): mean squared error between regressed and teacher features.
+
+    With `member_dims` leading member dimensions (a stacked group: (K, B, ...)) one mean per member.
+    """
+    squared = (projected_student_features - teacher_features).pow(2)
+    return squared.flatten(member_dims).mean(dim=-1)

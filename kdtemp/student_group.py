@@ -26,7 +26,7 @@ from kdtemp.engine import (
     chunks, evaluation_sums, finish_evaluation, seed_dropout, steps_per_epoch, PROGRESS_EVERY,
 )
 from kdtemp.hints import FeatureCapture, build_regressor, feature_shape
-from kdtemp.losses import combine_terms, kd_terms, soft_target_log_probs
+from kdtemp.losses import combine_terms, hint_loss, kd_terms, soft_target_log_probs
 from kdtemp.models import has_dropout
 from kdtemp.optim import build_optimizer, learning_rate, set_learning_rate
 from kdtemp.schedules import initial_theta, learned_temperature, reversal_weight, scale_gradient
@@ -199,7 +199,7 @@ class StudentGroup:
             projected = self._regress(self.regressor_params, features.float())
             teacher_axis = teacher_features.dim() - len(self.hint.teacher_shape) - 2
             target = teacher_features.float().mean(dim=teacher_axis)  # several teachers: their mean feature
-            terms["feature"] = (projected - target).pow(2).flatten(1).mean(dim=1)
+            terms["feature"] = hint_loss(projected, target, member_dims=1)
         return terms, (logits.argmax(-1) == targets).sum(-1)
 
     # -- state for checkpoints --

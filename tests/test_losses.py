@@ -135,3 +135,8 @@ def test_hint_loss_is_mean_squared_error():
     a, b = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[1.0, 0.0], [0.0, 4.0]])
     assert float(hint_loss(a, b)) == pytest.approx((0 + 4 + 9 + 0) / 4)
     assert float(hint_loss(a, a)) == 0.0
+    # a stacked group: one mean per member, each what the member's own hint_loss gives
+    members = torch.stack([a, b, a + 1])
+    per_member = hint_loss(members, b, member_dims=1)
+    assert per_member.shape == (3,)
+    assert per_member.tolist() == [float(hint_loss(m, b)) for m in members]
