@@ -137,6 +137,13 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+def to_memory_format(inputs: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Image batches (B, C, H, W) in channels_last layout when asked (conv nets on CUDA); anything else as is."""
+    if channels_last and inputs.dim() == 4:
+        return inputs.contiguous(memory_format=torch.channels_last)
+    return inputs
+
+
 def seed_dropout(seed: int, epoch: int) -> None:
     drawn = int(torch.randint(0, 2**62, (1,), generator=epoch_generator(seed, epoch, DROPOUT_STREAM)))
     torch.manual_seed(drawn)
@@ -176,9 +183,7 @@ class EpochBatches:
             inputs = self.data.train_x[indices]
             if self.augmentation is not None:
                 inputs = augment_batch(inputs, indices, self.augmentation)
-            if self.channels_last and inputs.dim() == 4:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            yield indices, inputs, self.data.train_y[indices]
+            yield indices, to_memory_format(inputs, self.channels_last), self.data.train_y[indices]
 
 
 def chunks(count: int, size: int) -> Iterator[slice]:
@@ -238,15 +243,10 @@ class NetworkTrainer:
         totals: dict[str, torch.Tensor] = {}
         with torch.no_grad(), autocast(self.settings.device, self.settings.amp):
             for chunk in chunks(len(self.data.test_y), self.settings.eval_batch_size):
-                logits = self.model(self._prepare(self.data.test_x[chunk])).float()
+                logits = self.model(to_memory_format(self.data.test_x[chunk], self.settings.channels_last)).float()
                 add_sums(totals, evaluation_sums(logits, self.data.test_y[chunk], None))
         self.model.train()
         return {name: float(value) for name, value in finish_evaluation(totals, len(self.data.test_y)).items()}
-
-    def _prepare(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.settings.channels_last and inputs.dim() == 4:
-            return inputs.contiguous(memory_format=torch.channels_last)
-        return inputs
 
     def run(self, should_stop: Callable[[], bool] | None = None) -> Iterator[StepsDone | EpochDone]:
         settings, device = self.settings, self.settings.device
@@ -319,8 +319,5 @@ def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int, devi
     outputs = []
     with torch.no_grad(), autocast(device, amp):
         for chunk in chunks(len(inputs), batch_size):
-            batch = inputs[chunk].to(device)
-            if channels_last and batch.dim() == 4:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            outputs.append(runner(batch).float())
+            outputs.append(runner(to_memory_format(inputs[chunk].to(device), channels_last)).float())
     return torch.cat(outputs)

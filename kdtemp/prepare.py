@@ -50,15 +50,19 @@ def data_on(device: torch.device, config: ExperimentConfig) -> Iterator[Note | D
     yield data.to(device)
 
 
+def wants_channels_last(model: nn.Module | None, device: torch.device) -> bool:
+    """channels_last pays for 2-D conv nets on CUDA only."""
+    return device.type == "cuda" and model is not None and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 def loop_settings(config: ExperimentConfig, spec: ModelSpec, seed: int, device: torch.device,
                   model: nn.Module | None = None) -> LoopSettings:
-    """Engine settings for training `spec`; channels_last only for conv nets on CUDA."""
-    has_conv = model is not None and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    """Engine settings for training `spec`."""
     return LoopSettings(
         training=spec, batch_size=spec.batch_size or config.data.batch_size,
         eval_batch_size=config.data.eval_batch_size, seed=seed, device=device, augment=config.data.augment,
         amp=amp_enabled(config.train.amp, device), clip_grad_norm=config.train.clip_grad_norm,
-        channels_last=device.type == "cuda" and has_conv,
+        channels_last=wants_channels_last(model, device),
     )
 
 

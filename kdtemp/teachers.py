@@ -29,7 +29,7 @@ from kdtemp.events import EnsembleResult, Note, Progress, TeacherResult
 from kdtemp.hints import predict_features
 from kdtemp.losses import soft_target_log_probs
 from kdtemp.models import build_model, count_parameters
-from kdtemp.prepare import StopCheck, config_flag, data_on, environment_record, loop_settings, split
+from kdtemp.prepare import StopCheck, config_flag, data_on, environment_record, loop_settings, split, wants_channels_last
 
 TEACHER_FORMAT = "kdtemp-teacher/1"
 RETRAIN = "retrain it with `kdtemp train-teacher --force`, or point --runs-dir/--config at the matching experiment"
@@ -254,7 +254,7 @@ def _cached_teacher_logits(teacher: LoadedTeacher, data: Dataset, config: Experi
                            path: Path):
     data_fingerprint = data.fingerprint()
     amp = amp_enabled(config.train.amp, device)
-    channels_last = device.type == "cuda" and data.is_image
+    channels_last = wants_channels_last(teacher.model, device)
     if path.exists():
         try:
             cached = R.load_checkpoint(path, "teacher-logits cache")

@@ -197,3 +197,23 @@ def test_dropout_students_of_different_seeds_are_not_grouped(setting):
     with pytest.raises(ValueError, match="several seeds train together only"):
         StudentGroup(lambda: build_model(spec, data.input_shape, 10), [member(1.0, seed=0, spec=spec),
                      member(1.0, seed=1, spec=spec)], data, signal, settings)
+
+
+def test_channels_last_only_for_image_conv_nets_on_cuda():
+    """The layout decision is made without CUDA present (torch.device('cuda') needs no GPU), so it is tested here."""
+    from kdtemp.config import CNNSpec
+    from kdtemp.engine import to_memory_format
+    from kdtemp.prepare import wants_channels_last
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    image_cnn = build_model(CNNSpec(channels=[4]), (1, 8, 8), 10)
+    sequence_cnn = build_model(CNNSpec(channels=[4]), (1, 40), 10)
+    mlp = build_model(MLPSpec(hidden=[8]), (1, 8, 8), 10)
+    assert wants_channels_last(image_cnn, cuda) and not wants_channels_last(image_cnn, cpu)
+    assert not wants_channels_last(sequence_cnn, cuda) and not wants_channels_last(mlp, cuda)
+    images = torch.randn(2, 3, 4, 4)
+    converted = to_memory_format(images, True)
+    assert converted.is_contiguous(memory_format=torch.channels_last) and torch.equal(converted, images)
+    assert to_memory_format(images, False) is images
+    sequences = torch.randn(2, 3, 4)
+    assert to_memory_format(sequences, True) is sequences
