@@ -192,8 +192,8 @@ def _with_finished_parents(state: _Sweep, runs: list[RunSpec]):
             ready.append(run)
         elif summary.get("status") == R.FAILED:
             reason = f"its parent {run.parent} failed ({summary.get('reason')})"
-            R.atomic_write_json(R.RunFiles(state.layout.run_dir(run.run_id)).summary,
-                                _summary(state, run, R.RunFiles(state.layout.run_dir(run.run_id)), "failed", 0, reason=reason))
+            files = R.RunFiles(state.layout.run_dir(run.run_id))
+            R.atomic_write_json(files.summary, _summary(state, run, files, "failed", 0, reason=reason))
             state.failed.append((run.run_id, reason))
         else:
             state.busy.append(run.run_id)

@@ -266,3 +266,21 @@ def test_augmented_images_run_the_teacher_per_batch(tmp_path, monkeypatch, run_c
     frames = [pd.read_csv(d / "metrics.csv") for d in layout.run_dirs()]
     assert sorted(f["generation"][0] for f in frames) == [1, 1, 1, 1, 2, 2]
     assert all((f["train_feature"] > 0).all() for f in frames if f["schedule"][0] != "none")
+
+
+def test_a_failed_parent_fails_its_next_generation(tiny_config, run_cli):
+    """Generation 2 of a diverged run is not trained from a broken model: it is failed, naming its parent."""
+    config = tiny_config("bornfailed", kd={"temperatures": [2, 1e30], "seeds": [0], "generations": 2})
+    assert run_cli("train-teacher", "--config", config).code == 0
+    result = run_cli("sweep", "--config", config)
+    assert result.code == 1
+    layout = R.ExperimentLayout(config.parent / "runs" / config.stem)
+    summaries = {d.name: json.loads((d / "summary.json").read_text()) for d in layout.run_dirs()}
+    parent = next(name for name in summaries if name.startswith("constant-T1e30") and "-g2-" not in name)
+    child = next(name for name in summaries if name.startswith("constant-T1e30") and "-g2-" in name)
+    assert summaries[parent]["status"] == "failed"
+    assert summaries[child]["status"] == "failed"
+    assert summaries[child]["reason"].startswith(f"its parent {parent} failed (training loss became")
+    assert not (layout.run_dir(child) / "metrics.csv").exists()  # never trained
+    finished = [s for name, s in summaries.items() if not name.startswith("constant-T1e30")]
+    assert len(finished) == 3 and all(s["status"] == "completed" for s in finished)  # T=2 in both generations, the baseline
