@@ -133,7 +133,7 @@ def common_overrides(dataset, device, runs_dir, amp) -> dict[str, tuple[object, 
 @app.command("train-teacher", no_args_is_help=False)
 def train_teacher_command(
     config: ConfigOption = None, dataset: DatasetOption = None,
-    epochs: Annotated[Optional[str], typer.Option(help="Teacher epochs.", rich_help_panel=EXPERIMENT)] = None,
+    epochs: Annotated[Optional[str], typer.Option(help="Teacher epochs (of every teacher of an ensemble).", rich_help_panel=EXPERIMENT)] = None,
     device: DeviceOption = None, runs_dir: RunsDirOption = None, amp: AmpOption = None,
     force: bool = typer.Option(False, "--force", help="Retrain even if a finished teacher exists."),
 ):

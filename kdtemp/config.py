@@ -77,9 +77,10 @@ class TrainingSettings(StrictModel):
 
     epochs: PositiveInt = 30
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    """sgd uses Nesterov momentum when momentum > 0."""
     lr: PositiveFloat = 0.05
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = True
+    """sgd with momentum > 0: Nesterov momentum, or plain (heavy-ball) momentum as RepDistiller uses when false."""
     weight_decay: NonNegativeFloat = 5e-4
     batch_size: PositiveInt | None = None
     """None takes data.batch_size."""
@@ -119,6 +120,23 @@ ModelSpec = Annotated[Union[MLPSpec, CNNSpec, ResNetSpec], Field(discriminator="
 def architecture_of(spec: ModelSpec) -> dict:
     """The fields that shape the network (arch and its kwargs), not how it is trained."""
     return spec.model_dump(mode="json", exclude=set(TrainingSettings.model_fields))
+
+
+IDENTITY_DEFAULTS_LEFT_OUT = {"nesterov": True}
+"""Training keys added after run ids were first hashed, with the default they are left out at."""
+
+
+def training_identity(spec: ModelSpec) -> dict:
+    """The spec as plain data for run ids and checkpoint identities.
+
+    A key added later is left out while it holds its default, so the ids of runs (and teacher
+    checkpoints) made before it existed stay the same: finished runs are still recognised.
+    """
+    tree = spec.model_dump(mode="json")
+    for key, default in IDENTITY_DEFAULTS_LEFT_OUT.items():
+        if tree.get(key) == default:
+            del tree[key]
+    return tree
 
 
 def _with_default_arch(value: Any, arch: str) -> Any:
@@ -177,7 +195,8 @@ class CosineSchedule(ScheduleBase):
 class StepSchedule(ScheduleBase):
     name: Literal["step"] = "step"
     milestones: list[NonNegativeInt] | None = None
-    """Epochs at which T is multiplied by factor; None: half and three quarters of the way, E//2 and 3E//4."""
+    """Epochs at which T is multiplied by factor; None: half and three quarters of the way, the distinct
+    values of E//2 and 3E//4 that are >= 1 (schedules.default_milestones)."""
     factor: PositiveFloat = 0.5
 
 
@@ -462,6 +481,22 @@ def set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
     node[leaf] = value
 
 
+def set_override(tree: dict, dotted_key: str, value: Any) -> list[str]:
+    """Set one command-line override; return the dotted keys it set.
+
+    `teacher.<key>` sets that key on every member when the file gives a `teachers:` ensemble, so
+    `train-teacher --epochs` means the teachers' epochs whichever form the config takes.
+    """
+    section, _, rest = dotted_key.partition(".")
+    members = tree.get("teachers")
+    if section == "teacher" and rest and isinstance(members, list) and all(isinstance(m, dict) for m in members):
+        for member in members:
+            set_dotted(member, rest, value)
+        return [f"teachers[{index}].{rest}" for index in range(len(members))]
+    set_dotted(tree, dotted_key, value)
+    return [dotted_key]
+
+
 def load_config(path: Path | None = None, overrides: dict[str, tuple[Any, str]] | None = None) -> ExperimentConfig:
     """Read `path` (or only the defaults), apply overrides {dotted.key: (value, option)} and validate.
 
@@ -473,8 +508,8 @@ def load_config(path: Path | None = None, overrides: dict[str, tuple[Any, str]] 
         tree["name"] = path.stem
     options: dict[str, str] = {}
     for dotted_key, (value, option) in (overrides or {}).items():
-        set_dotted(tree, dotted_key, value)
-        options[dotted_key] = option
+        for key in set_override(tree, dotted_key, value):
+            options[key] = option
     try:
         return ExperimentConfig.model_validate(tree)
     except ValidationError as exc:

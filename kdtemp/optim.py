@@ -86,7 +86,7 @@ def build_optimizer(settings: TrainingSettings, param_groups: Iterable, memberwi
     gets torch's fused kernels, one pass per parameter, falling back to the plain loop.
     """
     groups = list(param_groups)
-    nesterov = settings.momentum > 0
+    nesterov = settings.nesterov and settings.momentum > 0  # torch refuses Nesterov without momentum
     if memberwise:
         if settings.optimizer == "sgd":
             return MemberwiseSGD(groups, settings.lr, settings.momentum, settings.weight_decay, nesterov)

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
-from kdtemp.config import ExperimentConfig, LearnableSchedule, LogitStdSchedule, ScheduleSpec, StagesSchedule
+from kdtemp.config import (
+    ExperimentConfig, LearnableSchedule, LogitStdSchedule, ScheduleSpec, StagesSchedule, training_identity,
+)
 
 BASELINE = "none"
 RUN_FORMAT = 1
@@ -90,7 +92,7 @@ def shared_identity(config: ExperimentConfig, teacher_fingerprint: str) -> dict[
         "dataset": config.data.dataset,
         "augment": config.data.augment,
         "batch_size": config.student_batch_size(),
-        "student": config.student.model_dump(mode="json"),
+        "student": training_identity(config.student),
         "teacher": teacher_fingerprint,
         "clip_grad_norm": config.train.clip_grad_norm,
         "amp": config.train.amp,

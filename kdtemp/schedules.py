@@ -1,14 +1,17 @@
 """Where a temperature is computed: schedules as pure functions of training progress.
 
 With E student epochs and 0-based epoch e, progress is p = e / (E - 1) (0 when E = 1). A schedule
-with `granularity: step` evaluates the same formula at p = step / (total_steps - 1), and its
-epoch-based formulas (exp's gamma, step's milestones) at the fractional epoch p * (E - 1).
+with `granularity: step` evaluates its progress-based formulas (linear, exp's final_ratio, cosine,
+stages) at p = step / (total_steps - 1), and its epoch-based formulas (exp's gamma, step's
+milestones) at the fractional epoch e = step / steps_per_epoch, so a milestone at epoch m fires at
+the first step of epoch m.
 
 - constant   T = t0
 - linear     T = t0 + (t_end - t0) * p
 - exp        T = t0 * gamma**e, or t0 * final_ratio**p
 - cosine     T = t_end + (t0 - t_end) * (1 + cos(pi * p)) / 2
-- step       T = t0 * factor**(number of milestones <= e); milestones default to E//2 and 3E//4
+- step       T = t0 * factor**(number of milestones <= e); milestones default to the distinct values
+             of E//2 and 3E//4 that are >= 1 (none for E = 1, [1] for E = 2, [1, 2] for E = 3)
 - stages     piecewise-constant absolute temperatures [[start_progress, T], ...]
 - learnable  T = t_min + t_range * sigmoid(theta), theta trained through a gradient-reversal layer
              whose weight follows a cosine curriculum from 0 to -lambda_max (CTKD, Li et al. 2023)
@@ -38,6 +41,15 @@ def progress(epoch: int, epochs: int) -> float:
     return 0.0 if epochs <= 1 else epoch / (epochs - 1)
 
 
+def default_milestones(epochs: int) -> list[int]:
+    """Half and three quarters of the way, E//2 and 3E//4, each once and never epoch 0.
+
+    A milestone at 0 would train the first epoch below the t0 it is labelled with, and for short
+    runs the two fractions coincide (E = 2: both 1), so repeats and zeros are dropped.
+    """
+    return sorted({milestone for milestone in (epochs // 2, 3 * epochs // 4) if milestone >= 1})
+
+
 def scheduled_temperature(schedule: ScheduleSpec, t0: float, p: float, epoch: float, epochs: int) -> float:
     """T at progress p (and the matching possibly fractional epoch) of `epochs`, clamps applied.
 
@@ -55,7 +67,7 @@ def scheduled_temperature(schedule: ScheduleSpec, t0: float, p: float, epoch: fl
     elif isinstance(schedule, CosineSchedule):
         value = schedule.t_end + (t0 - schedule.t_end) * (1 + math.cos(math.pi * p)) / 2
     elif isinstance(schedule, StepSchedule):
-        milestones = schedule.milestones if schedule.milestones is not None else [epochs // 2, 3 * epochs // 4]
+        milestones = schedule.milestones if schedule.milestones is not None else default_milestones(epochs)
         passed = sum(1 for milestone in milestones if milestone <= epoch)
         value = t0 * schedule.factor ** passed
     elif isinstance(schedule, StagesSchedule):
@@ -79,7 +91,9 @@ def clamp(schedule: ScheduleSpec, value: float) -> float:
 def temperature_table(schedule: ScheduleSpec, t0: float, epochs: int, steps_per_epoch: int) -> torch.Tensor:
     """The temperature for every optimisation step of a run, shape (epochs * steps_per_epoch,).
 
-    Precomputed so the engine reads T by indexing a device tensor, never by asking the host.
+    Precomputed so the engine reads T by indexing a device tensor, never by asking the host. At step
+    granularity epoch-based formulas see the real fractional epoch step / steps_per_epoch: the
+    fraction p * (E - 1) would lag it, firing a milestone at epoch 2 of 4 at step 266 of 400, not 200.
     """
     total = epochs * steps_per_epoch
     values = []
@@ -87,7 +101,7 @@ def temperature_table(schedule: ScheduleSpec, t0: float, epochs: int, steps_per_
         epoch = step // steps_per_epoch
         if schedule.granularity == "step":
             p = 0.0 if total <= 1 else step / (total - 1)
-            values.append(scheduled_temperature(schedule, t0, p, p * (epochs - 1), epochs))
+            values.append(scheduled_temperature(schedule, t0, p, step / steps_per_epoch, epochs))
         else:
             values.append(scheduled_temperature(schedule, t0, progress(epoch, epochs), epoch, epochs))
     return torch.tensor(values, dtype=torch.float32)

@@ -20,7 +20,7 @@ from filelock import FileLock
 from torch import nn
 
 from kdtemp import runs as R
-from kdtemp.config import ExperimentConfig, ModelSpec, architecture_of, config_to_dict
+from kdtemp.config import ExperimentConfig, ModelSpec, architecture_of, config_to_dict, training_identity
 from kdtemp.data import Dataset
 from kdtemp.device import amp_enabled, resolve_device
 from kdtemp.engine import EpochDone, NetworkTrainer, StepsDone, predict_logits
@@ -85,7 +85,7 @@ def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label
     model = build_model(spec, data.input_shape, data.num_classes)
     trainer = NetworkTrainer(model, data, loop_settings(config, spec, spec.seed, device, model))
     checkpoint_path, metrics_path, model_path = directory / "checkpoint.pt", directory / "metrics.csv", directory / "model.pt"
-    identity = {"architecture": architecture_of(spec), "training": spec.model_dump(mode="json"), "dataset": config.data.dataset}
+    identity = {"architecture": architecture_of(spec), "training": training_identity(spec), "dataset": config.data.dataset}
     if force:
         for stale in (checkpoint_path, metrics_path, model_path):
             stale.unlink(missing_ok=True)

@@ -7,9 +7,10 @@ import sys
 import pandas as pd
 import pytest
 import torch
+import yaml
 from rich.console import Console
 
-from helpers import experiment
+from helpers import experiment, write_experiment
 
 from kdtemp import cli
 from kdtemp.runs import STUDENT_COLUMNS
@@ -48,6 +49,19 @@ def test_train_teacher_again_keeps_the_finished_teacher(trained, run_cli):
     result = run_cli("train-teacher", "--config", trained)
     assert result.code == 0 and "already trained" in result.stdout
     assert (experiment(trained) / "teacher" / "model.pt").read_bytes() == before
+
+
+def test_train_teacher_epochs_applies_to_every_teacher_of_an_ensemble(tmp_path, data_root, run_cli, wide_output):
+    # issue 12.8: the override set teacher.epochs, which a `teachers:` config refused
+    members = [{"channels": [4], "hidden": 16, "epochs": 3}, {"arch": "mlp", "hidden": [16], "epochs": 3}]
+    config = write_experiment(tmp_path, data_root, "ensemble", teachers=members)
+    tree = {key: value for key, value in yaml.safe_load(config.read_text()).items() if key != "teacher"}
+    config.write_text(yaml.safe_dump(tree))
+    result = run_cli("train-teacher", "--config", config, "--epochs", "1")
+    assert result.code == 0, result.stderr
+    for index in range(2):
+        frame = pd.read_csv(experiment(config) / "teacher" / f"teacher-{index}" / "metrics.csv")
+        assert frame["epoch"].tolist() == [0]  # one epoch, not the file's three
 
 
 def test_sweep_and_report_end_to_end(trained, run_cli):

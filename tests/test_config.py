@@ -37,6 +37,30 @@ def test_every_shipped_config_validates(name):
     assert config.name == name
 
 
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_configs_follow_repdistillers_sgd(name):
+    config = load_config(CONFIGS / f"{name}.yaml")
+    for spec in (config.teacher, config.student):
+        assert (spec.optimizer, spec.lr, spec.momentum, spec.weight_decay, spec.nesterov) == ("sgd", 0.05, 0.9, 5e-4, False)
+
+
+def test_default_nesterov_keeps_existing_run_ids():
+    """Ids computed by the code before `nesterov` existed (commit f83a7f6): a run finished then is still
+    recognised. Setting the key to its non-default value makes different runs."""
+    import hashlib
+    import json
+
+    from kdtemp.config import training_identity
+    from kdtemp.plan import plan_runs
+
+    ids = [run.run_id for run in plan_runs(load_config(CONFIGS / "default.yaml"), "teacherfp")]
+    assert ids[:3] == ["constant-T1-a0.9-s0-6b677839", "constant-T1-a0.9-s1-932c756e", "constant-T1-a0.9-s2-82e5204b"]
+    teacher = hashlib.sha256(json.dumps(training_identity(CNNSpec()), sort_keys=True).encode()).hexdigest()[:8]
+    assert teacher == "cc1321d7"  # the teacher checkpoint's training identity, so an interrupted teacher resumes
+    plain = load_config(None, {"student.nesterov": (False, "--nesterov")})
+    assert plan_runs(plain, "teacherfp")[0].run_id != ids[0]
+
+
 def test_fashion_config_matches_the_specified_networks():
     from kdtemp.models import build_model, count_parameters
 
@@ -116,6 +140,16 @@ def test_overrides_name_the_option():
     config = load_config(None, {"kd.temperatures": ([3.0, 1.0, 3.0], "--temps"), "student.epochs": ("4", "--epochs")})
     assert config.kd.temperatures == [3.0, 1.0]  # duplicates dropped, order kept
     assert config.student.epochs == 4
+
+
+def test_teacher_override_sets_every_member_of_an_ensemble(tmp_path):
+    path = write(tmp_path, "teachers:\n  - {epochs: 5}\n  - {arch: mlp, epochs: 6, seed: 9}\n")
+    config = load_config(path, {"teacher.epochs": ("2", "--epochs")})
+    assert [spec.epochs for spec in config.teacher_specs()] == [2, 2]
+    assert [spec.seed for spec in config.teacher_specs()] == [0, 9]  # nothing else of a member changes
+    with pytest.raises(ConfigError, match=r"^--epochs: input should be greater than 0"):
+        load_config(path, {"teacher.epochs": ("0", "--epochs")})
+    assert load_config(None, {"teacher.epochs": ("3", "--epochs")}).teacher.epochs == 3  # one teacher: as before
 
 
 def test_unknown_dataset_lists_the_choices():

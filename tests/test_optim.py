@@ -63,6 +63,48 @@ def test_build_optimizer_picks_memberwise_for_students():
     assert isinstance(build_optimizer(MLPSpec(optimizer="sgd"), [{"params": param}]), torch.optim.SGD)
 
 
+def heavy_ball_reference(start, gradients, lr, momentum, weight_decay):
+    """Plain (not Nesterov) momentum SGD in float64, written out: b = mu * b + (g + wd * w), w -= lr * b,
+    with b = g + wd * w at the first step (Sutskever et al. 2013's heavy ball, torch's convention)."""
+    weight, buffer, trajectory = start.double().clone(), None, []
+    for gradient in gradients:
+        update = gradient.double() + weight_decay * weight
+        buffer = update if buffer is None else momentum * buffer + update
+        weight = weight - lr * buffer
+        trajectory.append(weight.clone())
+    return trajectory
+
+
+@pytest.mark.parametrize("memberwise", [True, False])
+def test_sgd_without_nesterov_is_plain_momentum(memberwise):
+    # issue 12.11: RepDistiller's recipe is SGD momentum 0.9, weight decay 5e-4, no Nesterov
+    settings = MLPSpec(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=False)
+    generator = torch.Generator().manual_seed(3)
+    start = torch.randn(4, 9, generator=generator)
+    gradients = [torch.randn(4, 9, generator=generator) for _ in range(12)]
+    param = start.clone().requires_grad_()
+    optimizer = build_optimizer(settings, [{"params": [param]}], memberwise=memberwise)
+    plain = torch.optim.SGD([torch.nn.Parameter(start.clone())], lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=False)
+    nesterov = torch.optim.SGD([torch.nn.Parameter(start.clone())], lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    for gradient, expected in zip(gradients, heavy_ball_reference(start, gradients, 0.05, 0.9, 5e-4)):
+        for other in (plain, nesterov):
+            other.param_groups[0]["params"][0].grad = gradient.clone()
+            other.step()
+        param.grad = gradient.clone()
+        optimizer.step()
+        assert torch.allclose(param.detach().double(), expected, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(plain.param_groups[0]["params"][0].detach().double(), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(nesterov.param_groups[0]["params"][0].detach().double(), expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("memberwise", [True, False])
+def test_sgd_is_nesterov_by_default(memberwise):
+    param = [torch.zeros(2, requires_grad=True)]
+    assert build_optimizer(MLPSpec(), [{"params": param}], memberwise=memberwise).param_groups[0]["nesterov"] is True
+    without_momentum = build_optimizer(MLPSpec(momentum=0.0), [{"params": param}], memberwise=memberwise)
+    assert without_momentum.param_groups[0]["nesterov"] is False  # torch refuses Nesterov without momentum
+
+
 def test_learning_rate_schedules():
     cosine = MLPSpec(lr=0.1, epochs=2, lr_schedule="cosine")
     assert learning_rate(cosine, 0, 10) == pytest.approx(0.1)

@@ -1,5 +1,6 @@
 """Temperature schedules against hand-computed values; the learnable and per-sample temperatures."""
 
+import math
 
 import pandas as pd
 import pytest
@@ -39,12 +40,70 @@ def test_formulas_by_hand(schedule, t0, epochs, expected):
     assert table.tolist() == pytest.approx([value for value in expected for _ in range(3)], rel=1e-6)
 
 
-def test_step_granularity_uses_step_progress():
-    table = temperature_table(LinearSchedule(granularity="step"), 4.0, epochs=2, steps_per_epoch=3)
-    assert table.tolist() == pytest.approx([4, 3.4, 2.8, 2.2, 1.6, 1.0])
-    # epoch-based formulas see the fractional epoch p * (E - 1)
-    exp = temperature_table(ExpSchedule(gamma=0.5, granularity="step"), 8.0, epochs=3, steps_per_epoch=2)
-    assert exp.tolist() == pytest.approx([8 * 0.5 ** (2 * s / 5) for s in range(6)], rel=1e-6)
+def step_reference(kind: str, t0: float, epochs: int, steps_per_epoch: int) -> list[float]:
+    """T per step by a plain float64 loop over the documented rule: epoch-based formulas at the fractional
+    epoch step / steps_per_epoch, progress-based ones at p = step / (total - 1)."""
+    total = epochs * steps_per_epoch
+    values = []
+    for step in range(total):
+        epoch, p = step / steps_per_epoch, step / (total - 1)
+        if kind == "step [1, 2]":
+            values.append(t0 * 0.5 ** ((epoch >= 1) + (epoch >= 2)))
+        elif kind == "exp gamma 0.5":
+            values.append(t0 * 0.5 ** epoch)
+        elif kind == "linear":
+            values.append(t0 + (1.0 - t0) * p)
+        elif kind == "exp final_ratio 0.25":
+            values.append(t0 * 0.25 ** p)
+        elif kind == "cosine":
+            values.append(1.0 + (t0 - 1.0) * (1 + math.cos(math.pi * p)) / 2)
+        elif kind == "stages":
+            values.append(1.0 if p < 0.3 else 3.0 if p < 0.8 else 1.5)
+    return values
+
+
+STEP_SCHEDULES = {
+    "step [1, 2]": StepSchedule(milestones=[1, 2], granularity="step"),
+    "exp gamma 0.5": ExpSchedule(gamma=0.5, granularity="step"),
+    "linear": LinearSchedule(granularity="step"),
+    "exp final_ratio 0.25": ExpSchedule(final_ratio=0.25, granularity="step"),
+    "cosine": CosineSchedule(granularity="step"),
+    "stages": StagesSchedule(granularity="step"),
+}
+
+
+@pytest.mark.parametrize("kind", STEP_SCHEDULES)
+@pytest.mark.parametrize("epochs, steps_per_epoch", [(3, 7), (4, 5), (2, 3)])
+def test_step_granularity_matches_a_per_step_loop(kind, epochs, steps_per_epoch):
+    table = temperature_table(STEP_SCHEDULES[kind], 8.0, epochs, steps_per_epoch)
+    assert table.tolist() == pytest.approx(step_reference(kind, 8.0, epochs, steps_per_epoch), rel=1e-6)
+
+
+def first_steps_below(table: torch.Tensor) -> list[int]:
+    """The steps at which T drops (is lower than at the step before)."""
+    return [step for step in range(1, len(table)) if table[step] < table[step - 1]]
+
+
+def test_step_milestones_fire_at_the_first_step_of_their_epoch():
+    # issue 12.3: with p * (E - 1) these fired at step 266, and at 150 and 299
+    table = temperature_table(StepSchedule(milestones=[2], granularity="step"), 8.0, epochs=4, steps_per_epoch=100)
+    assert first_steps_below(table) == [200]
+    table = temperature_table(StepSchedule(milestones=[1, 2], granularity="step"), 8.0, epochs=3, steps_per_epoch=100)
+    assert first_steps_below(table) == [100, 200]
+    assert table[99] == 8.0 and table[100] == 4.0 and table[199] == 4.0 and table[200] == 2.0 and table[299] == 2.0
+    # exp with gamma is t0 * gamma**e at the real epoch: exactly t0 * gamma**k at the first step of epoch k
+    exp = temperature_table(ExpSchedule(gamma=0.5, granularity="step"), 8.0, epochs=3, steps_per_epoch=100)
+    assert [float(exp[k * 100]) for k in range(3)] == pytest.approx([8.0, 4.0, 2.0], rel=1e-6)
+
+
+@pytest.mark.parametrize("epochs, milestones", [
+    (1, []), (2, [1]), (3, [1, 2]), (4, [2, 3]), (5, [2, 3]), (6, [3, 4]), (7, [3, 5]), (8, [4, 6]),
+])
+def test_default_step_milestones_are_distinct_and_after_epoch_zero(epochs, milestones):
+    # issue 12.4: E = 1 gave [0, 0] (its only epoch trained at t0 / 4) and E = 2 gave [1, 1]
+    expected = [8.0 * 0.5 ** sum(1 for m in milestones if m <= e) for e in range(epochs)]
+    assert epoch_temperatures(StepSchedule(), 8.0, epochs) == pytest.approx(expected)
+    assert epoch_temperatures(StepSchedule(), 8.0, epochs)[0] == 8.0  # epoch 0 trains at the t0 it is labelled with
 
 
 def test_reversal_weight_follows_a_cosine_curriculum():
