@@ -17,6 +17,7 @@ from typing import Any
 from kdtemp.config import (
     ExperimentConfig, LearnableSchedule, LogitStdSchedule, ScheduleSpec, StagesSchedule, training_identity,
 )
+from kdtemp.schedules import formula_revision
 
 BASELINE = "none"
 RUN_FORMAT = 1
@@ -119,6 +120,8 @@ def plan_runs(config: ExperimentConfig, teacher_fingerprint: str) -> list[RunSpe
     labels = schedule_labels(list(config.kd.schedules))
     for schedule, label in zip(config.kd.schedules, labels):
         schedule_params = schedule.model_dump(mode="json", exclude={"label"})
+        if formula_revision(schedule, config.student.epochs) > 1:
+            schedule_params["revision"] = formula_revision(schedule, config.student.epochs)
         t0_values = [schedule.stages[0][1]] if isinstance(schedule, StagesSchedule) else config.kd.temperatures
         for t0 in t0_values:
             for seed in config.kd.seeds:

@@ -50,6 +50,23 @@ def default_milestones(epochs: int) -> list[int]:
     return sorted({milestone for milestone in (epochs // 2, 3 * epochs // 4) if milestone >= 1})
 
 
+def formula_revision(schedule: ScheduleSpec, epochs: int) -> int:
+    """2 where this schedule's temperatures differ from the first release's, else 1.
+
+    Run ids hash it (plan.py) only when it is 2, so runs trained with the old temperatures are never
+    taken for finished runs of the new ones, while every unaffected run keeps its id. Revision 2 fixed
+    epoch-based formulas at step granularity (they lagged the real epoch) and the default step
+    milestones of one- and two-epoch runs (they repeated, or fell on epoch 0).
+    """
+    epoch_based = isinstance(schedule, StepSchedule) or (
+        isinstance(schedule, ExpSchedule) and schedule.final_ratio is None)
+    if epoch_based and schedule.granularity == "step":
+        return 2
+    if isinstance(schedule, StepSchedule) and schedule.milestones is None and epochs <= 2:
+        return 2
+    return 1
+
+
 def scheduled_temperature(schedule: ScheduleSpec, t0: float, p: float, epoch: float, epochs: int) -> float:
     """T at progress p (and the matching possibly fractional epoch) of `epochs`, clamps applied.
 

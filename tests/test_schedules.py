@@ -262,3 +262,26 @@ def test_low_temperatures_warn_once(tiny_config, run_cli):
     result = run_cli("sweep", "--config", config)
     assert result.code == 0
     assert result.stderr.count("temperatures below 0.5") == 1
+
+
+def test_runs_whose_temperatures_changed_get_new_ids_and_the_others_keep_theirs():
+    """Ids as the code before the step-granularity and default-milestone fixes made them (commit f83a7f6):
+    a run trained with the old temperatures must not pass for a finished run of the new ones, and every
+    unaffected run keeps its id so it is still skipped."""
+    from kdtemp.config import load_config
+    from kdtemp.plan import plan_runs
+
+    schedules = [{"name": "linear"}, {"name": "cosine", "granularity": "step"}, {"name": "step"},
+                 {"name": "step", "granularity": "step", "label": "stepS"},
+                 {"name": "exp", "granularity": "step", "label": "expS"},
+                 {"name": "exp", "final_ratio": 0.5, "granularity": "step", "label": "expR"}]
+    old_ids = {
+        30: ["dfd5e7a8", "bf73575a", "c3f04614", "efa83766", "5916ae27", "b9d7756b", "67167ff4"],
+        2: ["63197b2a", "825a3f44", "856064f9", "abcde47f", "51ea2540", "560dc821", "684e2c05"],
+    }
+    changed = {30: {"stepS", "expS"}, 2: {"step", "stepS", "expS"}}
+    for epochs, hashes in old_ids.items():
+        config = load_config(None, {"kd.schedules": (schedules, "x"), "kd.temperatures": ([4], "x"),
+                                    "kd.seeds": ([0], "x"), "student.epochs": (epochs, "x")})
+        for run, old in zip(plan_runs(config, "fp"), hashes):
+            assert (run.run_id.rsplit("-", 1)[1] != old) == (run.schedule_label in changed[epochs]), (epochs, run.run_id)
