@@ -255,8 +255,9 @@ def report_command(
     except KDTempError as exc:
         fail(str(exc))
     for built in reports:
-        out.print(rich_table(built.results, built.table))
-        out.print(render.footer(built), highlight=False)
+        for section in built.settings:  # one table per setting: runs of different settings never mix
+            out.print(rich_table(render.titled(built.results.name, section), section.table))
+            out.print(render.footer(section), highlight=False)
         for line in report.problem_lines(built.results):
             err.print(f"[yellow]{line}[/yellow]", highlight=False)
     out.print(f"wrote {paths['html']}, {paths['markdown'].name} and {paths['summary'].name}", highlight=False)
@@ -330,11 +331,11 @@ def _experiment_names(settings: ExperimentConfig, names: Optional[str]) -> list[
     return chosen
 
 
-def rich_table(results, table) -> Table:
+def rich_table(title: str, table) -> Table:
     """The accuracy-versus-temperature table (a report.TemperatureTable) for the terminal."""
     from kdtemp.report import table_rows
 
-    grid = Table(title=f"{results.name}: {table.metric}{' (%)' if table.percent else ''}, mean ± sd (n seeds), last epoch",
+    grid = Table(title=f"{title}: {table.metric}{' (%)' if table.percent else ''}, mean ± sd (n seeds), last epoch",
                  caption="bold = best temperature of the row; * = paired t-test vs baseline, p < 0.05")
     grid.add_column("schedule", no_wrap=True)
     for t in table.temperatures:

@@ -21,6 +21,12 @@ from kdtemp.schedules import formula_revision
 
 BASELINE = "none"
 RUN_FORMAT = 1
+GRID_AXES = ("schedule", "t0", "alpha", "seed", "generation", "parent")
+"""Identity keys that place a run in the grid; the rest of its identity is its setting (what the report
+may average over seeds and compare across temperatures)."""
+KD_ONLY = ("hint",)
+"""Identity keys only distilled runs carry: the no-KD baseline trains without them, so a baseline pairs
+with every distilled run whose setting differs from its own in these keys alone."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,6 +110,17 @@ def shared_identity(config: ExperimentConfig, teacher_fingerprint: str) -> dict[
     return identity
 
 
+def run_setting(identity: dict[str, Any]) -> dict[str, Any]:
+    """A run's identity without its grid axes: runs of one setting differ only in schedule, t0, alpha,
+    seed and generation, so the report may average and pair them."""
+    return {key: value for key, value in identity.items() if key not in GRID_AXES}
+
+
+def baseline_setting(setting: dict[str, Any]) -> dict[str, Any]:
+    """The setting of the no-KD baseline a run pairs with: its own, less the keys a baseline ignores."""
+    return {key: value for key, value in setting.items() if key not in KD_ONLY}
+
+
 def make_run_id(prefix: str, identity: dict[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     return f"{_safe(prefix)}-{digest}"
@@ -132,8 +149,7 @@ def plan_runs(config: ExperimentConfig, teacher_fingerprint: str) -> list[RunSpe
                                     prefix=prefix))
     runs += born_again(runs, config.kd.generations)
     if config.kd.baseline:
-        baseline_identity = {**shared}
-        baseline_identity.pop("hint", None)  # the no-KD baseline takes no hint either
+        baseline_identity = baseline_setting(shared)  # the no-KD baseline takes no hint either
         for seed in config.kd.seeds:
             identity = {**baseline_identity, "schedule": None, "t0": None, "alpha": 0.0, "seed": seed}
             runs.append(RunSpec(make_run_id(f"baseline-s{seed}", identity), None, BASELINE, None, 0.0, seed, identity,

@@ -11,7 +11,7 @@ import pandas as pd
 
 from kdtemp import plots
 from kdtemp import runs as R
-from kdtemp.report import Report, TemperatureTable, headline, problem_lines, table_rows
+from kdtemp.report import Report, SettingReport, TemperatureTable, headline, problem_lines, table_rows
 
 FIGURES = {
     "accuracy_vs_temperature": "Test accuracy against the grid temperature",
@@ -23,8 +23,8 @@ CAPTION = ("last epoch, mean ± sd (n seeds); bold = best temperature of the row
            "* = paired t-test against the no-KD baseline, p < 0.05")
 
 
-def footer(report: Report) -> str:
-    """Teacher accuracy, sizes and run counts in one line, then the best cell in words."""
+def footer(report: SettingReport) -> str:
+    """Teacher accuracy, sizes and run counts of one setting in one line, then its best cell in words."""
     results = report.results
     teacher, sizes = results.teacher or {}, results.sizes
     parts = []
@@ -41,7 +41,7 @@ def footer(report: Report) -> str:
     return f"{line}\n{best}" if best else line
 
 
-def footprint_rows(report: Report) -> list[tuple[str, str, str, str]]:
+def footprint_rows(report: SettingReport) -> list[tuple[str, str, str, str]]:
     """(measure, student, teacher, teacher / student) rows of what the student saves."""
     sizes = report.results.sizes
     rows = []
@@ -55,18 +55,36 @@ def footprint_rows(report: Report) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def titled(name: str, section: SettingReport) -> str:
+    return f"{name} ({section.label})" if section.label else name
+
+
 def write_figures(report: Report, out: Path) -> dict[str, Path]:
+    """The figures, never mixing settings: with several, each setting gets its own files (name-<i>.png)."""
     results, figures = report.results, {}
-    name = results.name
-    if not results.final.empty:
-        figures["accuracy_vs_temperature"] = plots.accuracy_vs_temperature(report.summary, name, out / "accuracy_vs_temperature.png")
-        figures["learning_curves"] = plots.learning_curves(results.curves, name, out / "learning_curves.png")
-        if (results.curves["schedule"] != "none").any():
-            figures["temperature_schedules"] = plots.temperature_schedules(results.curves, name, out / "temperature_schedules.png")
+    for index, section in enumerate(report.settings, start=1):
+        suffix = f"-{index}" if len(report.settings) > 1 else ""
+        name, final, curves = titled(results.name, section), section.results.final, section.results.curves
+        if final.empty:
+            continue
+        figures[f"accuracy_vs_temperature{suffix}"] = plots.accuracy_vs_temperature(
+            section.summary, name, out / f"accuracy_vs_temperature{suffix}.png")
+        figures[f"learning_curves{suffix}"] = plots.learning_curves(curves, name, out / f"learning_curves{suffix}.png")
+        if (curves["schedule"] != "none").any():
+            figures[f"temperature_schedules{suffix}"] = plots.temperature_schedules(
+                curves, name, out / f"temperature_schedules{suffix}.png")
     if report.entropy is not None:
         classes = (results.teacher or {}).get("num_classes") or 10
-        figures["entropy_vs_temperature"] = plots.entropy_vs_temperature(report.entropy, classes, name, out / "entropy_vs_temperature.png")
+        figures["entropy_vs_temperature"] = plots.entropy_vs_temperature(report.entropy, classes, results.name, out / "entropy_vs_temperature.png")
     return figures
+
+
+def figure_caption(report: Report, key: str) -> str:
+    """FIGURES' caption of `key`, with its setting's label for a per-setting file (key-<i>)."""
+    if key in FIGURES:
+        return FIGURES[key]
+    base, index = key.rsplit("-", 1)
+    return f"{FIGURES[base]} ({report.settings[int(index) - 1].label})"
 
 
 def write_report(report: Report, out: Path | None = None) -> dict[str, Path]:
@@ -104,18 +122,23 @@ def entropy_markdown(entropy: pd.DataFrame) -> str:
 
 
 def markdown(report: Report, figures: dict[str, Path]) -> str:
-    results, table = report.results, report.table
-    lines = [f"# kdtemp report: {results.name}", "", f"Metric `{table.metric}`: {CAPTION}.", "",
-             table_markdown(table), "", footer(report), ""]
-    rows = footprint_rows(report)
-    if rows:
-        lines += ["## What the student saves", "", "| | student | teacher | teacher / student |", "|---|---|---|---|"]
-        lines += [f"| {' | '.join(row)} |" for row in rows] + [""]
+    results = report.results
+    lines = [f"# kdtemp report: {results.name}", "", f"Metric `{report.table.metric}`: {CAPTION}.", ""]
+    for section in report.settings:
+        if section.label:
+            lines += [f"## {section.label}", ""]
+        lines += [table_markdown(section.table), "", footer(section), ""]
+    for section in report.settings:
+        rows = footprint_rows(section)
+        if rows:
+            lines += [titled("## What the student saves", section), "", "| | student | teacher | teacher / student |",
+                      "|---|---|---|---|"]
+            lines += [f"| {' | '.join(row)} |" for row in rows] + [""]
     if report.entropy is not None:
         lines += ["## Soft targets vs temperature", "",
                   f"The teacher's soft targets on the {report.entropy_split} set.", "", entropy_markdown(report.entropy), ""]
     if figures:
-        lines += ["## Figures", ""] + [f"![{FIGURES[key]}]({path.name})" for key, path in figures.items()] + [""]
+        lines += ["## Figures", ""] + [f"![{figure_caption(report, key)}]({path.name})" for key, path in figures.items()] + [""]
     lines += ["## Summary", "", "Per schedule × alpha × t0; `summary.csv` holds the same numbers unrounded.", "",
               summary_markdown(report.summary), ""]
     problems = problem_lines(results)
@@ -124,7 +147,7 @@ def markdown(report: Report, figures: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
-SUMMARY_SHOWN = ["schedule", "alpha", "t0", "generation", "n", "mean_test_acc", "std_test_acc", "ci95_test_acc",
+SUMMARY_SHOWN = ["setting", "schedule", "alpha", "t0", "generation", "n", "mean_test_acc", "std_test_acc", "ci95_test_acc",
                  "mean_best_test_acc", "delta_vs_baseline", "p_value", "mean_agreement", "mean_kl_to_teacher", "mean_ece",
                  "gap_closed", "failed"]
 PERCENT_COLUMNS = {"mean_test_acc", "std_test_acc", "ci95_test_acc", "mean_best_test_acc", "delta_vs_baseline",
@@ -137,7 +160,7 @@ def _summary_text(column: str, value) -> str:
     if column in PERCENT_COLUMNS:
         return f"{100 * value:.2f}%"
     if column == "p_value":
-        return f"{value:.3g}"
+        return value if isinstance(value, str) else f"{value:.3g}"
     if column == "mean_kl_to_teacher":
         return f"{value:.3f}"
     if column in ("t0", "alpha"):
@@ -145,11 +168,20 @@ def _summary_text(column: str, value) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
+def summary_shown(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary columns a report shows; a grid cell's missing p-value reads "n/a" (n < 2, or every
+    seed's difference to the baseline the same), the baseline's and teacher's stay blank."""
+    shown = summary[[c for c in SUMMARY_SHOWN if c in summary]].astype(object)
+    grid = ~summary["schedule"].isin(["none", "teacher"]) & summary["p_value"].isna() & (summary["n"] > 0)
+    shown.loc[grid, "p_value"] = "n/a"
+    return shown
+
+
 def summary_markdown(summary: pd.DataFrame) -> str:
-    columns = [c for c in SUMMARY_SHOWN if c in summary]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for _, row in summary.iterrows():
-        lines.append("| " + " | ".join(_summary_text(c, row[c]) for c in columns) + " |")
+    shown = summary_shown(summary)
+    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    for _, row in shown.iterrows():
+        lines.append("| " + " | ".join(_summary_text(c, row[c]) for c in shown.columns) + " |")
     return "\n".join(lines)
 
 
@@ -203,30 +235,40 @@ def image_html(path: Path, alt: str) -> str:
 
 
 def html_section(report: Report, figures: dict[str, Path]) -> str:
-    results, table = report.results, report.table
+    results = report.results
     parts = [f"<h2>{_esc(results.name)}</h2>",
-             f'<p class="caption">Metric <code>{_esc(table.metric)}</code>: {_esc(CAPTION)}.</p>',
-             table_html(table), f'<p class="footer">{_esc(footer(report)).replace(chr(10), "<br>")}</p>']
-    rows = footprint_rows(report)
-    if rows:
-        body = "".join("<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in row) + "</tr>" for row in rows)
-        parts += ["<h3>What the student saves</h3>",
-                  f"<table><thead><tr><th></th><th>student</th><th>teacher</th><th>teacher / student</th></tr></thead>"
-                  f"<tbody>{body}</tbody></table>"]
-    if "accuracy_vs_temperature" in figures:
-        parts.append(image_html(figures["accuracy_vs_temperature"], FIGURES["accuracy_vs_temperature"]))
+             f'<p class="caption">Metric <code>{_esc(report.table.metric)}</code>: {_esc(CAPTION)}.</p>']
+    for index, section in enumerate(report.settings, start=1):
+        suffix = f"-{index}" if len(report.settings) > 1 else ""
+        parts += _setting_html(section, figures.get(f"accuracy_vs_temperature{suffix}"))
     if report.entropy is not None:
         parts += ["<h3>Soft targets vs temperature</h3>",
                   f'<p class="caption">The teacher\'s soft targets on the {_esc(report.entropy_split)} set.</p>',
                   frame_html(report.entropy, ["temperature", "mean_entropy", "mean_max_prob", "relative_entropy", "in_grid"], _entropy_text)]
-    for key in ("learning_curves", "temperature_schedules", "entropy_vs_temperature"):
-        if key in figures:
-            parts.append(image_html(figures[key], FIGURES[key]))
-    parts += ["<h3>Summary</h3>", frame_html(report.summary, [c for c in SUMMARY_SHOWN if c in report.summary], _summary_text)]
+    for key, path in figures.items():
+        if not key.startswith("accuracy_vs_temperature"):
+            parts.append(image_html(path, figure_caption(report, key)))
+    shown = summary_shown(report.summary)
+    parts += ["<h3>Summary</h3>", frame_html(shown, list(shown.columns), _summary_text)]
     problems = problem_lines(results)
     if problems:
         parts += ["<h3>Runs not averaged</h3>", "<ul>" + "".join(f"<li>{_esc(p[2:])}</li>" for p in problems) + "</ul>"]
     return "\n".join(parts)
+
+
+def _setting_html(section: SettingReport, accuracy_figure: Path | None) -> list[str]:
+    """One setting's table, footer, footprint and accuracy-vs-temperature figure."""
+    parts = [f"<h3>{_esc(section.label)}</h3>"] if section.label else []
+    parts += [table_html(section.table), f'<p class="footer">{_esc(footer(section)).replace(chr(10), "<br>")}</p>']
+    rows = footprint_rows(section)
+    if rows:
+        body = "".join("<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in row) + "</tr>" for row in rows)
+        parts += [f"<h3>{_esc(titled('What the student saves', section))}</h3>",
+                  f"<table><thead><tr><th></th><th>student</th><th>teacher</th><th>teacher / student</th></tr></thead>"
+                  f"<tbody>{body}</tbody></table>"]
+    if accuracy_figure is not None:
+        parts.append(image_html(accuracy_figure, titled(FIGURES["accuracy_vs_temperature"], section)))
+    return parts
 
 
 def html_page(title: str, sections: list[str]) -> str:
@@ -250,7 +292,10 @@ def write_comparison(reports: list[Report], out: Path) -> dict[str, Path]:
     for report in reports:
         figures = write_figures(report, out / report.results.name)
         sections.append(html_section(report, figures))
-        markdown_parts += [f"## {report.results.name}", "", table_markdown(report.table), "", footer(report), ""]
+        markdown_parts += [f"## {report.results.name}", ""]
+        for section in report.settings:
+            markdown_parts += [*([f"### {section.label}", ""] if section.label else []),
+                               table_markdown(section.table), "", footer(section), ""]
     R.atomic_write_text(paths["markdown"], "\n".join(markdown_parts))
     R.atomic_write_text(paths["html"], html_page("kdtemp comparison", sections))
     return paths

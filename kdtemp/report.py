@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from kdtemp import run_settings as S
 from kdtemp import runs as R
 from kdtemp import stats
 from kdtemp.errors import KDTempError, RunsError
@@ -55,8 +57,17 @@ class ExperimentResults:
     failed: list[tuple[str, str]] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
-    cells_failed: dict[tuple, int] = field(default_factory=dict)
-    """(schedule, alpha, t0, generation) -> number of failed runs in that cell."""
+    settings: dict[str, S.RunSetting] = field(default_factory=dict)
+    """run id -> its setting (kdtemp.run_settings), for every run with a summary."""
+    failed_cells: dict[str, tuple] = field(default_factory=dict)
+    """failed run id -> its (schedule, alpha, t0, generation)."""
+    setting_sizes: dict[str, dict] = field(default_factory=dict)
+    """setting key -> the sizes its first completed run recorded."""
+
+    @property
+    def cells_failed(self) -> dict[tuple, int]:
+        """(schedule, alpha, t0, generation) -> number of failed runs in that cell."""
+        return dict(Counter(self.failed_cells[run_id] for run_id, _ in self.failed))
 
     @property
     def generations(self) -> bool:
@@ -110,10 +121,12 @@ def load_results(root: Path) -> ExperimentResults:
     for run_dir in run_dirs:
         summary = R.read_summary(run_dir)
         status = summary.get("status") if summary else None
+        if status in (R.FAILED, R.COMPLETED):
+            results.settings[run_dir.name] = S.read_run_setting(run_dir, summary)
         if status == R.FAILED:
             results.failed.append((run_dir.name, str(summary.get("reason", "failed"))))
             key = (summary.get("schedule"), summary.get("alpha"), summary.get("t0"), summary.get("generation") or 1)
-            results.cells_failed[key] = results.cells_failed.get(key, 0) + 1
+            results.failed_cells[run_dir.name] = key
             continue
         if status != R.COMPLETED:
             results.unfinished.append(run_dir.name)
@@ -126,16 +139,35 @@ def load_results(root: Path) -> ExperimentResults:
         if len(frame) != summary.get("epochs", len(frame)):
             results.unreadable.append((run_dir.name, f"metrics.csv has {len(frame)} epochs, summary.json says {summary.get('epochs')}"))
             continue
-        if not results.sizes:
-            results.sizes = {key: summary[key] for key in SIZE_FIELDS if summary.get(key) is not None}
+        setting = results.settings[run_dir.name]
+        sizes = {key: summary[key] for key in SIZE_FIELDS if summary.get(key) is not None}
+        results.sizes = results.sizes or sizes
+        results.setting_sizes.setdefault(setting.key, sizes)
         last = frame.iloc[-1].to_dict()
-        last["best_test_acc"] = float(frame["test_acc"].max())
+        last.update(best_test_acc=float(frame["test_acc"].max()), setting=setting.key, baseline_setting=setting.baseline_key)
         finals.append(last)
         curves.append(frame)
     if finals:
         results.final = pd.DataFrame(finals)
         results.curves = pd.concat(curves, ignore_index=True)
+        check_one_run_per_seed(results.final)
     return results
+
+
+def check_one_run_per_seed(final: pd.DataFrame) -> None:
+    """Each (setting, cell, seed) holds one run, so pairing by seed is never ambiguous.
+
+    Equal settings and grid axes give equal run ids, so a repeat means runs whose settings were not
+    recorded, or one schedule label given to different schedule parameters."""
+    pairing = final["setting"].where(final["schedule"] != "none", final["baseline_setting"])
+    cells = final.assign(_pairing=pairing).groupby(["_pairing", "schedule", "alpha", "t0", "generation", "seed"],
+                                                   dropna=False, sort=False)
+    for (_, schedule, _, _, _, seed), runs in cells:
+        if len(runs) > 1:
+            what = "no-KD baselines" if schedule == "none" else f"runs of one schedule ({schedule}), t0 and alpha"
+            raise RunsError(f"{' and '.join(runs['run_id'])} are {what} of one setting and seed {int(seed)}: the "
+                            "report cannot tell which to pair; move all but one out of students/ "
+                            "(or give differing schedules distinct labels)")
 
 
 def _teacher_info(layout: R.ExperimentLayout) -> dict | None:
@@ -205,7 +237,7 @@ def summarize(results: ExperimentResults) -> pd.DataFrame:
     """One row per schedule x alpha x t0 x generation, the baseline row(s), and the teacher row."""
     rows = []
     final = results.final
-    baseline = final[final["schedule"] == "none"].set_index("seed") if not final.empty else pd.DataFrame()
+    baseline = final[final["schedule"] == "none"] if not final.empty else pd.DataFrame()
     seen = set()
     if not final.empty:
         keys = ["schedule", "alpha", "t0", "generation"]
@@ -241,16 +273,23 @@ def _summary_row(key: tuple, cell: pd.DataFrame, baseline: pd.DataFrame, results
         "failed": results.cells_failed.get(key, 0),
     }
     if schedule != "none" and not baseline.empty:
-        paired = cell[cell["seed"].isin(baseline.index)]
-        treated = paired["test_acc"].tolist()
-        control = baseline.loc[paired["seed"], "test_acc"].tolist()
-        differences = [a - b for a, b in zip(treated, control)]
-        row["delta_vs_baseline"] = stats.mean(differences) if differences else math.nan
-        row["p_value"] = stats.paired_t_test(treated, control)
-        teacher = (results.teacher or {}).get("test_acc")
-        base = stats.mean(baseline["test_acc"].tolist())
-        if teacher is not None and teacher != base:
-            row["gap_closed"] = (row["mean_test_acc"] - base) / (teacher - base)
+        row.update(_versus_baseline(cell, baseline, (results.teacher or {}).get("test_acc")))
+    return row
+
+
+def _versus_baseline(cell: pd.DataFrame, baseline: pd.DataFrame, teacher: float | None) -> dict:
+    """delta_vs_baseline, p_value and gap_closed over exactly the seeds with both a run in the cell and a
+    no-KD baseline of the same setting, so a failed seed on either side drops out of both means."""
+    paired = cell.merge(baseline[["baseline_setting", "seed", "test_acc"]], on=["baseline_setting", "seed"],
+                        suffixes=("", "_baseline"), validate="many_to_one")
+    treated, control = paired["test_acc"].tolist(), paired["test_acc_baseline"].tolist()
+    if not treated:
+        return {}
+    row = {"delta_vs_baseline": stats.mean([a - b for a, b in zip(treated, control)]),
+           "p_value": stats.paired_t_test(treated, control)}
+    base = stats.mean(control)
+    if teacher is not None and teacher != base:
+        row["gap_closed"] = (stats.mean(treated) - base) / (teacher - base)
     return row
 
 
@@ -390,22 +429,48 @@ def problem_lines(results: ExperimentResults) -> list[str]:
 
 
 @dataclass
-class Report:
+class SettingReport:
+    """The table, summary and headline of one setting of an experiment."""
+
+    label: str | None
+    """What tells this setting apart (`student.epochs = 5`); None when the experiment has one setting."""
     results: ExperimentResults
     summary: pd.DataFrame
     table: TemperatureTable
+
+
+@dataclass
+class Report:
+    results: ExperimentResults
+    """Every run of the experiment, all settings together."""
+    settings: list[SettingReport]
     entropy: pd.DataFrame | None
     entropy_split: str | None
 
     @property
+    def summary(self) -> pd.DataFrame:
+        """Every setting's summary rows; a leading `setting` column (the label) when there are several."""
+        if len(self.settings) == 1:
+            return self.settings[0].summary
+        return pd.concat([s.summary.assign(setting=s.label)[["setting", *s.summary.columns]] for s in self.settings],
+                         ignore_index=True)
+
+    @property
+    def table(self) -> TemperatureTable:
+        """The first (with one setting, the only) setting's table."""
+        return self.settings[0].table
+
+    @property
     def student_params(self) -> int | None:
-        return self.results.sizes.get("student_params")
+        return self.settings[0].results.sizes.get("student_params")
 
 
 def build_report(root: Path, metric: str = "test_acc") -> Report:
     results = load_results(root)
-    summary = summarize(results)
-    table = temperature_table(results, summary, metric)
+    settings = []
+    for label, part in S.split_by_setting(results):
+        summary = summarize(part)
+        settings.append(SettingReport(label, part, summary, temperature_table(part, summary, metric)))
     logits, split = cached_teacher_logits(results)
     entropy = None
     if logits is not None:
@@ -413,4 +478,4 @@ def build_report(root: Path, metric: str = "test_acc") -> Report:
         weights = (results.teacher or {}).get("weights")
         entropy = entropy_table(logits, grid, (results.teacher or {}).get("ensemble") or "mean_probs",
                                 None if weights is None else torch.tensor(weights, dtype=torch.float64))
-    return Report(results, summary, table, entropy, split)
+    return Report(results, settings, entropy, split)

@@ -8,6 +8,10 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
+TIE_TOLERANCE = 1e-6
+"""Per-seed differences closer than this count as equal: far below 1/N_test for any real test set, far
+above the float32 rounding of two fractions (under 1.2e-7)."""
+
 
 def mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else math.nan
@@ -27,10 +31,16 @@ def ci95_half_width(values: Sequence[float]) -> float:
 
 
 def paired_t_test(treated: Sequence[float], control: Sequence[float]) -> float:
-    """Two-sided p-value of the paired t-test on per-seed differences; NaN when n < 2 or no spread."""
+    """Two-sided p-value of the paired t-test on per-seed differences (scipy.stats.ttest_rel).
+
+    NaN when n < 2 or when every difference is the same: with no spread t = mean / (0 / sqrt(n)) is
+    undefined, not infinitely significant. Test accuracies are multiples of 1/N_test, so two or three
+    seeds that each gain exactly one test example are common, and scipy would give p ~ 0 for them.
+    "The same" allows TIE_TOLERANCE: accuracies (fractions) reach the CSVs through float32.
+    """
     if len(treated) != len(control) or len(treated) < 2:
         return math.nan
     differences = np.asarray(treated, dtype=float) - np.asarray(control, dtype=float)
-    if np.allclose(differences, differences[0]):
-        return math.nan if differences[0] == 0 else 0.0
+    if np.ptp(differences) <= TIE_TOLERANCE:
+        return math.nan
     return float(stats.ttest_rel(treated, control).pvalue)

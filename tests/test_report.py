@@ -10,10 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
+from helpers import experiment as experiment_dir
+from helpers import train_experiment
 from matplotlib.image import imread
+from scipy import stats as scipy_stats
 
 from kdtemp import render, report
 from kdtemp import runs as R
+from kdtemp.config import load_config
+from kdtemp.errors import RunsError
+from kdtemp.sweep import sweep
 
 T_975_DF2 = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (from tables)
 
@@ -26,9 +33,14 @@ ACCURACY = {
 }
 
 
-def write_run(root, run_id, schedule, t0, seed, final_acc, epochs=3, status="completed", alpha=0.9):
+def write_run(root, run_id, schedule, t0, seed, final_acc, epochs=3, status="completed", alpha=0.9, identity=None):
+    """A run's metrics.csv and summary.json; with `identity`, a config.yaml recording it as a sweep does."""
     run_dir = root / "students" / run_id
     run_dir.mkdir(parents=True)
+    if identity is not None:
+        grid = {"schedule": None if schedule == "none" else {"name": schedule}, "t0": t0, "seed": seed,
+                "alpha": 0.0 if schedule == "none" else alpha}
+        R.atomic_write_yaml(run_dir / "config.yaml", {"identity": {**identity, **grid}, "experiment": {"name": "x"}})
     rows = []
     for epoch in range(epochs):
         accuracy = final_acc - 0.05 * (epochs - 1 - epoch)
@@ -220,3 +232,123 @@ def test_html_renders_in_headless_chromium(experiment, tmp_path):
                    capture_output=True, timeout=60)
     pixels = imread(shot)
     assert pixels[..., :3].std() > 0.05  # the page shows something, not a blank window
+
+
+# --- settings, pairing and p-values (issue 12) ------------------------------------------------------
+
+
+def last_epochs(root) -> pd.DataFrame:
+    """Each completed run's last metrics row, read straight from its CSV, with its recorded identity."""
+    rows = []
+    for run_dir in R.ExperimentLayout(root).run_dirs():
+        if (R.read_summary(run_dir) or {}).get("status") != "completed":
+            continue
+        row = pd.read_csv(run_dir / "metrics.csv").iloc[-1].to_dict()
+        config = run_dir / "config.yaml"
+        identity = yaml.safe_load(config.read_text())["identity"] if config.exists() else {}
+        rows.append({**row, "epochs": identity.get("student", {}).get("epochs"), "hint": "hint" in identity})
+    return pd.DataFrame(rows)
+
+
+def expected_versus_baseline(cell: pd.DataFrame, baseline: pd.DataFrame, teacher: float) -> dict:
+    """delta, p and gap_closed recomputed with pandas and scipy over the seeds both sides have."""
+    paired = cell.merge(baseline, on="seed", suffixes=("", "_base"))
+    return {"n_paired": len(paired), "delta": (paired["test_acc"] - paired["test_acc_base"]).mean(),
+            "p": scipy_stats.ttest_rel(paired["test_acc"], paired["test_acc_base"]).pvalue,
+            "gap": (paired["test_acc"].mean() - paired["test_acc_base"].mean()) / (teacher - paired["test_acc_base"].mean())}
+
+
+def test_gap_closed_delta_and_p_use_only_the_paired_seeds(tmp_path):
+    root = tmp_path / "runs" / "one-failed"
+    for seed, accuracy in enumerate([0.58, 0.61, 0.50]):
+        write_run(root, f"baseline-s{seed}", "none", None, seed, accuracy)
+    for seed, accuracy in enumerate([0.70, 0.74]):
+        write_run(root, f"constant-T4-s{seed}", "constant", 4.0, seed, accuracy)
+    write_run(root, "constant-T4-s2", "constant", 4.0, 2, 0.1, status="failed")
+    (root / "teacher").mkdir()
+    torch.save({"test_acc": 0.93, "test_loss": 0.2}, root / "teacher" / "model.pt")
+    row = report.build_report(root).summary.set_index("schedule").loc["constant"]
+    runs = last_epochs(root)
+    expected = expected_versus_baseline(runs[runs["schedule"] == "constant"], runs[runs["schedule"] == "none"], 0.93)
+    assert row["n"] == 2 and row["failed"] == 1 and expected["n_paired"] == 2
+    assert row["delta_vs_baseline"] == pytest.approx(expected["delta"], rel=1e-9)
+    assert row["p_value"] == pytest.approx(expected["p"], rel=1e-9)
+    assert row["gap_closed"] == pytest.approx(expected["gap"], rel=1e-9)
+
+
+def test_a_grid_cell_without_a_p_value_shows_n_a(experiment):
+    built = report.build_report(experiment)
+    lines = render.summary_markdown(built.summary).splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
+    p_values = {row["schedule"]: row["p_value"] for row in rows if row["t0"] in ("", "4")}
+    assert p_values["linear"] == "n/a"  # one seed: no test
+    assert p_values["none"] == "" and p_values["teacher"] == ""  # nothing to test them against
+    assert p_values["constant"] == f"{built.summary.set_index(['schedule', 't0']).loc[('constant', 4.0), 'p_value']:.3g}"
+    collector = _Collector()
+    collector.feed(render.html_section(built, {}))
+    assert "n/a" in collector.cells
+
+
+def test_two_baselines_of_one_setting_and_seed_are_an_error_naming_both(tmp_path):
+    root = tmp_path / "runs" / "twice"
+    identity = {"student": {"epochs": 3}, "teacher": "abc"}
+    write_run(root, "baseline-s0-aaaa", "none", None, 0, 0.6, identity=identity)
+    write_run(root, "baseline-s0-bbbb", "none", None, 0, 0.7, identity=identity)
+    write_run(root, "constant-T4-s0", "constant", 4.0, 0, 0.8, identity=identity)
+    with pytest.raises(RunsError, match="baseline-s0-aaaa and baseline-s0-bbbb are no-KD baselines"):
+        report.build_report(root)
+
+
+def test_hint_and_plain_kd_are_two_settings_sharing_one_baseline(tmp_path):
+    root = tmp_path / "runs" / "hints"
+    plain = {"format": 1, "student": {"epochs": 3}, "teacher": "abc"}
+    hinted = {**plain, "hint": {"weight": 0.5, "layers": None}}
+    accuracies = {"none": [0.50, 0.55, 0.53], "plain": [0.60, 0.58, 0.64], "hinted": [0.66, 0.69, 0.65]}
+    for seed in range(3):
+        write_run(root, f"baseline-s{seed}", "none", None, seed, accuracies["none"][seed], identity=plain)
+        write_run(root, f"constant-s{seed}", "constant", 4.0, seed, accuracies["plain"][seed], identity=plain)
+        write_run(root, f"hinted-s{seed}", "constant", 4.0, seed, accuracies["hinted"][seed], identity=hinted)
+    built = report.build_report(root)
+    assert [s.label for s in built.settings] == ["kd.feature_weight = 0.5", "kd.feature_weight = off"]
+    runs = last_epochs(root)
+    baseline = runs[runs["schedule"] == "none"]
+    for section in built.settings:
+        row = section.summary.set_index("schedule").loc["constant"]
+        cell = runs[(runs["schedule"] == "constant") & (runs["hint"] == ("0.5" in section.label))]
+        expected = expected_versus_baseline(cell, baseline, 1.0)
+        assert row["n"] == 3 and section.table.references["baseline (no KD)"].n == 3
+        assert row["delta_vs_baseline"] == pytest.approx(expected["delta"], rel=1e-9)
+        assert row["p_value"] == pytest.approx(expected["p"], rel=1e-9)
+
+
+def test_two_sweeps_with_different_epochs_report_two_settings(tiny_config, run_cli):
+    """The issue's example, scaled down: one experiment, a sweep at 1 student epoch, then one at 2."""
+    grid = {"temperatures": [2], "seeds": [0, 1]}
+    config = train_experiment(tiny_config("mixed", teacher={"channels": [8, 16], "hidden": 32, "epochs": 1},
+                                          student={"hidden": [32], "epochs": 1}, kd=grid))
+    for _ in sweep(load_config(config, {"student.epochs": (2, "--epochs")})):
+        pass
+    root = experiment_dir(config)
+    built = report.build_report(root)
+    assert built.summary.loc[built.summary["schedule"] == "constant", "n"].tolist() == [2, 2]  # never 4 mixed runs
+    assert [section.label for section in built.settings] == ["student.epochs = 1", "student.epochs = 2"]
+    runs = last_epochs(root)
+    for section, epochs in zip(built.settings, (1, 2)):
+        mine = runs[runs["epochs"] == epochs]
+        cell, baseline = mine[mine["schedule"] == "constant"], mine[mine["schedule"] == "none"]
+        expected = expected_versus_baseline(cell, baseline, built.results.teacher["test_acc"])
+        row = section.summary.set_index("schedule").loc["constant"]
+        assert row["n"] == 2 and expected["n_paired"] == 2
+        assert row["mean_test_acc"] == pytest.approx(cell["test_acc"].mean(), rel=1e-9)
+        assert row["delta_vs_baseline"] == pytest.approx(expected["delta"], rel=1e-9)
+        assert row["p_value"] == pytest.approx(expected["p"], rel=1e-9, nan_ok=True)
+        assert row["gap_closed"] == pytest.approx(expected["gap"], rel=1e-9)
+    result = run_cli("report", "--config", config)
+    assert result.code == 0, result.stderr
+    assert "mixed (student.epochs = 1): test_acc" in result.stdout and "mixed (student.epochs = 2): test_acc" in result.stdout
+    assert result.stdout.count("best: constant T=2") == 2
+    summary = pd.read_csv(root / "report" / "summary.csv")
+    assert summary.groupby("setting")["schedule"].apply(sorted).to_dict() == {
+        "student.epochs = 1": ["constant", "none", "teacher"], "student.epochs = 2": ["constant", "none", "teacher"]}
+    assert (root / "report" / "learning_curves-2.png").exists() and not (root / "report" / "learning_curves.png").exists()
