@@ -74,11 +74,38 @@ def soft_target_log_probs(
     if ensemble == "mean_logits":
         averaged = _maybe_standardize(teacher_logits.mean(dim=-3), standardize)
         return F.log_softmax(averaged / _broadcastable(temperature), dim=-1)
-    if weights is None:
-        weights = torch.full((count,), 1.0 / count, device=teacher_logits.device, dtype=teacher_logits.dtype)
-    log_weights = torch.log(weights / weights.sum()).view(count, 1, 1)
+    log_weights = torch.log(_teacher_weights(count, weights, teacher_logits)).view(count, 1, 1)
     each = _maybe_standardize(teacher_logits, standardize, trailing=3) / _broadcastable(temperature, 3)
     return torch.logsumexp(log_weights + F.log_softmax(each, dim=-1), dim=-3)
+
+
+def _teacher_weights(count: int, weights: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """The ensemble's teacher weights, normalised to sum to 1 (uniform when none are given)."""
+    if weights is None:
+        return torch.full((count,), 1.0 / count, device=like.device, dtype=like.dtype)
+    return weights / weights.sum()
+
+
+def standardized_logit_std(
+    teacher_logits: torch.Tensor, *, ensemble: Ensemble = "mean_probs", weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per sample, the std that logit-std divides the soft targets' logits by: shape (..., B).
+
+    t0 times it is the sample's effective temperature (Sun et al. 2024). It is the std of the very
+    logits `soft_target_log_probs(..., standardize=True)` z-scores: one teacher's, or with
+    mean_logits the averaged logits'. mean_probs and weighted z-score each teacher apart before
+    mixing probabilities, so no single std applies; theirs is the ensemble-weighted mean of the
+    teachers' stds (uniform weights for mean_probs).
+    """
+    if teacher_logits.dim() == 2:
+        teacher_logits = teacher_logits.unsqueeze(0)
+    count = teacher_logits.shape[-3]
+    if count == 1:
+        return teacher_logits[..., 0, :, :].std(dim=-1)
+    if ensemble == "mean_logits":
+        return teacher_logits.mean(dim=-3).std(dim=-1)
+    each = teacher_logits.std(dim=-1)  # (..., n, B)
+    return (_teacher_weights(count, weights, each).view(count, 1) * each).sum(dim=-2)
 
 
 def soft_target_kl(student_logits: torch.Tensor, target_log_probs: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -53,6 +53,18 @@ def data_on(device: torch.device, config: ExperimentConfig) -> Iterator[Note | D
 def wants_channels_last(model: nn.Module | None, device: torch.device) -> bool:
     """channels_last pays for 2-D conv nets on CUDA only."""
     return device.type == "cuda" and model is not None and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def per_batch_teachers(networks: Sequence[nn.Module], device: torch.device) -> tuple[tuple[nn.Module, ...], bool]:
+    """Teacher networks that run on every batch (augmented inputs), and whether they take channels_last batches.
+
+    The group's own settings are built without a model, so they never ask for channels_last; the
+    teachers' conv layers on CUDA still want it, as their cached-logit pass gets it.
+    """
+    channels_last = any(wants_channels_last(network, device) for network in networks)
+    if channels_last:
+        networks = [network.to(memory_format=torch.channels_last) for network in networks]
+    return tuple(networks), channels_last
 
 
 def loop_settings(config: ExperimentConfig, spec: ModelSpec, seed: int, device: torch.device,

@@ -168,9 +168,23 @@ def atomic_write_yaml(path: Path, data: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save with every tensor on the CPU, so a file written on a GPU loads anywhere without map_location."""
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(on_cpu(obj), buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def on_cpu(value: Any) -> Any:
+    """`value` with every tensor inside its dicts, lists and tuples moved to the CPU; the rest as is."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: on_cpu(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [on_cpu(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(on_cpu(item) for item in value)
+    return value
 
 
 def _json_default(value: Any) -> Any:

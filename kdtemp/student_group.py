@@ -10,7 +10,6 @@ give trained alone: tests/test_engine.py holds the proof.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -18,18 +17,19 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from kdtemp.data import Dataset
 from kdtemp.engine import (
     EpochBatches, EpochDone, LoopSettings, Member, StepsDone, StopRequested, TeacherSignal, add_sums, autocast,
-    chunks, evaluation_sums, finish_evaluation, seed_dropout, steps_per_epoch, PROGRESS_EVERY,
+    chunks, evaluation_sums, finish_evaluation, seed_dropout, steps_per_epoch, to_memory_format, PROGRESS_EVERY,
 )
-from kdtemp.hints import FeatureCapture, build_regressor, feature_shape
-from kdtemp.losses import combine_terms, hint_loss, kd_terms, soft_target_log_probs
+from kdtemp.hints import HintCaptures, build_regressor, feature_shape
+from kdtemp.losses import combine_terms, hint_loss, kd_terms, soft_target_log_probs, standardized_logit_std
 from kdtemp.models import has_dropout
 from kdtemp.optim import build_optimizer, learning_rate, set_learning_rate
 from kdtemp.schedules import initial_theta, learned_temperature, reversal_weight, scale_gradient
+from kdtemp.stacking import stack_modules
 
 EPOCH_SUMS = ("loss", "ce", "kd", "penalty", "feature", "temperature", "effective")
 
@@ -103,16 +103,12 @@ class LearnableTemperatures:
 # --- the group ---------------------------------------------------------------------------------
 
 
-def _stack(modules: list[nn.Module], device: torch.device) -> tuple[nn.Module, dict, dict]:
-    """(structure-only template on the meta device, stacked parameters, stacked buffers)."""
-    template = copy.deepcopy(modules[0]).to("meta")
-    params, buffers = stack_module_state(modules)
-    params = {name: p.detach().to(device).requires_grad_() for name, p in params.items()}
-    return template, params, {name: b.to(device) for name, b in buffers.items()}
-
-
 class StudentGroup:
-    """K students trained in lockstep as one stacked model."""
+    """K students trained in lockstep as one stacked model.
+
+    With hints, train it inside `with StudentGroup(...) as group:`: the block owns the feature hooks
+    on the (shared) teacher networks and removes them when the group ends.
+    """
 
     def __init__(self, build_student: Callable[[], nn.Module], members: Sequence[Member], data: Dataset,
                  teacher: TeacherSignal, settings: LoopSettings, hint: Hint | None = None):
@@ -135,12 +131,12 @@ class StudentGroup:
                 raise ValueError("students of several seeds train together only with cached teacher logits, "
                                  "no augmentation and no dropout")
             self.member_rows = torch.tensor([self.seeds.index(m.seed) for m in self.members], device=device)
-        self.template, self.params, self.buffers = _stack(modules, device)
+        self.template, self.params, self.buffers = stack_modules(modules, device)
         self.regressor_params: dict[str, torch.Tensor] = {}
+        self.captures = None
         if hint is not None:
-            self.regressor_template, self.regressor_params, _ = _stack(regressors, device)
-            self._capture = FeatureCapture(self.template, hint.student_layer)
-            self._teacher_captures = [FeatureCapture(n, teacher.feature_layer, "teacher") for n in teacher.networks]
+            self.regressor_template, self.regressor_params, _ = stack_modules(regressors, device)
+            self.captures = HintCaptures(self.template, hint.student_layer, teacher.networks, teacher.feature_layer)
         count = len(self.members)
         self.steps_per_epoch = steps_per_epoch(len(data.train_y), settings.batch_size)
         self.alpha = torch.tensor([m.alpha for m in self.members], device=device)
@@ -170,15 +166,25 @@ class StudentGroup:
                                         device=device)
         self._rows = torch.arange(count, device=device)[:, None]
 
+    def __enter__(self) -> "StudentGroup":
+        if self.captures is not None:
+            self.captures.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.captures is not None:
+            self.captures.__exit__(*exc_info)
+
     # -- per-member forward, vmapped --
 
     def _member_forward(self, params, buffers, inputs):
         """One member's logits, and its hint feature when hints are on."""
         if self.hint is None:
             return functional_call(self.template, (params, buffers), (inputs,))
-        self._capture.values.clear()
+        capture = self.captures.student
+        capture.values.clear()
         logits = functional_call(self.template, (params, buffers), (inputs,))
-        return logits, self._capture.pop()
+        return logits, capture.pop()
 
     def _forward(self, inputs, own_batches: bool):
         forward = self._forward_own_batches if own_batches else self._forward_shared
@@ -273,11 +279,12 @@ class StudentGroup:
         if self.teacher.train_logits is not None:
             features = self._gather(self.teacher.train_features, indices) if self.hint is not None else None
             return self._gather(self.teacher.train_logits, indices), features
+        inputs = to_memory_format(inputs, self.teacher.channels_last)
         with torch.no_grad(), autocast(self.settings.device, self.settings.amp):
             logits = torch.stack([network(inputs).float() for network in self.teacher.networks])
         features = None
         if self.hint is not None:
-            features = torch.stack([capture.pop().float() for capture in self._teacher_captures])
+            features = torch.stack([capture.pop().float() for capture in self.captures.teachers])
         if self.teacher.per_member:  # network k is member k's own teacher: (K, B, ...) -> (K, 1, B, ...)
             return logits.unsqueeze(1), None if features is None else features.unsqueeze(1)
         return logits, features
@@ -303,7 +310,7 @@ class StudentGroup:
             seed_dropout(self.seeds[0], epoch)
             # batch-weighted sums of EPOCH_SUMS and correct counts, kept on the device
             weighted = torch.zeros(len(EPOCH_SUMS), count, device=device)
-            correct_total = torch.zeros(count, device=device)
+            correct_total = torch.zeros(count, dtype=torch.long, device=device)
             lr_at_start = learning_rate(settings.training, epoch * self.steps_per_epoch, self.steps_per_epoch)
             batches = EpochBatches(self.data, settings, epoch, self.seeds, self.member_rows)
             for step, (indices, inputs, targets) in enumerate(batches):
@@ -324,8 +331,10 @@ class StudentGroup:
                 with torch.no_grad():
                     effective = temperature
                     if self.any_standardize:
-                        # mean per-sample std of the teacher logits: scalar, or (K,) with per-member teachers
-                        effective = temperature * teacher_logits.float().std(dim=-1).flatten(-2).mean(dim=-1)
+                        # t0 * mean std of the logits logit-std z-scores: scalar, or (K,) with per-member teachers
+                        effective = temperature * standardized_logit_std(
+                            teacher_logits.float(), ensemble=self.teacher.ensemble, weights=self.teacher.weights,
+                        ).mean(dim=-1)
                     stacked = (losses, terms["ce"], terms["kd"], penalty, feature, temperature, effective)
                     weighted += torch.stack(stacked) * batch
                     correct_total += correct

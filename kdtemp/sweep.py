@@ -26,7 +26,7 @@ from kdtemp.footprint import student_and_teacher
 from kdtemp.hints import build_regressor, feature_shape, predict_features
 from kdtemp.models import build_model, has_dropout
 from kdtemp.plan import RunSpec, group_runs, learnable_schedule, plan_runs, uses_standardized_logits
-from kdtemp.prepare import StopCheck, data_on, environment_record, loop_settings, split
+from kdtemp.prepare import StopCheck, data_on, environment_record, loop_settings, per_batch_teachers, split
 from kdtemp.schedules import LOW_TEMPERATURE, lowest_temperature, temperature_table
 from kdtemp.student_group import Hint, StudentGroup
 from kdtemp.teachers import (
@@ -160,16 +160,18 @@ def _teacher_signal(config: ExperimentConfig, data: Dataset, device: torch.devic
     """Generation 1's teacher signal: cached logits (and hint features), or networks run on each batch."""
     train, test = yield from all_teacher_logits(teachers, data, config, device)
     teacher_layer = config.kd.feature_layers.teacher if config.kd.feature_layers else None
-    features, networks = None, ()
+    features, networks, channels_last = None, (), False
     if train is not None and hint is not None:
         yield Note("computing the teachers' hint features on the training set")
         features = teacher_features([t.model for t in teachers], teacher_layer, data, config, device)
     if train is None:
         example = data.train_x[:config.student_batch_size()]
         # hints are captured with hooks, which need the eager modules
-        networks = tuple(t.model if hint is not None else inference_module(t.model, example, device) for t in teachers)
+        networks, channels_last = per_batch_teachers(
+            [t.model if hint is not None else inference_module(t.model, example, device) for t in teachers], device)
     return TeacherSignal(test_logits=test, train_logits=train, train_features=features, networks=networks,
-                         ensemble=config.kd.ensemble, weights=ensemble_weights(config, device), feature_layer=teacher_layer)
+                         ensemble=config.kd.ensemble, weights=ensemble_weights(config, device), feature_layer=teacher_layer,
+                         channels_last=channels_last)
 
 
 def _group_limit(config: ExperimentConfig, data: Dataset, device: torch.device) -> int:
@@ -216,7 +218,8 @@ def _parent_signal(state: _Sweep, runs: list[RunSpec]) -> TeacherSignal:
     data, batch = state.data, state.config.data.eval_batch_size
     common = {"test_logits": state.signal.test_logits, "per_member": True, "feature_layer": layer}
     if state.config.data.augment:
-        return TeacherSignal(networks=tuple(parents), **common)
+        networks, channels_last = per_batch_teachers(parents, state.device)
+        return TeacherSignal(networks=networks, channels_last=channels_last, **common)
     logits = torch.stack([predict_logits(p, data.train_x, batch, state.device) for p in parents]).unsqueeze(1)
     features = None
     if state.hint is not None:
@@ -316,13 +319,14 @@ def _train_members(state: _Sweep, members: list[tuple[RunSpec, dict | None]], la
     description = f"{label}: {len(runs)} runs at once (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
     yield Progress("runs", "runs", state.done, state.pending)
     yield Progress("epochs", description, group.completed_epochs, spec.epochs)
-    for event in group.run(state.should_stop):
-        if isinstance(event, StepsDone):
-            yield Progress("batches", f"epoch {event.epoch + 1}", event.step, event.steps_per_epoch)
-            continue
-        _record_epoch(state, group, runs, event)
-        yield Progress("batches", f"epoch {event.epoch + 1}", spe, spe)
-        yield Progress("epochs", description, event.epoch + 1, spec.epochs)
+    with group:  # its hint hooks on the shared teachers end with it
+        for event in group.run(state.should_stop):
+            if isinstance(event, StepsDone):
+                yield Progress("batches", f"epoch {event.epoch + 1}", event.step, event.steps_per_epoch)
+                continue
+            _record_epoch(state, group, runs, event)
+            yield Progress("batches", f"epoch {event.epoch + 1}", spe, spe)
+            yield Progress("epochs", description, event.epoch + 1, spec.epochs)
     state.done += len(runs)
     yield Progress("runs", "runs", state.done, state.pending)
 

@@ -147,7 +147,7 @@ def _record_ensemble(config: ExperimentConfig, layout: R.ExperimentLayout, data:
     teachers = load_teachers(config, data, device)
     test_logits = torch.stack([predict_logits(t.model, data.test_x, config.data.eval_batch_size, device) for t in teachers])
     combined = soft_target_log_probs(test_logits, 1.0, ensemble=config.kd.ensemble, weights=ensemble_weights(config, device))
-    accuracy = float((combined.argmax(-1) == data.test_y).float().mean())
+    accuracy = int((combined.argmax(-1) == data.test_y).sum()) / len(data.test_y)  # a count over N, not a float32 mean
     record = {
         "ensemble": config.kd.ensemble, "weights": config.kd.teacher_weights, "test_acc": accuracy,
         "parameters": sum(int(t.checkpoint["parameters"]) for t in teachers),

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdtemp.losses import combine_terms, hint_loss, kd_loss, kd_terms, soft_target_log_probs, standardize_logits
+from kdtemp.losses import (
+    combine_terms, hint_loss, kd_loss, kd_terms, soft_target_log_probs, standardize_logits, standardized_logit_std,
+)
 
 
 def reference_kd_loss(student, teacher, targets, temperature, alpha):
@@ -124,6 +126,31 @@ def test_ensemble_soft_targets_by_hand():
     assert torch.allclose(weighted, 0.75 * pa + 0.25 * pb, atol=1e-6)
     mean_logits = soft_target_log_probs(stacked, temperature, ensemble="mean_logits").exp()
     assert torch.allclose(mean_logits, torch.softmax((teacher_a + teacher_b) / 2 / temperature, -1), atol=1e-6)
+
+
+@pytest.mark.parametrize("ensemble, weights", [("mean_logits", None), ("weighted", [1.0, 2.0, 5.0]), ("mean_probs", None)])
+def test_standardized_logit_std_per_member_by_hand(ensemble, weights):
+    """(K, n, B, C) per-member ensembles of 3 teachers: each member's per-sample std, written out in float64."""
+    generator = torch.Generator().manual_seed(11)
+    teachers = torch.randn(2, 3, 5, 7, generator=generator, dtype=torch.float64) * torch.tensor([1.0, 3.0, 8.0],
+                                                                                                 dtype=torch.float64).view(3, 1, 1)
+    ours = standardized_logit_std(teachers, ensemble=ensemble, weights=None if weights is None else torch.tensor(weights))
+    shares = np.array(weights) / sum(weights) if weights else np.full(3, 1 / 3)
+    for k in range(2):
+        for b in range(5):
+            each = teachers[k, :, b].numpy()
+            expected = np.std(each.mean(0), ddof=1) if ensemble == "mean_logits" else shares @ np.std(each, axis=1, ddof=1)
+            assert float(ours[k, b]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_mean_logits_soft_targets_have_temperature_t0_times_that_std():
+    """logit-std's soft targets at t0 are the averaged logits' softmax at T = t0 * std (mean shift aside)."""
+    teachers = torch.randn(3, 4, 6, dtype=torch.float64) * 4
+    t0 = 2.0
+    ours = soft_target_log_probs(teachers, t0, ensemble="mean_logits", standardize=True).exp()
+    effective = t0 * standardized_logit_std(teachers, ensemble="mean_logits")
+    mean = teachers.mean(0)
+    assert torch.allclose(ours, torch.softmax(mean / effective[:, None], -1), atol=1e-6)
 
 
 def test_extra_terms_add_at_weight_one():

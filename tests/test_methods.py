@@ -65,6 +65,7 @@ def test_ensemble_teachers_are_trained_and_combined(composed, data_root):
             probabilities.append(torch.softmax(model(data.test_x), -1))
     by_hand = float(((probabilities[0] + probabilities[1]) / 2).argmax(-1).eq(data.test_y).float().mean())
     assert record["test_acc"] == pytest.approx(by_hand, abs=1e-6)
+    assert record["test_acc"] * len(data.test_y) == pytest.approx(round(by_hand * len(data.test_y)), abs=1e-9)  # a count
     assert [t["id"] for t in record["teachers"]] == ["teacher-0", "teacher-1"]
     assert [s.seed for s in config.teacher_specs()] == [0, 1]  # members differ by seed by default
 
@@ -119,7 +120,8 @@ def test_generation_two_is_distilled_from_generation_one(composed, data_root):
     group = StudentGroup(lambda: build_model(config.student, data.input_shape, 10), [member], data, signal,
                          loop_settings(config, config.student, child["seed"], device),
                          Hint(1.0, None, tuple(features.shape[1:])))
-    rows = [event.metrics[0] for event in group.run() if isinstance(event, EpochDone)]
+    with group:
+        rows = [event.metrics[0] for event in group.run() if isinstance(event, EpochDone)]
     recorded = pd.read_csv(layout.run_dir(child_id) / "metrics.csv")
     for column in ("train_loss", "train_kd", "train_feature", "test_acc", "test_loss"):
         assert rows[-1][column] == pytest.approx(recorded[column].iloc[-1], rel=1e-5, abs=1e-6), column
@@ -199,7 +201,7 @@ def test_hint_term_vanishes_when_the_regressor_maps_exactly(data_root):
                          [Member(0, 0.9, torch.full((spe,), 2.0), t0=2.0)], data, signal,
                          LoopSettings(spec, 256, 1000, 0, torch.device("cpu")), Hint(1.0, None, (24,)))
     group.template.eval()  # no dropout in this MLP; eval keeps the features exactly those captured above
-    with torch.no_grad():
+    with group, torch.no_grad():
         group.regressor_params["weight"].copy_(weight[None])
         group.regressor_params["bias"].copy_(bias[None])
         indices = torch.arange(300)
