@@ -310,6 +310,8 @@ class TrainConfig(StrictModel):
     amp: bool | None = None
     """bf16 autocast for forward passes; None = on for CUDA, off for CPU."""
     clip_grad_norm: PositiveFloat | None = None
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms: repeated CUDA runs give the same bits, more slowly (no cuDNN autotuning)."""
 
 
 # --- where the sweep runs ----------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -24,6 +26,44 @@ def resolve_device(spec: str) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"device {spec} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
+
+
+def set_up_device(spec: str, deterministic: bool = False) -> torch.device:
+    """The run's device, with the backend settings a run on it wants (see `configure_backends`)."""
+    device = resolve_device(spec)
+    configure_backends(device, deterministic)
+    return device
+
+
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """Speed on CUDA, or repeatable numbers when `deterministic`.
+
+    CUDA: cuDNN autotuning (our shapes are static, so the benchmark runs once per shape) and TF32
+    for float32 matmuls and convolutions. `deterministic` (any device): torch's deterministic
+    algorithms, cuDNN's deterministic kernels without autotuning, and the cuBLAS workspace setting
+    that makes its reductions repeatable (read when cuBLAS starts, so it is set before any matmul).
+    A CPU run that is not deterministic is left as it is.
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """TF32 off inside (float32 matmuls and convolutions at full precision), restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def amp_enabled(setting: bool | None, device: torch.device) -> bool:

@@ -20,6 +20,7 @@ from torch import nn
 from kdtemp import metrics as M
 from kdtemp.config import LearnableSchedule, TrainingSettings
 from kdtemp.data import Dataset, augment_batch, draw_augmentation
+from kdtemp.device import full_float32
 from kdtemp.losses import soft_target_log_probs
 from kdtemp.optim import build_optimizer, learning_rate, set_learning_rate
 
@@ -315,13 +316,18 @@ def inference_module(model: nn.Module, example: torch.Tensor, device: torch.devi
 
 
 def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device,
-                   amp: bool = False, channels_last: bool = False) -> torch.Tensor:
-    """Eval-mode logits of `model` on `inputs`, in float32, in chunks: the teacher's one pass."""
+                   channels_last: bool = False) -> torch.Tensor:
+    """Eval-mode logits of `model` on `inputs`, in chunks: the teacher's one pass, computed in float32.
+
+    No autocast and no TF32, even where training uses them: these logits become the soft targets,
+    the subject of a temperature study, and bf16 output spacing (0.03-0.06 at magnitudes 8-16) would
+    move softmax(t/T) at T = 1 by up to ~3%. One pass, cached, so full precision costs little.
+    """
     if device.type == "cpu":
         batch_size = min(batch_size, CPU_INFERENCE_BATCH)
     runner = inference_module(model, inputs[:batch_size].to(device), device)
     outputs = []
-    with torch.no_grad(), autocast(device, amp):
+    with torch.no_grad(), full_float32():
         for chunk in chunks(len(inputs), batch_size):
             outputs.append(runner(to_memory_format(inputs[chunk].to(device), channels_last)).float())
     return torch.cat(outputs)

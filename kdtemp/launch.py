@@ -101,10 +101,8 @@ def launch_local(config: ExperimentConfig, force: bool = False, should_stop: Sto
         yield SweepResult(planned, planned, 0, 0, 0, seconds=time.perf_counter() - started, experiment_dir=layout.root)
         return
     R.check_writable(layout.root)
-    cpu_workers = sum(1 for device in devices if resolve_device(device).type == "cpu")
-    threads = max(1, (os.cpu_count() or 1) // max(cpu_workers, 1))
-    yield Note(f"{len(units)} units of work over {len(devices)} workers ({', '.join(devices)})"
-               + (f", {threads} CPU thread(s) each" if cpu_workers else ""))
+    threads = threads_per_worker(os.cpu_count() or 1, len(devices))
+    yield Note(f"{len(units)} units of work over {len(devices)} workers ({', '.join(devices)}), {threads} CPU thread(s) each")
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
     assignments = [units[index::len(devices)] for index in range(len(devices))]
@@ -148,6 +146,25 @@ def launch_local(config: ExperimentConfig, force: bool = False, should_stop: Sto
     yield combine(results, planned, time.perf_counter() - started, layout.root)
 
 
+def threads_per_worker(cpu_count: int, workers: int) -> int:
+    """The cores split between the workers, GPU workers too: their data loading and Python are on the CPU."""
+    return max(1, cpu_count // max(workers, 1))
+
+
+def cuda_index(device: str) -> int | None:
+    """N of 'cuda:N'; None for any other device ('cuda' alone means the current one)."""
+    kind, _, index = device.partition(":")
+    return int(index) if kind == "cuda" and index else None
+
+
+def _prepare_worker(device: str, threads: int) -> None:
+    """A worker's share of the CPU, and its GPU made current, so no library call lands on cuda:0."""
+    torch.set_num_threads(threads)
+    index = cuda_index(device)
+    if index is not None:
+        torch.cuda.set_device(index)
+
+
 def _prefixed(event, worker: str):
     """A worker's event, labelled with the worker so that bars and notes of several workers do not mix."""
     if isinstance(event, Progress):
@@ -159,7 +176,7 @@ def _prefixed(event, worker: str):
 
 def _worker_main(config_tree: dict, device: str, run_ids: list[str], force: bool, threads: int, worker: str, events) -> None:
     """A worker process: train its runs and report events, its result, or its error, through the queue."""
-    torch.set_num_threads(threads)
+    _prepare_worker(device, threads)
     stop = {"requested": False}
 
     def request_stop(signum, frame):
@@ -193,7 +210,7 @@ class UnitJob:
         self.config_tree, self.run_ids, self.force = config_tree, run_ids, force
 
     def __call__(self) -> dict:
-        config = ExperimentConfig.model_validate({**self.config_tree, "device": "auto"})
+        config = ExperimentConfig.model_validate(self.config_tree)
         job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", "?"))
         task = os.environ.get("SLURM_ARRAY_TASK_ID", "0")
         result = None
@@ -210,6 +227,18 @@ class UnitJob:
 
         self.force = False
         return submitit.helpers.DelayedSubmission(self)
+
+
+def job_config_tree(config: ExperimentConfig) -> dict:
+    """The config each array task validates: the sweep's own, its device included.
+
+    A CUDA device needs GPUs in the job: asking for one with slurm_gpus_per_job 0 would fail in every
+    task, so it is refused here, before anything is submitted.
+    """
+    if config.device.startswith("cuda") and not config.launcher.slurm_gpus_per_job:
+        raise ConfigError(f"device {config.device} needs a GPU in each Slurm job, but slurm_gpus_per_job is 0; "
+                          "pass --slurm-gpus-per-job 1 (or set launcher.slurm_gpus_per_job)")
+    return config_to_dict(config)
 
 
 def _executor(config: ExperimentConfig):
@@ -236,6 +265,7 @@ def _executor(config: ExperimentConfig):
 def launch_slurm(config: ExperimentConfig, force: bool = False, wait: bool = True) -> Iterator:
     """Submit one array task per unit of work; wait and show progress unless `wait` is False."""
     started = time.perf_counter()
+    tree = job_config_tree(config)
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     planned = len(planned_runs(config))
     units = work_units(config, force)
@@ -244,8 +274,10 @@ def launch_slurm(config: ExperimentConfig, force: bool = False, wait: bool = Tru
         yield SweepResult(planned, planned, 0, 0, 0, seconds=time.perf_counter() - started, experiment_dir=layout.root)
         return
     R.check_writable(layout.root)
+    if config.device == "auto" and not config.launcher.slurm_gpus_per_job:
+        cores = config.launcher.slurm_cpus_per_job
+        yield Note(f"Slurm jobs get no GPU (slurm_gpus_per_job 0): they train on {cores} CPU core(s) each", "warning")
     executor = _executor(config)
-    tree = config_to_dict(config)
     jobs = []
     try:
         with executor.batch():  # one job array, a task per unit

@@ -18,7 +18,7 @@ from torch import nn
 from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig, config_to_dict
 from kdtemp.data import Dataset
-from kdtemp.device import max_group_size, member_bytes, resolve_device
+from kdtemp.device import max_group_size, member_bytes, set_up_device
 from kdtemp.engine import EpochDone, Member, StepsDone, TeacherSignal, inference_module, predict_logits, steps_per_epoch
 from kdtemp.errors import CheckpointError
 from kdtemp.events import Note, Progress, SweepResult
@@ -109,7 +109,7 @@ def sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck 
     """Yield progress events and, last, a SweepResult. `only` restricts the sweep to some run ids."""
     started_at = time.perf_counter()
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
-    device = resolve_device(config.device)
+    device = set_up_device(config.device, config.train.deterministic)
     teacher_paths(config)
     data = yield from split(data_on(device, config))
     teachers = load_teachers(config, data, device)

@@ -22,7 +22,7 @@ from torch import nn
 from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig, ModelSpec, architecture_of, config_to_dict, training_identity
 from kdtemp.data import Dataset
-from kdtemp.device import amp_enabled, resolve_device
+from kdtemp.device import set_up_device
 from kdtemp.engine import EpochDone, NetworkTrainer, StepsDone, predict_logits
 from kdtemp.errors import CheckpointError
 from kdtemp.events import EnsembleResult, Note, Progress, TeacherResult
@@ -32,6 +32,8 @@ from kdtemp.models import build_model, count_parameters
 from kdtemp.prepare import StopCheck, config_flag, data_on, environment_record, loop_settings, split, wants_channels_last
 
 TEACHER_FORMAT = "kdtemp-teacher/1"
+LOGITS_FORMAT = "kdtemp-teacher-logits/2"
+"""/2: computed in float32 without autocast (/1 caches made on CUDA held bf16-rounded logits); others are recomputed."""
 RETRAIN = "retrain it with `kdtemp train-teacher --force`, or point --runs-dir/--config at the matching experiment"
 
 
@@ -48,7 +50,7 @@ def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: St
     Yields progress, a TeacherResult per teacher and, for an ensemble, an EnsembleResult.
     """
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
-    device = resolve_device(config.device)
+    device = set_up_device(config.device, config.train.deterministic)
     specs = config.teacher_specs()
     count = len(specs)
     finished = {}
@@ -253,24 +255,24 @@ def teacher_logits(teacher: LoadedTeacher, data: Dataset, config: ExperimentConf
 def _cached_teacher_logits(teacher: LoadedTeacher, data: Dataset, config: ExperimentConfig, device: torch.device,
                            path: Path):
     data_fingerprint = data.fingerprint()
-    amp = amp_enabled(config.train.amp, device)
     channels_last = wants_channels_last(teacher.model, device)
     if path.exists():
         try:
             cached = R.load_checkpoint(path, "teacher-logits cache")
-            if cached.get("data_fingerprint") == data_fingerprint and cached["test"].shape == (len(data.test_y), data.num_classes):
+            if (cached.get("format") == LOGITS_FORMAT and cached.get("data_fingerprint") == data_fingerprint
+                    and cached["test"].shape == (len(data.test_y), data.num_classes)):
                 yield Note(f"{teacher.label} logits read from cache {path.name}")
                 train = cached.get("train")
                 return (train.to(device) if train is not None else None, cached["test"].to(device))
         except (CheckpointError, KeyError, AttributeError):
             pass
-        yield Note(f"teacher-logits cache {path.name} does not fit this data; recomputing", "warning")
+        yield Note(f"teacher-logits cache {path.name} does not fit this data or is of an older format; recomputing", "warning")
     yield Note(f"computing {teacher.label} logits on the training set (once for the whole grid)")
     batch = config.data.eval_batch_size
-    train = None if config.data.augment else predict_logits(teacher.model, data.train_x, batch, device, amp, channels_last)
-    test = predict_logits(teacher.model, data.test_x, batch, device, amp, channels_last)
-    R.atomic_torch_save({"data_fingerprint": data_fingerprint, "train": None if train is None else train.cpu(),
-                         "test": test.cpu()}, path)
+    train = None if config.data.augment else predict_logits(teacher.model, data.train_x, batch, device, channels_last)
+    test = predict_logits(teacher.model, data.test_x, batch, device, channels_last)
+    R.atomic_torch_save({"format": LOGITS_FORMAT, "dtype": str(test.dtype), "data_fingerprint": data_fingerprint,
+                         "train": None if train is None else train.cpu(), "test": test.cpu()}, path)
     return (train, test)
 
 

@@ -13,9 +13,13 @@ import pytest
 
 from helpers import REPO, experiment, final_metrics, kdtemp_command, kdtemp_env, train_experiment, write_experiment
 
+from kdtemp import launch
 from kdtemp import runs as R
-from kdtemp.config import load_config
-from kdtemp.launch import work_units
+from kdtemp.config import config_to_dict, load_config
+from kdtemp.errors import ConfigError
+from kdtemp.events import SweepResult
+from kdtemp.launch import UnitJob, cuda_index, job_config_tree, threads_per_worker, work_units
+from kdtemp.plan import plan_runs
 
 GRID = {"student": {"hidden": [64], "epochs": 12}, "kd": {"temperatures": [1, 2, 4], "seeds": [0, 1]},
         "train": {"max_group_size": 4}, "launcher": {"slurm_cpus_per_job": 1, "slurm_time": 10}}
@@ -104,6 +108,66 @@ def test_status_lists_every_state(reference, tmp_path, run_cli):
     assert re.search(rf"{run_dirs[0].name}.*failed.*training loss became nan", result.stdout)
     assert re.search(rf"{run_dirs[1].name}.*interrupted.*resumes after epoch 11", result.stdout)
     assert re.search(rf"{run_dirs[3].name}.*running", result.stdout)
+
+
+# --- devices and threads of workers and jobs (no GPU, no Slurm needed) -----------------------------
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1"])
+def test_a_slurm_job_trains_on_the_configs_device(tiny_config, monkeypatch, device):
+    """The array task validates the sweep's config as given: its device is not replaced by 'auto'."""
+    config = load_config(tiny_config(device=device, launcher={"slurm_gpus_per_job": 1}))
+    seen = {}
+
+    def fake_sweep(job_config, force, only, worker):
+        seen["device"] = job_config.device
+        yield SweepResult(1, 0, 0, 1, 1, experiment_dir=Path("unused"))
+
+    monkeypatch.setattr(launch, "sweep", fake_sweep)
+    UnitJob(job_config_tree(config), ["run"], force=False)()
+    assert seen["device"] == device
+
+
+def test_cuda_without_gpus_per_job_is_refused_before_submitting(tiny_config, run_cli):
+    config = tiny_config(device="cuda")
+    result = run_cli("sweep", "--config", config, "--launcher", "slurm")
+    assert result.code == 2 and "Traceback" not in result.stderr
+    assert "error: device cuda needs a GPU in each Slurm job, but slurm_gpus_per_job is 0; pass --slurm-gpus-per-job 1" \
+        in result.stderr
+    with pytest.raises(ConfigError, match="cuda:1 needs a GPU"):
+        job_config_tree(load_config(tiny_config(device="cuda:1")))
+    assert job_config_tree(load_config(tiny_config(device="cpu"))) == config_to_dict(load_config(tiny_config(device="cpu")))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_configs_ask_slurm_for_a_gpu_and_plan_as_before(name):
+    path = REPO / "configs" / f"{name}.yaml"
+    config = load_config(path)
+    assert config.launcher.slurm_gpus_per_job == 1 and config.launcher.name == "local"
+    cuda = config.model_copy(update={"device": "cuda"})
+    assert job_config_tree(cuda)["device"] == "cuda"
+    # the launcher section is not part of any run's identity: the local plan is the one without it
+    without = config.model_copy(update={"launcher": type(config.launcher)()})
+    assert [r.run_id for r in plan_runs(config, "f" * 16)] == [r.run_id for r in plan_runs(without, "f" * 16)]
+
+
+@pytest.mark.parametrize("cpus, workers, expected", [(16, 4, 4), (16, 3, 5), (2, 3, 1), (8, 1, 8)])
+def test_workers_split_the_cores_gpu_workers_too(cpus, workers, expected):
+    assert threads_per_worker(cpus, workers) == expected == max(1, cpus // workers)
+
+
+def test_a_cuda_worker_makes_its_gpu_current(monkeypatch):
+    assert [cuda_index(d) for d in ("cuda:0", "cuda:3", "cuda", "cpu", "auto")] == [0, 3, None, None, None]
+    calls = []
+    monkeypatch.setattr(launch.torch.cuda, "set_device", calls.append)
+    threads = launch.torch.get_num_threads()
+    try:
+        launch._prepare_worker("cuda:3", 1)
+        assert calls == [3] and launch.torch.get_num_threads() == 1
+        launch._prepare_worker("cpu", 1)
+        assert calls == [3]
+    finally:
+        launch.torch.set_num_threads(threads)
 
 
 # --- a real Slurm ----------------------------------------------------------------------------------
