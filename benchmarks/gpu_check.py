@@ -62,7 +62,9 @@ from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig, load_config
 from kdtemp.data import SYSTEM_FASHION_MNIST_DIRS, Dataset, load_dataset
 from kdtemp.device import MEMORY_SHARE, member_bytes
-from kdtemp.engine import EpochDone, Member, NetworkTrainer, TeacherSignal, inference_module, predict_logits
+from kdtemp.engine import (
+    EpochDone, Member, NetworkTrainer, TeacherSignal, autocast, chunks, inference_module, predict_logits, to_memory_format,
+)
 from kdtemp.errors import ConfigError
 from kdtemp.events import SweepResult, TeacherResult
 from kdtemp.footprint import student_and_teacher
@@ -193,8 +195,7 @@ class Bench:
         return model.to(self.device).eval()
 
     def test_logits(self, teacher: nn.Module, config: ExperimentConfig) -> torch.Tensor:
-        settings = loop_settings(config, config.student, 0, self.device)
-        return predict_logits(teacher, self.data.test_x, config.data.eval_batch_size, self.device, settings.amp,
+        return predict_logits(teacher, self.data.test_x, config.data.eval_batch_size, self.device,
                               wants_channels_last(teacher, self.device))[None]
 
     def network_signal(self, teacher: nn.Module, config: ExperimentConfig, hooked: bool = False) -> TeacherSignal:
@@ -311,13 +312,21 @@ def check_teacher(bench: Bench) -> Outcome:
                    ms_per_step=1000 * wall / trainer.steps_per_epoch)
 
 
+def autocast_logits(teacher: nn.Module, inputs: torch.Tensor, batch: int, device: torch.device,
+                    channels_last: bool) -> torch.Tensor:
+    """The teacher's logits under bf16 autocast: what the cached pass computed before it ran in float32."""
+    with torch.no_grad(), autocast(device, True):
+        return torch.cat([teacher(to_memory_format(inputs[part].to(device), channels_last)).float()
+                          for part in chunks(len(inputs), batch)])
+
+
 def check_cached_pass(bench: Bench) -> Outcome:
     """The teacher-logit pass under AMP vs fp32, and whether the cache a sweep writes is float32."""
     config = bench.config("cached-pass")
     teacher, data, device = bench.teacher_model(), bench.data, bench.device
     batch = config.data.eval_batch_size
-    fp32 = predict_logits(teacher, data.train_x, batch, device, amp=False, channels_last=False)
-    amp = predict_logits(teacher, data.train_x, batch, device, amp=True, channels_last=wants_channels_last(teacher, device))
+    fp32 = predict_logits(teacher, data.train_x, batch, device, channels_last=False)
+    amp = autocast_logits(teacher, data.train_x, batch, device, wants_channels_last(teacher, device))
     loaded = LoadedTeacher(teacher, {}, "gpu-check", bench.teacher_file(), "teacher")
     cached, _ = returned(teacher_logits(loaded, data, config, device))
 

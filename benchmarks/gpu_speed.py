@@ -210,8 +210,7 @@ def train_group(config: ExperimentConfig, data: Dataset, signal: TeacherSignal, 
 
 def teacher_signal(config: ExperimentConfig, data: Dataset, teacher: nn.Module, device: torch.device) -> TeacherSignal:
     """The teacher on every batch (augmentation), and its test logits computed once (a sweep caches them)."""
-    amp = loop_settings(config, config.student, 0, device).amp
-    test = predict_logits(teacher, data.test_x, config.data.eval_batch_size, device, amp, wants_channels_last(teacher, device))
+    test = predict_logits(teacher, data.test_x, config.data.eval_batch_size, device, wants_channels_last(teacher, device))
     return TeacherSignal(test_logits=test[None], networks=(teacher,))
 
 

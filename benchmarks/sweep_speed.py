@@ -223,8 +223,8 @@ def main() -> None:
     add("(c) kdtemp, grouped", grid_runs, results["c"]["wall"], results["c"]["acc"])
     add("(c) kdtemp, grouped, 4 runs", first, results["c4"]["wall"], results["c4"]["acc"])
     print()
-    print(f"| way | runs | wall (s) | runs/min | mean test acc |")
-    print(f"|---|---:|---:|---:|---:|")
+    print("| way | runs | wall (s) | runs/min | mean test acc |")
+    print("|---|---:|---:|---:|---:|")
     for label, runs, wall, per_minute, acc in rows:
         print(f"| {label} | {runs} | {wall:.1f} | {per_minute:.1f} | {100 * acc:.2f}% |")
     print()

@@ -34,7 +34,7 @@ from kdtemp.losses import combine_terms, hint_loss, kd_terms, soft_target_log_pr
 from kdtemp.models import has_dropout, vmap_rounds_by_group
 from kdtemp.optim import build_optimizer, learning_rate, set_learning_rate
 from kdtemp.schedules import initial_theta, learned_temperature, reversal_weight, scale_gradient
-from kdtemp.stacking import stack_modules
+from kdtemp.stacking import each_member, stack_modules
 
 EPOCH_SUMS = ("loss", "ce", "kd", "penalty", "feature", "temperature", "effective")
 
@@ -103,44 +103,6 @@ class LearnableTemperatures:
         plain = learned_temperature(self.theta, self.t_min, self.t_range)
         penalty = torch.where(self.mask, self.penalty * (plain - self.t_target) ** 2, torch.zeros_like(plain))
         return torch.where(self.mask, learned, scheduled), penalty
-
-
-# --- member by member: vmap's stand-in for conv students on CPU ---------------------------------
-
-
-def _member_slice(stacked, k: int):
-    """Member k of a stacked tensor or of a dict of them: views, so in-place buffer updates reach the stack."""
-    if isinstance(stacked, dict):
-        return {name: tensor[k] for name, tensor in stacked.items()}
-    return stacked[k]
-
-
-def _group_size(stacked) -> int:
-    return len(next(iter(stacked.values())) if isinstance(stacked, dict) else stacked)
-
-
-def each_member(function: Callable, in_dims: tuple[int | None, ...]) -> Callable:
-    """`vmap(function, in_dims, randomness="same")` computed by one call per member, stacked.
-
-    vmap turns a conv with stacked weights into one grouped convolution whose rounding depends on the
-    group size (measured on CPU: 1e-7 in logits after one step, growing to percent-level test
-    accuracy after a few epochs); one call per member runs the ops the member runs alone, so a
-    member's numbers cannot depend on its group. Each call starts from the same RNG state, so every
-    member draws the dropout mask it would draw alone, as randomness="same" does. CPU RNG only.
-    """
-
-    def call(*args):
-        count = next(_group_size(a) for a, dim in zip(args, in_dims) if dim is not None)
-        rng = torch.get_rng_state()
-        outputs = []
-        for k in range(count):
-            torch.set_rng_state(rng)
-            outputs.append(function(*(a if dim is None else _member_slice(a, k) for a, dim in zip(args, in_dims))))
-        if isinstance(outputs[0], tuple):
-            return tuple(torch.stack(parts) for parts in zip(*outputs))
-        return torch.stack(outputs)
-
-    return call
 
 
 # --- the group ---------------------------------------------------------------------------------

@@ -216,8 +216,8 @@ def conv_setting(input_shape, train=4 * CONV_BATCH, test=64):
 
 def train_stacked(data, signal, spec, members, hint=None):
     settings = LoopSettings(spec, CONV_BATCH, 1000, 0, torch.device("cpu"))
-    group = StudentGroup(lambda: build_model(spec, data.input_shape, 10), members, data, signal, settings, hint)
-    return group, [event for event in group.run() if isinstance(event, EpochDone)]
+    with StudentGroup(lambda: build_model(spec, data.input_shape, 10), members, data, signal, settings, hint) as group:
+        return group, [event for event in group.run() if isinstance(event, EpochDone)]
 
 
 def conv_members(spec, data_len):
