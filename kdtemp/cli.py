@@ -118,7 +118,7 @@ def run_job(stream_factory) -> list:
 
 
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help=CONFIG_HELP, rich_help_panel=EXPERIMENT)]
-DatasetOption = Annotated[Optional[str], typer.Option(help="mnist1d, fashion-mnist, mnist, cifar10 or cifar100.", rich_help_panel=EXPERIMENT)]
+DatasetOption = Annotated[Optional[str], typer.Option(help="mnist1d, fashion-mnist, mnist, cifar10, cifar100, image-folder or tensors.", rich_help_panel=EXPERIMENT)]
 DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=EXPERIMENT)]
 RunsDirOption = Annotated[Optional[Path], typer.Option("--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT)]
 AmpOption = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 autocast for forward passes (default: on for CUDA).", rich_help_panel=EXPERIMENT)]

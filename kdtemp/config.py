@@ -57,9 +57,12 @@ def check_safe_name(value: str, what: str) -> str:
 
 
 class DataConfig(StrictModel):
-    dataset: Literal["mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100"] = "mnist1d"
+    dataset: Literal["mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "image-folder", "tensors"] = "mnist1d"
     root: Path = Path("data")
-    """Where generated, cached or downloaded datasets live."""
+    """Where generated, cached or downloaded datasets live; for image-folder the folder holding train/ and
+    val/, for tensors the .npz or .pt file."""
+    image_size: PositiveInt = 32
+    """image-folder only: every image is resized (shorter side) and center-cropped to this square size."""
     batch_size: PositiveInt = 128
     """Training batch size, unless teacher/student set their own."""
     eval_batch_size: PositiveInt = 1000
