@@ -10,6 +10,7 @@ from typing import Annotated, Iterable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -64,7 +65,8 @@ class Interrupt:
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    # escaped: "pip install 'kdtemp[tensorboard]'" is not rich markup
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -122,6 +124,9 @@ DatasetOption = Annotated[Optional[str], typer.Option(help="mnist1d, fashion-mni
 DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=EXPERIMENT)]
 RunsDirOption = Annotated[Optional[Path], typer.Option("--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT)]
 AmpOption = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 autocast for forward passes (default: on for CUDA).", rich_help_panel=EXPERIMENT)]
+TensorBoardOption = Annotated[Optional[bool], typer.Option(
+    "--tensorboard/--no-tensorboard", help="Also write each run's metrics and T for TensorBoard, under runs/<name>/tensorboard/.",
+    rich_help_panel=EXPERIMENT)]
 
 
 def common_overrides(dataset, device, runs_dir, amp) -> dict[str, tuple[object, str]]:
@@ -134,7 +139,7 @@ def common_overrides(dataset, device, runs_dir, amp) -> dict[str, tuple[object, 
 def train_teacher_command(
     config: ConfigOption = None, dataset: DatasetOption = None,
     epochs: Annotated[Optional[str], typer.Option(help="Teacher epochs (of every teacher of an ensemble).", rich_help_panel=EXPERIMENT)] = None,
-    device: DeviceOption = None, runs_dir: RunsDirOption = None, amp: AmpOption = None,
+    device: DeviceOption = None, runs_dir: RunsDirOption = None, amp: AmpOption = None, tensorboard: TensorBoardOption = None,
     force: bool = typer.Option(False, "--force", help="Retrain even if a finished teacher exists."),
 ):
     """Train, evaluate and checkpoint the teacher (or each teacher of an ensemble).
@@ -142,7 +147,8 @@ def train_teacher_command(
     [bold]Example:[/bold] kdtemp train-teacher --config configs/fashion-mnist.yaml
     """
     def stream(interrupt):
-        overrides = {**common_overrides(dataset, device, runs_dir, amp), "teacher.epochs": (epochs, "--epochs")}
+        overrides = {**common_overrides(dataset, device, runs_dir, amp), "teacher.epochs": (epochs, "--epochs"),
+                     "logging.tensorboard": (tensorboard, "--tensorboard")}
         return train_teacher(build_config(config, overrides), force=force, should_stop=interrupt)
 
     for result in run_job(stream):
@@ -164,7 +170,7 @@ def sweep_command(
     schedules: Optional[str] = typer.Option(None, "--schedules", help="Temperature schedules, e.g. constant,linear,exp.", rich_help_panel=GRID),
     dataset: DatasetOption = None,
     epochs: Annotated[Optional[str], typer.Option(help="Student epochs.", rich_help_panel=EXPERIMENT)] = None,
-    device: DeviceOption = None, runs_dir: RunsDirOption = None, amp: AmpOption = None,
+    device: DeviceOption = None, runs_dir: RunsDirOption = None, amp: AmpOption = None, tensorboard: TensorBoardOption = None,
     force: bool = typer.Option(False, "--force", help="Retrain every run, even completed ones."),
     launcher: Optional[str] = typer.Option(None, "--launcher", help="local (default) or slurm.", rich_help_panel=LAUNCH),
     workers: Optional[str] = typer.Option(None, "--workers", help="Local worker processes (CPU cores are split between them).", rich_help_panel=LAUNCH),
@@ -190,7 +196,7 @@ def sweep_command(
             "kd.seeds": (parse_number_list(seeds, "--seeds", int) if seeds is not None else None, "--seeds"),
             "kd.alpha": (alpha, "--alpha"),
             "kd.schedules": (_schedules_override(config, schedules), "--schedules"),
-            "student.epochs": (epochs, "--epochs"),
+            "student.epochs": (epochs, "--epochs"), "logging.tensorboard": (tensorboard, "--tensorboard"),
             "launcher.name": (launcher, "--launcher"), "launcher.workers": (workers, "--workers"),
             "launcher.devices": (parse_name_list(devices, "--devices") if devices is not None else None, "--devices"),
             "launcher.slurm_partition": (slurm_partition, "--slurm-partition"),

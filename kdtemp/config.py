@@ -347,6 +347,16 @@ class LauncherConfig(StrictModel):
         return value
 
 
+# --- experiment trackers ------------------------------------------------------------------------
+
+
+class LoggingConfig(StrictModel):
+    """Viewers a run's metrics are also sent to (kdtemp/loggers.py); metrics.csv is written either way."""
+
+    tensorboard: bool = False
+    """Scalars under runs/<name>/tensorboard/<run_id>/; needs the tensorboard extra (pip install 'kdtemp[tensorboard]')."""
+
+
 # --- the whole experiment ----------------------------------------------------------------------
 
 
@@ -363,6 +373,7 @@ class ExperimentConfig(StrictModel):
     kd: KDConfig = KDConfig()
     train: TrainConfig = TrainConfig()
     launcher: LauncherConfig = LauncherConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @field_validator("name")
     @classmethod
@@ -545,8 +556,8 @@ _UNION_LISTS = {"schedules", "teachers"}
 
 def _all_field_names() -> set[str]:
     names: set[str] = set()
-    classes = [ExperimentConfig, DataConfig, KDConfig, TrainConfig, LauncherConfig, FeatureLayers, MLPSpec, CNNSpec,
-               ResNetSpec, *SCHEDULE_CLASSES]
+    classes = [ExperimentConfig, DataConfig, KDConfig, TrainConfig, LauncherConfig, LoggingConfig, FeatureLayers, MLPSpec,
+               CNNSpec, ResNetSpec, *SCHEDULE_CLASSES]
     for cls in classes:
         names.update(cls.model_fields)
     return names

@@ -5,6 +5,7 @@
     runs/<name>/cache/              teacher logits, keyed by checkpoint + dataset + transform
     runs/<name>/locks/              one lock per run, so two sweeps never train the same run
     runs/<name>/report/             what `kdtemp report` writes
+    runs/<name>/tensorboard/<run>/  TensorBoard event files (logging.tensorboard), <run> = a run id or teacher
 
 Every whole-file write is atomic (temp file in the same directory, fsync, rename); metrics rows are
 appended whole and fsynced per epoch. A reader therefore sees a file either before or after a
@@ -95,6 +96,10 @@ class ExperimentLayout:
     def teacher_logits_cache(self, teacher_fingerprint: str, transform: str) -> Path:
         """Cached teacher logits: keyed by the checkpoint's content and the input transform."""
         return self.cache_dir / f"teacher-logits-{teacher_fingerprint}-{transform}.pt"
+
+    def tensorboard_dir(self, run: str) -> Path:
+        """TensorBoard events of one run: `run` is a student's run id, or teacher (teacher-<i> in an ensemble)."""
+        return self.root / "tensorboard" / run
 
     @property
     def report_dir(self) -> Path:

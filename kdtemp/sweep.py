@@ -24,6 +24,7 @@ from kdtemp.errors import CheckpointError
 from kdtemp.events import Note, Progress, SweepResult
 from kdtemp.footprint import student_and_teacher
 from kdtemp.hints import build_regressor, feature_shape, predict_features
+from kdtemp.loggers import RunLogger, check_loggers, run_loggers
 from kdtemp.models import build_model, has_dropout
 from kdtemp.plan import RunSpec, group_runs, learnable_schedule, plan_runs, uses_standardized_logits
 from kdtemp.prepare import StopCheck, data_on, environment_record, loop_settings, per_batch_teachers, split
@@ -111,6 +112,7 @@ def sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck 
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     device = set_up_device(config.device, config.train.deterministic)
     teacher_paths(config)
+    check_loggers(config)
     data = yield from split(data_on(device, config))
     teachers = load_teachers(config, data, device)
     hint = _hint(config, data, teachers)
@@ -319,20 +321,23 @@ def _train_members(state: _Sweep, members: list[tuple[RunSpec, dict | None]], la
     description = f"{label}: {len(runs)} runs at once (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
     yield Progress("runs", "runs", state.done, state.pending)
     yield Progress("epochs", description, group.completed_epochs, spec.epochs)
-    with group:  # its hint hooks on the shared teachers end with it
+    directories = [state.layout.tensorboard_dir(run.run_id) for run in runs]
+    # the group's hint hooks on the shared teachers end with it; the loggers flush however the block ends
+    with group, run_loggers(config, directories) as loggers:
         for event in group.run(state.should_stop):
             if isinstance(event, StepsDone):
                 yield Progress("batches", f"epoch {event.epoch + 1}", event.step, event.steps_per_epoch)
                 continue
-            _record_epoch(state, group, runs, event)
+            _record_epoch(state, group, runs, event, loggers)
             yield Progress("batches", f"epoch {event.epoch + 1}", spe, spe)
             yield Progress("epochs", description, event.epoch + 1, spec.epochs)
     state.done += len(runs)
     yield Progress("runs", "runs", state.done, state.pending)
 
 
-def _record_epoch(state: _Sweep, group: StudentGroup, runs: list[RunSpec], event: EpochDone) -> None:
-    """Append each member's row, then its checkpoint; at the last epoch its weights, then summary.json."""
+def _record_epoch(state: _Sweep, group: StudentGroup, runs: list[RunSpec], event: EpochDone,
+                  loggers: list[RunLogger]) -> None:
+    """Append each member's row (and log it), then its checkpoint; at the last epoch its weights, then summary.json."""
     epochs = state.student_spec.epochs
     for k, run in enumerate(runs):
         files = R.RunFiles(state.layout.run_dir(run.run_id))
@@ -345,9 +350,9 @@ def _record_epoch(state: _Sweep, group: StudentGroup, runs: list[RunSpec], event
         row = event.metrics[k]
         if row is None:
             continue
-        R.append_csv_row(files.metrics, {**run.columns(), **row, "t0": run.t0,
-                                         "temperature": None if run.is_baseline else row["temperature"]},
-                         R.STUDENT_COLUMNS)
+        line = {**run.columns(), **row, "t0": run.t0, "temperature": None if run.is_baseline else row["temperature"]}
+        R.append_csv_row(files.metrics, line, R.STUDENT_COLUMNS)
+        _log_epoch(loggers[k], line, group.members[k], event.epoch, epochs)
         member = group.member_state(k)
         if event.epoch + 1 < epochs:
             R.atomic_torch_save({"format": STUDENT_FORMAT, "run_id": run.run_id, "member": member}, files.checkpoint)
@@ -357,6 +362,18 @@ def _record_epoch(state: _Sweep, group: StudentGroup, runs: list[RunSpec], event
         R.atomic_write_json(files.summary, _summary(state, run, files, "completed", len(runs)))
         files.checkpoint.unlink(missing_ok=True)
         state.completed += 1
+
+
+def _log_epoch(logger: RunLogger, line: dict, member: Member, epoch: int, epochs: int) -> None:
+    """The row, and T at each step of the epoch from the run's temperature table.
+
+    A learnable (CTKD) temperature is trained on the device and reaches the host only as the epoch's
+    mean, the `temperature` scalar, so it has no per-step series; nor has the baseline, which does not distil.
+    """
+    logger.log_epoch(line, epoch)
+    if member.distills and member.learnable is None:
+        steps = len(member.temperatures) // epochs
+        logger.log_temperatures(member.temperatures[epoch * steps:(epoch + 1) * steps].tolist(), epoch * steps)
 
 
 def _summary(state: _Sweep, run: RunSpec, files: R.RunFiles, status: str, group_size: int, **extra) -> dict:

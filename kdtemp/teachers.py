@@ -27,6 +27,7 @@ from kdtemp.engine import EpochDone, NetworkTrainer, StepsDone, predict_logits
 from kdtemp.errors import CheckpointError
 from kdtemp.events import EnsembleResult, Note, Progress, TeacherResult
 from kdtemp.hints import predict_features
+from kdtemp.loggers import RunLogger, check_loggers, run_loggers
 from kdtemp.losses import soft_target_log_probs
 from kdtemp.models import build_model, count_parameters
 from kdtemp.prepare import StopCheck, config_flag, data_on, environment_record, loop_settings, split, wants_channels_last
@@ -51,6 +52,7 @@ def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: St
     """
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     device = set_up_device(config.device, config.train.deterministic)
+    check_loggers(config)
     specs = config.teacher_specs()
     count = len(specs)
     finished = {}
@@ -76,13 +78,14 @@ def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: St
             yield TeacherResult(directory / "model.pt", float(existing["test_acc"]), int(existing["parameters"]),
                                 int(existing["epochs"]), 0.0, already_trained=True, label=label)
         else:
-            yield (yield from _train_one(config, spec, directory, label, data, device, force, should_stop))
+            with run_loggers(config, [layout.tensorboard_dir(label)]) as (logger,):
+                yield (yield from _train_one(config, spec, directory, label, data, device, force, should_stop, logger))
     if count > 1:
         yield _record_ensemble(config, layout, data, device)
 
 
 def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label: str, data: Dataset,
-               device: torch.device, force: bool, should_stop: StopCheck):
+               device: torch.device, force: bool, should_stop: StopCheck, logger: RunLogger):
     torch.manual_seed(spec.seed)
     model = build_model(spec, data.input_shape, data.num_classes)
     trainer = NetworkTrainer(model, data, loop_settings(config, spec, spec.seed, device, model))
@@ -120,6 +123,7 @@ def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label
                 raise CheckpointError(f"{label} training diverged: {event.failures[0]}; lower its lr or set train.clip_grad_norm")
             last = event.metrics[0]
             R.append_csv_row(metrics_path, last, R.TEACHER_COLUMNS)
+            logger.log_epoch({column: last.get(column) for column in R.TEACHER_COLUMNS}, event.epoch)
             R.atomic_torch_save({"identity": identity, "trainer": trainer.state()}, checkpoint_path)
             yield Progress("batches", f"epoch {event.epoch + 1}", trainer.steps_per_epoch, trainer.steps_per_epoch)
             yield Progress("epochs", f"{description}  test acc {100 * last['test_acc']:.1f}%", event.epoch + 1, spec.epochs)
