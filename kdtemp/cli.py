@@ -339,10 +339,9 @@ def _experiment_names(settings: ExperimentConfig, names: Optional[str]) -> list[
 
 def rich_table(title: str, table) -> Table:
     """The accuracy-versus-temperature table (a report.TemperatureTable) for the terminal."""
-    from kdtemp.report import table_rows
+    from kdtemp.report import LEGEND, table_rows
 
-    grid = Table(title=f"{title}: {table.metric}{' (%)' if table.percent else ''}, mean ± sd (n seeds), last epoch",
-                 caption="bold = best temperature of the row; * = paired t-test vs baseline, p < 0.05")
+    grid = Table(title=f"{title}: {table.heading}", caption=LEGEND)
     grid.add_column("schedule", no_wrap=True)
     for t in table.temperatures:
         grid.add_column(f"T={t:g}", justify="right")

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdtemp import plots
+from kdtemp import plots, verdict
 from kdtemp import runs as R
-from kdtemp.report import Report, SettingReport, TemperatureTable, headline, problem_lines, table_rows
+from kdtemp.report import (
+    BASELINE_LABEL, LEGEND, METRICS, Report, SettingReport, TemperatureTable, cells_matching, problem_lines, table_rows,
+)
 
 FIGURES = {
     "accuracy_vs_temperature": "Test accuracy against the grid temperature",
@@ -19,8 +21,16 @@ FIGURES = {
     "temperature_schedules": "Temperature schedules as trained",
     "entropy_vs_temperature": "How soft the teacher's targets are",
 }
-CAPTION = ("last epoch, mean ± sd (n seeds); bold = best temperature of the row; "
-           "* = paired t-test against the no-KD baseline, p < 0.05")
+
+
+def caption(table: TemperatureTable) -> str:
+    """What the table's cells hold and what its marks mean."""
+    return f"{table.heading}; {LEGEND}"
+
+
+def report_stem(metric: str) -> str:
+    """report for test_acc, report-<metric> for the others: one metric's report never overwrites another's."""
+    return "report" if metric == "test_acc" else f"report-{metric}"
 
 
 def footer(report: SettingReport) -> str:
@@ -37,8 +47,33 @@ def footer(report: SettingReport) -> str:
               ((results.failed, "failed"), (results.unfinished, "unfinished"), (results.unreadable, "unreadable")) if items]
     parts.append(runs + (f" ({', '.join(extras)}; not averaged)" if extras else ""))
     line = "; ".join(parts)
-    best = headline(results, report.summary)
+    best = headline(report)
     return f"{line}\n{best}" if best else line
+
+
+def headline(section: SettingReport) -> str | None:
+    """The verdict: the best cell in words (with the share of the teacher's gap closed, at how much smaller
+    and faster), the cells it cannot be told from, whether they beat no-KD, where KD hurt; then, when the
+    top two tie, how many more seeds would separate them."""
+    tests, results, table = section.tests, section.results, section.table
+    if tests.empty:
+        return None
+    wording = verdict.Wording(table.percent, table.higher_better, len(set(tests["alpha"])) > 1, results.generations)
+    best = tests[tests["best"]].iloc[0]
+    text = f"best: {wording.name(best)}, {wording.value(best['mean'])}"
+    extras = []
+    gap = cells_matching(section.summary, best)["gap_closed"]
+    if table.metric == "test_acc" and len(gap) and not pd.isna(gap.iloc[0]):
+        extras.append(f"{100 * gap.iloc[0]:.0f}% of the teacher's accuracy gap over no-KD closed")
+    sizes = [f"{value:.1f}x {word}" for value, word in ((results.compression, "smaller"), (results.speedup, "faster"))
+             if not math.isnan(value)]
+    if sizes:
+        extras.append("at " + ", ".join(sizes))
+    text += f" ({', '.join(extras)})" if extras else ""
+    baseline = table.references.get(BASELINE_LABEL)
+    lines = ["; ".join([text, *verdict.clauses(tests, baseline.mean if baseline else math.nan, wording)])]
+    separation = verdict.separation_line(results.final, METRICS[table.metric][0], tests, wording)
+    return "\n".join(lines + ([separation] if separation else []))
 
 
 def footprint_rows(report: SettingReport) -> list[tuple[str, str, str, str]]:
@@ -90,7 +125,8 @@ def figure_caption(report: Report, key: str) -> str:
 def write_report(report: Report, out: Path | None = None) -> dict[str, Path]:
     """Every report file under runs/<name>/report/ (or `out`), each written atomically."""
     out = out or R.ExperimentLayout(report.results.root).report_dir
-    paths = {"summary": out / "summary.csv", "markdown": out / "report.md", "html": out / "report.html"}
+    stem = report_stem(report.table.metric)
+    paths = {"summary": out / "summary.csv", "markdown": out / f"{stem}.md", "html": out / f"{stem}.html"}
     R.atomic_write_text(paths["summary"], report.summary.to_csv(index=False))
     if report.entropy is not None:
         paths["entropy"] = out / "entropy.csv"
@@ -109,7 +145,8 @@ def table_markdown(table: TemperatureTable) -> str:
     header = ["schedule", *[f"T={t:g}" for t in table.temperatures]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, cells, _ in table_rows(table):
-        lines.append("| " + " | ".join([label, *(f"**{text}**" if best else text for text, best in cells)]) + " |")
+        texts = [text.replace("*", r"\*") for text, _ in cells]  # the marker, not emphasis
+        lines.append("| " + " | ".join([label, *(f"**{text}**" if best else text for text, (_, best) in zip(texts, cells))]) + " |")
     return "\n".join(lines)
 
 
@@ -123,7 +160,7 @@ def entropy_markdown(entropy: pd.DataFrame) -> str:
 
 def markdown(report: Report, figures: dict[str, Path]) -> str:
     results = report.results
-    lines = [f"# kdtemp report: {results.name}", "", f"Metric `{report.table.metric}`: {CAPTION}.", ""]
+    lines = [f"# kdtemp report: {results.name}", "", f"Metric `{report.table.metric}`: {caption(report.table)}.", ""]
     for section in report.settings:
         if section.label:
             lines += [f"## {section.label}", ""]
@@ -148,8 +185,9 @@ def markdown(report: Report, figures: dict[str, Path]) -> str:
 
 
 SUMMARY_SHOWN = ["setting", "schedule", "alpha", "t0", "generation", "n", "mean_test_acc", "std_test_acc", "ci95_test_acc",
-                 "mean_best_test_acc", "delta_vs_baseline", "p_value", "mean_agreement", "mean_kl_to_teacher", "mean_ece",
+                 "mean_best_test_acc", "delta_vs_baseline", "p_value", "holm_p_value", "p_vs_best", "p_vs_constant", "mean_agreement", "mean_kl_to_teacher", "mean_ece",
                  "gap_closed", "failed"]
+P_COLUMNS = ("p_value", "holm_p_value", "p_vs_best", "p_vs_constant")
 PERCENT_COLUMNS = {"mean_test_acc", "std_test_acc", "ci95_test_acc", "mean_best_test_acc", "delta_vs_baseline",
                    "mean_agreement", "mean_ece", "gap_closed"}
 
@@ -159,7 +197,7 @@ def _summary_text(column: str, value) -> str:
         return ""
     if column in PERCENT_COLUMNS:
         return f"{100 * value:.2f}%"
-    if column == "p_value":
+    if column in P_COLUMNS:
         return value if isinstance(value, str) else f"{value:.3g}"
     if column == "mean_kl_to_teacher":
         return f"{value:.3f}"
@@ -169,11 +207,13 @@ def _summary_text(column: str, value) -> str:
 
 
 def summary_shown(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary columns a report shows; a grid cell's missing p-value reads "n/a" (n < 2, or every
-    seed's difference to the baseline the same), the baseline's and teacher's stay blank."""
+    """The summary columns a report shows; a grid cell's missing p-value against no-KD reads "n/a" (n < 2,
+    or every seed's difference to the baseline the same), the baseline's and teacher's stay blank, as do
+    p_vs_best of the best cell and p_vs_constant where there is no constant cell to compare with."""
     shown = summary[[c for c in SUMMARY_SHOWN if c in summary]].astype(object)
-    grid = ~summary["schedule"].isin(["none", "teacher"]) & summary["p_value"].isna() & (summary["n"] > 0)
-    shown.loc[grid, "p_value"] = "n/a"
+    grid = ~summary["schedule"].isin(["none", "teacher"]) & (summary["n"] > 0)
+    for column in ("p_value", "holm_p_value"):
+        shown.loc[grid & summary[column].isna(), column] = "n/a"
     return shown
 
 
@@ -237,7 +277,7 @@ def image_html(path: Path, alt: str) -> str:
 def html_section(report: Report, figures: dict[str, Path]) -> str:
     results = report.results
     parts = [f"<h2>{_esc(results.name)}</h2>",
-             f'<p class="caption">Metric <code>{_esc(report.table.metric)}</code>: {_esc(CAPTION)}.</p>']
+             f'<p class="caption">Metric <code>{_esc(report.table.metric)}</code>: {_esc(caption(report.table))}.</p>']
     for index, section in enumerate(report.settings, start=1):
         suffix = f"-{index}" if len(report.settings) > 1 else ""
         parts += _setting_html(section, figures.get(f"accuracy_vs_temperature{suffix}"))
@@ -283,12 +323,14 @@ def html_page(title: str, sections: list[str]) -> str:
 
 def write_comparison(reports: list[Report], out: Path) -> dict[str, Path]:
     """One summary.csv with an `experiment` column, and report.md/html with every experiment in turn."""
-    paths = {"summary": out / "summary.csv", "markdown": out / "report.md", "html": out / "report.html"}
+    stem = report_stem(reports[0].table.metric)
+    paths = {"summary": out / "summary.csv", "markdown": out / f"{stem}.md", "html": out / f"{stem}.html"}
     frames = [r.summary.assign(experiment=r.results.name) for r in reports]
     combined = pd.concat(frames, ignore_index=True)
     combined = combined[["experiment", *[c for c in combined.columns if c != "experiment"]]]
     R.atomic_write_text(paths["summary"], combined.to_csv(index=False))
-    sections, markdown_parts = [], [f"# kdtemp comparison: {', '.join(r.results.name for r in reports)}", ""]
+    sections, markdown_parts = [], [f"# kdtemp comparison: {', '.join(r.results.name for r in reports)}", "",
+                                    f"Metric `{reports[0].table.metric}`: {caption(reports[0].table)}.", ""]
     for report in reports:
         figures = write_figures(report, out / report.results.name)
         sections.append(html_section(report, figures))

@@ -17,7 +17,7 @@ import torch
 
 from kdtemp import run_settings as S
 from kdtemp import runs as R
-from kdtemp import stats
+from kdtemp import stats, verdict
 from kdtemp.errors import KDTempError, RunsError
 from kdtemp.metrics import soft_target_statistics
 
@@ -34,8 +34,8 @@ NUMERIC_COLUMNS = ["t0", "alpha", "seed", "epoch", "test_acc", "test_loss"]
 ENTROPY_LADDER = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 SUMMARY_COLUMNS = [
     "schedule", "alpha", "t0", "generation", "n", "mean_test_acc", "std_test_acc", "ci95_test_acc",
-    "mean_best_test_acc", "delta_vs_baseline", "p_value", "mean_test_loss", "mean_agreement", "mean_kl_to_teacher",
-    "mean_ece", "gap_closed", "compression", "speedup", "failed",
+    "mean_best_test_acc", "delta_vs_baseline", "p_value", "holm_p_value", "p_vs_best", "p_vs_constant", "mean_test_loss",
+    "mean_agreement", "mean_kl_to_teacher", "mean_ece", "gap_closed", "compression", "speedup", "failed",
 ]
 SIZE_FIELDS = ("student_params", "teacher_params", "student_size_bytes", "teacher_size_bytes", "student_latency_ms",
                "teacher_latency_ms", "student_flops", "teacher_flops", "latency_batch_size")
@@ -234,17 +234,22 @@ def cached_teacher_logits(results: ExperimentResults):
 
 
 def summarize(results: ExperimentResults) -> pd.DataFrame:
-    """One row per schedule x alpha x t0 x generation, the baseline row(s), and the teacher row."""
+    """One row per schedule x alpha x t0 x generation, the baseline row(s), and the teacher row.
+
+    The tests are on test_acc, the headline metric, whatever `--metric` the table shows: p_value against
+    no-KD and its Holm adjustment over the setting's cells, p_vs_best and p_vs_constant (kdtemp.verdict)."""
     rows = []
     final = results.final
     baseline = final[final["schedule"] == "none"] if not final.empty else pd.DataFrame()
+    tests = {verdict.cell_key(*row[verdict.GRID_KEYS]): row for _, row in verdict.cell_tests(final, "test_acc", True).iterrows()}
     seen = set()
     if not final.empty:
-        keys = ["schedule", "alpha", "t0", "generation"]
-        for (schedule, alpha, t0, generation), cell in final.groupby(keys, dropna=False, sort=False):
-            key = (schedule, float(alpha), None if pd.isna(t0) else float(t0), int(generation))
+        for key, cell in final.groupby(verdict.GRID_KEYS, dropna=False, sort=False):
+            key = verdict.cell_key(*key)
             seen.add(key)
             rows.append(_summary_row(key, cell, baseline, results))
+            if key in tests:
+                rows[-1].update({c: tests[key][c] for c in ("holm_p_value", "p_vs_best", "p_vs_constant")})
     for (schedule, alpha, t0, generation), count in results.cells_failed.items():
         if (schedule, alpha, t0, generation) not in seen:
             rows.append({"schedule": schedule, "alpha": alpha, "t0": t0, "generation": generation, "n": 0, "failed": count})
@@ -300,29 +305,18 @@ def _mean_of(cell: pd.DataFrame, column: str) -> float:
     return stats.mean(values) if values else math.nan
 
 
-def headline(results: ExperimentResults, summary: pd.DataFrame) -> str | None:
-    """The best cell in words: accuracy, share of the teacher's gap closed, at how much smaller and faster."""
-    grid = summary[~summary["schedule"].isin(["none", "teacher"]) & (summary["n"] > 0)]
-    if grid.empty:
-        return None
-    best = grid.loc[grid["mean_test_acc"].idxmax()]
-    where = f"{best['schedule']}" + (f" T={best['t0']:g}" if not pd.isna(best["t0"]) else "")
-    if results.generations:
-        where += f" gen {int(best['generation'])}"
-    text = f"best: {where}, {100 * best['mean_test_acc']:.1f}%"
-    if not pd.isna(best["gap_closed"]):
-        text += f", {100 * best['gap_closed']:.0f}% of the teacher's accuracy gap over no-KD closed"
-    parts = []
-    if not math.isnan(results.compression):
-        parts.append(f"{results.compression:.1f}x smaller")
-    if not math.isnan(results.speedup):
-        parts.append(f"{results.speedup:.1f}x faster")
-    if parts:
-        text += " at " + ", ".join(parts)
-    return text
+def cells_matching(frame: pd.DataFrame, cell) -> pd.DataFrame:
+    """The rows of `frame` of one grid cell (schedule, alpha, t0, generation); a missing t0 matches a missing t0."""
+    t0 = frame["t0"].isna() if pd.isna(cell["t0"]) else frame["t0"] == cell["t0"]
+    return frame[(frame["schedule"] == cell["schedule"]) & (frame["alpha"] == cell["alpha"]) & t0
+                 & (frame["generation"] == cell["generation"])]
 
 
 # --- the accuracy-versus-temperature table ---------------------------------------------------
+
+
+MARKERS = {"better": "*", "worse": "†"}
+BASELINE_LABEL = "baseline (no KD)"
 
 
 @dataclass
@@ -331,7 +325,10 @@ class Cell:
     std: float
     n: int
     p_value: float = math.nan
+    """Against no-KD, paired over seeds and Holm-adjusted over the table."""
     best: bool = False
+    marker: str = ""
+    """MARKERS' `*` (better than no-KD) or `†` (worse), at adjusted p < 0.05."""
 
 
 @dataclass
@@ -344,15 +341,33 @@ class TemperatureTable:
     rows: dict[str, dict[float, Cell]]
     references: dict[str, Cell]
     """Baseline and teacher, shown beside the grid."""
+    higher_better: bool = True
+
+    @property
+    def heading(self) -> str:
+        """What a cell holds: `test_acc (%), mean ± sd (n seeds), last epoch`."""
+        epoch = "each run's best epoch" if self.metric == "best_test_acc" else "last epoch"
+        return f"{self.metric}{' (%)' if self.percent else ''}, mean ± sd (n seeds), {epoch}"
 
 
-def temperature_table(results: ExperimentResults, summary: pd.DataFrame, metric: str = "test_acc") -> TemperatureTable:
+LEGEND = ("bold = best temperature of the row; * / † = better / worse than the no-KD baseline: paired t-test over "
+          "seeds, Holm-adjusted p < 0.05 over the table's cells")
+
+
+def check_metric(metric: str) -> None:
     if metric not in METRICS:
         raise RunsError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+
+
+def temperature_table(results: ExperimentResults, metric: str = "test_acc",
+                      tests: pd.DataFrame | None = None) -> TemperatureTable:
+    """`metric`'s table; `tests` (verdict.cell_tests on that metric) marks cells better or worse than no-KD."""
+    check_metric(metric)
     column, percent, higher_better = METRICS[metric]
     final = results.final
     if final.empty or column not in final:
-        return TemperatureTable(metric, percent, [], {}, _references(results, column))
+        return TemperatureTable(metric, percent, [], {}, _references(results, column), higher_better)
+    tests = verdict.cell_tests(final, column, higher_better) if tests is None else tests
     grid = final[final["schedule"] != "none"]
     temperatures = sorted(float(t) for t in grid["t0"].dropna().unique())
     alphas = sorted(grid["alpha"].unique())
@@ -361,18 +376,22 @@ def temperature_table(results: ExperimentResults, summary: pd.DataFrame, metric:
         label = schedule if len(alphas) == 1 else f"{schedule} (alpha {alpha:g})"
         if results.generations:
             label += f", gen {generation}"
-        cells = {}
-        for t0, cell in part.groupby("t0"):
-            values = cell[column].dropna().tolist()
-            match = summary[(summary["schedule"] == schedule) & (summary["alpha"] == alpha) & (summary["t0"] == t0)
-                            & (summary["generation"] == generation)]
-            p_value = float(match["p_value"].iloc[0]) if len(match) and metric == "test_acc" else math.nan
-            cells[float(t0)] = Cell(stats.mean(values), stats.std(values), len(values), p_value)
+        cells = {float(t0): _table_cell(cell, column, tests, higher_better) for t0, cell in part.groupby("t0")}
         pick = max if higher_better else min
         best_t = pick(cells, key=lambda t: cells[t].mean)
         cells[best_t].best = True
         rows[label] = cells
-    return TemperatureTable(metric, percent, temperatures, rows, _references(results, column))
+    return TemperatureTable(metric, percent, temperatures, rows, _references(results, column), higher_better)
+
+
+def _table_cell(cell: pd.DataFrame, column: str, tests: pd.DataFrame, higher_better: bool) -> Cell:
+    values = cell[column].dropna().tolist()
+    result = Cell(stats.mean(values), stats.std(values), len(values))
+    match = cells_matching(tests, cell.iloc[0])
+    if len(match):
+        result.p_value = float(match["holm_p_value"].iloc[0])
+        result.marker = MARKERS.get(verdict.significant(match.iloc[0], higher_better), "")
+    return result
 
 
 def _references(results: ExperimentResults, column: str) -> dict[str, Cell]:
@@ -381,7 +400,7 @@ def _references(results: ExperimentResults, column: str) -> dict[str, Cell]:
     if not final.empty and column in final:
         base = final[final["schedule"] == "none"][column].dropna().tolist()
         if base:
-            references["baseline (no KD)"] = Cell(stats.mean(base), stats.std(base), len(base))
+            references[BASELINE_LABEL] = Cell(stats.mean(base), stats.std(base), len(base))
     if results.teacher and column == "test_acc" and results.teacher.get("test_acc") is not None:
         label = "teacher" if len(results.teacher["fingerprints"]) == 1 else f"teacher ensemble ({results.teacher.get('ensemble')})"
         references[label] = Cell(float(results.teacher["test_acc"]), math.nan, 1)
@@ -395,9 +414,7 @@ def format_cell(cell: Cell, percent: bool) -> str:
     if not math.isnan(cell.std):
         text += f" ± {cell.std * scale:.{digits}f}"
     text += f" ({cell.n})"
-    if not math.isnan(cell.p_value) and cell.p_value < 0.05:
-        text += " *"
-    return text
+    return f"{text} {cell.marker}" if cell.marker else text
 
 
 def table_rows(table: TemperatureTable) -> list[tuple[str, list[tuple[str, bool]], bool]]:
@@ -437,6 +454,8 @@ class SettingReport:
     results: ExperimentResults
     summary: pd.DataFrame
     table: TemperatureTable
+    tests: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=verdict.TEST_COLUMNS))
+    """verdict.cell_tests on the table's metric: what the markers and the verdict (render.headline) say."""
 
 
 @dataclass
@@ -466,11 +485,14 @@ class Report:
 
 
 def build_report(root: Path, metric: str = "test_acc") -> Report:
+    check_metric(metric)
     results = load_results(root)
     settings = []
     for label, part in S.split_by_setting(results):
         summary = summarize(part)
-        settings.append(SettingReport(label, part, summary, temperature_table(part, summary, metric)))
+        column, _, higher_better = METRICS[metric]
+        tests = verdict.cell_tests(part.final, column, higher_better)
+        settings.append(SettingReport(label, part, summary, temperature_table(part, metric, tests), tests))
     logits, split = cached_teacher_logits(results)
     entropy = None
     if logits is not None:
