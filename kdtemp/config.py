@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
@@ -21,6 +21,8 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Discriminator,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -35,6 +37,7 @@ RESNET_ARCHS = (
 )
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+CUSTOM_ARCH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class StrictModel(BaseModel):
@@ -93,6 +96,9 @@ class TrainingSettings(StrictModel):
     lr_gamma: PositiveFloat = 0.1
     seed: NonNegativeInt = 0
     """Teacher only: students take their seeds from kd.seeds."""
+    checkpoint: Path | None = None
+    """Teacher only: a trained teacher's weights (kdtemp model.pt, state dict, TorchScript or torch.export
+    file) for this arch; train-teacher then only evaluates and records it."""
 
 
 class MLPSpec(TrainingSettings):
@@ -117,7 +123,48 @@ class ResNetSpec(TrainingSettings):
     arch: Literal[RESNET_ARCHS]  # type: ignore[valid-type]
 
 
-ModelSpec = Annotated[Union[MLPSpec, CNNSpec, ResNetSpec], Field(discriminator="arch")]
+class CustomSpec(TrainingSettings):
+    """A user's own network: `torchvision:NAME` (any torchvision.models builder) or `module:callable`
+    importable from the working directory or PYTHONPATH, called with `kwargs` (plus num_classes and
+    input_shape when it takes them)."""
+
+    arch: str
+    kwargs: dict[str, Any] = {}
+    weights: str | None = None
+    """torchvision only: a weights name passed through to torchvision.models.get_model (it may download)."""
+
+    @field_validator("arch")
+    @classmethod
+    def _module_and_callable(cls, value):
+        if not CUSTOM_ARCH.match(value):
+            raise ValueError("a custom arch is torchvision:NAME or module:callable (a dotted module, one callable name)")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_for_torchvision(self):
+        if self.weights is not None and not self.arch.startswith("torchvision:"):
+            raise ValueError(f"weights names torchvision weights; {self.arch} is not a torchvision: arch, remove weights")
+        return self
+
+
+BUILT_IN_SPECS = (MLPSpec, CNNSpec, ResNetSpec)
+ARCH_SPEC = {arch: cls.__name__ for cls in BUILT_IN_SPECS for arch in get_args(cls.model_fields["arch"].annotation)}
+"""Built-in arch name -> the name of its spec class (the union's tag)."""
+BUILT_IN_ARCHS = tuple(ARCH_SPEC)
+
+
+def _spec_tag(value: Any) -> str | None:
+    """The spec class an arch belongs to: `a:b` is a user's own model; an unknown plain name matches none."""
+    arch = value.get("arch") if isinstance(value, dict) else getattr(value, "arch", None)
+    if isinstance(arch, str) and ":" in arch:
+        return CustomSpec.__name__
+    return ARCH_SPEC.get(arch, arch) if isinstance(arch, str) else None
+
+
+ModelSpec = Annotated[
+    Union[tuple(Annotated[cls, Tag(cls.__name__)] for cls in (*BUILT_IN_SPECS, CustomSpec))],  # type: ignore[valid-type]
+    Discriminator(_spec_tag, custom_error_type="unknown_arch", custom_error_message="unknown arch"),
+]
 
 
 def architecture_of(spec: ModelSpec) -> dict:
@@ -125,7 +172,7 @@ def architecture_of(spec: ModelSpec) -> dict:
     return spec.model_dump(mode="json", exclude=set(TrainingSettings.model_fields))
 
 
-IDENTITY_DEFAULTS_LEFT_OUT = {"nesterov": True}
+IDENTITY_DEFAULTS_LEFT_OUT = {"nesterov": True, "checkpoint": None}
 """Training keys added after run ids were first hashed, with the default they are left out at."""
 
 
@@ -287,7 +334,7 @@ class KDConfig(StrictModel):
     feature_weight: NonNegativeFloat = 0.0
     """Weight of the FitNets hint term MSE(regressor(student feature), teacher feature); 0 = off."""
     feature_layers: FeatureLayers | None = None
-    """Layers the hint matches; default: the penultimate features (the input of `classifier`)."""
+    """Layers the hint matches; default: the penultimate features (the input of `classifier`, else of the last nn.Linear)."""
     generations: PositiveInt = 1
     """Born-again generations: generation k+1 is distilled from generation k's student."""
 
@@ -417,6 +464,8 @@ class ExperimentConfig(StrictModel):
         value = _with_default_arch(value, "mlp")
         if isinstance(value, dict) and "seed" in value:
             raise ValueError("students take their seeds from kd.seeds; remove student.seed")
+        if isinstance(value, dict) and value.get("checkpoint") is not None:
+            raise ValueError("the sweep trains the students; remove student.checkpoint (a trained teacher goes in teacher.checkpoint)")
         return value
 
     @property
@@ -538,7 +587,7 @@ def config_to_dict(config: ExperimentConfig) -> dict:
     Students take their seeds from kd.seeds, so student.seed is left out; an ensemble's teachers
     are written with their effective seeds.
     """
-    tree = config.model_dump(mode="json", exclude={"student": {"seed"}})
+    tree = config.model_dump(mode="json", exclude={"student": {"seed", "checkpoint"}})
     if config.teachers is None:
         del tree["teachers"]
     else:
@@ -549,7 +598,7 @@ def config_to_dict(config: ExperimentConfig) -> dict:
 
 # --- turning pydantic errors into one actionable line -------------------------------------------
 
-_UNION_TAGS = set(SCHEDULE_NAMES) | {"mlp", "cnn", *RESNET_ARCHS}
+_UNION_TAGS = set(SCHEDULE_NAMES) | {cls.__name__ for cls in (*BUILT_IN_SPECS, CustomSpec)}
 _UNION_FIELDS = {"teacher", "student"}
 _UNION_LISTS = {"schedules", "teachers"}
 
@@ -557,7 +606,7 @@ _UNION_LISTS = {"schedules", "teachers"}
 def _all_field_names() -> set[str]:
     names: set[str] = set()
     classes = [ExperimentConfig, DataConfig, KDConfig, TrainConfig, LauncherConfig, LoggingConfig, FeatureLayers, MLPSpec,
-               CNNSpec, ResNetSpec, *SCHEDULE_CLASSES]
+               CNNSpec, ResNetSpec, CustomSpec, *SCHEDULE_CLASSES]
     for cls in classes:
         names.update(cls.model_fields)
     return names
@@ -592,6 +641,11 @@ def describe_validation_error(exc: ValidationError, source: str, options: dict[s
     elif kind == "union_tag_invalid":
         ctx = first.get("ctx", {})
         message = f"{where}: unknown {ctx.get('discriminator', 'name').strip(chr(39))} {ctx.get('tag')!r}; choose one of {ctx.get('expected_tags')}"
+    elif kind == "unknown_arch":
+        got = first.get("input")
+        arch = got.get("arch") if isinstance(got, dict) else got
+        message = (f"{where}: unknown arch {arch!r}; choose one of {', '.join(BUILT_IN_ARCHS)}, "
+                   "torchvision:NAME or module:callable")
     elif kind == "missing":
         message = f"{where}: required key is missing"
     else:

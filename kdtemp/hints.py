@@ -2,7 +2,8 @@
 regressor that maps the student's feature onto the teacher's.
 
 Features are captured with forward hooks, so no model is edited. The default feature is the
-penultimate one: the input of every kdtemp model's final `classifier` layer.
+penultimate one: the input of every kdtemp model's final `classifier` layer, or of the last
+nn.Linear of a torchvision or user's network.
 """
 
 from __future__ import annotations
@@ -16,14 +17,27 @@ from kdtemp.errors import ConfigError
 
 
 def feature_module(model: nn.Module, layer: str | None, role: str) -> tuple[nn.Module, bool]:
-    """(module, capture its input?): `classifier`'s input for the default, else the named module's output."""
+    """(module, capture its input?): the final linear layer's input for the default, else the named module's output."""
     if layer is None:
-        return model.classifier, True
+        return final_linear(model, role), True
     modules = dict(model.named_modules())
     if layer not in modules or not layer:
         names = ", ".join(name for name in modules if name)
         raise ConfigError(f"kd.feature_layers.{role}: no layer named {layer!r}; the {role} has: {names}")
     return modules[layer], False
+
+
+def final_linear(model: nn.Module, role: str) -> nn.Linear:
+    """The layer whose input is the penultimate feature: `classifier` when it is linear (every kdtemp
+    model), else the last nn.Linear registered (torchvision's `fc`, a user's head)."""
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, nn.Linear):
+        return classifier
+    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"the {role} has no nn.Linear layer whose input would be its penultimate feature; "
+                          f"name the hint layer in kd.feature_layers.{role}")
+    return linears[-1]
 
 
 class FeatureCapture:

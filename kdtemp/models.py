@@ -1,7 +1,8 @@
 """Model registry: arch name -> nn.Module builder, shaped by the dataset's inputs and classes.
 
-Every model ends in a linear layer named `classifier`, so the penultimate features (its input) can
-be captured with a hook for hint distillation without editing the model.
+Every built-in model ends in a linear layer named `classifier`, so the penultimate features (its
+input) can be captured with a hook for hint distillation without editing the model. Users' own
+networks (`torchvision:NAME`, `module:callable`) are built by kdtemp.custom_models.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kdtemp.config import RESNET_ARCHS, CNNSpec, MLPSpec, ModelSpec, ResNetSpec
+from kdtemp.config import RESNET_ARCHS, CNNSpec, CustomSpec, MLPSpec, ModelSpec, ResNetSpec
+from kdtemp.custom_models import build_custom
 from kdtemp.errors import ConfigError
 
 Builder = Callable[[ModelSpec, tuple[int, ...], int], nn.Module]
@@ -33,6 +35,8 @@ def model_names() -> list[str]:
 
 def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build `spec.arch` for inputs of `input_shape` (without the batch dimension)."""
+    if isinstance(spec, CustomSpec):
+        return build_custom(spec, tuple(input_shape), num_classes)
     try:
         builder = _BUILDERS[spec.arch]
     except KeyError:

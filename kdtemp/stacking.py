@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.func import stack_module_state
+from torch.func import functional_call, stack_module_state, vmap
 
 
 def stack_modules(modules: list[nn.Module], device: torch.device) -> tuple[nn.Module, dict, dict]:
@@ -74,3 +74,24 @@ def each_member(function: Callable, in_dims: tuple[int | None, ...]) -> Callable
         return torch.stack(outputs)
 
     return call
+
+
+def vmap_failure(modules: list[nn.Module], example: torch.Tensor) -> str | None:
+    """Why `vmap` cannot run these modules stacked, or None when it can: one dry forward and backward.
+
+    vmap refuses data-dependent control flow (`if x.sum() > 0:`), `.item()` and some in-place updates;
+    such students still train, one member at a time (`each_member`). The probe runs on copies, in
+    forked RNG state, so it changes nothing a run will see.
+    """
+    template, params, buffers = stack_modules([copy.deepcopy(m) for m in modules], example.device)
+    cuda = [example.device] if example.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            # each member its own batch, as students of several seeds run: then every activation is batched
+            forward = vmap(lambda p, b, x: functional_call(template, (p, b), (x,)), in_dims=(0, 0, 0),
+                           randomness="same")
+            forward(params, buffers, example.expand(len(modules), *example.shape)).float().sum().backward()
+        except Exception as exc:  # vmap raises several kinds; any of them means: do not stack
+            text = str(exc).strip()
+            return text.splitlines()[0][:160] if text else type(exc).__name__
+    return None

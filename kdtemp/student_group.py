@@ -116,7 +116,7 @@ class StudentGroup:
     """
 
     def __init__(self, build_student: Callable[[], nn.Module], members: Sequence[Member], data: Dataset,
-                 teacher: TeacherSignal, settings: LoopSettings, hint: Hint | None = None):
+                 teacher: TeacherSignal, settings: LoopSettings, hint: Hint | None = None, stackable: bool = True):
         self.members = list(members)
         self.data, self.teacher, self.settings, self.hint = data, teacher, settings, hint
         device = settings.device
@@ -162,7 +162,8 @@ class StudentGroup:
         # Without logit-std members the flag stays a Python False, so no member pays for z-scoring.
         self._standardize_arg = self.standardize if self.any_standardize else False
         # randomness="same": members draw one dropout mask, the one each would draw alone (they share a seed)
-        self.member_by_member = device.type == "cpu" and vmap_rounds_by_group(modules[0])
+        # students vmap cannot run (stacking.vmap_failure) train member by member, with the same results
+        self.member_by_member = not stackable or (device.type == "cpu" and vmap_rounds_by_group(modules[0]))
         stack = each_member if self.member_by_member else partial(vmap, randomness="same")
         self._forward_shared = stack(self._member_forward, in_dims=(0, 0, None))
         self._forward_own_batches = stack(self._member_forward, in_dims=(0, 0, 0))

@@ -29,6 +29,7 @@ from kdtemp.models import build_model, has_dropout
 from kdtemp.plan import RunSpec, group_runs, learnable_schedule, plan_runs, uses_standardized_logits
 from kdtemp.prepare import StopCheck, data_on, environment_record, loop_settings, per_batch_teachers, split
 from kdtemp.schedules import LOW_TEMPERATURE, lowest_temperature, temperature_table
+from kdtemp.stacking import vmap_failure
 from kdtemp.student_group import Hint, StudentGroup
 from kdtemp.teachers import (
     LoadedTeacher, all_teacher_logits, ensemble_weights, load_teachers, teacher_features, teacher_paths,
@@ -99,6 +100,8 @@ class _Sweep:
     done: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
+    stackable: bool = True
+    """False when vmap cannot run the student: its groups then train member by member."""
 
     @property
     def student_spec(self):
@@ -115,6 +118,8 @@ def sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck 
     check_loggers(config)
     data = yield from split(data_on(device, config))
     teachers = load_teachers(config, data, device)
+    # built before anything is written, so a student that does not fit the data is refused first
+    student = build_model(config.student, data.input_shape, data.num_classes).to(device)
     hint = _hint(config, data, teachers)
     runs, notes = plan_sweep(config, data, teachers_fingerprint([t.fingerprint for t in teachers], config))
     yield from notes
@@ -128,9 +133,10 @@ def sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck 
         return
     R.check_writable(layout.root)
     signal = yield from _teacher_signal(config, data, device, teachers, hint)
-    student = build_model(config.student, data.input_shape, data.num_classes).to(device)
+    stackable = yield from _stackable(config, data, device)
     sizes = student_and_teacher(student, [t.model for t in teachers], data.train_x[:config.student_batch_size()], device)
-    state = _Sweep(config, layout, data, device, teachers, signal, hint, sizes, force, should_stop, worker, len(pending))
+    state = _Sweep(config, layout, data, device, teachers, signal, hint, sizes, force, should_stop, worker, len(pending),
+                   stackable=stackable)
     limit = _group_limit(config, data, device)
     across_seeds = signal.train_logits is not None and not has_dropout(student)
     for generation in sorted({run.generation for run in pending}):
@@ -174,6 +180,16 @@ def _teacher_signal(config: ExperimentConfig, data: Dataset, device: torch.devic
     return TeacherSignal(test_logits=test, train_logits=train, train_features=features, networks=networks,
                          ensemble=config.kd.ensemble, weights=ensemble_weights(config, device), feature_layer=teacher_layer,
                          channels_last=channels_last)
+
+
+def _stackable(config: ExperimentConfig, data: Dataset, device: torch.device):
+    """Whether vmap can run the student stacked; a note when it cannot (its runs then train one at a time)."""
+    pair = [build_model(config.student, data.input_shape, data.num_classes) for _ in range(2)]
+    reason = vmap_failure(pair, data.train_x[:2].to(device))
+    if reason is not None:
+        yield Note(f"{config.student.arch} cannot be stacked with vmap ({reason}); its runs train one member at a "
+                   "time, with the same results and files, more slowly")
+    return reason is None
 
 
 def _group_limit(config: ExperimentConfig, data: Dataset, device: torch.device) -> int:
@@ -315,7 +331,8 @@ def _train_members(state: _Sweep, members: list[tuple[RunSpec, dict | None]], la
     signal = state.signal if generation == 1 else _parent_signal(state, runs)
     group = StudentGroup(lambda: build_model(spec, data.input_shape, data.num_classes),
                          [member_for(run, spec.epochs, spe) for run in runs], data, signal,
-                         loop_settings(config, spec, seeds[0], state.device), _generation_hint(state, generation))
+                         loop_settings(config, spec, seeds[0], state.device), _generation_hint(state, generation),
+                         stackable=state.stackable)
     if members[0][1] is not None:
         group.load_member_states([resume["member"] for _, resume in members])
     description = f"{label}: {len(runs)} runs at once (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"

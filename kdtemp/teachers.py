@@ -1,7 +1,7 @@
 """The teacher: training it (or an ensemble of them), loading it safely, and its soft targets.
 
 `train_teacher` is the `kdtemp train-teacher` job. A finished teacher is kept, an interrupted one
-resumes; a checkpoint made for other data or another network is refused with a message saying which.
+resumes, one given as `teacher.checkpoint` is only evaluated and recorded (kdtemp.teacher_import); a checkpoint made for other data or another network is refused with a message saying which.
 The teacher's logits on the training set are computed once and cached, keyed by the checkpoint's
 content, the dataset and the input transform, so every sweep after the first reuses them.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from filelock import FileLock
 from torch import nn
 
@@ -31,6 +32,7 @@ from kdtemp.loggers import RunLogger, check_loggers, run_loggers
 from kdtemp.losses import soft_target_log_probs
 from kdtemp.models import build_model, count_parameters
 from kdtemp.prepare import StopCheck, config_flag, data_on, environment_record, loop_settings, split, wants_channels_last
+from kdtemp.teacher_import import ImportedTeacher, check_same_logits, import_teacher, sha256_of
 
 TEACHER_FORMAT = "kdtemp-teacher/1"
 LOGITS_FORMAT = "kdtemp-teacher-logits/2"
@@ -65,11 +67,14 @@ def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: St
                     f"{path} holds a {existing.get('architecture', {}).get('arch')} teacher for {existing.get('dataset')}, "
                     f"but the config asks for {spec.arch} on {config.data.dataset}; pass --force to replace it "
                     "(its students will be retrained), or use another experiment name")
+            check_source_unchanged(existing, spec, path)
             finished[index] = existing
     data = None
+    imported: dict[int, ImportedTeacher] = {}
     if len(finished) < count or count > 1:
-        R.check_writable(config.runs_dir)
         data = yield from split(data_on(device, config))
+        imported = _check_networks(config, specs, finished, data)
+        R.check_writable(config.runs_dir)
     for index, spec in enumerate(specs):
         label = teacher_label(index, count)
         directory = layout.teacher_dir_of(index, count)
@@ -77,11 +82,74 @@ def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: St
             existing = finished[index]
             yield TeacherResult(directory / "model.pt", float(existing["test_acc"]), int(existing["parameters"]),
                                 int(existing["epochs"]), 0.0, already_trained=True, label=label)
+        elif index in imported:
+            yield _record_imported(config, spec, imported[index], directory, label, data, device)
         else:
             with run_loggers(config, [layout.tensorboard_dir(label)]) as (logger,):
                 yield (yield from _train_one(config, spec, directory, label, data, device, force, should_stop, logger))
     if count > 1:
         yield _record_ensemble(config, layout, data, device)
+
+
+def _check_networks(config: ExperimentConfig, specs: list[ModelSpec], finished: dict, data: Dataset) -> dict[int, ImportedTeacher]:
+    """Build every network the job will need, so a bad arch or checkpoint is refused before a file is written.
+
+    The student is built too: a typo in it is found now, not after the teacher has trained for hours.
+    Returns the imported checkpoint teachers by index.
+    """
+    imported = {}
+    for index, spec in enumerate(specs):
+        if index in finished:
+            continue
+        if spec.checkpoint is None:
+            build_model(spec, data.input_shape, data.num_classes)
+        else:
+            imported[index] = import_teacher(spec, data.input_shape, data.num_classes)
+            check_same_logits(imported[index], data.test_x, spec.arch)
+    build_model(config.student, data.input_shape, data.num_classes)
+    return imported
+
+
+def check_source_unchanged(record: dict, spec: ModelSpec, path: Path) -> None:
+    """A teacher imported from `teacher.checkpoint` stands for that file: refuse it when the file changed."""
+    if spec.checkpoint is None or not Path(spec.checkpoint).is_file():
+        return
+    source = record.get("source") or {}
+    if source.get("sha256") != sha256_of(Path(spec.checkpoint)):
+        raise CheckpointError(f"{path} was not imported from the current teacher.checkpoint {spec.checkpoint} (its content "
+                              "differs); run `kdtemp train-teacher --force` to import it (its students will be retrained)")
+
+
+def _record_imported(config: ExperimentConfig, spec: ModelSpec, teacher: ImportedTeacher, directory: Path, label: str,
+                     data: Dataset, device: torch.device) -> TeacherResult:
+    """Evaluate an imported teacher and write teacher/model.pt as train-teacher would, plus where it came from."""
+    started = time.perf_counter()
+    model = teacher.model.to(device)
+    logits = predict_logits(model, data.test_x, config.data.eval_batch_size, device)
+    accuracy = int((logits.argmax(-1) == data.test_y).sum()) / len(data.test_y)
+    parameters = count_parameters(model)
+    R.atomic_write_yaml(directory / "config.yaml", {"teacher": spec.model_dump(mode="json"),
+                                                    "experiment": config_to_dict(config),
+                                                    "environment": environment_record(device)})
+    model_path = directory / "model.pt"
+    R.atomic_torch_save({
+        "format": TEACHER_FORMAT,
+        "state_dict": {name: tensor.cpu() for name, tensor in model.state_dict().items()},
+        "architecture": architecture_of(spec),
+        "dataset": data.name,
+        "data_fingerprint": data.fingerprint(),
+        "num_classes": data.num_classes,
+        "input_shape": list(data.input_shape),
+        "test_acc": accuracy,
+        "test_loss": float(F.cross_entropy(logits, data.test_y)),
+        "epochs": 0,
+        "parameters": parameters,
+        "source": teacher.source,
+        "environment": environment_record(device),
+    }, model_path)
+    for stale in (directory / "checkpoint.pt", directory / "metrics.csv"):
+        stale.unlink(missing_ok=True)
+    return TeacherResult(model_path, accuracy, parameters, 0, time.perf_counter() - started, label=label)
 
 
 def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label: str, data: Dataset,
@@ -211,6 +279,7 @@ def check_teacher_matches(checkpoint: dict, spec: ModelSpec, data: Dataset, path
     wanted = architecture_of(spec)
     if checkpoint.get("architecture") != wanted:
         raise CheckpointError(f"teacher {path} is a {checkpoint.get('architecture')}, the config asks for {wanted}; {RETRAIN}")
+    check_source_unchanged(checkpoint, spec, path)
     if checkpoint.get("data_fingerprint") not in (None, data.fingerprint()):
         raise CheckpointError(f"teacher {path} was trained on different {data.name} data (content differs); {RETRAIN}")
 
