@@ -11,6 +11,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -140,6 +141,33 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def classifiers_in_float32(networks: Sequence[nn.Module]) -> Iterator[None]:
+    """Inside the block, each network's final Linear `classifier` computes in float32, autocast or not.
+
+    The per-batch teacher's logits are the soft targets, the subject of a temperature study: under
+    bf16 autocast the classifier would round them to bf16 (spacing 0.03-0.06 at magnitudes 8-16),
+    moving softmax(t/T) at T = 1 by up to ~3%. Its input is cast to float32 and autocast is off for
+    that layer, so only the features it reads keep bf16 rounding. The forward is swapped for the block
+    only: the teacher networks are shared with the rest of the sweep. A network without an eager
+    `classifier` (CPU's frozen TorchScript copy, which never runs under autocast) is left as it is.
+    """
+    classifiers = [getattr(network, "classifier", None) for network in networks]
+    classifiers = [classifier for classifier in classifiers if isinstance(classifier, nn.Linear)]
+    for classifier in classifiers:
+        classifier.forward = partial(_linear_in_float32, classifier)
+    try:
+        yield
+    finally:
+        for classifier in classifiers:
+            del classifier.forward
+
+
+def _linear_in_float32(classifier: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(inputs.device.type, enabled=False):
+        return nn.Linear.forward(classifier, inputs.float())
+
+
 def to_memory_format(inputs: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """Image batches (B, C, H, W) in channels_last layout when asked (conv nets on CUDA); anything else as is."""
     if channels_last and inputs.dim() == 4:
@@ -155,37 +183,34 @@ def seed_dropout(seed: int, epoch: int) -> None:
 class EpochBatches:
     """Index batches of one epoch, plus its augmentation draws, all on the device.
 
-    With one seed each batch is (B,) indices shared by every member. With several seeds
-    (`member_rows[k]` = member k's seed's row), batches are (K, B): row k is what member k would
-    draw alone. Augmentation needs one seed.
+    With one seed each batch is (B,) indices. With several seeds batches are (S, B), one row per
+    seed in `seeds` order: row s holds the batch order and augmentation that seed draws alone (its
+    own generators), so a student group across seeds feeds each member its seed's row.
     """
 
-    def __init__(self, data: Dataset, settings: LoopSettings, epoch: int, seeds: Sequence[int] | None = None,
-                 member_rows: torch.Tensor | None = None):
+    def __init__(self, data: Dataset, settings: LoopSettings, epoch: int, seeds: Sequence[int] | None = None):
         num_samples = len(data.train_y)
         seeds = list(seeds) if seeds is not None else [settings.seed]
+        self.by_seed = len(seeds) > 1
         orders = torch.stack([epoch_order(seed, epoch, num_samples) for seed in seeds]).to(settings.device)
-        self.orders = orders[0] if member_rows is None else orders
-        self.member_rows = member_rows
+        self.orders = orders if self.by_seed else orders[0]
         self.batch_size = settings.batch_size
         self.data = data
-        self.augmentation = None
+        self.augmentations = []
         if settings.augment:
-            if member_rows is not None:
-                raise ValueError("augmented batches need one seed per group")
-            generator = epoch_generator(seeds[0], epoch, AUGMENT_STREAM)
-            self.augmentation = draw_augmentation(num_samples, generator, settings.device, data.pad_value)
+            self.augmentations = [draw_augmentation(num_samples, epoch_generator(seed, epoch, AUGMENT_STREAM),
+                                                    settings.device, data.pad_value) for seed in seeds]
         self.channels_last = settings.channels_last
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self.data.train_y), self.batch_size):
-            if self.member_rows is None:
-                indices = self.orders[start:start + self.batch_size]
-            else:
-                indices = self.orders[self.member_rows, start:start + self.batch_size]
+            indices = self.orders[..., start:start + self.batch_size]
             inputs = self.data.train_x[indices]
-            if self.augmentation is not None:
-                inputs = augment_batch(inputs, indices, self.augmentation)
+            if self.augmentations and self.by_seed:
+                inputs = torch.stack([augment_batch(rows, row_indices, plan)
+                                      for rows, row_indices, plan in zip(inputs, indices, self.augmentations)])
+            elif self.augmentations:
+                inputs = augment_batch(inputs, indices, self.augmentations[0])
             yield indices, to_memory_format(inputs, self.channels_last), self.data.train_y[indices]
 
 

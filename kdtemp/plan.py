@@ -176,8 +176,8 @@ def group_runs(runs: list[RunSpec], max_size: int | None, across_seeds: bool) ->
     """Lockstep groups, each cut into chunks of at most `max_size`.
 
     Runs of one seed share init, batch order, augmentation and dropout masks, so they always group.
-    Runs of several seeds group too when `across_seeds` (teacher logits cached, no augmentation, no
-    dropout): each member then draws its own seed's batches, exactly as it would alone.
+    Runs of several seeds group too when `across_seeds` (students without dropout): each member then
+    draws its own seed's batch order and augmentation, exactly as it would alone.
     """
     ordered = sorted(runs, key=lambda run: run.seed)
     if len({run.generation for run in runs}) > 1:

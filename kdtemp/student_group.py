@@ -6,7 +6,8 @@ Conv and ResNet students on CPU are the exception: vmap would merge their convol
 ones that round differently with K, so their forward runs member by member on slices of the stacked
 parameters (`each_member`), the ops each runs alone (on 2 CPU cores no slower: 0.90x and 0.99x the
 vmapped epoch for 4 `cnn` and 4 `resnet8` students). On CUDA they stay vmapped.
-One batch and one teacher pass (or one read of cached teacher logits) serve them all. Their losses
+One batch and one teacher pass (or one read of cached teacher logits) serve them all; students of
+several seeds take a batch row per seed, and the teacher one pass on the rows concatenated. Their losses
 are summed before `backward`, which keeps their gradients independent; a member whose loss turns
 non-finite is masked out and reported as failed. A member trained here on CPU gives the numbers it
 would give trained alone, bitwise: tests/test_engine.py holds the proof.
@@ -27,7 +28,8 @@ from torch.func import functional_call, vmap
 from kdtemp.data import Dataset
 from kdtemp.engine import (
     EpochBatches, EpochDone, LoopSettings, Member, StepsDone, StopRequested, TeacherSignal, add_sums, autocast,
-    chunks, evaluation_sums, finish_evaluation, seed_dropout, steps_per_epoch, to_memory_format, PROGRESS_EVERY,
+    chunks, classifiers_in_float32, evaluation_sums, finish_evaluation, seed_dropout, steps_per_epoch,
+    to_memory_format, PROGRESS_EVERY,
 )
 from kdtemp.hints import HintCaptures, build_regressor, feature_shape
 from kdtemp.losses import combine_terms, hint_loss, kd_terms, soft_target_log_probs, standardized_logit_std
@@ -131,11 +133,13 @@ class StudentGroup:
                 regressors.append(build_regressor(student_shape, hint.teacher_shape))
         self.seeds = sorted({member.seed for member in self.members})
         self.member_rows = None
+        """With several seeds, member k's row (its seed's) in the (S, B) batches, on the device."""
+        self.seed_rows = [self.seeds.index(m.seed) for m in self.members]
         if len(self.seeds) > 1:
-            if teacher.train_logits is None or settings.augment or has_dropout(modules[0]):
-                raise ValueError("students of several seeds train together only with cached teacher logits, "
-                                 "no augmentation and no dropout")
-            self.member_rows = torch.tensor([self.seeds.index(m.seed) for m in self.members], device=device)
+            if has_dropout(modules[0]):
+                raise ValueError("students of several seeds train together only without dropout: "
+                                 "each seed draws its own dropout masks")
+            self.member_rows = torch.tensor(self.seed_rows, device=device)
         self.template, self.params, self.buffers = stack_modules(modules, device)
         self.regressor_params: dict[str, torch.Tensor] = {}
         self.captures = None
@@ -275,27 +279,57 @@ class StudentGroup:
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
 
     def _gather(self, cached: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """This step's rows of a cached (n, N, ...) or per-member (K, n, N, ...) tensor: (n, B, ...) or (K, n, B, ...)."""
+        """This step's rows of a cached (n, N, ...) or per-member (K, n, N, ...) tensor: (n, B, ...) or (K, n, B, ...).
+
+        With several seeds `indices` are (S, B), a row per seed, and every member gets its seed's row.
+        """
         if indices.dim() == 1:
             return cached[:, :, indices] if self.teacher.per_member else cached[:, indices]
-        if self.teacher.per_member:
-            return cached[self._rows, :, indices].movedim(2, 1)  # (K, B, n, ...) -> (K, n, B, ...)
-        return cached[:, indices].movedim(1, 0)  # (n, K, B, ...) -> (K, n, B, ...)
+        if self.teacher.per_member:  # (S, B) seed rows -> (K, B) member rows
+            return cached[self._rows, :, indices[self.member_rows]].movedim(2, 1)  # (K, B, n, ...) -> (K, n, B, ...)
+        return cached[:, indices].movedim(1, 0)[self.member_rows]  # (n, S, B, ...) -> (K, n, B, ...)
 
     def _teacher_batch(self, indices: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The teacher's logits (and hint features) for this step's batch."""
+        """The teacher's logits (and hint features) for this step's batch: (n, B, ...), or (K, n, B, ...) per member.
+
+        With several seeds the batch has a row per seed, (S, B, ...). Teachers run on every batch
+        (augmented inputs) then take the S rows concatenated, (S*B, ...): one call per teacher and
+        step, whose rows each member indexes by its seed. On CPU that is bitwise the S calls of the
+        members alone (no sample's logits depend on the batch around it: measured for mlp, cnn and
+        resnet8 teachers, and tests/test_engine.py checks members across seeds against themselves
+        alone), so CPU and CUDA take the one path.
+        """
         if self.teacher.train_logits is not None:
             features = self._gather(self.teacher.train_features, indices) if self.hint is not None else None
             return self._gather(self.teacher.train_logits, indices), features
-        inputs = to_memory_format(inputs, self.teacher.channels_last)
-        with torch.no_grad(), autocast(self.settings.device, self.settings.amp):
-            logits = torch.stack([network(inputs).float() for network in self.teacher.networks])
+        layout = partial(to_memory_format, channels_last=self.teacher.channels_last)
+        if self.teacher.per_member:  # network k is member k's own teacher, on its batch: (K, B, ...) -> (K, 1, B, ...)
+            if self.member_rows is None:
+                batches = [layout(inputs)] * len(self.members)
+            else:
+                batches = [layout(inputs[row]) for row in self.seed_rows]
+            logits, features = self._run_teachers(batches)
+            return logits.unsqueeze(1), None if features is None else features.unsqueeze(1)
+        shared = layout(inputs if self.member_rows is None else inputs.flatten(0, 1))
+        logits, features = self._run_teachers([shared] * len(self.teacher.networks))
+        if self.member_rows is None:
+            return logits, features
+        return self._by_member(logits), None if features is None else self._by_member(features)
+
+    def _run_teachers(self, batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each teacher network on its batch, its classifier in float32: (n, B, C) logits, (n, B, *F) features."""
+        networks = self.teacher.networks
+        with torch.no_grad(), autocast(self.settings.device, self.settings.amp), classifiers_in_float32(networks):
+            logits = torch.stack([network(batch).float() for network, batch in zip(networks, batches, strict=True)])
         features = None
         if self.hint is not None:
             features = torch.stack([capture.pop().float() for capture in self.captures.teachers])
-        if self.teacher.per_member:  # network k is member k's own teacher: (K, B, ...) -> (K, 1, B, ...)
-            return logits.unsqueeze(1), None if features is None else features.unsqueeze(1)
         return logits, features
+
+    def _by_member(self, concatenated: torch.Tensor) -> torch.Tensor:
+        """(n, S*B, ...) outputs on the seed rows concatenated -> (K, n, B, ...), member k's seed's rows."""
+        seeds = len(self.seeds)
+        return concatenated.unflatten(1, (seeds, -1)).movedim(1, 0)[self.member_rows]
 
     def evaluate(self) -> dict[str, torch.Tensor]:
         """Test metrics per member, as (K,) tensors on the device."""
@@ -320,11 +354,13 @@ class StudentGroup:
             weighted = torch.zeros(len(EPOCH_SUMS), count, device=device)
             correct_total = torch.zeros(count, dtype=torch.long, device=device)
             lr_at_start = learning_rate(settings.training, epoch * self.steps_per_epoch, self.steps_per_epoch)
-            batches = EpochBatches(self.data, settings, epoch, self.seeds, self.member_rows)
+            batches = EpochBatches(self.data, settings, epoch, self.seeds)
             for step, (indices, inputs, targets) in enumerate(batches):
                 step_index = epoch * self.steps_per_epoch + step
                 set_learning_rate(self.optimizer, learning_rate(settings.training, step_index, self.steps_per_epoch))
                 teacher_logits, teacher_features = self._teacher_batch(indices, inputs)
+                if self.member_rows is not None:  # a row per seed -> a row per member
+                    inputs, targets = inputs[self.member_rows], targets[self.member_rows]
                 temperature, penalty = self.learnable.temperatures(self.temperature_table[:, step_index], epoch)
                 terms, correct = self._loss_terms(inputs, targets, teacher_logits, teacher_features, temperature)
                 feature = terms.pop("feature", torch.zeros_like(penalty))

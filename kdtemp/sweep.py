@@ -138,7 +138,7 @@ def sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck 
     state = _Sweep(config, layout, data, device, teachers, signal, hint, sizes, force, should_stop, worker, len(pending),
                    stackable=stackable)
     limit = _group_limit(config, data, device)
-    across_seeds = signal.train_logits is not None and not has_dropout(student)
+    across_seeds = not has_dropout(student)  # dropout masks are the one draw a group cannot give each seed
     for generation in sorted({run.generation for run in pending}):
         members = [run for run in pending if run.generation == generation]
         if generation > 1:

@@ -307,3 +307,42 @@ def test_channels_last_only_for_image_conv_nets_on_cuda():
     assert to_memory_format(images, False) is images
     sequences = torch.randn(2, 3, 4)
     assert to_memory_format(sequences, True) is sequences
+
+
+# --- augmentation across seeds: one group, one teacher pass per step ------------------------------
+
+
+def augmented_members(spec, data_len):
+    """Seeds 0, 1 and 2 (a T = 1 student, a T = 4 student, a no-KD baseline): one group, a batch row per seed."""
+    table = temperature_table(ConstantSchedule(), 1.0, spec.epochs, steps_per_epoch(data_len, CONV_BATCH))
+    return [Member(0, 0.9, table, t0=1.0), Member(1, 0.9, table * 4, t0=4.0),
+            Member(2, 0.0, torch.ones_like(table), distills=False)]
+
+
+def train_augmented(data, signal, spec, members, seed, hint=None):
+    settings = LoopSettings(spec, CONV_BATCH, 1000, seed, torch.device("cpu"), augment=True)
+    with StudentGroup(lambda: build_model(spec, data.input_shape, 10), members, data, signal, settings, hint) as group:
+        return group, [event for event in group.run() if isinstance(event, EpochDone)]
+
+
+@pytest.mark.parametrize("with_hint", [False, True], ids=["logits", "hint"])
+def test_augmented_students_of_several_seeds_equal_themselves_alone(with_hint):
+    """Bitwise: each seed's row draws the crops, flips and order it draws alone, and its teacher logits (and
+    hint features), cut from one teacher call on the 3 rows concatenated, are those of the teacher on its row alone."""
+    spec = CNNSpec(channels=[4, 8], hidden=16, dropout=0.0, epochs=1)
+    data, _ = conv_setting((3, 8, 8))
+    torch.manual_seed(5)
+    teacher = build_model(CNNSpec(channels=[4], hidden=12), data.input_shape, 10).eval()
+    calls = []
+    teacher.register_forward_pre_hook(lambda _module, args: calls.append(len(args[0])))
+    signal = TeacherSignal(test_logits=torch.randn(1, len(data.test_y), 10), networks=(teacher,))
+    hint = Hint(weight=1.0, student_layer=None, teacher_shape=(12,)) if with_hint else None
+    members = augmented_members(spec, len(data.train_y))
+    group, grouped = train_augmented(data, signal, spec, members, 0, hint)
+    assert group.seeds == [0, 1, 2]
+    assert calls == [3 * CONV_BATCH] * steps_per_epoch(len(data.train_y), CONV_BATCH)
+    for k, single in enumerate(members):
+        alone, solo = train_augmented(data, signal, spec, [single], single.seed, hint)
+        assert_member_equals_alone(group, k, alone, grouped, solo)
+        if with_hint and single.distills:
+            assert grouped[0].metrics[k]["train_feature"] == solo[0].metrics[0]["train_feature"]
