@@ -11,7 +11,6 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -139,33 +138,6 @@ def autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def classifiers_in_float32(networks: Sequence[nn.Module]) -> Iterator[None]:
-    """Inside the block, each network's final Linear `classifier` computes in float32, autocast or not.
-
-    The per-batch teacher's logits are the soft targets, the subject of a temperature study: under
-    bf16 autocast the classifier would round them to bf16 (spacing 0.03-0.06 at magnitudes 8-16),
-    moving softmax(t/T) at T = 1 by up to ~3%. Its input is cast to float32 and autocast is off for
-    that layer, so only the features it reads keep bf16 rounding. The forward is swapped for the block
-    only: the teacher networks are shared with the rest of the sweep. A network without an eager
-    `classifier` (CPU's frozen TorchScript copy, which never runs under autocast) is left as it is.
-    """
-    classifiers = [getattr(network, "classifier", None) for network in networks]
-    classifiers = [classifier for classifier in classifiers if isinstance(classifier, nn.Linear)]
-    for classifier in classifiers:
-        classifier.forward = partial(_linear_in_float32, classifier)
-    try:
-        yield
-    finally:
-        for classifier in classifiers:
-            del classifier.forward
-
-
-def _linear_in_float32(classifier: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
-    with torch.autocast(inputs.device.type, enabled=False):
-        return nn.Linear.forward(classifier, inputs.float())
 
 
 def to_memory_format(inputs: torch.Tensor, channels_last: bool) -> torch.Tensor:
