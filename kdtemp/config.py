@@ -35,6 +35,9 @@ RESNET_ARCHS = (
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
     "resnet8x4", "resnet32x4",
 )
+ZOO_ARCHS = ("wrn_40_2", "wrn_16_2", "wrn_40_1", "vgg13", "vgg8", "mobilenetv2", "shufflenetv1", "shufflenetv2", "resnet50")
+"""The rest of RepDistiller's CIFAR zoo (kdtemp/zoo.py)."""
+CIFAR_ARCHS = RESNET_ARCHS + ZOO_ARCHS
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 CUSTOM_ARCH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -118,9 +121,10 @@ class CNNSpec(TrainingSettings):
 
 
 class ResNetSpec(TrainingSettings):
-    """CIFAR ResNets of the RepDistiller family (He et al. 2016; 'x4' = four times the width)."""
+    """The CIFAR archs of RepDistiller without kwargs: its ResNets (He et al. 2016; 'x4' = four times the
+    width) and the zoo of Wide ResNets, VGG, MobileNetV2, ShuffleNetV1/V2 and ResNet-50."""
 
-    arch: Literal[RESNET_ARCHS]  # type: ignore[valid-type]
+    arch: Literal[CIFAR_ARCHS]  # type: ignore[valid-type]
 
 
 class CustomSpec(TrainingSettings):

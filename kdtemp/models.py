@@ -187,3 +187,6 @@ def build_resnet(spec: ResNetSpec, input_shape: tuple[int, ...], num_classes: in
         raise ConfigError(f"{spec.arch} needs image inputs (C, H, W), got shape {input_shape}; use arch cnn or mlp for sequences")
     depth, widths = RESNET_SHAPES[spec.arch]
     return CifarResNet(depth, widths, input_shape[0], num_classes)
+
+
+from kdtemp import zoo  # noqa: F401  (registers the CIFAR KD zoo; it imports register_model from here)
