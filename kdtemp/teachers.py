@@ -158,7 +158,9 @@ def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label
     model = build_model(spec, data.input_shape, data.num_classes)
     trainer = NetworkTrainer(model, data, loop_settings(config, spec, spec.seed, device, model))
     checkpoint_path, metrics_path, model_path = directory / "checkpoint.pt", directory / "metrics.csv", directory / "model.pt"
-    identity = {"architecture": architecture_of(spec), "training": training_identity(spec), "dataset": config.data.dataset}
+    # the data's fingerprint too: a teacher cut off on one image folder or array file must not resume on another
+    identity = {"architecture": architecture_of(spec), "training": training_identity(spec), "dataset": config.data.dataset,
+                "data": data.fingerprint()}
     if force:
         for stale in (checkpoint_path, metrics_path, model_path):
             stale.unlink(missing_ok=True)

@@ -257,3 +257,33 @@ def test_tensors_end_to_end_and_two_files_give_different_run_ids(tmp_path, run_c
     ids_a = {run.run_id for run in planned_runs(load_config(config_a))}
     ids_b = {run.run_id for run in planned_runs(load_config(config_b))}
     assert len(ids_a) == len(ids_b) == 4 and not ids_a & ids_b
+
+
+def test_a_teacher_cut_off_on_one_file_does_not_resume_on_another(tmp_path):
+    """The teacher's epoch checkpoint records the data's fingerprint: same dataset name, other arrays -> from scratch."""
+    from kdtemp.events import Note
+    from kdtemp.teachers import train_teacher
+
+    def notes(config: Path, stop_after: int | None) -> list[str]:
+        checks = iter(range(10_000))
+        stop = None if stop_after is None else (lambda: next(checks) >= stop_after)
+        texts = []
+        try:
+            for event in train_teacher(load_config(config), should_stop=stop):
+                if isinstance(event, Note):
+                    texts.append(event.text)
+        except Exception as exc:  # the stop request ends the job; what matters is the next run's notes
+            if type(exc).__name__ != "StopRequested":
+                raise
+        return texts
+
+    config = user_experiment(tmp_path, {"dataset": "tensors", "root": str(write_npz(tmp_path / "a.npz", seed=0))})
+    tree = yaml.safe_load(config.read_text())
+    tree["teacher"]["epochs"] = 3
+    config.write_text(yaml.safe_dump(tree))
+    notes(config, stop_after=4)  # cut off after its first epoch (3 steps an epoch)
+    checkpoint = experiment(config) / "teacher" / "checkpoint.pt"
+    assert checkpoint.exists()
+    tree["data"]["root"] = str(write_npz(tmp_path / "b.npz", seed=1))
+    config.write_text(yaml.safe_dump(tree))
+    assert not any(text.startswith("resuming") for text in notes(config, stop_after=None))
