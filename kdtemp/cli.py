@@ -127,27 +127,49 @@ AmpOption = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 
 TensorBoardOption = Annotated[Optional[bool], typer.Option(
     "--tensorboard/--no-tensorboard", help="Also write each run's metrics and T for TensorBoard, under runs/<name>/tensorboard/.",
     rich_help_panel=EXPERIMENT)]
+NameOption = Annotated[Optional[str], typer.Option("--name", help="Experiment name, the folder under --runs-dir (overrides the config's `name`): keeps experiments apart.", rich_help_panel=EXPERIMENT)]
+StudentEpochsOption = Annotated[Optional[str], typer.Option("--epochs", help="Student epochs.", rich_help_panel=EXPERIMENT)]
+TempsOption = Annotated[Optional[str], typer.Option("--temps", help="Grid temperatures t0, comma-separated, e.g. 1,3,5,10.", rich_help_panel=GRID)]
+SeedsOption = Annotated[Optional[str], typer.Option("--seeds", help="Seeds, comma-separated, e.g. 0,1,2.", rich_help_panel=GRID)]
+AlphaOption = Annotated[Optional[str], typer.Option("--alpha", help="Weight of the KD term, in [0, 1].", rich_help_panel=GRID)]
+SchedulesOption = Annotated[Optional[str], typer.Option("--schedules", help="Temperature schedules, e.g. constant,linear,exp.", rich_help_panel=GRID)]
 
 
-def common_overrides(dataset, device, runs_dir, amp) -> dict[str, tuple[object, str]]:
+def common_overrides(dataset, device, runs_dir, amp, name=None) -> dict[str, tuple[object, str]]:
     """The overrides every training command takes, as {dotted.key: (value, option)}."""
-    return {"data.dataset": (dataset, "--dataset"), "device": (device, "--device"),
-            "runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir"), "train.amp": (amp, "--amp")}
+    return {"data.dataset": (dataset, "--dataset"), "device": (device, "--device"), "train.amp": (amp, "--amp"),
+            **location_overrides(runs_dir, name)}
+
+
+def grid_overrides(config: Optional[Path], temps, seeds, alpha, schedules, epochs) -> dict[str, tuple[object, str]]:
+    """The grid a sweep trains (and `status` checks against): --temps, --seeds, --alpha, --schedules, --epochs."""
+    return {
+        "kd.temperatures": (parse_number_list(temps, "--temps") if temps is not None else None, "--temps"),
+        "kd.seeds": (parse_number_list(seeds, "--seeds", int) if seeds is not None else None, "--seeds"),
+        "kd.alpha": (alpha, "--alpha"),
+        "kd.schedules": (_schedules_override(config, schedules), "--schedules"),
+        "student.epochs": (epochs, "--epochs"),
+    }
+
+
+def location_overrides(runs_dir: Optional[Path], name: Optional[str] = None) -> dict[str, tuple[object, str]]:
+    """Where an experiment lives: --runs-dir and --name."""
+    return {"runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir"), "name": (name, "--name")}
 
 
 @app.command("train-teacher", no_args_is_help=False)
 def train_teacher_command(
     config: ConfigOption = None, dataset: DatasetOption = None,
     epochs: Annotated[Optional[str], typer.Option(help="Teacher epochs (of every teacher of an ensemble).", rich_help_panel=EXPERIMENT)] = None,
-    device: DeviceOption = None, runs_dir: RunsDirOption = None, amp: AmpOption = None, tensorboard: TensorBoardOption = None,
-    force: bool = typer.Option(False, "--force", help="Retrain even if a finished teacher exists."),
+    device: DeviceOption = None, runs_dir: RunsDirOption = None, amp: AmpOption = None, name: NameOption = None, tensorboard: TensorBoardOption = None,
+    force: bool = typer.Option(False, "--force", help="Retrain even if a finished teacher exists (overwrites it; --name NEW keeps it)."),
 ):
     """Train, evaluate and checkpoint the teacher (or each teacher of an ensemble).
 
     [bold]Example:[/bold] kdtemp train-teacher --config configs/fashion-mnist.yaml
     """
     def stream(interrupt):
-        overrides = {**common_overrides(dataset, device, runs_dir, amp), "teacher.epochs": (epochs, "--epochs"),
+        overrides = {**common_overrides(dataset, device, runs_dir, amp, name), "teacher.epochs": (epochs, "--epochs"),
                      "logging.tensorboard": (tensorboard, "--tensorboard")}
         return train_teacher(build_config(config, overrides), force=force, should_stop=interrupt)
 
@@ -164,13 +186,9 @@ def train_teacher_command(
 @app.command("sweep")
 def sweep_command(
     config: ConfigOption = None,
-    temps: Optional[str] = typer.Option(None, "--temps", help="Grid temperatures t0, comma-separated, e.g. 1,3,5,10.", rich_help_panel=GRID),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds, comma-separated, e.g. 0,1,2.", rich_help_panel=GRID),
-    alpha: Optional[str] = typer.Option(None, "--alpha", help="Weight of the KD term, in [0, 1].", rich_help_panel=GRID),
-    schedules: Optional[str] = typer.Option(None, "--schedules", help="Temperature schedules, e.g. constant,linear,exp.", rich_help_panel=GRID),
-    dataset: DatasetOption = None,
-    epochs: Annotated[Optional[str], typer.Option(help="Student epochs.", rich_help_panel=EXPERIMENT)] = None,
-    device: DeviceOption = None, runs_dir: RunsDirOption = None, amp: AmpOption = None, tensorboard: TensorBoardOption = None,
+    temps: TempsOption = None, seeds: SeedsOption = None, alpha: AlphaOption = None, schedules: SchedulesOption = None,
+    dataset: DatasetOption = None, epochs: StudentEpochsOption = None,
+    device: DeviceOption = None, runs_dir: RunsDirOption = None, amp: AmpOption = None, name: NameOption = None, tensorboard: TensorBoardOption = None,
     force: bool = typer.Option(False, "--force", help="Retrain every run, even completed ones."),
     launcher: Optional[str] = typer.Option(None, "--launcher", help="local (default) or slurm.", rich_help_panel=LAUNCH),
     workers: Optional[str] = typer.Option(None, "--workers", help="Local worker processes (CPU cores are split between them).", rich_help_panel=LAUNCH),
@@ -191,12 +209,9 @@ def sweep_command(
     """
     def stream(interrupt):
         overrides = {
-            **common_overrides(dataset, device, runs_dir, amp),
-            "kd.temperatures": (parse_number_list(temps, "--temps") if temps is not None else None, "--temps"),
-            "kd.seeds": (parse_number_list(seeds, "--seeds", int) if seeds is not None else None, "--seeds"),
-            "kd.alpha": (alpha, "--alpha"),
-            "kd.schedules": (_schedules_override(config, schedules), "--schedules"),
-            "student.epochs": (epochs, "--epochs"), "logging.tensorboard": (tensorboard, "--tensorboard"),
+            **common_overrides(dataset, device, runs_dir, amp, name),
+            **grid_overrides(config, temps, seeds, alpha, schedules, epochs),
+            "logging.tensorboard": (tensorboard, "--tensorboard"),
             "launcher.name": (launcher, "--launcher"), "launcher.workers": (workers, "--workers"),
             "launcher.devices": (parse_name_list(devices, "--devices") if devices is not None else None, "--devices"),
             "launcher.slurm_partition": (slurm_partition, "--slurm-partition"),
@@ -241,8 +256,9 @@ def _schedules_override(config: Optional[Path], text: Optional[str]) -> Optional
 def report_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config whose experiment to report.", rich_help_panel=EXPERIMENT),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT),
-    name: Optional[str] = typer.Option(None, "--name", help="Experiments to compare side by side: a,b or all.", rich_help_panel=EXPERIMENT),
+    name: Optional[str] = typer.Option(None, "--name", help="Experiment to report (overrides the config's `name`), or several side by side: a,b or all.", rich_help_panel=EXPERIMENT),
     metric: str = typer.Option("test_acc", help="Metric in the table: test_acc, best_test_acc, test_loss, agreement, kl_to_teacher, ece."),
+    partial: bool = typer.Option(False, "--partial", help="While a sweep runs: tabulate every run's latest completed epoch (printed only, no files written)."),
 ):
     """Aggregate the sweep's CSVs: accuracy-vs-temperature table, statistics, plots, report.md and report.html.
 
@@ -251,10 +267,12 @@ def report_command(
     from kdtemp import render, report  # pandas, scipy and matplotlib load only when a report is asked for
 
     try:
-        settings = build_config(config, {"runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir")})
+        settings = build_config(config, location_overrides(runs_dir))
         names = _experiment_names(settings, name)
-        reports = [report.build_report(settings.runs_dir / experiment, metric) for experiment in names]
-        if len(reports) == 1:
+        reports = [report.build_report(settings.runs_dir / experiment, metric, partial) for experiment in names]
+        if partial:
+            paths = None
+        elif len(reports) == 1:
             paths = render.write_report(reports[0])
         else:
             paths = render.write_comparison(reports, settings.runs_dir / "comparison")
@@ -262,27 +280,66 @@ def report_command(
         fail(str(exc))
     for built in reports:
         for section in built.settings:  # one table per setting: runs of different settings never mix
-            out.print(rich_table(render.titled(built.results.name, section), section.table))
-            out.print(render.footer(section), highlight=False)
+            title = render.titled(built.results.name, section)
+            if partial:
+                out.print(rich_table(title, section.table, PARTIAL_EPOCH))
+                out.print(_partial_footer(section.results), highlight=False)
+            else:
+                out.print(rich_table(title, section.table))
+                out.print(render.footer(section), highlight=False)
         for line in report.problem_lines(built.results):
             err.print(f"[yellow]{line}[/yellow]", highlight=False)
-    out.print(f"wrote {paths['html']}, {paths['markdown'].name} and {paths['summary'].name}", highlight=False)
+    if paths is None:
+        out.print("partial: nothing written; `kdtemp report` writes the report once the sweep ends", highlight=False)
+    else:
+        out.print(f"wrote {paths['html']}, {paths['markdown'].name} and {paths['summary'].name}", highlight=False)
+
+
+PARTIAL_EPOCH = "partial: latest completed epoch"
+
+
+def _partial_footer(results) -> str:
+    """How many of a --partial table's runs are still training, and at which epoch each stands."""
+    run_ids = list(results.final["run_id"]) if not results.final.empty else []
+    training = {run_id: results.partial[run_id] for run_id in run_ids if run_id in results.partial}
+    line = f"{len(run_ids) - len(training)} completed runs, {len(training)} still training (their latest completed epoch)"
+    if training:
+        line += ": " + ", ".join(f"{run_id} after {epochs} epoch{'s' * (epochs != 1)}" for run_id, epochs in training.items())
+    return line
 
 
 @app.command("status")
-def status_command(config: ConfigOption = None, runs_dir: RunsDirOption = None):
-    """List a sweep's runs: completed, running (and who runs them), failed, interrupted, pending.
+def status_command(
+    config: ConfigOption = None,
+    temps: TempsOption = None, seeds: SeedsOption = None, alpha: AlphaOption = None, schedules: SchedulesOption = None,
+    dataset: DatasetOption = None, epochs: StudentEpochsOption = None,
+    runs_dir: RunsDirOption = None, amp: AmpOption = None, name: NameOption = None,
+):
+    """List the runs on disk (completed, running and who runs them, failed, interrupted), then what the
+    config plans that no sweep has started. Give it the grid options the sweep was given.
 
-    [bold]Example:[/bold] kdtemp status --config configs/cifar100.yaml
+    [bold]Example:[/bold] kdtemp status --temps 1,3,5,10
     """
     from kdtemp.status import STATES, sweep_status
 
     try:
-        settings = build_config(config, {"runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir")})
+        overrides = {**common_overrides(dataset, None, runs_dir, amp, name),
+                     **grid_overrides(config, temps, seeds, alpha, schedules, epochs)}
+        settings = build_config(config, overrides)
         statuses = sweep_status(settings)
     except KDTempError as exc:
         fail(str(exc))
-    table = Table(title=f"{settings.name}: {len(statuses)} runs")
+    swept = [status for status in statuses if status.on_disk]
+    missing = [status for status in statuses if not status.on_disk]
+    out.print(_status_table(f"{settings.name}: {len(swept)} runs on disk", swept))
+    if missing:
+        out.print(_status_table(f"planned by the config, not on disk: {len(missing)} runs", missing))
+    counts = {state: sum(1 for s in statuses if s.state == state) for state in STATES}
+    out.print(", ".join(f"{count} {state}" for state, count in counts.items()), highlight=False)
+
+
+def _status_table(title: str, statuses: list) -> Table:
+    table = Table(title=title)
     for column, justify in (("run", "left"), ("state", "left"), ("epochs", "right"), ("test acc", "right"), ("detail", "left")):
         table.add_column(column, justify=justify, no_wrap=column == "run")
     colours = {"completed": "green", "running": "cyan", "failed": "red", "interrupted": "yellow", "pending": "dim"}
@@ -290,9 +347,7 @@ def status_command(config: ConfigOption = None, runs_dir: RunsDirOption = None):
         accuracy = f"{100 * status.test_acc:.1f}%" if status.test_acc is not None else ""
         table.add_row(status.run_id, f"[{colours[status.state]}]{status.state}[/]", f"{status.epochs_done}/{status.epochs}",
                       accuracy, status.detail)
-    out.print(table)
-    counts = {state: sum(1 for s in statuses if s.state == state) for state in STATES}
-    out.print(", ".join(f"{count} {state}" for state, count in counts.items()), highlight=False)
+    return table
 
 
 @app.command("export")
@@ -300,6 +355,7 @@ def export_command(
     run_id: Optional[str] = typer.Argument(None, help="Run to export (default: the best completed run)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config whose experiment holds the run.", rich_help_panel=EXPERIMENT),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT),
+    name: NameOption = None,
     format: str = typer.Option("pt2", "--format", help="pt2 (torch.export.load) or torchscript (torch.jit.load, deprecated by PyTorch)."),
 ):
     """Export a student for use without kdtemp.
@@ -312,7 +368,7 @@ def export_command(
     if format not in FILE_NAMES:
         fail(f"--format: {format!r} is not a format; choose pt2 or torchscript")
     try:
-        settings = build_config(config, {"runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir")})
+        settings = build_config(config, location_overrides(runs_dir, name))
         chosen, path = export_student(ExperimentLayout.of(settings.runs_dir, settings.name), run_id, format)
     except KDTempError as exc:
         fail(str(exc))
@@ -337,11 +393,12 @@ def _experiment_names(settings: ExperimentConfig, names: Optional[str]) -> list[
     return chosen
 
 
-def rich_table(title: str, table) -> Table:
+def rich_table(title: str, table, epoch: str | None = None) -> Table:
     """The accuracy-versus-temperature table (a report.TemperatureTable) for the terminal."""
     from kdtemp.report import LEGEND, table_rows
 
-    grid = Table(title=f"{title}: {table.heading}", caption=LEGEND)
+    heading = table.heading if epoch is None else f"{table.heading.rsplit(', ', 1)[0]}, {epoch}"
+    grid = Table(title=f"{title}: {heading}", caption=LEGEND)
     grid.add_column("schedule", no_wrap=True)
     for t in table.temperatures:
         grid.add_column(f"T={t:g}", justify="right")

@@ -39,17 +39,20 @@ def accuracy_vs_temperature(summary: pd.DataFrame, name: str, path: Path) -> Pat
     grid = summary[~summary["schedule"].isin([BASELINE, TEACHER]) & (summary["n"] > 0)]
     alphas = grid["alpha"].nunique()
     temperatures = sorted(grid["t0"].dropna().unique().tolist())
-    for (schedule, alpha), part in grid.groupby(["schedule", "alpha"], sort=True):
+    series = list(grid.groupby(["schedule", "alpha"], sort=True))
+    for index, ((schedule, alpha), part) in enumerate(series):
         part = part.sort_values("t0")
         label = schedule if alphas == 1 else f"{schedule} (alpha {alpha:g})"
         errors = 100 * part["ci95_test_acc"].fillna(0)
-        axis.errorbar(part["t0"], 100 * part["mean_test_acc"], yerr=errors, marker="o", capsize=3, label=label)
+        axis.errorbar(part["t0"] * dodge_factor(index, len(series)), 100 * part["mean_test_acc"], yerr=errors,
+                      marker="o", capsize=3, label=label)
     baseline = summary[summary["schedule"] == BASELINE]
     for _, row in baseline.iterrows():
         mean = 100 * row["mean_test_acc"]
         axis.axhline(mean, color="0.35", linestyle="--", label=f"no-KD baseline ({mean:.1f}%)")
         if not math.isnan(row["ci95_test_acc"]):
-            axis.axhspan(mean - 100 * row["ci95_test_acc"], mean + 100 * row["ci95_test_acc"], color="0.35", alpha=0.12)
+            axis.axhspan(mean - 100 * row["ci95_test_acc"], mean + 100 * row["ci95_test_acc"], color="0.35", alpha=0.12,
+                         label="no-KD baseline, 95% CI")
     teacher = summary[summary["schedule"] == TEACHER]
     if len(teacher) and not pd.isna(teacher["mean_test_acc"].iloc[0]):
         accuracy = 100 * teacher["mean_test_acc"].iloc[0]
@@ -61,6 +64,12 @@ def accuracy_vs_temperature(summary: pd.DataFrame, name: str, path: Path) -> Pat
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="best")
     return _save(figure, path)
+
+
+def dodge_factor(index: int, count: int, step: float = 0.04) -> float:
+    """Multiplier that shifts series `index` of `count` sideways on a log-T axis (a constant distance in
+    log T at every temperature), so error bars of several schedules at one T do not cover each other."""
+    return math.exp(step * (index - (count - 1) / 2))
 
 
 def _panels(count: int, width: float = 4.2, height: float = 3.2, share_y: bool = False):
@@ -82,7 +91,8 @@ def _decorate(axis, title: str, xlabel: str, ylabel: str) -> None:
 
 
 def learning_curves(curves: pd.DataFrame, name: str, path: Path) -> Path:
-    """Test accuracy against epoch: a panel per schedule, a line per t0 (mean over seeds, shaded sd)."""
+    """Test accuracy against epoch: a panel per schedule, a line per t0 (mean over seeds, shaded sd), and the
+    no-KD baseline in black, dashed, with markers."""
     schedules = sorted(s for s in curves["schedule"].unique() if s != BASELINE)
     figure, axes = _panels(max(len(schedules), 1), share_y=True)
     baseline = curves[curves["schedule"] == BASELINE].groupby("epoch")["test_acc"].mean()
@@ -93,8 +103,9 @@ def learning_curves(curves: pd.DataFrame, name: str, path: Path) -> Path:
             mean, sd = 100 * by_epoch.mean(), 100 * by_epoch.std(ddof=1).fillna(0)
             line, = axis.plot(mean.index, mean.values, label=f"t0={t0:g}")
             axis.fill_between(mean.index, (mean - sd).values, (mean + sd).values, color=line.get_color(), alpha=0.15)
-        if len(baseline):
-            axis.plot(baseline.index, 100 * baseline.values, color="0.35", linestyle="--", label="no KD")
+        if len(baseline):  # black, dashed and marked: visible even where t0 = 1 lies on top of it
+            axis.plot(baseline.index, 100 * baseline.values, color="black", linestyle="--", marker="x", markersize=4,
+                      zorder=3, label="no KD")
         _decorate(axis, schedule, "epoch", "test accuracy (%)")
     figure.suptitle(f"{name}: learning curves (mean ± sd over seeds)")
     return _save(figure, path)

@@ -63,6 +63,8 @@ class ExperimentResults:
     """failed run id -> its (schedule, alpha, t0, generation)."""
     setting_sizes: dict[str, dict] = field(default_factory=dict)
     """setting key -> the sizes its first completed run recorded."""
+    partial: dict[str, int] = field(default_factory=dict)
+    """With load_results(partial=True): unfinished run id -> epochs it completed (its row in `final` is the latest)."""
 
     @property
     def cells_failed(self) -> dict[tuple, int]:
@@ -110,8 +112,12 @@ def read_metrics(path: Path) -> pd.DataFrame:
     return frame
 
 
-def load_results(root: Path) -> ExperimentResults:
-    """Read every run under `root`/students; raise RunsError when there is none at all."""
+def load_results(root: Path, partial: bool = False) -> ExperimentResults:
+    """Read every run under `root`/students; raise RunsError when there is none at all.
+
+    partial: a run still training (no summary.json, >= 1 metrics row) enters `final` with its latest
+    completed epoch and is listed in `results.partial`, so tables of a running sweep say what they hold.
+    """
     layout = R.ExperimentLayout(Path(root))
     run_dirs = layout.run_dirs()
     if not run_dirs:
@@ -128,7 +134,7 @@ def load_results(root: Path) -> ExperimentResults:
             key = (summary.get("schedule"), summary.get("alpha"), summary.get("t0"), summary.get("generation") or 1)
             results.failed_cells[run_dir.name] = key
             continue
-        if status != R.COMPLETED:
+        if status != R.COMPLETED and not (partial and _has_epochs(run_dir)):
             results.unfinished.append(run_dir.name)
             continue
         try:
@@ -136,13 +142,18 @@ def load_results(root: Path) -> ExperimentResults:
         except RunsError as exc:
             results.unreadable.append((run_dir.name, str(exc)))
             continue
-        if len(frame) != summary.get("epochs", len(frame)):
+        if status != R.COMPLETED:
+            results.settings[run_dir.name] = S.read_run_setting(run_dir, summary)
+            results.partial[run_dir.name] = len(frame)
+            summary = {}
+        elif len(frame) != summary.get("epochs", len(frame)):
             results.unreadable.append((run_dir.name, f"metrics.csv has {len(frame)} epochs, summary.json says {summary.get('epochs')}"))
             continue
         setting = results.settings[run_dir.name]
         sizes = {key: summary[key] for key in SIZE_FIELDS if summary.get(key) is not None}
         results.sizes = results.sizes or sizes
-        results.setting_sizes.setdefault(setting.key, sizes)
+        if sizes:  # a partial run has no summary.json, so nothing to record
+            results.setting_sizes.setdefault(setting.key, sizes)
         last = frame.iloc[-1].to_dict()
         last.update(best_test_acc=float(frame["test_acc"].max()), setting=setting.key, baseline_setting=setting.baseline_key)
         finals.append(last)
@@ -152,6 +163,15 @@ def load_results(root: Path) -> ExperimentResults:
         results.curves = pd.concat(curves, ignore_index=True)
         check_one_run_per_seed(results.final)
     return results
+
+
+def _has_epochs(run_dir: Path) -> bool:
+    """A metrics.csv with a header and at least one row: a run that completed an epoch."""
+    try:
+        with open(R.RunFiles(run_dir).metrics, "rb") as handle:
+            return len(handle.read().splitlines()) >= 2
+    except OSError:
+        return False
 
 
 def check_one_run_per_seed(final: pd.DataFrame) -> None:
@@ -484,9 +504,9 @@ class Report:
         return self.settings[0].results.sizes.get("student_params")
 
 
-def build_report(root: Path, metric: str = "test_acc") -> Report:
+def build_report(root: Path, metric: str = "test_acc", partial: bool = False) -> Report:
     check_metric(metric)
-    results = load_results(root)
+    results = load_results(root, partial)
     settings = []
     for label, part in S.split_by_setting(results):
         summary = summarize(part)

@@ -2,12 +2,20 @@
 
 Safe to run while a sweep is going: it only reads, and a run whose lock another process holds is
 reported as running, with the worker or Slurm job that holds it.
+
+What was swept is what is on disk, whatever grid the sweep was given (`sweep --temps 1,3,5,10` on a
+config that plans 1, 2, 4, 8); what the config (with the same grid options) plans and is not on disk
+is listed apart, as pending.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig
@@ -25,6 +33,8 @@ class RunStatus:
     test_acc: float | None
     detail: str = ""
     """Who trains a running run; why a failed run failed; where an interrupted run resumes."""
+    on_disk: bool = True
+    """False for a run the config plans that no sweep has started."""
 
 
 def _owner(files: R.RunFiles) -> str:
@@ -42,27 +52,49 @@ def _owner(files: R.RunFiles) -> str:
 
 
 def sweep_status(config: ExperimentConfig) -> list[RunStatus]:
-    """The state of every run the config plans, in plan order."""
+    """Every run on disk (in natural order of run id), then each run the config plans that is not on disk."""
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
-    epochs = config.student.epochs
-    statuses = []
-    for run in planned_runs(config):
-        files = R.RunFiles(layout.run_dir(run.run_id))
-        rows = R.read_csv_rows(files.metrics) if files.metrics.exists() else []
-        accuracy = _float(rows[-1].get("test_acc")) if rows else None
-        summary = R.read_summary(files.dir) or {}
-        if R.is_completed(files.dir):
-            state, detail = "completed", ""
-        elif summary.get("status") == R.FAILED:
-            state, detail = "failed", str(summary.get("reason", ""))
-        elif R.is_locked_elsewhere(layout.lock_path(run.run_id)):
-            state, detail = "running", _owner(files)
-        elif rows:
-            state, detail = "interrupted", f"resumes after epoch {len(rows) - 1} on the next sweep"
-        else:
-            state, detail = "pending", ""
-        statuses.append(RunStatus(run.run_id, state, len(rows), epochs, accuracy, detail))
-    return statuses
+    on_disk = sorted(layout.run_dirs(), key=lambda run_dir: _natural(run_dir.name))
+    swept = [run_status(layout, run_dir, config.student.epochs) for run_dir in on_disk]
+    names = {run_dir.name for run_dir in on_disk}
+    missing = [RunStatus(run.run_id, "pending", 0, config.student.epochs, None, on_disk=False)
+               for run in planned_runs(config) if run.run_id not in names]
+    return swept + missing
+
+
+def run_status(layout: R.ExperimentLayout, run_dir: Path, default_epochs: int) -> RunStatus:
+    """One run's state from its files and lock."""
+    files = R.RunFiles(run_dir)
+    rows = R.read_csv_rows(files.metrics) if files.metrics.exists() else []
+    accuracy = _float(rows[-1].get("test_acc")) if rows else None
+    summary = R.read_summary(files.dir) or {}
+    if R.is_completed(files.dir):
+        state, detail = "completed", ""
+    elif summary.get("status") == R.FAILED:
+        state, detail = "failed", str(summary.get("reason", ""))
+    elif R.is_locked_elsewhere(layout.lock_path(run_dir.name)):
+        state, detail = "running", _owner(files)
+    elif rows:
+        state, detail = "interrupted", f"resumes after epoch {len(rows) - 1} on the next sweep"
+    else:
+        state, detail = "pending", ""
+    epochs = summary.get("epochs") or _recorded_epochs(files) or default_epochs
+    return RunStatus(run_dir.name, state, len(rows), epochs, accuracy, detail)
+
+
+def _recorded_epochs(files: R.RunFiles) -> int | None:
+    """The student epochs the run's config.yaml records (the sweep's --epochs), if readable."""
+    try:
+        record = yaml.safe_load(files.config.read_text())
+        return int(record["experiment"]["student"]["epochs"])
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError, ValueError):
+        return None
+
+
+def _natural(run_id: str) -> list:
+    """Sort key that puts constant-T3 before constant-T10."""
+    return [(0, float(part), "") if index % 2 else (1, 0.0, part)
+            for index, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", run_id))]
 
 
 def _float(text: str | None) -> float | None:

@@ -360,9 +360,10 @@ def _record_epoch(state: _Sweep, group: StudentGroup, runs: list[RunSpec], event
         files = R.RunFiles(state.layout.run_dir(run.run_id))
         if k in event.failures:
             files.checkpoint.unlink(missing_ok=True)
+            reason = divergence_reason(event.failures[k], state.config, not run.is_baseline)
             R.atomic_write_json(files.summary, _summary(state, run, files, "failed", len(runs),
-                                                        reason=event.failures[k], failed_epoch=event.epoch))
-            state.failed.append((run.run_id, event.failures[k]))
+                                                        reason=reason, failed_epoch=event.epoch))
+            state.failed.append((run.run_id, reason))
             continue
         row = event.metrics[k]
         if row is None:
@@ -391,6 +392,15 @@ def _log_epoch(logger: RunLogger, line: dict, member: Member, epoch: int, epochs
     if member.distills and member.learnable is None:
         steps = len(member.temperatures) // epochs
         logger.log_temperatures(member.temperatures[epoch * steps:(epoch + 1) * steps].tolist(), epoch * steps)
+
+
+def divergence_reason(reason: str, config: ExperimentConfig, distills: bool = True) -> str:
+    """A diverged run's reason with the likely fixes. The KD term's gradient grows like T (T² times the
+    1/T of d softmax(z/T)/dz, Hinton et al. 2015), so a learning rate that suits T = 1 can blow up at T = 10."""
+    fixes = [] if config.train.clip_grad_norm is not None else ["set train.clip_grad_norm (e.g. 1.0)"]
+    fixes.append(f"lower student.lr (now {config.student.lr:g})")
+    why = "; the KD gradient grows like T" if distills else ""
+    return f"{reason}{why}: {' or '.join(fixes)}"
 
 
 def _summary(state: _Sweep, run: RunSpec, files: R.RunFiles, status: str, group_size: int, **extra) -> dict:

@@ -37,7 +37,9 @@ from kdtemp.teacher_import import ImportedTeacher, check_same_logits, import_tea
 TEACHER_FORMAT = "kdtemp-teacher/1"
 LOGITS_FORMAT = "kdtemp-teacher-logits/2"
 """/2: computed in float32 without autocast (/1 caches made on CUDA held bf16-rounded logits); others are recomputed."""
-RETRAIN = "retrain it with `kdtemp train-teacher --force`, or point --runs-dir/--config at the matching experiment"
+RETRAIN = ("to keep it, give this experiment its own name: `--name <new>` on train-teacher, sweep and report; "
+           "or `kdtemp train-teacher --force` overwrites it (and its students are retrained)")
+"""The fix for a teacher made for other data: a new name first, so two experiments never share a folder."""
 
 
 def teacher_label(index: int, count: int) -> str:
@@ -65,8 +67,8 @@ def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: St
             if existing.get("architecture") != architecture_of(spec) or existing.get("dataset") != config.data.dataset:
                 raise CheckpointError(
                     f"{path} holds a {existing.get('architecture', {}).get('arch')} teacher for {existing.get('dataset')}, "
-                    f"but the config asks for {spec.arch} on {config.data.dataset}; pass --force to replace it "
-                    "(its students will be retrained), or use another experiment name")
+                    f"but the config asks for {spec.arch} on {config.data.dataset}; to keep it, give this experiment its own "
+                    "name with `--name <new>`; or `--force` overwrites it (and its students are retrained)")
             check_source_unchanged(existing, spec, path)
             finished[index] = existing
     data = None

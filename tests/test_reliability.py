@@ -211,7 +211,7 @@ def test_mismatched_teacher_checkpoints_are_refused(tiny_config, run_cli):
         torch.save({**original, **change}, path)
         result = run_cli("sweep", "--config", config)
         assert result.code == 2 and re.search(message, result.stderr), result.stderr
-        assert "retrain it with `kdtemp train-teacher --force`" in result.stderr
+        assert "`--name <new>`" in result.stderr and "`kdtemp train-teacher --force` overwrites it" in result.stderr
     torch.save(original, path)
     other_arch = config.with_name("mismatch-arch.yaml")
     other_arch.write_text(config.read_text().replace("channels:", "kernel_size: 5\n  channels:"))
