@@ -175,7 +175,8 @@ def train_teacher_command(
 
     for result in run_job(stream):
         if isinstance(result, E.TeacherResult):
-            verb = "already trained" if result.already_trained else f"trained in {result.seconds:.1f}s"
+            done = "imported" if result.imported else "trained"
+            verb = f"already {done}" if result.already_trained else f"{done} in {result.seconds:.1f}s"
             out.print(f"{result.label} {verb}: test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
                       f"({result.parameters:,} parameters) -> {result.path}", highlight=False)
         elif isinstance(result, E.EnsembleResult):

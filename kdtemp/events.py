@@ -33,6 +33,8 @@ class TeacherResult:
     seconds: float
     already_trained: bool = False
     label: str = "teacher"
+    imported: bool = False
+    """A `checkpoint` teacher: evaluated and recorded, not trained."""
 
 
 @dataclass(frozen=True)

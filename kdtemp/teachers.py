@@ -83,7 +83,8 @@ def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: St
         if index in finished:
             existing = finished[index]
             yield TeacherResult(directory / "model.pt", float(existing["test_acc"]), int(existing["parameters"]),
-                                int(existing["epochs"]), 0.0, already_trained=True, label=label)
+                                int(existing["epochs"]), 0.0, already_trained=True, label=label,
+                                imported="source" in existing)
         elif index in imported:
             yield _record_imported(config, spec, imported[index], directory, label, data, device)
         else:
@@ -151,7 +152,8 @@ def _record_imported(config: ExperimentConfig, spec: ModelSpec, teacher: Importe
     }, model_path)
     for stale in (directory / "checkpoint.pt", directory / "metrics.csv"):
         stale.unlink(missing_ok=True)
-    return TeacherResult(model_path, accuracy, parameters, 0, time.perf_counter() - started, label=label)
+    return TeacherResult(model_path, accuracy, parameters, 0, time.perf_counter() - started, label=label,
+                         imported=True)
 
 
 def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label: str, data: Dataset,

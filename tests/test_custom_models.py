@@ -163,6 +163,8 @@ def test_a_checkpoint_teacher_is_evaluated_and_recorded(kind, tmp_path, data_roo
     config = write_config(tmp_path, data_root, teacher={**TEACHER, "checkpoint": str(path)})
     result = run_cli("train-teacher", "--config", config)
     assert result.code == 0, result.stderr
+    assert "teacher imported in" in result.stdout and "trained" not in result.stdout
+    assert "teacher already imported" in run_cli("train-teacher", "--config", config).stdout
 
     record = torch.load(experiment(config) / "teacher" / "model.pt", weights_only=True)
     for name, tensor in source.state_dict().items():
