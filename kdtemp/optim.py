@@ -32,7 +32,33 @@ def use_foreach(foreach: bool | None, params: list[torch.Tensor]) -> bool:
     return params[0].is_cuda
 
 
-class MemberwiseSGD(torch.optim.Optimizer):
+class _MemberwiseOptimizer(torch.optim.Optimizer):
+    """The step both memberwise optimisers share: per-parameter operations, or foreach ones on CUDA."""
+
+    foreach: bool | None = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [param for param in group["params"] if param.grad is not None]
+            self._init_state(params)
+            if params and use_foreach(self.foreach, params):
+                self._foreach_step(group, params)
+            else:
+                for param in params:
+                    self._param_step(group, param)
+
+    def _init_state(self, params: list[torch.Tensor]) -> None:
+        """Create what a parameter's first step needs (nothing for SGD: its momentum starts from the gradient)."""
+
+    def _param_step(self, group: dict, param: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _foreach_step(self, group: dict, params: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+
+class MemberwiseSGD(_MemberwiseOptimizer):
     """SGD with momentum (Nesterov when asked) and L2 weight decay, as torch.optim.SGD computes it.
 
     `foreach` None: torch._foreach_* on CUDA, one operation per parameter elsewhere.
@@ -42,16 +68,6 @@ class MemberwiseSGD(torch.optim.Optimizer):
                  foreach: bool | None = None):
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov})
         self.foreach = foreach
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            params = [param for param in group["params"] if param.grad is not None]
-            if params and use_foreach(self.foreach, params):
-                self._foreach_step(group, params)
-            else:
-                for param in params:
-                    self._param_step(group, param)
 
     def _param_step(self, group: dict, param: torch.Tensor) -> None:
         lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
@@ -94,7 +110,7 @@ class MemberwiseSGD(torch.optim.Optimizer):
         torch._foreach_sub_(params, torch._foreach_mul(updates, lr))
 
 
-class MemberwiseAdam(torch.optim.Optimizer):
+class MemberwiseAdam(_MemberwiseOptimizer):
     """Adam (L2 weight decay) or, with `decoupled`, AdamW, as torch.optim.Adam/AdamW compute them.
 
     `foreach` None: torch._foreach_* on CUDA, one operation per parameter elsewhere.
@@ -105,21 +121,13 @@ class MemberwiseAdam(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "decoupled": decoupled, "betas": betas, "eps": eps})
         self.foreach = foreach
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            params = [param for param in group["params"] if param.grad is not None]
-            for param in params:
-                state = self.state[param]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(param)
-                    state["exp_avg_sq"] = torch.zeros_like(param)
-            if params and use_foreach(self.foreach, params):
-                self._foreach_step(group, params)
-            else:
-                for param in params:
-                    self._param_step(group, param)
+    def _init_state(self, params: list[torch.Tensor]) -> None:
+        for param in params:
+            state = self.state[param]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(param)
+                state["exp_avg_sq"] = torch.zeros_like(param)
 
     def _param_step(self, group: dict, param: torch.Tensor) -> None:
         lr, decay, (beta1, beta2), eps = group["lr"], group["weight_decay"], group["betas"], group["eps"]
