@@ -273,3 +273,32 @@ def test_checkpoint_teacher_and_unstackable_custom_student_end_to_end(my_models,
     for _, runs in ours.groupby(["schedule", "t0"], dropna=False):
         mean, std = runs["test_acc"].mean(), runs["test_acc"].std()
         assert f"{100 * mean:.1f} ± {100 * std:.1f} (2)" in report.stdout, report.stdout
+
+
+def test_torchvision_checkpoint_teacher_into_a_custom_student_on_an_image_folder(my_models, run_cli):
+    """The combination the issue asks for: a torchvision:resnet18 teacher given as a plain state dict, a
+    module:callable student and an image folder, through train-teacher -> sweep -> report."""
+    import torchvision
+    from test_user_data import write_image_folder
+
+    folder = write_image_folder(my_models / "images", seed=0)
+    torch.manual_seed(3)
+    teacher = torchvision.models.resnet18(num_classes=3).eval()
+    torch.save(teacher.state_dict(), my_models / "resnet18.pt")
+    data = {"dataset": "image-folder", "root": str(folder), "image_size": 8, "batch_size": 8}
+    config = write_config(my_models, my_models / "data", "own", data=data,
+                          teacher={"arch": "torchvision:resnet18", "checkpoint": str(my_models / "resnet18.pt")},
+                          student={"arch": "my_models:TinyNet", "kwargs": {"width": 16}, "epochs": 1},
+                          kd={"temperatures": [4], "seeds": [0, 1]})
+    for command in ("train-teacher", "sweep", "report"):
+        result = run_cli(command, "--config", config)
+        assert result.code == 0, f"{command}: {result.stderr}"
+    record = torch.load(experiment(config) / "teacher" / "model.pt", weights_only=True)
+    images = load_dataset(DataConfig(**data))
+    with torch.no_grad():
+        predictions = teacher.double()(images.test_x.double()).argmax(-1)
+    assert record["source"]["format"] == "state_dict"
+    assert record["test_acc"] == pytest.approx(float((predictions == images.test_y).double().mean()), abs=1e-12)
+    summary = pd.read_csv(experiment(config) / "report" / "summary.csv")
+    assert set(summary["schedule"]) == {"constant", "none", "teacher"}
+    assert summary.loc[summary["schedule"] == "constant", "n"].item() == 2
