@@ -118,6 +118,14 @@ def p_text(p: float, label: str = "p") -> str:
     return f"{label} n/a" if pd.isna(p) else f"{label} = {p:.2g}"
 
 
+def versus_best_text(row) -> str:
+    """The p against the best cell, or why there is none: with one seed, or the same difference on every
+    seed, the paired t-test is undefined, and no test over so few seeds could separate the two anyway."""
+    if not pd.isna(row["p_vs_best"]):
+        return p_text(row["p_vs_best"])
+    return "p n/a: one seed" if row["n"] < 2 else "p n/a: the same difference on every seed"
+
+
 def names_text(names: list[str]) -> str:
     shown = names[:MORE_NAMES] + ([f"{len(names) - MORE_NAMES} more"] if len(names) > MORE_NAMES else [])
     return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
@@ -142,7 +150,7 @@ def clauses(tests: pd.DataFrame, baseline_mean: float, wording: Wording) -> list
     parts = []
     if len(tied):
         parts.append("tied with " + names_text([f"{wording.name(row, best)} ({wording.value(row['mean'])}, "
-                                                f"{p_text(row['p_vs_best'])})" for _, row in tied.iterrows()]))
+                                                f"{versus_best_text(row)})" for _, row in tied.iterrows()]))
     elif len(tests) > 1:
         parts.append(f"ahead of every other cell (paired p < {SIGNIFICANCE:g} against each)")
     if not math.isnan(baseline_mean):

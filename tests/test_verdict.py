@@ -177,10 +177,14 @@ def test_separation_cannot_be_estimated_for_identical_means_or_one_seed(tmp_path
         ("none", None): [0.60, 0.61, 0.60, 0.62]})
     line = render.headline(report.build_report(same).settings[0]).splitlines()[1]
     assert line.endswith(": identical means") and "separate constant T=" in line
+    shifted = write_runs(tmp_path / "runs" / "shifted", {
+        ("constant", 4.0): [0.70, 0.72], ("constant", 8.0): [0.73, 0.75], ("none", None): [0.60, 0.61]})
+    assert "tied with T=4 (71.0%, p n/a: the same difference on every seed)" in render.headline(
+        report.build_report(shifted).settings[0])
     single = write_runs(tmp_path / "runs" / "single", {("constant", 4.0): [0.70], ("constant", 8.0): [0.72],
                                                         ("none", None): [0.60]})
     text = render.headline(report.build_report(single).settings[0])
-    assert "tied with T=4 (70.0%, p n/a); neither is distinguishable from no-KD (adjusted p n/a)" in text
+    assert "tied with T=4 (70.0%, p n/a: one seed); neither is distinguishable from no-KD (adjusted p n/a)" in text
     assert text.splitlines()[1].endswith("a spread needs at least 2 seeds they share")
 
 
