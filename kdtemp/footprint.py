@@ -32,37 +32,57 @@ def forward_flops(model: nn.Module, batch: torch.Tensor) -> int | None:
 
 def latency_ms(model: nn.Module, batch: torch.Tensor, device: torch.device) -> float:
     """Median wall time of one forward pass of `batch` on `device`, after warm-up."""
-    timings = []
+    return interleaved_latency_ms([[model]], batch, device)[0]
+
+
+def interleaved_latency_ms(roles: Sequence[Sequence[nn.Module]], batch: torch.Tensor, device: torch.device) -> list[float]:
+    """Median wall time of one forward pass of `batch` through each role's models (summed over an ensemble).
+
+    The roles take turns within every repeat (student, teacher, student, teacher, ...), so a change in
+    the machine's load while the sweep trains slows both alike and their ratio, the report's "x faster",
+    stays put; timing one after the other let a busy moment land on one side only.
+    """
+    timings: list[list[float]] = [[] for _ in roles]
     with torch.no_grad():
         for index in range(WARMUP + REPEATS):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model(batch)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if index >= WARMUP:
-                timings.append(1000 * (time.perf_counter() - start))
-    return statistics.median(timings)
+            for role, models in enumerate(roles):
+                total = 0.0
+                for model in models:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    start = time.perf_counter()
+                    model(batch)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    total += time.perf_counter() - start
+                if index >= WARMUP:
+                    timings[role].append(1000 * total)
+    return [statistics.median(role_timings) for role_timings in timings]
 
 
 def footprint(models: Sequence[nn.Module], batch: torch.Tensor, device: torch.device) -> dict:
     """Sizes and costs of `models` run one after another (one model, or the members of an ensemble)."""
+    return {**_sizes(models, batch), "latency_ms": interleaved_latency_ms([models], batch, device)[0]}
+
+
+def _sizes(models: Sequence[nn.Module], batch: torch.Tensor) -> dict:
     for model in models:
         model.eval()
     flops = [forward_flops(model, batch) for model in models]
     return {
         "params": sum(count_parameters(model) for model in models),
         "size_bytes": sum(size_bytes(model) for model in models),
-        "latency_ms": sum(latency_ms(model, batch, device) for model in models),
         "flops": None if any(f is None for f in flops) else sum(flops),
     }
 
 
 def student_and_teacher(student: nn.Module, teachers: Sequence[nn.Module], batch: torch.Tensor, device: torch.device) -> dict:
     """The summary.json fields: student_* and teacher_* for params, size_bytes, latency_ms and flops."""
-    fields = {"latency_batch_size": len(batch)}
-    for role, models in (("student", [student]), ("teacher", list(teachers))):
-        for name, value in footprint(models, batch, device).items():
+    roles = {"student": [student], "teacher": list(teachers)}
+    fields: dict = {"latency_batch_size": len(batch)}
+    for role, models in roles.items():
+        for name, value in _sizes(models, batch).items():
             fields[f"{role}_{name}"] = value
+    for role, latency in zip(roles, interleaved_latency_ms(list(roles.values()), batch, device)):
+        fields[f"{role}_latency_ms"] = latency
     return fields

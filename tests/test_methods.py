@@ -286,3 +286,29 @@ def test_a_failed_parent_fails_its_next_generation(tiny_config, run_cli):
     assert not (layout.run_dir(child) / "metrics.csv").exists()  # never trained
     finished = [s for name, s in summaries.items() if not name.startswith("constant-T1e30")]
     assert len(finished) == 3 and all(s["status"] == "completed" for s in finished)  # T=2 in both generations, the baseline
+
+
+def test_student_and_teacher_latencies_are_timed_in_turns():
+    """The report's "x faster" divides two latencies: timing them in turns (student, teacher members,
+    student, ...) keeps a change of machine load from landing on one side only."""
+    import torch
+    from torch import nn
+
+    from kdtemp.footprint import REPEATS, WARMUP, student_and_teacher
+
+    calls = []
+
+    class Recorder(nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name, self.layer = name, nn.Linear(4, 2)
+
+        def forward(self, x):
+            calls.append(self.name)
+            return self.layer(x)
+
+    fields = student_and_teacher(Recorder("s"), [Recorder("t0"), Recorder("t1")], torch.zeros(3, 4), torch.device("cpu"))
+    timed = [name for name in calls if name in ("s", "t0", "t1")][-(WARMUP + REPEATS) * 3:]
+    assert timed == ["s", "t0", "t1"] * (WARMUP + REPEATS)
+    assert fields["student_latency_ms"] > 0 and fields["teacher_latency_ms"] > 0
+    assert fields["teacher_params"] == 2 * fields["student_params"] == 2 * (4 * 2 + 2)
