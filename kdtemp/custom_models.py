@@ -38,6 +38,9 @@ def torchvision_model(name: str, weights: str | None, num_classes: int, kwargs: 
         return torchvision.models.get_model(name, weights=weights, num_classes=num_classes, **kwargs)
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"torchvision:{name}: {_first_line(exc)}; see torchvision.models.list_models()") from None
+    except (OSError, RuntimeError) as exc:  # weights that must be downloaded, offline, or a broken file
+        raise ConfigError(f"torchvision:{name} weights {weights}: {_first_line(exc)}; download them where there is a "
+                          "network (torch.hub caches them), or set weights: null and give a trained checkpoint") from None
 
 
 def import_callable(arch: str):

@@ -59,15 +59,19 @@ def each_member(function: Callable, in_dims: tuple[int | None, ...]) -> Callable
     group size (measured on CPU: 1e-7 in logits after one step, growing to percent-level test
     accuracy after a few epochs); one call per member runs the ops the member runs alone, so a
     member's numbers cannot depend on its group. Each call starts from the same RNG state, so every
-    member draws the dropout mask it would draw alone, as randomness="same" does. CPU RNG only.
+    member draws the dropout mask it would draw alone, as randomness="same" does (the CPU generator,
+    and the CUDA ones once CUDA is in use).
     """
 
     def call(*args):
         count = next(_group_size(a) for a, dim in zip(args, in_dims) if dim is not None)
         rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         outputs = []
         for k in range(count):
             torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
             outputs.append(function(*(a if dim is None else _member_slice(a, k) for a, dim in zip(args, in_dims))))
         if isinstance(outputs[0], tuple):
             return tuple(torch.stack(parts) for parts in zip(*outputs))

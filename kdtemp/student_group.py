@@ -293,11 +293,10 @@ class StudentGroup:
         """The teacher's logits (and hint features) for this step's batch: (n, B, ...), or (K, n, B, ...) per member.
 
         With several seeds the batch has a row per seed, (S, B, ...). Teachers run on every batch
-        (augmented inputs) then take the S rows concatenated, (S*B, ...): one call per teacher and
-        step, whose rows each member indexes by its seed. On CPU that is bitwise the S calls of the
-        members alone (no sample's logits depend on the batch around it: measured for mlp, cnn and
-        resnet8 teachers, and tests/test_engine.py checks members across seeds against themselves
-        alone), so CPU and CUDA take the one path.
+        (augmented inputs): on CUDA on the S rows concatenated, (S*B, ...), one call per teacher and
+        step, whose rows each member indexes by its seed; on CPU once per seed row, because a sample's
+        logits can round differently inside a batch of another size (1e-7 for batches of 3, 5 or 17
+        rows, measured), and a member must get exactly the targets it gets alone (tests/test_engine.py).
         """
         if self.teacher.train_logits is not None:
             features = self._gather(self.teacher.train_features, indices) if self.hint is not None else None
@@ -310,10 +309,14 @@ class StudentGroup:
                 batches = [layout(inputs[row]) for row in self.seed_rows]
             logits, features = self._run_teachers(batches)
             return logits.unsqueeze(1), None if features is None else features.unsqueeze(1)
-        shared = layout(inputs if self.member_rows is None else inputs.flatten(0, 1))
-        logits, features = self._run_teachers([shared] * len(self.teacher.networks))
         if self.member_rows is None:
-            return logits, features
+            return self._run_teachers([layout(inputs)] * len(self.teacher.networks))
+        if self.settings.device.type == "cpu":
+            rows = [self._run_teachers([layout(row)] * len(self.teacher.networks)) for row in inputs]
+            logits = torch.cat([row_logits for row_logits, _ in rows], dim=1)
+            features = None if rows[0][1] is None else torch.cat([row_features for _, row_features in rows], dim=1)
+        else:
+            logits, features = self._run_teachers([layout(inputs.flatten(0, 1))] * len(self.teacher.networks))
         return self._by_member(logits), None if features is None else self._by_member(features)
 
     def _run_teachers(self, batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:

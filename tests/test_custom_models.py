@@ -302,3 +302,19 @@ def test_torchvision_checkpoint_teacher_into_a_custom_student_on_an_image_folder
     summary = pd.read_csv(experiment(config) / "report" / "summary.csv")
     assert set(summary["schedule"]) == {"constant", "none", "teacher"}
     assert summary.loc[summary["schedule"] == "constant", "n"].item() == 2
+
+
+def test_torchvision_weights_that_cannot_be_downloaded_are_one_line(monkeypatch):
+    """Offline, torchvision's download raises URLError (an OSError): a ConfigError naming the way out, no traceback."""
+    import urllib.error
+
+    import torchvision
+
+    from kdtemp.custom_models import torchvision_model
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models, "get_model", offline)
+    with pytest.raises(ConfigError, match=r"torchvision:resnet18 weights IMAGENET1K_V1: .*name resolution.*weights: null"):
+        torchvision_model("resnet18", "IMAGENET1K_V1", 10, {})
