@@ -7,7 +7,8 @@ ones that round differently with K, so their forward runs member by member on sl
 parameters (`each_member`), the ops each runs alone (on 2 CPU cores no slower: 0.90x and 0.99x the
 vmapped epoch for 4 `cnn` and 4 `resnet8` students). On CUDA they stay vmapped.
 One batch and one teacher pass (or one read of cached teacher logits) serve them all; students of
-several seeds take a batch row per seed, and the teacher one pass on the rows concatenated. Their losses
+several seeds take a batch row per seed, and the teacher one pass per row (on CUDA one on the rows
+concatenated). Their losses
 are summed before `backward`, which keeps their gradients independent; a member whose loss turns
 non-finite is masked out and reported as failed. A member trained here on CPU gives the numbers it
 would give trained alone, bitwise: tests/test_engine.py holds the proof.
