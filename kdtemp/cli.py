@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 from contextlib import contextmanager
@@ -240,7 +241,14 @@ def sweep_command(
                     err.print(f"[red]failed:[/red] {run_id}: {reason}", highlight=False)
                 raise typer.Exit(1)
             if result.experiment_dir is not None:
-                out.print(f"results in {result.experiment_dir}; next: kdtemp report", highlight=False)
+                out.print(f"results in {result.experiment_dir}; next: kdtemp report{same_experiment(config, runs_dir, name)}",
+                          highlight=False)
+
+
+def same_experiment(config: Optional[Path], runs_dir: Optional[Path], name: Optional[str]) -> str:
+    """The options that name this experiment, for a suggested next command: without them it would read another."""
+    options = [("--config", config), ("--runs-dir", runs_dir), ("--name", name)]
+    return "".join(f" {flag} {shlex.quote(str(value))}" for flag, value in options if value is not None)
 
 
 def _schedules_override(config: Optional[Path], text: Optional[str]) -> Optional[list]:
@@ -336,7 +344,10 @@ def status_command(
     if missing:
         out.print(_status_table(f"planned by the config, not on disk: {len(missing)} runs", missing))
     counts = {state: sum(1 for s in statuses if s.state == state) for state in STATES}
-    out.print(", ".join(f"{count} {state}" for state, count in counts.items()), highlight=False)
+    line = ", ".join(f"{count} {state}" for state, count in counts.items())
+    if counts["pending"]:  # not unfinished work of the sweep that ran: what the config would add
+        line += " (planned by the config, not on disk: `kdtemp sweep` with the same options trains them)"
+    out.print(line, highlight=False)
 
 
 def _status_table(title: str, statuses: list) -> Table:

@@ -58,7 +58,8 @@ def headline(section: SettingReport) -> str | None:
     tests, results, table = section.tests, section.results, section.table
     if tests.empty:
         return None
-    wording = verdict.Wording(table.percent, table.higher_better, len(set(tests["alpha"])) > 1, results.generations)
+    wording = verdict.Wording(table.percent, table.higher_better, len(set(tests["alpha"])) > 1, results.generations,
+                              len(set(tests["schedule"])) > 1)
     best = tests[tests["best"]].iloc[0]
     text = f"best: {wording.name(best)}, {wording.value(best['mean'])}"
     extras = []

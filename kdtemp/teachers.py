@@ -70,6 +70,10 @@ def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: St
                     f"but the config asks for {spec.arch} on {config.data.dataset}; to keep it, give this experiment its own "
                     "name with `--name <new>`; or `--force` overwrites it (and its students are retrained)")
             check_source_unchanged(existing, spec, path)
+            if "source" not in existing and existing.get("epochs") != spec.epochs:
+                yield Note(f"{teacher_label(index, count)} was trained for {existing.get('epochs')} epochs, kept as it is "
+                           f"(this config asks for {spec.epochs}): `--force` retrains it, `--name <new>` trains another",
+                           "warning")
             finished[index] = existing
     data = None
     imported: dict[int, ImportedTeacher] = {}

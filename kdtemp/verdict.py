@@ -97,14 +97,17 @@ class Wording:
     higher_better: bool
     several_alphas: bool = False
     generations: bool = False
+    several_schedules: bool = False
 
     def value(self, value: float) -> str:
         return f"{100 * value:.1f}%" if self.percent else f"{value:.3f}"
 
     def name(self, row, relative_to=None) -> str:
-        """`constant T=10`; just `T=5` beside a best cell of the same schedule, alpha and generation."""
+        """`constant T=10`; just `T=5` beside a best cell of the same schedule, alpha and generation, when the
+        table has one schedule (with several, `T=2` alone would not say whose)."""
         temperature = "" if pd.isna(row["t0"]) else f"T={row['t0']:g}"
-        same = relative_to is not None and all(row[k] == relative_to[k] for k in ("schedule", "alpha", "generation"))
+        same = relative_to is not None and not self.several_schedules and all(
+            row[k] == relative_to[k] for k in ("schedule", "alpha", "generation"))
         parts = [] if same and temperature else [str(row["schedule"])]
         parts.append(temperature)
         if self.several_alphas and not same:
@@ -118,12 +121,13 @@ def p_text(p: float, label: str = "p") -> str:
     return f"{label} n/a" if pd.isna(p) else f"{label} = {p:.2g}"
 
 
-def versus_best_text(row) -> str:
-    """The p against the best cell, or why there is none: with one seed, or the same difference on every
-    seed, the paired t-test is undefined, and no test over so few seeds could separate the two anyway."""
-    if not pd.isna(row["p_vs_best"]):
-        return p_text(row["p_vs_best"])
-    return "p n/a: one seed" if row["n"] < 2 else "p n/a: the same difference on every seed"
+def untested_reason(row) -> str:
+    """Why a cell has no paired test against the best. With the same difference on every seed the t-test is
+    undefined (zero spread), though every seed agrees on the direction; no test over so few seeds could reach
+    p < 0.05 anyway (a sign-flip test over n seeds cannot go below 2 / 2^n)."""
+    if row["n"] < 2:
+        return "one seed"
+    return "the same difference on every seed, so no t-test"
 
 
 def names_text(names: list[str]) -> str:
@@ -137,10 +141,16 @@ def ranked(tests: pd.DataFrame, wording: Wording) -> pd.DataFrame:
 
 
 def ties(tests: pd.DataFrame, wording: Wording) -> pd.DataFrame:
-    """Cells the paired test cannot tell from the best: p_vs_best >= 0.05, or no test at all (n/a)."""
+    """Cells the paired test cannot tell from the best: p_vs_best >= 0.05."""
     others = ranked(tests, wording)
     others = others[~others["best"]]
-    return others[others["p_vs_best"].isna() | (others["p_vs_best"] >= SIGNIFICANCE)]
+    return others[others["p_vs_best"] >= SIGNIFICANCE]
+
+
+def untested(tests: pd.DataFrame, wording: Wording) -> pd.DataFrame:
+    """Cells with no paired test against the best: one seed, or the same difference on every seed (t undefined)."""
+    others = ranked(tests, wording)
+    return others[~others["best"] & others["p_vs_best"].isna()]
 
 
 def clauses(tests: pd.DataFrame, baseline_mean: float, wording: Wording) -> list[str]:
@@ -148,11 +158,15 @@ def clauses(tests: pd.DataFrame, baseline_mean: float, wording: Wording) -> list
     best = tests[tests["best"]].iloc[0]
     tied = ties(tests, wording)
     parts = []
+    unknown = untested(tests, wording)
     if len(tied):
         parts.append("tied with " + names_text([f"{wording.name(row, best)} ({wording.value(row['mean'])}, "
-                                                f"{versus_best_text(row)})" for _, row in tied.iterrows()]))
-    elif len(tests) > 1:
-        parts.append(f"ahead of every other cell (paired p < {SIGNIFICANCE:g} against each)")
+                                                f"{p_text(row['p_vs_best'])})" for _, row in tied.iterrows()]))
+    elif len(tests) > len(unknown) + 1:
+        parts.append(f"ahead of every other cell tested (paired p < {SIGNIFICANCE:g} against each)")
+    if len(unknown):
+        parts.append("not tested against " + names_text([f"{wording.name(row, best)} ({wording.value(row['mean'])}: "
+                                                         f"{untested_reason(row)})" for _, row in unknown.iterrows()]))
     if not math.isnan(baseline_mean):
         parts.append(_versus_no_kd(pd.concat([best.to_frame().T, tied]), best, wording))
         hurt = _hurt(tests, best, baseline_mean, wording)

@@ -48,6 +48,10 @@ def test_train_teacher_again_keeps_the_finished_teacher(trained, run_cli):
     before = (experiment(trained) / "teacher" / "model.pt").read_bytes()
     result = run_cli("train-teacher", "--config", trained)
     assert result.code == 0 and "already trained" in result.stdout
+    assert "was trained for" not in result.stdout + result.stderr
+    other = run_cli("train-teacher", "--config", trained, "--epochs", "5")
+    assert other.code == 0 and "was trained for 2 epochs, kept as it is (this config asks for 5)" in \
+        " ".join((other.stdout + other.stderr).split())
     assert (experiment(trained) / "teacher" / "model.pt").read_bytes() == before
 
 
@@ -68,6 +72,8 @@ def test_sweep_and_report_end_to_end(trained, run_cli):
     result = run_cli("sweep", "--config", trained)
     assert result.code == 0, result.stderr
     assert "6 runs: 0 skipped (complete), 0 resumed, 6 started, 6 completed, 0 failed" in result.stdout
+    # the suggested next command names this experiment: a bare `kdtemp report` would read runs/default
+    assert f"next: kdtemp report --config {trained}" in " ".join(result.stdout.split())
     students = experiment(trained) / "students"
     run_dirs = sorted(p for p in students.iterdir())
     assert len(run_dirs) == 6  # 2 temperatures x 2 seeds + a baseline per seed

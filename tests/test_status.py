@@ -31,7 +31,8 @@ def test_status_after_a_temps_sweep_shows_the_swept_runs_and_lists_missing_plann
     missing = rows_of(missing_part)
     assert sorted(run_id for run_id, _ in missing) == sorted(planned - set(on_disk)) and len(missing) == 5
     assert {state for _, state in missing} == {"pending"}
-    assert "3 completed, 0 running, 0 failed, 0 interrupted, 5 pending" in result.stdout
+    assert "3 completed, 0 running, 0 failed, 0 interrupted, 5 pending (planned by the config, not on disk" in \
+        " ".join(result.stdout.split())
 
     same_grid = run_cli("status", "--config", config, "--temps", "3,10", "--seeds", "0")
     assert same_grid.code == 0, same_grid.stderr

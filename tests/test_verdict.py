@@ -141,8 +141,8 @@ def test_verdict_names_the_tie_the_no_kd_test_and_where_kd_hurt(tied):
     assert tie > 0.05
     percent = {key: f"{100 * np.mean(values):.1f}%" for key, values in TIED.items()}
     verdict_line = render.headline(section).splitlines()[0]
-    assert verdict_line == (f"best: constant T=10, {percent[('constant', 10.0)]}; tied with T=5 ({percent[('constant', 5.0)]}, "
-                            f"p = {tie:.2g}); both beat no-KD (adjusted p < 0.05); KD hurt: T=1 ({percent[('constant', 1.0)]}) "
+    assert verdict_line == (f"best: constant T=10, {percent[('constant', 10.0)]}; tied with constant T=5 ({percent[('constant', 5.0)]}, "
+                            f"p = {tie:.2g}); both beat no-KD (adjusted p < 0.05); KD hurt: constant T=1 ({percent[('constant', 1.0)]}) "
                             f"below no-KD's {percent[('none', None)]} (adjusted p < 0.05)")
     constant = section.table.rows["constant"]
     assert report.format_cell(constant[10.0], True).endswith(" *") and report.format_cell(constant[5.0], True).endswith(" *")
@@ -155,7 +155,7 @@ def test_the_tie_says_how_many_more_seeds_would_separate_the_top_two(tied):
     effect_size = differences.mean() / differences.std(ddof=1)
     needed = next(n for n in range(2, 10_000) if power_by_scipy(effect_size, n) >= 0.8)
     assert render.headline(section).splitlines()[1].startswith(
-        f"{needed - 4} more seeds would separate constant T=10 from T=5 at the observed spread")
+        f"{needed - 4} more seeds would separate constant T=10 from constant T=5 at the observed spread")
 
 
 @pytest.mark.parametrize("effect_size", [0.3, 0.8, 1.5])
@@ -179,12 +179,12 @@ def test_separation_cannot_be_estimated_for_identical_means_or_one_seed(tmp_path
     assert line.endswith(": identical means") and "separate constant T=" in line
     shifted = write_runs(tmp_path / "runs" / "shifted", {
         ("constant", 4.0): [0.70, 0.72], ("constant", 8.0): [0.73, 0.75], ("none", None): [0.60, 0.61]})
-    assert "tied with T=4 (71.0%, p n/a: the same difference on every seed)" in render.headline(
+    assert "not tested against T=4 (71.0%: the same difference on every seed, so no t-test)" in render.headline(
         report.build_report(shifted).settings[0])
     single = write_runs(tmp_path / "runs" / "single", {("constant", 4.0): [0.70], ("constant", 8.0): [0.72],
                                                         ("none", None): [0.60]})
     text = render.headline(report.build_report(single).settings[0])
-    assert "tied with T=4 (70.0%, p n/a: one seed); neither is distinguishable from no-KD (adjusted p n/a)" in text
+    assert "not tested against T=4 (70.0%: one seed); not distinguishable from no-KD (adjusted p n/a)" in text
     assert text.splitlines()[1].endswith("a spread needs at least 2 seeds they share")
 
 
@@ -211,7 +211,7 @@ def test_each_metric_has_its_title_markers_and_own_report_file(tied, no_figures)
     assert loss.table.heading == "test_loss, mean ± sd (n seeds), last epoch"
     constant = loss.table.rows["constant"]  # test_loss = 1.5 - test_acc: lower is better, so the same marks
     assert report.format_cell(constant[10.0], False).endswith(" *") and report.format_cell(constant[1.0], False).endswith(" †")
-    assert render.headline(loss).startswith("best: constant T=10, 0.756; tied with T=5 (0.760")
+    assert render.headline(loss).startswith("best: constant T=10, 0.756; tied with constant T=5 (0.760")
     assert "* / † = better / worse than the no-KD baseline" in (out / "report-test_loss.md").read_text()
 
 
