@@ -375,7 +375,7 @@ def export_command(
     [bold]Example:[/bold] kdtemp export --format pt2
     """
     from kdtemp.export import FILE_NAMES, export_student
-    from kdtemp.runs import ExperimentLayout
+    from kdtemp.runs import ExperimentLayout, read_summary
 
     if format not in FILE_NAMES:
         fail(f"--format: {format!r} is not a format; choose pt2 or torchscript")
@@ -386,6 +386,12 @@ def export_command(
         fail(str(exc))
     loader = "torch.jit.load(path)" if format == "torchscript" else "torch.export.load(path).module()"
     out.print(f"exported {chosen} -> {path}  (load it with {loader})", highlight=False)
+    if run_id is None:  # one run, where the report's cells average seeds: say which and why
+        layout = ExperimentLayout.of(settings.runs_dir, settings.name)
+        accuracy = ((read_summary(layout.students_dir / chosen) or {}).get("final") or {}).get("test_acc")
+        shown = f", {100 * accuracy:.1f}%" if accuracy is not None else ""
+        out.print(f"chosen as the completed run with the highest last-epoch test accuracy{shown}; the report's cells "
+                  "average seeds: give a RUN_ID to export another", highlight=False)
 
 
 def _experiment_names(settings: ExperimentConfig, names: Optional[str]) -> list[str]:
