@@ -269,7 +269,7 @@ def summarize(results: ExperimentResults) -> pd.DataFrame:
             seen.add(key)
             rows.append(_summary_row(key, cell, baseline, results))
             if key in tests:
-                rows[-1].update({c: tests[key][c] for c in ("holm_p_value", "p_vs_best", "p_vs_constant")})
+                rows[-1].update({c: tests[key][c] for c in verdict.SUMMARY_TEST_COLUMNS})
     for (schedule, alpha, t0, generation), count in results.cells_failed.items():
         if (schedule, alpha, t0, generation) not in seen:
             rows.append({"schedule": schedule, "alpha": alpha, "t0": t0, "generation": generation, "n": 0, "failed": count})
@@ -298,24 +298,18 @@ def _summary_row(key: tuple, cell: pd.DataFrame, baseline: pd.DataFrame, results
         "failed": results.cells_failed.get(key, 0),
     }
     if schedule != "none" and not baseline.empty:
-        row.update(_versus_baseline(cell, baseline, (results.teacher or {}).get("test_acc")))
+        row["gap_closed"] = _gap_closed(cell, baseline, (results.teacher or {}).get("test_acc"))
     return row
 
 
-def _versus_baseline(cell: pd.DataFrame, baseline: pd.DataFrame, teacher: float | None) -> dict:
-    """delta_vs_baseline, p_value and gap_closed over exactly the seeds with both a run in the cell and a
-    no-KD baseline of the same setting, so a failed seed on either side drops out of both means."""
-    paired = cell.merge(baseline[["baseline_setting", "seed", "test_acc"]], on=["baseline_setting", "seed"],
-                        suffixes=("", "_baseline"), validate="many_to_one")
-    treated, control = paired["test_acc"].tolist(), paired["test_acc_baseline"].tolist()
-    if not treated:
-        return {}
-    row = {"delta_vs_baseline": stats.mean([a - b for a, b in zip(treated, control)]),
-           "p_value": stats.paired_t_test(treated, control)}
+def _gap_closed(cell: pd.DataFrame, baseline: pd.DataFrame, teacher: float | None) -> float:
+    """(cell mean - baseline mean) / (teacher - baseline mean), both means over exactly the seeds with a run
+    in the cell and a no-KD baseline of the same setting (as delta_vs_baseline and p_value, verdict.cell_tests)."""
+    treated, control = verdict.paired_values(cell, baseline, "test_acc", ["baseline_setting", "seed"])
     base = stats.mean(control)
-    if teacher is not None and teacher != base:
-        row["gap_closed"] = (stats.mean(treated) - base) / (teacher - base)
-    return row
+    if not treated or teacher is None or teacher == base:
+        return math.nan
+    return (stats.mean(treated) - base) / (teacher - base)
 
 
 def _mean_of(cell: pd.DataFrame, column: str) -> float:

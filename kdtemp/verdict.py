@@ -24,6 +24,8 @@ CONSTANT = "constant"
 SIGNIFICANCE = 0.05
 TEST_COLUMNS = [*GRID_KEYS, "n", "mean", "delta_vs_baseline", "p_value", "holm_p_value", "p_vs_best", "p_vs_constant",
                 "best"]
+SUMMARY_TEST_COLUMNS = ("delta_vs_baseline", "p_value", "holm_p_value", "p_vs_best", "p_vs_constant")
+"""What summary.csv takes from cell_tests, so each test is computed once."""
 MORE_NAMES = 4
 """Cells named in one clause before the rest are counted ("and 3 more")."""
 
