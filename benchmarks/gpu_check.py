@@ -12,7 +12,7 @@ on synthetic CIFAR-100-shaped data (benchmarks/synthetic.py), plus Fashion-MNIST
     sync_free_steps              torch.cuda.set_sync_debug_mode("error") around every step loop
     group_vs_alone               a member's numbers in a group vs alone, train.deterministic on and off
     member_bytes_vs_peak         device.member_bytes against the measured per-member peak
-    footprint_latency            footprint.latency_ms against CUDA-event timing
+    footprint_latency            footprint.student_and_teacher's latencies against CUDA-event timing
     sweep_interrupt_resume       `kdtemp sweep --device cuda`, Ctrl-C after an epoch, then resumed
     model_pt_on_cpu              the sweep's model.pt files loaded where no CUDA exists
     fashion_mnist                a short real-data sweep, when Debian's dataset-fashion-mnist is installed

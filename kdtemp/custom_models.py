@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kdtemp.config import CustomSpec
-from kdtemp.errors import ConfigError
+from kdtemp.errors import ConfigError, first_line
 
 
 def build_custom(spec: CustomSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -37,9 +37,9 @@ def torchvision_model(name: str, weights: str | None, num_classes: int, kwargs: 
     try:
         return torchvision.models.get_model(name, weights=weights, num_classes=num_classes, **kwargs)
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"torchvision:{name}: {_first_line(exc)}; see torchvision.models.list_models()") from None
+        raise ConfigError(f"torchvision:{name}: {first_line(exc)}; see torchvision.models.list_models()") from None
     except (OSError, RuntimeError) as exc:  # weights that must be downloaded, offline, or a broken file
-        raise ConfigError(f"torchvision:{name} weights {weights}: {_first_line(exc)}; download them where there is a "
+        raise ConfigError(f"torchvision:{name} weights {weights}: {first_line(exc)}; download them where there is a "
                           "network (torch.hub caches them), or set weights: null and give a trained checkpoint") from None
 
 
@@ -53,7 +53,7 @@ def import_callable(arch: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # a user's module may fail to import in any way: report it, not a traceback
-        raise ConfigError(f"{arch}: cannot import {module_name!r} ({type(exc).__name__}: {_first_line(exc)}); "
+        raise ConfigError(f"{arch}: cannot import {module_name!r} ({type(exc).__name__}: {first_line(exc)}); "
                           "put it in the working directory or on PYTHONPATH") from None
     finally:
         if added:
@@ -76,7 +76,7 @@ def user_model(arch: str, kwargs: dict, input_shape: tuple[int, ...], num_classe
     try:
         model = builder(**arguments)
     except Exception as exc:
-        raise ConfigError(f"{arch}: calling it with {sorted(arguments)} failed ({type(exc).__name__}: {_first_line(exc)}); "
+        raise ConfigError(f"{arch}: calling it with {sorted(arguments)} failed ({type(exc).__name__}: {first_line(exc)}); "
                           "fix its kwargs") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{arch} returned a {type(model).__name__}, not a torch.nn.Module")
@@ -101,7 +101,7 @@ def check_logits_shape(model: nn.Module, arch: str, input_shape: tuple[int, ...]
             output = model(torch.zeros(1, *input_shape))
     except Exception as exc:
         raise ConfigError(f"{arch} cannot run on one input of shape {tuple(input_shape)} "
-                          f"({type(exc).__name__}: {_first_line(exc)})") from None
+                          f"({type(exc).__name__}: {first_line(exc)})") from None
     finally:
         model.train(was_training)
         model.load_state_dict(state)
@@ -110,7 +110,3 @@ def check_logits_shape(model: nn.Module, arch: str, input_shape: tuple[int, ...]
         raise ConfigError(f"{arch} gives {shape} for one example, but the data has {num_classes} classes: "
                           f"it must return logits of shape (batch, {num_classes})")
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -5,6 +5,13 @@ exits non-zero, so no traceback ever reaches a user for input we can foresee.
 """
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message cut to its first line (and `limit` characters), or its type when it has none:
+    what a one-line refusal quotes of a library's error."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class KDTempError(Exception):
     """Base of every error a user can act on."""
 

@@ -30,11 +30,6 @@ def forward_flops(model: nn.Module, batch: torch.Tensor) -> int | None:
         return None
 
 
-def latency_ms(model: nn.Module, batch: torch.Tensor, device: torch.device) -> float:
-    """Median wall time of one forward pass of `batch` on `device`, after warm-up."""
-    return interleaved_latency_ms([[model]], batch, device)[0]
-
-
 def interleaved_latency_ms(roles: Sequence[Sequence[nn.Module]], batch: torch.Tensor, device: torch.device) -> list[float]:
     """Median wall time of one forward pass of `batch` through each role's models (summed over an ensemble).
 
@@ -58,11 +53,6 @@ def interleaved_latency_ms(roles: Sequence[Sequence[nn.Module]], batch: torch.Te
                 if index >= WARMUP:
                     timings[role].append(1000 * total)
     return [statistics.median(role_timings) for role_timings in timings]
-
-
-def footprint(models: Sequence[nn.Module], batch: torch.Tensor, device: torch.device) -> dict:
-    """Sizes and costs of `models` run one after another (one model, or the members of an ensemble)."""
-    return {**_sizes(models, batch), "latency_ms": interleaved_latency_ms([models], batch, device)[0]}
 
 
 def _sizes(models: Sequence[nn.Module], batch: torch.Tensor) -> dict:

@@ -26,7 +26,7 @@ import torch
 from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig, config_to_dict
 from kdtemp.device import resolve_device
-from kdtemp.errors import ConfigError, KDTempError
+from kdtemp.errors import ConfigError, KDTempError, first_line
 from kdtemp.events import Note, Progress, Submitted, SweepResult
 from kdtemp.plan import RunSpec, group_runs
 from kdtemp.prepare import StopCheck
@@ -304,7 +304,7 @@ def launch_slurm(config: ExperimentConfig, force: bool = False, wait: bool = Tru
         try:
             results.append(SweepResult(**{**job.result(), "experiment_dir": layout.root}))
         except Exception as exc:  # cancelled, killed, or failed: what it finished is on disk
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = first_line(exc, limit=10_000)
             problems.append(f"job {job.job_id} did not finish ({message[:200]})")
     for problem in problems:
         yield Note(f"{problem}; run the same command again to resume its runs", "warning")

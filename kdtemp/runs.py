@@ -34,7 +34,7 @@ import torch
 import yaml
 from filelock import FileLock, Timeout
 
-from kdtemp.errors import CheckpointError, RunsError
+from kdtemp.errors import CheckpointError, RunsError, first_line
 
 STUDENT_COLUMNS = [
     "run_id", "schedule", "t0", "alpha", "seed", "epoch", "temperature", "lr",
@@ -324,8 +324,7 @@ def load_checkpoint(path: Path, what: str = "checkpoint") -> dict:
             f"{detail}; delete it and recreate it with kdtemp"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read {what} {path} ({first}); it is truncated or not a checkpoint: delete it and recreate it") from None
+        raise CheckpointError(f"cannot read {what} {path} ({first_line(exc, 160)}); it is truncated or not a checkpoint: delete it and recreate it") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{what} {path} is not a kdtemp checkpoint (expected a dict); delete it and recreate it")
     return data
@@ -333,11 +332,16 @@ def load_checkpoint(path: Path, what: str = "checkpoint") -> dict:
 
 def file_fingerprint(path: Path) -> str:
     """Short content hash of a file: identifies a checkpoint whatever its path."""
+    return file_sha256(path)[:16]
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256, read in 1 MiB blocks (a teacher checkpoint may be large)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 # --- locks ---------------------------------------------------------------------------------------

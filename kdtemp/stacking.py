@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from kdtemp.errors import first_line
+
 
 def stack_modules(modules: list[nn.Module], device: torch.device) -> tuple[nn.Module, dict, dict]:
     """(structure-only template on the meta device, stacked parameters, stacked buffers)."""
@@ -96,6 +98,5 @@ def vmap_failure(modules: list[nn.Module], example: torch.Tensor) -> str | None:
                            randomness="same")
             forward(params, buffers, example.expand(len(modules), *example.shape)).float().sum().backward()
         except Exception as exc:  # vmap raises several kinds; any of them means: do not stack
-            text = str(exc).strip()
-            return text.splitlines()[0][:160] if text else type(exc).__name__
+            return first_line(exc, 160)
     return None

@@ -10,7 +10,6 @@ or export program must also compute the same logits as that network, checked on 
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from torch import nn
 
 from kdtemp import runs as R
 from kdtemp.config import ModelSpec
-from kdtemp.errors import CheckpointError
+from kdtemp.errors import CheckpointError, first_line
 from kdtemp.models import build_model
 
 STATE_DICT, KDTEMP, TORCHSCRIPT, EXPORT = "state_dict", "kdtemp", "torchscript", "torch.export"
@@ -36,14 +35,6 @@ class ImportedTeacher:
     """What teacher/model.pt records of the file: path, sha256, format."""
     program: nn.Module | None
     """The TorchScript or export program itself, for the logits check; None for state dicts."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_format(path: Path) -> str:
@@ -77,7 +68,7 @@ def read_weights(path: Path) -> tuple[dict, str, nn.Module | None]:
             warnings.simplefilter("ignore")
             program = torch.jit.load(str(path), map_location="cpu") if kind == TORCHSCRIPT else torch.export.load(str(path))
     except Exception as exc:  # both loaders raise many kinds of errors for damaged archives
-        raise CheckpointError(f"cannot read teacher.checkpoint {path} as {kind} ({_first_line(exc)}); re-save it") from None
+        raise CheckpointError(f"cannot read teacher.checkpoint {path} as {kind} ({first_line(exc)}); re-save it") from None
     example = None
     if kind == EXPORT:
         example = program.example_inputs
@@ -112,7 +103,7 @@ def import_teacher(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
         raise CheckpointError(f"teacher.checkpoint {path} does not fit a {spec.arch} with {num_classes} classes: {problem}; "
                               "give the arch (and kwargs) it was trained as")
     model.load_state_dict(state)
-    source = {"path": str(path.resolve()), "sha256": sha256_of(path), "format": kind}
+    source = {"path": str(path.resolve()), "sha256": R.file_sha256(path), "format": kind}
     return ImportedTeacher(model.eval(), source, program)
 
 
@@ -141,7 +132,7 @@ def check_same_logits(imported: ImportedTeacher, inputs: torch.Tensor, arch: str
         try:
             expected = imported.program(example)
         except Exception as exc:
-            raise CheckpointError(f"cannot run teacher.checkpoint on a batch of the data ({_first_line(exc)}); "
+            raise CheckpointError(f"cannot run teacher.checkpoint on a batch of the data ({first_line(exc)}); "
                                   "export it for inputs of this dataset's shape") from None
         model = imported.model.cpu()
         got = model(example)
@@ -150,7 +141,3 @@ def check_same_logits(imported: ImportedTeacher, inputs: torch.Tensor, arch: str
         raise CheckpointError(f"teacher.checkpoint's program computes other logits than {arch} with its weights "
                               f"(max difference {gap:.3g}); give the arch it was saved from, in eval mode")
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__

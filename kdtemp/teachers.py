@@ -32,7 +32,7 @@ from kdtemp.loggers import RunLogger, check_loggers, run_loggers
 from kdtemp.losses import soft_target_log_probs
 from kdtemp.models import build_model, count_parameters
 from kdtemp.prepare import StopCheck, config_flag, data_on, environment_record, loop_settings, split, wants_channels_last
-from kdtemp.teacher_import import ImportedTeacher, check_same_logits, import_teacher, sha256_of
+from kdtemp.teacher_import import ImportedTeacher, check_same_logits, import_teacher
 
 TEACHER_FORMAT = "kdtemp-teacher/1"
 LOGITS_FORMAT = "kdtemp-teacher-logits/2"
@@ -122,7 +122,7 @@ def check_source_unchanged(record: dict, spec: ModelSpec, path: Path) -> None:
     if spec.checkpoint is None or not Path(spec.checkpoint).is_file():
         return
     source = record.get("source") or {}
-    if source.get("sha256") != sha256_of(Path(spec.checkpoint)):
+    if source.get("sha256") != R.file_sha256(Path(spec.checkpoint)):
         raise CheckpointError(f"{path} was not imported from the current teacher.checkpoint {spec.checkpoint} (its content "
                               "differs); run `kdtemp train-teacher --force` to import it (its students will be retrained)")
 
