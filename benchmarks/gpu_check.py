@@ -390,8 +390,10 @@ def hook_count(models: list[nn.Module]) -> int:
 
 
 def check_hints_two_groups(bench: Bench) -> Outcome:
-    """Hints + augmentation, two groups in one sweep: the teacher's hooks and the peak memory stay flat."""
-    config = bench.config("hints-two-groups", data={"augment": True},
+    """Hints + augmentation, two groups in one sweep: the teacher's hooks and the peak memory stay flat.
+
+    Two seeds share one group since seeds group across augmentation, so max_group_size 1 makes the two."""
+    config = bench.config("hints-two-groups", data={"augment": True}, train={"max_group_size": 1},
                           kd={"feature_weight": 1.0, "seeds": list(bench.sizes.seeds[:2]), "temperatures": [4], "baseline": False})
     bench.place_teacher(config)
     teachers: list[nn.Module] = []

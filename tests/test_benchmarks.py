@@ -68,6 +68,8 @@ def test_gpu_check_on_cpu_runs_every_check_and_none_breaks(scripts):
     assert all(checks[n]["message"] == "skipped: needs CUDA" for n in CUDA_ONLY)
     # the exit code follows the statuses; the printed table has one row per check with the JSON's status
     assert code == (1 if "fail" in statuses.values() else 0), stderr[-3000:]
+    # and on CPU every check that can run passes: a failing one would fail on the GPU too
+    assert {n for n, s in statuses.items() if s != "pass"} == CUDA_ONLY, {n: checks[n]["message"] for n in checks}
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in stdout.splitlines() if line.startswith("| ")}
     assert {name: rows[name] for name in checks} == statuses
     # what the end-to-end check reached: Ctrl-C exit 130 with a checkpoint left, then a clean resume

@@ -251,14 +251,17 @@ def cuda_convolution_policy(monkeypatch):
     library._destroy()
 
 
-def test_grouped_batchnorm_students_train_under_cuda_autocast(cuda_convolution_policy):
-    """resnet8 students stacked with vmap: bf16 convolutions feed BatchNorm; a member matches its plain model."""
+def test_grouped_batchnorm_students_train_under_cuda_autocast(cuda_convolution_policy, monkeypatch):
+    """resnet8 students stacked with vmap (as on CUDA; on CPU conv students run member by member) under bf16
+    autocast: bf16 convolutions feed BatchNorm; a member matches its plain model."""
+    monkeypatch.setattr(SG, "vmap_rounds_by_group", lambda model: False)
     data = random_dataset((3, 8, 8), train=64, test=32)
     spec = ResNetSpec(arch="resnet8", epochs=1)
     signal = TeacherSignal(test_logits=torch.randn(1, 32, 10), train_logits=torch.randn(1, 64, 10) * 3)
     members = [Member(0, 0.9, torch.full((2,), t), t0=t) for t in (2.0, 4.0)]
     group = StudentGroup(lambda: build_model(spec, data.input_shape, 10), members, data, signal,
-                         LoopSettings(spec, 32, 32, 0, torch.device("cpu")))
+                         LoopSettings(spec, 32, 32, 0, torch.device("cpu"), amp=True))
+    assert not group.member_by_member
     rows = one_epoch(group)
     assert all(math.isfinite(row["train_loss"]) for row in rows)
     model = build_model(spec, data.input_shape, 10)
