@@ -67,8 +67,7 @@ def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: St
             if existing.get("architecture") != architecture_of(spec) or existing.get("dataset") != config.data.dataset:
                 raise CheckpointError(
                     f"{path} holds a {existing.get('architecture', {}).get('arch')} teacher for {existing.get('dataset')}, "
-                    f"but the config asks for {spec.arch} on {config.data.dataset}; to keep it, give this experiment its own "
-                    "name with `--name <new>`; or `--force` overwrites it (and its students are retrained)")
+                    f"but the config asks for {spec.arch} on {config.data.dataset}; {RETRAIN}")
             check_source_unchanged(existing, spec, path)
             if "source" not in existing and existing.get("epochs") != spec.epochs:
                 yield Note(f"{teacher_label(index, count)} was trained for {existing.get('epochs')} epochs, kept as it is "
@@ -134,30 +133,39 @@ def _record_imported(config: ExperimentConfig, spec: ModelSpec, teacher: Importe
     model = teacher.model.to(device)
     logits = predict_logits(model, data.test_x, config.data.eval_batch_size, device)
     accuracy = int((logits.argmax(-1) == data.test_y).sum()) / len(data.test_y)
-    parameters = count_parameters(model)
+    _write_teacher_config(config, spec, directory, device)
+    model_path = directory / "model.pt"
+    record = _teacher_record(spec, model, data, device, accuracy, float(F.cross_entropy(logits, data.test_y)), epochs=0)
+    R.atomic_torch_save({**record, "source": teacher.source}, model_path)
+    for stale in (directory / "checkpoint.pt", directory / "metrics.csv"):
+        stale.unlink(missing_ok=True)
+    return TeacherResult(model_path, accuracy, record["parameters"], 0, time.perf_counter() - started, label=label,
+                         imported=True)
+
+
+def _write_teacher_config(config: ExperimentConfig, spec: ModelSpec, directory: Path, device: torch.device) -> None:
     R.atomic_write_yaml(directory / "config.yaml", {"teacher": spec.model_dump(mode="json"),
                                                     "experiment": config_to_dict(config),
                                                     "environment": environment_record(device)})
-    model_path = directory / "model.pt"
-    R.atomic_torch_save({
+
+
+def _teacher_record(spec: ModelSpec, model: nn.Module, data: Dataset, device: torch.device, test_acc: float,
+                    test_loss: float, epochs: int) -> dict:
+    """teacher/model.pt's contents, trained or imported: what check_teacher_matches and the report read."""
+    return {
         "format": TEACHER_FORMAT,
-        "state_dict": {name: tensor.cpu() for name, tensor in model.state_dict().items()},
+        "state_dict": model.state_dict(),
         "architecture": architecture_of(spec),
         "dataset": data.name,
         "data_fingerprint": data.fingerprint(),
         "num_classes": data.num_classes,
         "input_shape": list(data.input_shape),
-        "test_acc": accuracy,
-        "test_loss": float(F.cross_entropy(logits, data.test_y)),
-        "epochs": 0,
-        "parameters": parameters,
-        "source": teacher.source,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "epochs": epochs,
+        "parameters": count_parameters(model),
         "environment": environment_record(device),
-    }, model_path)
-    for stale in (directory / "checkpoint.pt", directory / "metrics.csv"):
-        stale.unlink(missing_ok=True)
-    return TeacherResult(model_path, accuracy, parameters, 0, time.perf_counter() - started, label=label,
-                         imported=True)
+    }
 
 
 def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label: str, data: Dataset,
@@ -184,9 +192,7 @@ def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label
         metrics_path.unlink(missing_ok=True)
     else:
         R.keep_epochs_before(metrics_path, trainer.completed_epochs, R.TEACHER_COLUMNS)
-    R.atomic_write_yaml(directory / "config.yaml", {"teacher": spec.model_dump(mode="json"),
-                                                    "experiment": config_to_dict(config),
-                                                    "environment": environment_record(device)})
+    _write_teacher_config(config, spec, directory, device)
     parameters = count_parameters(trainer.model)
     yield Note(f"{label} {spec.arch}: {parameters:,} parameters, {spec.epochs} epochs on {device}, seed {spec.seed}")
     started = time.perf_counter()
@@ -207,20 +213,8 @@ def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label
             yield Progress("epochs", f"{description}  test acc {100 * last['test_acc']:.1f}%", event.epoch + 1, spec.epochs)
     if not last:  # resumed after the final epoch had already been checkpointed
         last = trainer.evaluate()
-    R.atomic_torch_save({
-        "format": TEACHER_FORMAT,
-        "state_dict": trainer.model.state_dict(),
-        "architecture": architecture_of(spec),
-        "dataset": data.name,
-        "data_fingerprint": data.fingerprint(),
-        "num_classes": data.num_classes,
-        "input_shape": list(data.input_shape),
-        "test_acc": float(last["test_acc"]),
-        "test_loss": float(last["test_loss"]),
-        "epochs": spec.epochs,
-        "parameters": parameters,
-        "environment": environment_record(device),
-    }, model_path)
+    R.atomic_torch_save(_teacher_record(spec, trainer.model, data, device, float(last["test_acc"]),
+                                        float(last["test_loss"]), spec.epochs), model_path)
     checkpoint_path.unlink(missing_ok=True)
     return TeacherResult(model_path, float(last["test_acc"]), parameters, spec.epochs, time.perf_counter() - started,
                          label=label)
