@@ -24,7 +24,7 @@ FIGURES = {
 
 
 def caption(table: TemperatureTable) -> str:
-    """What the table's cells hold and what its marks mean."""
+    """What the table's cells hold and what its marks mean: the same for every setting's table of one metric."""
     return f"{table.heading}; {LEGEND}"
 
 
@@ -126,7 +126,7 @@ def figure_caption(report: Report, key: str) -> str:
 def write_report(report: Report, out: Path | None = None) -> dict[str, Path]:
     """Every report file under runs/<name>/report/ (or `out`), each written atomically."""
     out = out or R.ExperimentLayout(report.results.root).report_dir
-    stem = report_stem(report.table.metric)
+    stem = report_stem(report.metric)
     paths = {"summary": out / "summary.csv", "markdown": out / f"{stem}.md", "html": out / f"{stem}.html"}
     R.atomic_write_text(paths["summary"], report.summary.to_csv(index=False))
     if report.entropy is not None:
@@ -161,7 +161,7 @@ def entropy_markdown(entropy: pd.DataFrame) -> str:
 
 def markdown(report: Report, figures: dict[str, Path]) -> str:
     results = report.results
-    lines = [f"# kdtemp report: {results.name}", "", f"Metric `{report.table.metric}`: {caption(report.table)}.", ""]
+    lines = [f"# kdtemp report: {results.name}", "", f"Metric `{report.metric}`: {caption(report.settings[0].table)}.", ""]
     for section in report.settings:
         if section.label:
             lines += [f"## {section.label}", ""]
@@ -278,7 +278,7 @@ def image_html(path: Path, alt: str) -> str:
 def html_section(report: Report, figures: dict[str, Path]) -> str:
     results = report.results
     parts = [f"<h2>{_esc(results.name)}</h2>",
-             f'<p class="caption">Metric <code>{_esc(report.table.metric)}</code>: {_esc(caption(report.table))}.</p>']
+             f'<p class="caption">Metric <code>{_esc(report.metric)}</code>: {_esc(caption(report.settings[0].table))}.</p>']
     for index, section in enumerate(report.settings, start=1):
         suffix = f"-{index}" if len(report.settings) > 1 else ""
         parts += _setting_html(section, figures.get(f"accuracy_vs_temperature{suffix}"))
@@ -324,14 +324,14 @@ def html_page(title: str, sections: list[str]) -> str:
 
 def write_comparison(reports: list[Report], out: Path) -> dict[str, Path]:
     """One summary.csv with an `experiment` column, and report.md/html with every experiment in turn."""
-    stem = report_stem(reports[0].table.metric)
+    stem = report_stem(reports[0].metric)
     paths = {"summary": out / "summary.csv", "markdown": out / f"{stem}.md", "html": out / f"{stem}.html"}
     frames = [r.summary.assign(experiment=r.results.name) for r in reports]
     combined = pd.concat(frames, ignore_index=True)
     combined = combined[["experiment", *[c for c in combined.columns if c != "experiment"]]]
     R.atomic_write_text(paths["summary"], combined.to_csv(index=False))
     sections, markdown_parts = [], [f"# kdtemp comparison: {', '.join(r.results.name for r in reports)}", "",
-                                    f"Metric `{reports[0].table.metric}`: {caption(reports[0].table)}.", ""]
+                                    f"Metric `{reports[0].metric}`: {caption(reports[0].settings[0].table)}.", ""]
     for report in reports:
         figures = write_figures(report, out / report.results.name)
         sections.append(html_section(report, figures))

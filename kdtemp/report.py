@@ -489,13 +489,15 @@ class Report:
                          ignore_index=True)
 
     @property
-    def table(self) -> TemperatureTable:
-        """The first (with one setting, the only) setting's table."""
-        return self.settings[0].table
+    def metric(self) -> str:
+        return self.settings[0].table.metric
 
     @property
-    def student_params(self) -> int | None:
-        return self.settings[0].results.sizes.get("student_params")
+    def table(self) -> TemperatureTable:
+        """The table of a one-setting experiment; with several, each setting's is in `settings`."""
+        if len(self.settings) > 1:
+            raise ValueError(f"{self.results.name} holds {len(self.settings)} settings: take each one's table from .settings")
+        return self.settings[0].table
 
 
 def build_report(root: Path, metric: str = "test_acc", partial: bool = False) -> Report:
