@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdtemp.data import NORMALISATION, Dataset, normalise_images
+from kdtemp.data import NORMALISATION, Dataset, standardised_images
 
 CLASSES = 100
 SHAPE = (3, 32, 32)
@@ -37,13 +37,9 @@ def synthetic_cifar100(train: int, test: int) -> tuple[Dataset, np.ndarray, np.n
     """kdtemp's Dataset of `train` + `test` images, plus the raw uint8 training images and labels."""
     train_x, train_y = cifar_like_images(train, seed=1)
     test_x, test_y = cifar_like_images(test, seed=2)
-    mean, std = NORMALISATION["cifar100"]
-    data = Dataset(
-        name="cifar100", train_x=normalise_images(train_x, mean, std), train_y=torch.from_numpy(train_y),
-        test_x=normalise_images(test_x, mean, std), test_y=torch.from_numpy(test_y),
-        classes=tuple(str(c) for c in range(CLASSES)), source="synthetic (benchmarks/synthetic.py)",
-        pad_value=tuple(-m / s for m, s in zip(mean, std)),
-    )
+    data = standardised_images("cifar100", train_x, torch.from_numpy(train_y), test_x, torch.from_numpy(test_y),
+                               tuple(str(c) for c in range(CLASSES)), "synthetic (benchmarks/synthetic.py)",
+                               NORMALISATION["cifar100"])
     return data, train_x, train_y
 
 

@@ -213,17 +213,20 @@ def _images_from_idx(name: str, directory: Path, classes: tuple[str, ...]) -> Da
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
             raise DataError(f"{directory}: {split} images and labels differ in count; the files do not belong together")
-    mean, std = NORMALISATION[name]
-    return Dataset(
-        name=name,
-        train_x=normalise_images(arrays["train_x"][:, None], mean, std),
-        train_y=torch.from_numpy(arrays["train_y"].astype(np.int64)),
-        test_x=normalise_images(arrays["test_x"][:, None], mean, std),
-        test_y=torch.from_numpy(arrays["test_y"].astype(np.int64)),
-        classes=classes,
-        source=str(directory),
-        pad_value=tuple(-m / s for m, s in zip(mean, std)),
-    )
+    return standardised_images(name, arrays["train_x"][:, None], torch.from_numpy(arrays["train_y"].astype(np.int64)),
+                               arrays["test_x"][:, None], torch.from_numpy(arrays["test_y"].astype(np.int64)),
+                               classes, str(directory), NORMALISATION[name])
+
+
+def standardised_images(name: str, train_x: np.ndarray, train_y: torch.Tensor, test_x: np.ndarray, test_y: torch.Tensor,
+                        classes: tuple[str, ...], source: str,
+                        normalisation: tuple[tuple[float, ...], tuple[float, ...]]) -> Dataset:
+    """A Dataset of uint8 (N, C, H, W) images standardised per channel with (mean, std); augmentation pads
+    crops with black in those units."""
+    mean, std = normalisation
+    return Dataset(name=name, train_x=normalise_images(train_x, mean, std), train_y=train_y,
+                   test_x=normalise_images(test_x, mean, std), test_y=test_y, classes=classes, source=source,
+                   pad_value=tuple(-m / s for m, s in zip(mean, std)))
 
 
 def normalise_images(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -328,9 +331,7 @@ def _load_cifar(name: str, config: DataConfig) -> Dataset:
 
         dataset_class = CIFAR10 if name == "cifar10" else CIFAR100
         _download(name, config, lambda: dataset_class(str(root), download=True), how)
-    mean, std = NORMALISATION[name]
-
-    def read(files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(files: list[str]) -> tuple[np.ndarray, torch.Tensor]:
         images, labels = [], []
         for file in files:
             entry = read_cifar_batch(directory / file)
@@ -343,7 +344,7 @@ def _load_cifar(name: str, config: DataConfig) -> Dataset:
         stacked = np.concatenate(images)
         if len(stacked) != len(labels):
             raise DataError(f"{directory}: image and label counts differ; download it again")
-        return normalise_images(stacked, mean, std), torch.tensor(labels, dtype=torch.int64)
+        return stacked, torch.tensor(labels, dtype=torch.int64)
 
     train_x, train_y = read(train_files)
     test_x, test_y = read(test_files)
@@ -356,10 +357,7 @@ def _load_cifar(name: str, config: DataConfig) -> Dataset:
     num_classes = 10 if name == "cifar10" else 100
     if len(classes) != num_classes:
         classes = tuple(str(i) for i in range(num_classes))
-    return Dataset(
-        name=name, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-        classes=classes, source=str(directory), pad_value=tuple(-m / s for m, s in zip(mean, std)),
-    )
+    return standardised_images(name, train_x, train_y, test_x, test_y, classes, str(directory), NORMALISATION[name])
 
 
 @register_dataset("cifar10")

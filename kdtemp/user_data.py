@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from kdtemp.config import DataConfig
-from kdtemp.data import Dataset, normalise_images, register_dataset
+from kdtemp.data import Dataset, register_dataset, standardised_images
 from kdtemp.errors import DataError
 from kdtemp.runs import atomic_torch_save, file_fingerprint
 
@@ -151,17 +151,8 @@ def images_dataset(name: str, arrays: dict[str, torch.Tensor], classes: tuple[st
     The test split uses the train statistics too, as torchvision's Normalize with published values does;
     a constant channel (std 0) is only centred.
     """
-    mean, std = channel_statistics(arrays["train_x"])
-    return Dataset(
-        name=name,
-        train_x=normalise_images(arrays["train_x"].numpy(), mean, std),
-        train_y=arrays["train_y"],
-        test_x=normalise_images(arrays["test_x"].numpy(), mean, std),
-        test_y=arrays["test_y"],
-        classes=classes,
-        source=source,
-        pad_value=tuple(-m / s for m, s in zip(mean, std)),
-    )
+    return standardised_images(name, arrays["train_x"].numpy(), arrays["train_y"], arrays["test_x"].numpy(), arrays["test_y"],
+                               classes, source, channel_statistics(arrays["train_x"]))
 
 
 def channel_statistics(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
