@@ -165,9 +165,7 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(in_planes, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        he_normal_convolutions(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -183,10 +181,25 @@ RESNET_SHAPES = {
 
 @register_model(*RESNET_ARCHS)
 def build_resnet(spec: ResNetSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    depth, widths = RESNET_SHAPES[spec.arch]
+    return CifarResNet(depth, widths, image_channels(spec, input_shape), num_classes)
+
+
+def image_channels(spec: ResNetSpec, input_shape: tuple[int, ...]) -> int:
+    """Channels of (C, H, W) inputs: the CIFAR ResNets and the zoo are made of 2-d convolutions."""
     if len(input_shape) != 3:
         raise ConfigError(f"{spec.arch} needs image inputs (C, H, W), got shape {input_shape}; use arch cnn or mlp for sequences")
-    depth, widths = RESNET_SHAPES[spec.arch]
-    return CifarResNet(depth, widths, input_shape[0], num_classes)
+    return input_shape[0]
+
+
+def he_normal_convolutions(model: nn.Module) -> None:
+    """Convolutions drawn from N(0, 2 / (k*k*out)) with zero biases (He et al. 2015, fan-out), as RepDistiller
+    initialises its ResNets, WRN, VGG, MobileNetV2 and ResNet-50; the ShuffleNets keep PyTorch's default init there."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 from kdtemp import zoo  # noqa: F401  (registers the CIFAR KD zoo; it imports register_model from here)

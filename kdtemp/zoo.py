@@ -14,15 +14,7 @@ import torch
 from torch import nn
 
 from kdtemp.config import ResNetSpec
-from kdtemp.errors import ConfigError
-from kdtemp.models import register_model
-
-
-def image_channels(spec: ResNetSpec, input_shape: tuple[int, ...]) -> int:
-    """Channels of (C, H, W) inputs; the zoo is made of 2-d convolutions."""
-    if len(input_shape) != 3:
-        raise ConfigError(f"{spec.arch} needs image inputs (C, H, W), got shape {input_shape}; use arch cnn or mlp for sequences")
-    return input_shape[0]
+from kdtemp.models import he_normal_convolutions, image_channels, register_model
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -36,16 +28,6 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int =
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """ShuffleNet's channel shuffle (Zhang et al. 2018): (g, C/g) channels read as (C/g, g). A view, not an in-place op."""
     return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
-
-
-def he_normal_convolutions(model: nn.Module) -> None:
-    """Convolutions drawn from N(0, 2 / (k*k*out)) with zero biases (He et al. 2015, fan-out), as RepDistiller
-    initialises its WRN, VGG, MobileNetV2 and ResNet-50; the ShuffleNets keep PyTorch's default init there."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
 
 def small_classifier(classifier: nn.Linear) -> None:
