@@ -53,6 +53,7 @@ import yaml
 from torch import nn
 
 from checklist import SKIPPED, Checklist, Outcome, Skip, default_out, verdict
+from measuring import ALPHA, MiB, kd_member, peak_mib, reset_peak, synchronize
 from synthetic import write_cifar100_folder
 
 import kdtemp
@@ -75,8 +76,6 @@ from kdtemp.sweep import sweep
 from kdtemp.teachers import LoadedTeacher, teacher_logits, train_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
-ALPHA = 0.9
-MiB = 2**20
 
 
 @dataclass(frozen=True)
@@ -116,22 +115,6 @@ def returned(generator):
             next(generator)
     except StopIteration as stop:
         return stop.value
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_mib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / MiB if device.type == "cuda" else None
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def needs_cuda(device: torch.device) -> None:
@@ -222,23 +205,7 @@ class Bench:
 
 def members(temperatures, seed: int, steps: int, baseline: bool = True) -> list[Member]:
     """One member per temperature (constant schedule) and the no-KD baseline, as sweep plans them."""
-    chosen = [Member(seed, ALPHA, torch.full((steps,), float(t)), t0=float(t)) for t in temperatures]
-    if baseline:
-        chosen.append(Member(seed, 0.0, torch.ones(steps), distills=False))
-    return chosen
-
-
-@contextlib.contextmanager
-def opened(group: StudentGroup):
-    """The group, closed afterwards if this version gives it a way to release its hooks."""
-    if hasattr(group, "__enter__"):
-        with group:
-            yield group
-        return
-    yield group
-    close = getattr(group, "close", None)
-    if callable(close):
-        close()
+    return [kd_member(t, seed, steps) for t in (*temperatures, *([None] if baseline else []))]
 
 
 def train_group(bench: Bench, config: ExperimentConfig, chosen: list[Member], signal: TeacherSignal,
@@ -251,7 +218,7 @@ def train_group(bench: Bench, config: ExperimentConfig, chosen: list[Member], si
     synchronize(device)
     started = time.perf_counter()
     group = StudentGroup(lambda: build_model(spec, data.input_shape, data.num_classes), chosen, data, signal, settings, hint)
-    with opened(group):
+    with group:
         epochs = [event for event in group.run() if isinstance(event, EpochDone)]
     synchronize(device)
     wall = time.perf_counter() - started

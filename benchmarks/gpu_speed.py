@@ -39,6 +39,7 @@ import yaml
 from torch import nn
 
 from checklist import PASS, Checklist, Outcome, Skip, default_out, verdict
+from measuring import ALPHA, kd_member, peak_mib, reset_peak, synchronize
 from synthetic import synthetic_cifar100
 
 from kdtemp.config import ExperimentConfig, load_config
@@ -48,8 +49,6 @@ from kdtemp.models import build_model
 from kdtemp.prepare import loop_settings, wants_channels_last
 from kdtemp.student_group import StudentGroup
 
-ALPHA = 0.9
-MiB = 2**20
 
 
 @dataclass(frozen=True)
@@ -90,15 +89,8 @@ def runs_of(grid: Grid) -> list[tuple[float | None, int]]:
     return [(t, seed) for seed in grid.seeds for t in (*grid.temperatures, None)]
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def start_measure(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak(device)
     synchronize(device)
     return time.perf_counter()
 
@@ -109,7 +101,7 @@ def measured(device: torch.device, started: float, grid: Grid, runs: int, steps:
     wall = time.perf_counter() - started
     return {"runs": runs, "wall_s": wall, "steps": steps, "students_per_step": students_per_step,
             "ms_per_step": 1000 * wall / steps, "images_per_s_per_student": runs * grid.steps * grid.batch / wall,
-            "peak_mib": torch.cuda.max_memory_allocated(device) / MiB if device.type == "cuda" else None}
+            "peak_mib": peak_mib(device)}
 
 
 # --- (a) RepDistiller-style --------------------------------------------------------------------------
@@ -182,12 +174,6 @@ def repdistiller_way(grid: Grid, config: ExperimentConfig, teacher: nn.Module, t
 # --- (b), (c) kdtemp's engine --------------------------------------------------------------------------
 
 
-def member(temperature: float | None, seed: int, steps: int) -> Member:
-    if temperature is None:
-        return Member(seed, 0.0, torch.ones(steps), distills=False)
-    return Member(seed, ALPHA, torch.full((steps,), float(temperature)), t0=float(temperature))
-
-
 def build_group(config: ExperimentConfig, data: Dataset, signal: TeacherSignal, chosen: list[Member],
                 device: torch.device) -> StudentGroup:
     spec = config.student
@@ -196,12 +182,9 @@ def build_group(config: ExperimentConfig, data: Dataset, signal: TeacherSignal, 
 
 
 def run_group(group: StudentGroup) -> list:
-    """Train one epoch; the last rows. Closed afterwards where this version can release its hooks."""
-    rows = [event.metrics for event in group.run() if isinstance(event, EpochDone)][-1]
-    close = getattr(group, "close", None)
-    if callable(close):
-        close()
-    return rows
+    """Train one epoch; the last rows. The group's hooks (hints) end with it."""
+    with group:
+        return [event.metrics for event in group.run() if isinstance(event, EpochDone)][-1]
 
 
 def train_group(config: ExperimentConfig, data: Dataset, signal: TeacherSignal, chosen: list[Member], device: torch.device) -> list:
@@ -220,7 +203,7 @@ def kdtemp_way(grid: Grid, config: ExperimentConfig, data: Dataset, teacher: nn.
     signal = teacher_signal(config, data, teacher, device)
     accuracies = []
     for runs in groups:
-        rows = train_group(config, data, signal, [member(t, seed, grid.steps) for t, seed in runs], device)
+        rows = train_group(config, data, signal, [kd_member(t, seed, grid.steps) for t, seed in runs], device)
         accuracies += [row["test_acc"] for row in rows]
     result = measured(device, started, grid, sum(map(len, groups)), len(groups) * grid.steps, max(map(len, groups)))
     return {**result, "groups": len(groups), "mean_test_acc": statistics.fmean(accuracies)}
@@ -232,7 +215,7 @@ def scaling(grid: Grid, config: ExperimentConfig, data: Dataset, teacher: nn.Mod
     pattern = (*grid.temperatures, None)
     result = {}
     for k in grid.scaling:
-        chosen = [member(pattern[i % len(pattern)], 0, grid.steps) for i in range(k)]
+        chosen = [kd_member(pattern[i % len(pattern)], 0, grid.steps) for i in range(k)]
         started = start_measure(device)
         train_group(config, data, signal, chosen, device)
         result[str(k)] = measured(device, started, grid, 1, grid.steps, k)
@@ -247,7 +230,7 @@ def profile_group(grid: Grid, config: ExperimentConfig, data: Dataset, teacher: 
     small = Dataset(data.name, data.train_x[:count], data.train_y[:count], data.test_x[:grid.batch], data.test_y[:grid.batch],
                     data.classes, data.source, data.pad_value)
     signal = teacher_signal(config, small, teacher, device)
-    chosen = [member(t, 0, grid.profile_steps) for t in (*grid.temperatures, None)]
+    chosen = [kd_member(t, 0, grid.profile_steps) for t in (*grid.temperatures, None)]
     train_group(config, small, signal, chosen, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     group = build_group(config, small, signal, chosen, device)
@@ -353,7 +336,7 @@ def main() -> int:
 
     # warm-up (untimed): CUDA context, cuDNN heuristics
     if device.type == "cuda":
-        train_group(config, data, teacher_signal(config, data, teacher, device), [member(4, 0, grid.steps)], device)
+        train_group(config, data, teacher_signal(config, data, teacher, device), [kd_member(4, 0, grid.steps)], device)
     part("a", "a_repdistiller_sequence", lambda: repdistiller_way(grid, config, teacher, train_images, test_images, device, runs))
     part("b", "b_kdtemp_sequence", lambda: kdtemp_way(grid, config, data, teacher, device, [[run] for run in runs]))
     part("c", "c_kdtemp_grouped", lambda: kdtemp_way(grid, config, data, teacher, device, by_seed))
