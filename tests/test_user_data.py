@@ -142,6 +142,10 @@ def break_missing_val(root):
     (root / "val").rmdir()
 
 
+def break_missing_train(root):
+    (root / "train").rename(root / "training")
+
+
 def break_class_lists(root):
     (root / "val" / "plum").rename(root / "val" / "pear")
 
@@ -157,6 +161,7 @@ def break_unreadable_image(root):
 
 @pytest.mark.parametrize("damage, message", [
     (break_missing_val, r"images has no val/ folder; image-folder expects root/train/<class>/"),
+    (break_missing_train, r"images has no train/ folder; image-folder expects root/train/<class>/"),
     (break_class_lists, r"train/ and val/ hold different classes \(only in train: \['plum'\], only in val: \['pear'\]\)"),
     (break_empty_class, r"train/kiwi holds no images \(\.jpg"),
     (break_unreadable_image, r"train/plum/3\.png: not a readable image"),
@@ -200,6 +205,7 @@ TENSOR_CASES = [
     ({"y_train": (np.arange(24) % 3).astype(np.float32)}, r"y_train is float32 of shape \(24,\); labels must be one integer"),
     ({"y_test": np.arange(9) % 3 - 1}, r"y_test has negative labels \(smallest -1\)"),
     ({"x_train": np.where(np.arange(24 * 108).reshape(24, 3, 6, 6) == 5, np.nan, 0.5)}, r"x_train holds 1 NaN or infinite values"),
+    ({"x_test": np.where(np.arange(9 * 108).reshape(9, 3, 6, 6) == 7, np.inf, 0.5)}, r"x_test holds 1 NaN or infinite values"),
     ({"classes": np.array(["apple", "kiwi"])}, r"classes names 2 classes but the labels go up to 2"),
     ({"classes": np.array([{"a": 1}], dtype=object)}, r"holds object arrays"),
 ]
@@ -215,12 +221,15 @@ def test_bad_tensor_files_are_refused_before_anything_is_written(tmp_path, run_c
     assert_refused(run_cli("train-teacher", "--config", config), message, tmp_path / "runs")
 
 
-def test_tensor_file_that_is_missing_or_would_run_code(tmp_path):
+def test_tensor_file_that_is_missing_or_would_run_code(tmp_path, run_cli, wide_output):
     with pytest.raises(DataError, match=r"tensors file .*absent.npz not found; set data.root"):
         load_dataset(DataConfig(dataset="tensors", root=tmp_path / "absent.npz"))
     torch.save({"x_train": Path("x")}, tmp_path / "evil.pt")
     with pytest.raises(DataError, match=r"refused to load .*evil.pt: it holds Python objects"):
         load_dataset(DataConfig(dataset="tensors", root=tmp_path / "evil.pt"))
+    config = user_experiment(tmp_path, {"dataset": "tensors", "root": str(tmp_path / "evil.pt")})
+    assert_refused(run_cli("train-teacher", "--config", config), r"refused to load .*evil.pt: it holds Python objects",
+                   tmp_path / "runs")
 
 
 # --- end to end ----------------------------------------------------------------------------------
