@@ -10,7 +10,7 @@ from scipy import stats
 
 TIE_TOLERANCE = 1e-6
 """Per-seed differences closer than this count as equal: far below 1/N_test for any real test set, far
-above the float32 rounding of two fractions (under 1.2e-7)."""
+above the float32 rounding of two fractions (under 1.2e-7) that runs written before exact counts carry."""
 
 
 def mean(values: Sequence[float]) -> float:
@@ -36,7 +36,8 @@ def paired_t_test(treated: Sequence[float], control: Sequence[float]) -> float:
     NaN when n < 2 or when every difference is the same: with no spread t = mean / (0 / sqrt(n)) is
     undefined, not infinitely significant. Test accuracies are multiples of 1/N_test, so two or three
     seeds that each gain exactly one test example are common, and scipy would give p ~ 0 for them.
-    "The same" allows TIE_TOLERANCE: accuracies (fractions) reach the CSVs through float32.
+    "The same" allows TIE_TOLERANCE: runs written before accuracies were exact counts hold them through
+    float32, and a report may read such runs.
     """
     if len(treated) != len(control) or len(treated) < 2:
         return math.nan

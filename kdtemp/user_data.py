@@ -18,8 +18,8 @@ import torch
 
 from kdtemp.config import DataConfig
 from kdtemp.data import Dataset, register_dataset, standardised_images
-from kdtemp.errors import DataError
-from kdtemp.runs import atomic_torch_save, file_fingerprint
+from kdtemp.errors import CheckpointError, DataError, first_line
+from kdtemp.runs import atomic_torch_save, file_fingerprint, load_checkpoint
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 """The extensions torchvision's ImageFolder accepts (case-insensitive); other files are ignored, as there."""
@@ -91,14 +91,12 @@ def folder_key(root: Path, train: dict[str, list[Path]], test: dict[str, list[Pa
 
 def read_image_cache(path: Path) -> dict[str, torch.Tensor] | None:
     """The cached arrays, or None when absent or unreadable (then the folder is decoded again)."""
-    if not path.is_file():
-        return None
     try:
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError):  # a torn or foreign file: decode again
+        cached = load_checkpoint(path, "image cache")
+    except CheckpointError:  # absent, torn or foreign: decode again
         return None
     keys = ("train_x", "train_y", "test_x", "test_y")
-    if not isinstance(cached, dict) or cached.get("format") != CACHE_FORMAT or not all(
+    if cached.get("format") != CACHE_FORMAT or not all(
             isinstance(cached.get(key), torch.Tensor) for key in keys):
         return None
     return {key: cached[key] for key in keys}
@@ -237,7 +235,7 @@ def _read_pt(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"refused to load {path}: it holds Python objects beyond tensors and plain data; "
                         "save a dict of tensors with torch.save") from None
     except (OSError, RuntimeError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .pt file ({str(exc).splitlines()[0]}); save a dict of tensors with torch.save") from None
+        raise DataError(f"{path}: not a readable .pt file ({first_line(exc)}); save a dict of tensors with torch.save") from None
     if not isinstance(loaded, dict):
         raise DataError(f"{path} holds a {type(loaded).__name__}, not a dict; save {{'x_train': ..., 'y_train': ..., ...}} with torch.save")
     return {str(key): value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value) for key, value in loaded.items()}
