@@ -67,7 +67,7 @@ from kdtemp.engine import (
     EpochDone, Member, NetworkTrainer, TeacherSignal, autocast, chunks, inference_module, predict_logits, to_memory_format,
 )
 from kdtemp.errors import ConfigError
-from kdtemp.events import SweepResult, TeacherResult
+from kdtemp.events import TeacherResult
 from kdtemp.footprint import student_and_teacher
 from kdtemp.models import build_model
 from kdtemp.prepare import loop_settings, wants_channels_last
@@ -106,15 +106,6 @@ def merged(tree: dict, sections: dict) -> dict:
     for key, value in sections.items():
         tree[key] = {**tree.get(key, {}), **value} if isinstance(value, dict) else value
     return tree
-
-
-def returned(generator):
-    """Drain a job generator and give back the value it returned."""
-    try:
-        while True:
-            next(generator)
-    except StopIteration as stop:
-        return stop.value
 
 
 def needs_cuda(device: torch.device) -> None:
@@ -161,8 +152,7 @@ class Bench:
         """The teacher trained once by the public `train_teacher` job, for every sweep to copy."""
         if self._teacher_file is None:
             config = self.config("teacher-source")
-            for _ in train_teacher(config):
-                pass
+            train_teacher(config)
             self._teacher_file = R.ExperimentLayout.of(config.runs_dir, config.name).teacher_model
         return self._teacher_file
 
@@ -194,9 +184,9 @@ class Bench:
     def sweep_metrics(self, config: ExperimentConfig) -> pd.DataFrame:
         """Run `sweep(config)` from a fresh experiment; every run's metrics, wall times dropped."""
         self.place_teacher(config)
-        results = [e for e in sweep(config, force=True) if isinstance(e, SweepResult)]
-        if results[-1].failed:
-            raise RuntimeError(f"runs failed: {results[-1].failed}")
+        result = sweep(config, force=True)
+        if result.failed:
+            raise RuntimeError(f"runs failed: {result.failed}")
         layout = R.ExperimentLayout.of(config.runs_dir, config.name)
         frames = [pd.read_csv(R.RunFiles(d).metrics) for d in layout.run_dirs()]
         return (pd.concat(frames, ignore_index=True).drop(columns=["epoch_seconds"])
@@ -295,7 +285,7 @@ def check_cached_pass(bench: Bench) -> Outcome:
     fp32 = predict_logits(teacher, data.train_x, batch, device, channels_last=False)
     amp = autocast_logits(teacher, data.train_x, batch, device, wants_channels_last(teacher, device))
     loaded = LoadedTeacher(teacher, {}, "gpu-check", bench.teacher_file(), "teacher")
-    cached, _ = returned(teacher_logits(loaded, data, config, device))
+    cached, _ = teacher_logits(loaded, data, config, device)
 
     def compare(other: torch.Tensor) -> dict:
         difference = (other.float() - fp32).abs()
@@ -373,17 +363,19 @@ def check_hints_two_groups(bench: Bench) -> Outcome:
 
     device = bench.device
     marks: dict[str, dict] = {}
+
+    def mark_groups(event) -> None:
+        match = re.match(r"group (\d+)/", getattr(event, "description", ""))
+        if match and f"group {match[1]}" not in marks:
+            synchronize(device)
+            marks[f"group {match[1]}"] = {"hooks": hook_count(teachers), "peak_mib_before": peak_mib(device)}
+            reset_peak(device)
+
     sweep_module.load_teachers = recording
     try:
-        for event in sweep(config, force=True):
-            description = getattr(event, "description", "")
-            match = re.match(r"group (\d+)/", description)
-            if match and f"group {match[1]}" not in marks:
-                synchronize(device)
-                marks[f"group {match[1]}"] = {"hooks": hook_count(teachers), "peak_mib_before": peak_mib(device)}
-                reset_peak(device)
-            if isinstance(event, SweepResult) and event.failed:
-                raise RuntimeError(f"runs failed: {event.failed}")
+        result = sweep(config, force=True, emit=mark_groups)
+        if result.failed:
+            raise RuntimeError(f"runs failed: {result.failed}")
     finally:
         sweep_module.load_teachers = original
     synchronize(device)
@@ -719,11 +711,11 @@ def check_fashion_mnist(bench: Bench) -> Outcome:
     path = bench.work / "fashion-check.yaml"
     path.write_text(yaml.safe_dump(tree))
     config = load_config(path)
-    teacher = [e for e in train_teacher(config) if isinstance(e, TeacherResult)][-1]
-    results = [e for e in sweep(config) if isinstance(e, SweepResult)]
+    teacher = [r for r in train_teacher(config) if isinstance(r, TeacherResult)][-1]
+    result = sweep(config)
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     finals = {d.name: float(R.read_csv_rows(R.RunFiles(d).metrics)[-1]["test_acc"]) for d in layout.run_dirs()}
-    ok = teacher.test_acc > 0.8 and not results[-1].failed and min(finals.values()) > 0.7
+    ok = teacher.test_acc > 0.8 and not result.failed and min(finals.values()) > 0.7
     return verdict(ok, f"teacher {teacher.test_acc:.1%}, students {', '.join(f'{a:.1%}' for a in finals.values())}",
                    teacher_acc=teacher.test_acc, students=finals)
 

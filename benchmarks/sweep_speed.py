@@ -34,7 +34,7 @@ from kdtemp.sweep import sweep
 from kdtemp.teachers import train_teacher
 from kdtemp.config import load_config
 from kdtemp.data import IDX_FILES, SYSTEM_FASHION_MNIST_DIRS, load_dataset
-from kdtemp.events import Note, SweepResult
+from kdtemp.events import Note
 from kdtemp.models import build_model
 from kdtemp.runs import ExperimentLayout, load_checkpoint
 
@@ -75,8 +75,7 @@ def experiment_config(workdir: Path, name: str, temps, seeds, epochs: int, group
 def make_teacher(workdir: Path, epochs: int) -> Path:
     config = experiment_config(workdir, "teacher-source", [1], [0], 1, None)
     config = config.model_copy(update={"teacher": config.teacher.model_copy(update={"epochs": epochs})})
-    for _ in train_teacher(config):
-        pass
+    train_teacher(config)
     return ExperimentLayout.of(config.runs_dir, config.name).teacher_model
 
 
@@ -87,15 +86,16 @@ def kdtemp_way(workdir: Path, name: str, teacher: Path, temps, seeds, epochs: in
     layout.teacher_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(teacher, layout.teacher_model)
     marks = {"start": time.perf_counter()}
-    for event in sweep(config):
+
+    def mark(event) -> None:
         if isinstance(event, Note) and event.text.startswith("computing teacher logits"):
             marks["logits"] = time.perf_counter()
         elif isinstance(event, Note) and "runs planned" in event.text:
             marks["planned"] = time.perf_counter()
-        elif not isinstance(event, (Note, SweepResult)) and "train" not in marks:
+        elif not isinstance(event, Note) and "train" not in marks:
             marks["train"] = time.perf_counter()
-        elif isinstance(event, SweepResult):
-            result = event
+
+    result = sweep(config, emit=mark)
     wall = time.perf_counter() - marks["start"]
     frames = [pd.read_csv(d / "metrics.csv") for d in layout.run_dirs()]
     metrics = pd.concat(frames, ignore_index=True)

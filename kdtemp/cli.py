@@ -7,12 +7,12 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterable, Optional
+from typing import Annotated, Callable, NoReturn, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kdtemp import events as E
@@ -65,7 +65,7 @@ class Interrupt:
             signal.signal(signal.SIGINT, previous)
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     # escaped: "pip install 'kdtemp[tensorboard]'" is not rich markup
     err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -75,46 +75,59 @@ def build_config(config: Optional[Path], overrides: dict[str, tuple[object, str]
     return load_config(config, {key: value for key, value in overrides.items() if value[0] is not None})
 
 
-def show_events(stream: Iterable) -> list:
-    """Show progress bars and notes for a job's events; return its result events.
+class ProgressView:
+    """Progress bars and notes for a running job: `emit` is the job's emit callback.
 
-    The bars start with the first progress event, so a job refused up front prints only its error.
+    The bars start with the first Progress event, so a job refused up front prints only its error.
     """
-    results = []
-    columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    progress = Progress(*columns, console=err, transient=False)
-    tasks: dict[str, int] = {}
-    try:
-        for event in stream:
-            if isinstance(event, E.Progress):
-                if not tasks:
-                    progress.start()
-                if event.task not in tasks:
-                    tasks[event.task] = progress.add_task(event.description, total=event.total)
-                progress.update(tasks[event.task], description=event.description, completed=event.completed, total=event.total)
-            elif isinstance(event, E.Note):
-                style = "yellow" if event.level == "warning" else "dim"
-                prefix = "warning: " if event.level == "warning" else ""
-                progress.console.print(f"[{style}]{prefix}{event.text}[/{style}]", highlight=False, soft_wrap=True)
-            else:
-                results.append(event)
-    finally:
-        if tasks:
-            progress.stop()
-    return results
+
+    def __init__(self):
+        columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn()]
+        self.progress = Progress(*columns, console=err, transient=False)
+        self.tasks: dict[str, TaskID] = {}
+
+    def emit(self, event: E.Event) -> None:
+        if isinstance(event, E.Progress):
+            self._advance(event)
+        elif isinstance(event, E.Note):
+            style = "yellow" if event.level == "warning" else "dim"
+            prefix = "warning: " if event.level == "warning" else ""
+            self.progress.console.print(f"[{style}]{prefix}{event.text}[/{style}]", highlight=False, soft_wrap=True)
+        elif isinstance(event, E.Submitted):
+            out.print(f"submitted Slurm job array {event.array_id}: {event.tasks} tasks, {event.runs} runs; "
+                      f"logs in {event.folder}; follow with `kdtemp status`", highlight=False)
+
+    def _advance(self, event: E.Progress) -> None:
+        if not self.tasks:
+            self.progress.start()
+        if event.task not in self.tasks:
+            self.tasks[event.task] = self.progress.add_task(event.description, total=event.total)
+        self.progress.update(self.tasks[event.task], description=event.description, completed=event.completed,
+                             total=event.total)
+
+    def __enter__(self) -> ProgressView:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.tasks:
+            self.progress.stop()
 
 
-def run_job(stream_factory) -> list:
+Result = TypeVar("Result")
+
+
+def run_job(job: Callable[[Interrupt, E.Emit], Result]) -> Result:
+    """Run `job(interrupt, emit)` with its progress shown; a refusal becomes one error line, Ctrl-C a resumable stop."""
     interrupt = Interrupt()
     try:
-        with interrupt.installed():
-            return show_events(stream_factory(interrupt))
+        with interrupt.installed(), ProgressView() as view:  # the bars stop before an error is printed
+            return job(interrupt, view.emit)
     except KDTempError as exc:
         fail(str(exc))
     except (StopRequested, KeyboardInterrupt):
         err.print("[yellow]interrupted: every finished epoch is saved; run the same command again to resume.[/yellow]")
         raise typer.Exit(130)
-    return []
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -169,12 +182,12 @@ def train_teacher_command(
 
     [bold]Example:[/bold] kdtemp train-teacher --config configs/fashion-mnist.yaml
     """
-    def stream(interrupt):
+    def job(interrupt, emit):
         overrides = {**common_overrides(dataset, device, runs_dir, amp, name), "teacher.epochs": (epochs, "--epochs"),
                      "logging.tensorboard": (tensorboard, "--tensorboard")}
-        return train_teacher(build_config(config, overrides), force=force, should_stop=interrupt)
+        return train_teacher(build_config(config, overrides), force=force, should_stop=interrupt, emit=emit)
 
-    for result in run_job(stream):
+    for result in run_job(job):
         if isinstance(result, E.TeacherResult):
             done = "imported" if result.imported else "trained"
             verb = f"already {done}" if result.already_trained else f"{done} in {result.seconds:.1f}s"
@@ -209,7 +222,7 @@ def sweep_command(
 
     Finished runs are skipped and interrupted ones resume; one metrics.csv is written per run.
     """
-    def stream(interrupt):
+    def job(interrupt, emit):
         overrides = {
             **common_overrides(dataset, device, runs_dir, amp, name),
             **grid_overrides(config, temps, seeds, alpha, schedules, epochs),
@@ -223,26 +236,23 @@ def sweep_command(
             "launcher.slurm_time": (slurm_time, "--slurm-time"),
             "launcher.slurm_array_parallelism": (slurm_array_parallelism, "--slurm-array-parallelism"),
         }
-        return run_sweep(build_config(config, overrides), force=force, should_stop=interrupt, wait=wait)
+        return run_sweep(build_config(config, overrides), force=force, should_stop=interrupt, wait=wait, emit=emit)
 
-    for result in run_job(stream):
-        if isinstance(result, E.Submitted):
-            out.print(f"submitted Slurm job array {result.array_id}: {result.tasks} tasks, {result.runs} runs; "
-                      f"logs in {result.folder}; follow with `kdtemp status`", highlight=False)
-        if isinstance(result, E.SweepResult):
-            out.print(
-                f"{result.planned} runs: {result.skipped} skipped (complete), {result.resumed} resumed, "
-                f"{result.started} started, {result.completed} completed, {len(result.failed)} failed "
-                f"in {result.seconds:.1f}s", highlight=False)
-            for run_id in result.busy:
-                out.print(f"  left to another process: {run_id}", highlight=False)
-            if result.failed:
-                for run_id, reason in result.failed:
-                    err.print(f"[red]failed:[/red] {run_id}: {reason}", highlight=False)
-                raise typer.Exit(1)
-            if result.experiment_dir is not None:
-                out.print(f"results in {result.experiment_dir}; next: kdtemp report{same_experiment(config, runs_dir, name)}",
-                          highlight=False)
+    result = run_job(job)
+    if isinstance(result, E.SweepResult):  # None: handed to Slurm without waiting, the view said where
+        out.print(
+            f"{result.planned} runs: {result.skipped} skipped (complete), {result.resumed} resumed, "
+            f"{result.started} started, {result.completed} completed, {len(result.failed)} failed "
+            f"in {result.seconds:.1f}s", highlight=False)
+        for run_id in result.busy:
+            out.print(f"  left to another process: {run_id}", highlight=False)
+        if result.failed:
+            for run_id, reason in result.failed:
+                err.print(f"[red]failed:[/red] {run_id}: {reason}", highlight=False)
+            raise typer.Exit(1)
+        if result.experiment_dir is not None:
+            out.print(f"results in {result.experiment_dir}; next: kdtemp report{same_experiment(config, runs_dir, name)}",
+                      highlight=False)
 
 
 def same_experiment(config: Optional[Path], runs_dir: Optional[Path], name: Optional[str]) -> str:

@@ -23,6 +23,7 @@ from kdtemp.data import Dataset, augment_batch, draw_augmentation
 from kdtemp.device import full_float32
 from kdtemp.losses import soft_target_log_probs
 from kdtemp.optim import build_optimizer, learning_rate, set_learning_rate
+from kdtemp.randomness import DropoutStream
 
 PROGRESS_EVERY = 20  # steps between progress events
 AUGMENT_STREAM = 1
@@ -147,9 +148,9 @@ def to_memory_format(inputs: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return inputs
 
 
-def seed_dropout(seed: int, epoch: int) -> None:
-    drawn = int(torch.randint(0, 2**62, (1,), generator=epoch_generator(seed, epoch, DROPOUT_STREAM)))
-    torch.manual_seed(drawn)
+def dropout_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's dropout masks (a DropoutStream's), a function of (seed, epoch) alone."""
+    return int(torch.randint(0, 2**62, (1,), generator=epoch_generator(seed, epoch, DROPOUT_STREAM)))
 
 
 class EpochBatches:
@@ -255,13 +256,13 @@ class NetworkTrainer:
         self.model.train()
         for epoch in range(self.completed_epochs, settings.epochs):
             started = time.perf_counter()
-            seed_dropout(settings.seed, epoch)
+            dropout = DropoutStream(dropout_seed(settings.seed, epoch), device)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
             lr_at_start = learning_rate(settings.training, epoch * self.steps_per_epoch, self.steps_per_epoch)
             for step, (_, inputs, targets) in enumerate(EpochBatches(self.data, settings, epoch)):
                 set_learning_rate(self.optimizer, learning_rate(settings.training, epoch * self.steps_per_epoch + step, self.steps_per_epoch))
-                with autocast(device, settings.amp):
+                with autocast(device, settings.amp), dropout.drawing():
                     logits = self.model(inputs).float()
                 loss = F.cross_entropy(logits, targets)
                 self.optimizer.zero_grad(set_to_none=True)

@@ -1,9 +1,14 @@
-"""What the jobs report while they run. The library never prints: it yields these, the CLI renders them."""
+"""What the jobs report while they run, and what they return.
+
+The library never prints: a job takes an `emit` callback, calls it with a Note or a Progress as it
+goes (a Slurm launch also with Submitted), and returns its result; the CLI renders the events.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -62,9 +67,17 @@ class SweepResult:
 
 @dataclass(frozen=True)
 class Submitted:
-    """A sweep handed to Slurm as a job array."""
+    """A sweep handed to Slurm as a job array: emitted as soon as it is submitted."""
 
     array_id: str
     tasks: int
     runs: int
     folder: Path
+
+
+Event = Note | Progress | Submitted
+Emit = Callable[[Event], None]
+
+
+def ignore(event: Event) -> None:
+    """The default `emit`: a job called from code that does not show progress reports to no one."""

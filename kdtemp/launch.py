@@ -19,7 +19,6 @@ import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -27,7 +26,7 @@ from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig, config_to_dict
 from kdtemp.device import resolve_device
 from kdtemp.errors import ConfigError, KDTempError, first_line
-from kdtemp.events import Note, Progress, Submitted, SweepResult
+from kdtemp.events import Emit, Event, Note, Progress, Submitted, SweepResult, ignore
 from kdtemp.plan import RunSpec, group_runs
 from kdtemp.prepare import StopCheck
 from kdtemp.sweep import planned_runs, sweep
@@ -89,20 +88,23 @@ def worker_devices(config: ExperimentConfig) -> list[str]:
     return [config.device] * (launcher.workers or 1)
 
 
-def launch_local(config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None) -> Iterator:
-    """Train the sweep's units in worker processes, one per device; CPU workers split the cores."""
+def launch_local(config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None,
+                 emit: Emit = ignore) -> SweepResult:
+    """Train the sweep's units in worker processes, one per device; CPU workers split the cores.
+
+    The workers' notes and progress reach `emit` here, labelled with the worker.
+    """
     started = time.perf_counter()
     devices = worker_devices(config)
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     planned = len(planned_runs(config))
     units = work_units(config, force, at_least=len(devices))
     if not units:
-        yield Note(f"{planned} runs planned: all complete")
-        yield SweepResult(planned, planned, 0, 0, 0, seconds=time.perf_counter() - started, experiment_dir=layout.root)
-        return
+        emit(Note(f"{planned} runs planned: all complete"))
+        return SweepResult(planned, planned, 0, 0, 0, seconds=time.perf_counter() - started, experiment_dir=layout.root)
     R.check_writable(layout.root)
     threads = threads_per_worker(os.cpu_count() or 1, len(devices))
-    yield Note(f"{len(units)} units of work over {len(devices)} workers ({', '.join(devices)}), {threads} CPU thread(s) each")
+    emit(Note(f"{len(units)} units of work over {len(devices)} workers ({', '.join(devices)}), {threads} CPU thread(s) each"))
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
     assignments = [units[index::len(devices)] for index in range(len(devices))]
@@ -126,7 +128,7 @@ def launch_local(config: ExperimentConfig, force: bool = False, should_stop: Sto
                 break  # a worker died without a word (killed): what it finished is on disk
             continue
         if kind == "event":
-            yield _prefixed(payload, worker)
+            emit(_prefixed(payload, worker))
         elif kind == "result":
             results.append(payload)
             finished += 1
@@ -143,7 +145,7 @@ def launch_local(config: ExperimentConfig, force: bool = False, should_stop: Sto
         raise StopRequested
     if errors:
         raise KDTempError("; ".join(errors))
-    yield combine(results, planned, time.perf_counter() - started, layout.root)
+    return combine(results, planned, time.perf_counter() - started, layout.root)
 
 
 def threads_per_worker(cpu_count: int, workers: int) -> int:
@@ -165,7 +167,7 @@ def _prepare_worker(device: str, threads: int) -> None:
         torch.cuda.set_device(index)
 
 
-def _prefixed(event, worker: str):
+def _prefixed(event: Event, worker: str) -> Event:
     """A worker's event, labelled with the worker so that bars and notes of several workers do not mix."""
     if isinstance(event, Progress):
         return Progress(f"{worker}:{event.task}", f"{worker}: {event.description}", event.completed, event.total)
@@ -187,11 +189,9 @@ def _worker_main(config_tree: dict, device: str, run_ids: list[str], force: bool
     from kdtemp.engine import StopRequested
 
     try:
-        for event in sweep(config, force=force, should_stop=lambda: stop["requested"], only=set(run_ids), worker=worker):
-            if isinstance(event, SweepResult):
-                events.put(("result", worker, event))
-            else:
-                events.put(("event", worker, event))
+        result = sweep(config, force=force, should_stop=lambda: stop["requested"], only=set(run_ids), worker=worker,
+                       emit=lambda event: events.put(("event", worker, event)))
+        events.put(("result", worker, result))
     except StopRequested:
         events.put(("stopped", worker, None))
     except KDTempError as exc:
@@ -213,10 +213,7 @@ class UnitJob:
         config = ExperimentConfig.model_validate(self.config_tree)
         job = os.environ.get("SLURM_ARRAY_JOB_ID", os.environ.get("SLURM_JOB_ID", "?"))
         task = os.environ.get("SLURM_ARRAY_TASK_ID", "0")
-        result = None
-        for event in sweep(config, force=self.force, only=set(self.run_ids), worker=f"slurm job {job}_{task}"):
-            if isinstance(event, SweepResult):
-                result = event
+        result = sweep(config, force=self.force, only=set(self.run_ids), worker=f"slurm job {job}_{task}")
         # a requeued task resumes, it does not start over: force applies to the first attempt only
         self.force = False
         return asdict(result)
@@ -262,21 +259,24 @@ def _executor(config: ExperimentConfig):
     return executor
 
 
-def launch_slurm(config: ExperimentConfig, force: bool = False, wait: bool = True) -> Iterator:
-    """Submit one array task per unit of work; wait and show progress unless `wait` is False."""
+def launch_slurm(config: ExperimentConfig, force: bool = False, wait: bool = True,
+                 emit: Emit = ignore) -> SweepResult | None:
+    """Submit one array task per unit of work (emitting Submitted); wait and show progress unless `wait` is False.
+
+    Returns the whole sweep's result once every task has left the queue; None when not waiting.
+    """
     started = time.perf_counter()
     tree = job_config_tree(config)
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     planned = len(planned_runs(config))
     units = work_units(config, force)
     if not units:
-        yield Note(f"{planned} runs planned: all complete")
-        yield SweepResult(planned, planned, 0, 0, 0, seconds=time.perf_counter() - started, experiment_dir=layout.root)
-        return
+        emit(Note(f"{planned} runs planned: all complete"))
+        return SweepResult(planned, planned, 0, 0, 0, seconds=time.perf_counter() - started, experiment_dir=layout.root)
     R.check_writable(layout.root)
     if config.device == "auto" and not config.launcher.slurm_gpus_per_job:
         cores = config.launcher.slurm_cpus_per_job
-        yield Note(f"Slurm jobs get no GPU (slurm_gpus_per_job 0): they train on {cores} CPU core(s) each", "warning")
+        emit(Note(f"Slurm jobs get no GPU (slurm_gpus_per_job 0): they train on {cores} CPU core(s) each", "warning"))
     executor = _executor(config)
     jobs = []
     try:
@@ -287,15 +287,15 @@ def launch_slurm(config: ExperimentConfig, force: bool = False, wait: bool = Tru
         raise KDTempError(f"submitting to Slurm failed ({str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}); "
                           "check `sinfo` and --slurm-partition") from None
     array_id = jobs[0].job_id.split("_")[0]
-    yield Submitted(array_id, len(jobs), sum(len(unit) for unit in units), Path(executor.folder))
+    emit(Submitted(array_id, len(jobs), sum(len(unit) for unit in units), Path(executor.folder)))
     if not wait:
-        return
+        return None
     pending_runs = sum(len(unit) for unit in units)
     while True:
         states = queue_states(array_id)
         done = sum(1 for run_id in (r for unit in units for r in unit) if _finished(layout, run_id))
         counts = ", ".join(f"{count} {state.lower()}" for state, count in sorted(_count(states).items())) or "none queued"
-        yield Progress("runs", f"slurm array {array_id}: {counts}", done, pending_runs)
+        emit(Progress("runs", f"slurm array {array_id}: {counts}", done, pending_runs))
         if not states:
             break
         time.sleep(POLL_SECONDS)
@@ -307,8 +307,8 @@ def launch_slurm(config: ExperimentConfig, force: bool = False, wait: bool = Tru
             message = first_line(exc, limit=10_000)
             problems.append(f"job {job.job_id} did not finish ({message[:200]})")
     for problem in problems:
-        yield Note(f"{problem}; run the same command again to resume its runs", "warning")
-    yield combine(results, planned, time.perf_counter() - started, layout.root)
+        emit(Note(f"{problem}; run the same command again to resume its runs", "warning"))
+    return combine(results, planned, time.perf_counter() - started, layout.root)
 
 
 def _finished(layout: R.ExperimentLayout, run_id: str) -> bool:
@@ -338,10 +338,14 @@ def queue_states(array_id: str) -> dict[str, str]:
     return states
 
 
-def run_sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None, wait: bool = True) -> Iterator:
-    """`kdtemp sweep`: in this process, in local workers, or as a Slurm job array, as config.launcher says."""
+def run_sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None, wait: bool = True,
+              emit: Emit = ignore) -> SweepResult | None:
+    """`kdtemp sweep`: in this process, in local workers, or as a Slurm job array, as config.launcher says.
+
+    None only for a Slurm array not waited for (`wait` False): its Submitted event says where it went.
+    """
     if config.launcher.name == "slurm":
-        return launch_slurm(config, force, wait)
+        return launch_slurm(config, force, wait, emit)
     if config.launcher.workers or config.launcher.devices:
-        return launch_local(config, force, should_stop)
-    return sweep(config, force=force, should_stop=should_stop)
+        return launch_local(config, force, should_stop, emit)
+    return sweep(config, force=force, should_stop=should_stop, emit=emit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from kdtemp.data import Dataset, load_dataset
 from kdtemp.device import amp_enabled
 from kdtemp.engine import LoopSettings
 from kdtemp.errors import ConfigError
-from kdtemp.events import Note
+from kdtemp.events import Emit, Note, ignore
 
 StopCheck = Callable[[], bool] | None
 
@@ -41,13 +41,13 @@ def config_flag(config: ExperimentConfig) -> str:
     return flag if config.runs_dir == Path("runs") else f"{flag} --runs-dir {config.runs_dir}"
 
 
-def data_on(device: torch.device, config: ExperimentConfig) -> Iterator[Note | Dataset]:
-    """A note saying what was loaded, then the dataset on `device`."""
+def data_on(device: torch.device, config: ExperimentConfig, emit: Emit = ignore) -> Dataset:
+    """The dataset on `device`, with a note saying what was loaded."""
     data = load_dataset(config.data)
-    yield Note(f"{data.name}: {len(data.train_y)} train / {len(data.test_y)} test, {data.num_classes} classes, from {data.source}")
+    emit(Note(f"{data.name}: {len(data.train_y)} train / {len(data.test_y)} test, {data.num_classes} classes, from {data.source}"))
     if config.data.augment and not data.is_image:
         raise ConfigError(f"data.augment crops and flips images; {data.name} holds sequences {data.input_shape}: set augment: false")
-    yield data.to(device)
+    return data.to(device)
 
 
 def wants_channels_last(model: nn.Module | None, device: torch.device) -> bool:
@@ -77,13 +77,3 @@ def loop_settings(config: ExperimentConfig, spec: ModelSpec, seed: int, device: 
         channels_last=wants_channels_last(model, device),
     )
 
-
-def split(items: Iterator) -> Iterator:
-    """Pass a job's events through; return (as StopIteration value) the one item that is not an event."""
-    result = None
-    for item in items:
-        if isinstance(item, Note):
-            yield item
-        else:
-            result = item
-    return result

@@ -29,13 +29,14 @@ from torch.func import functional_call, vmap
 from kdtemp.data import Dataset
 from kdtemp.engine import (
     EpochBatches, EpochDone, LoopSettings, Member, StepsDone, StopRequested, TeacherSignal, add_sums, autocast,
-    chunks, evaluation_sums, finish_evaluation, seed_dropout, steps_per_epoch,
+    chunks, evaluation_sums, finish_evaluation, dropout_seed, steps_per_epoch,
     to_memory_format, PROGRESS_EVERY,
 )
 from kdtemp.hints import HintCaptures, build_regressor, feature_shape
 from kdtemp.losses import combine_terms, hint_loss, kd_terms, soft_target_log_probs, standardized_logit_std
 from kdtemp.models import has_dropout, vmap_rounds_by_group
 from kdtemp.optim import build_optimizer, learning_rate, set_learning_rate
+from kdtemp.randomness import DropoutStream, seeded
 from kdtemp.schedules import initial_theta, learned_temperature, reversal_weight, scale_gradient
 from kdtemp.stacking import each_member, stack_modules
 
@@ -128,10 +129,10 @@ class StudentGroup:
             student_shape = feature_shape(build_student(), hint.student_layer, data.train_x[:2].cpu(), "student")
         modules, regressors = [], []
         for member in self.members:
-            torch.manual_seed(member.seed)  # the init each member would get alone
-            modules.append(build_student())
-            if hint is not None:
-                regressors.append(build_regressor(student_shape, hint.teacher_shape))
+            with seeded(member.seed):  # the init each member would get alone; the caller's RNG left as it was
+                modules.append(build_student())
+                if hint is not None:
+                    regressors.append(build_regressor(student_shape, hint.teacher_shape))
         self.seeds = sorted({member.seed for member in self.members})
         self.member_rows = None
         """With several seeds, member k's row (its seed's) in the (S, B) batches, on the device."""
@@ -357,7 +358,7 @@ class StudentGroup:
         self.template.train()
         for epoch in range(self.completed_epochs, settings.epochs):
             started = time.perf_counter()
-            seed_dropout(self.seeds[0], epoch)
+            dropout = DropoutStream(dropout_seed(self.seeds[0], epoch), device)
             # batch-weighted sums of EPOCH_SUMS and correct counts, kept on the device
             weighted = torch.zeros(len(EPOCH_SUMS), count, device=device)
             correct_total = torch.zeros(count, dtype=torch.long, device=device)
@@ -370,7 +371,8 @@ class StudentGroup:
                 if self.member_rows is not None:  # a row per seed -> a row per member
                     inputs, targets = inputs[self.member_rows], targets[self.member_rows]
                 temperature, penalty = self.learnable.temperatures(self.temperature_table[:, step_index], epoch)
-                terms, correct = self._loss_terms(inputs, targets, teacher_logits, teacher_features, temperature)
+                with dropout.drawing():  # the forward pass draws the masks; backward reuses them
+                    terms, correct = self._loss_terms(inputs, targets, teacher_logits, teacher_features, temperature)
                 feature = terms.pop("feature", torch.zeros_like(penalty))
                 losses = combine_terms({**terms, "penalty": penalty, "feature": self.hint_weight * feature}, self.alpha)
                 total = losses.masked_fill(self.inactive, 0.0).sum()

@@ -3,34 +3,34 @@
 Every check a user's input can fail is made before the first run directory is created, so a refused
 command leaves nothing half-written. Finished runs are skipped, interrupted ones resume from their
 last epoch, and runs another process holds are left to it. Born-again generations train one after
-another, each distilled from the previous generation's students.
+another, each distilled from the previous generation's students (kdtemp.generations).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
-from torch import nn
 
 from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig, config_to_dict
 from kdtemp.data import Dataset
 from kdtemp.device import max_group_size, member_bytes, set_up_device
-from kdtemp.engine import EpochDone, Member, StepsDone, TeacherSignal, inference_module, predict_logits, steps_per_epoch
+from kdtemp.engine import EpochDone, Member, StepsDone, TeacherSignal, inference_module, steps_per_epoch
 from kdtemp.errors import CheckpointError
-from kdtemp.events import Note, Progress, SweepResult
+from kdtemp.events import Emit, Note, Progress, SweepResult, ignore
 from kdtemp.footprint import student_and_teacher
-from kdtemp.hints import build_regressor, feature_shape, predict_features
+from kdtemp.generations import _generation_hint, _parent_signal, _with_finished_parents
+from kdtemp.hints import build_regressor, feature_shape
 from kdtemp.loggers import RunLogger, check_loggers, run_loggers
 from kdtemp.models import build_model, has_dropout
 from kdtemp.plan import RunSpec, group_runs, learnable_schedule, plan_runs, uses_standardized_logits
-from kdtemp.prepare import StopCheck, data_on, environment_record, loop_settings, per_batch_teachers, split
+from kdtemp.prepare import StopCheck, data_on, environment_record, loop_settings, per_batch_teachers
+from kdtemp.randomness import caller_rng_kept, keeps_global_rng
 from kdtemp.schedules import LOW_TEMPERATURE, lowest_temperature, temperature_table
 from kdtemp.stacking import vmap_failure
 from kdtemp.student_group import Hint, StudentGroup
+from kdtemp.sweep_state import SweepState, _summary
 from kdtemp.teachers import (
     LoadedTeacher, all_teacher_logits, ensemble_weights, load_teachers, teacher_features, teacher_paths,
     teachers_fingerprint,
@@ -78,79 +78,54 @@ def run_config_record(run: RunSpec, config: ExperimentConfig, device: torch.devi
     }
 
 
-@dataclass
-class _Sweep:
-    """What every group of one sweep shares, and its running counts."""
-
-    config: ExperimentConfig
-    layout: R.ExperimentLayout
-    data: Dataset
-    device: torch.device
-    teachers: list[LoadedTeacher]
-    signal: TeacherSignal
-    hint: Hint | None
-    sizes: dict
-    force: bool
-    should_stop: StopCheck
-    worker: str | None
-    pending: int
-    resumed: int = 0
-    started: int = 0
-    completed: int = 0
-    done: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    busy: list[str] = field(default_factory=list)
-    stackable: bool = True
-    """False when vmap cannot run the student: its groups then train member by member."""
-
-    @property
-    def student_spec(self):
-        return self.config.student
-
-
 def sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None,
-          only: set[str] | None = None, worker: str | None = None) -> Iterator:
-    """Yield progress events and, last, a SweepResult. `only` restricts the sweep to some run ids."""
+          only: set[str] | None = None, worker: str | None = None, emit: Emit = ignore) -> SweepResult:
+    """Train the grid's runs (only those in `only` when given), reporting progress through `emit`."""
     started_at = time.perf_counter()
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     device = set_up_device(config.device, config.train.deterministic)
     teacher_paths(config)
     check_loggers(config)
-    data = yield from split(data_on(device, config))
+    data = data_on(device, config, emit)
     teachers = load_teachers(config, data, device)
     # built before anything is written, so a student that does not fit the data is refused first
-    student = build_model(config.student, data.input_shape, data.num_classes).to(device)
+    with caller_rng_kept():
+        student = build_model(config.student, data.input_shape, data.num_classes).to(device)
     hint = _hint(config, data, teachers)
     runs, notes = plan_sweep(config, data, teachers_fingerprint([t.fingerprint for t in teachers], config))
-    yield from notes
+    for note in notes:
+        emit(note)
     if only is not None:
         runs = [run for run in runs if run.run_id in only]
     pending = [run for run in runs if force or not R.is_completed(layout.run_dir(run.run_id))]
     skipped = len(runs) - len(pending)
-    yield Note(f"{len(runs)} runs planned: {skipped} already complete, {len(pending)} to train")
+    emit(Note(f"{len(runs)} runs planned: {skipped} already complete, {len(pending)} to train"))
     if not pending:
-        yield SweepResult(len(runs), skipped, 0, 0, 0, seconds=time.perf_counter() - started_at, experiment_dir=layout.root)
-        return
+        return SweepResult(len(runs), skipped, 0, 0, 0, seconds=time.perf_counter() - started_at,
+                           experiment_dir=layout.root)
     R.check_writable(layout.root)
-    signal = yield from _teacher_signal(config, data, device, teachers, hint)
-    stackable = yield from _stackable(config, data, device)
-    sizes = student_and_teacher(student, [t.model for t in teachers], data.train_x[:config.student_batch_size()], device)
-    state = _Sweep(config, layout, data, device, teachers, signal, hint, sizes, force, should_stop, worker, len(pending),
-                   stackable=stackable)
+    signal = _teacher_signal(config, data, device, teachers, hint, emit)
+    stackable = _stackable(config, data, device, emit)
+    with caller_rng_kept():  # a forward pass of the student, dropout and all
+        sizes = student_and_teacher(student, [t.model for t in teachers], data.train_x[:config.student_batch_size()],
+                                    device)
+    state = SweepState(config, layout, data, device, teachers, signal, hint, sizes, force, should_stop, worker,
+                       len(pending), stackable=stackable, emit=emit)
     limit = _group_limit(config, data, device)
     across_seeds = not has_dropout(student)  # dropout masks are the one draw a group cannot give each seed
     for generation in sorted({run.generation for run in pending}):
         members = [run for run in pending if run.generation == generation]
         if generation > 1:
-            members = yield from _with_finished_parents(state, members)
+            members = _with_finished_parents(state, members)
         groups = group_runs(members, limit, across_seeds)
         for number, group in enumerate(groups, 1):
             label = f"group {number}/{len(groups)}" + (f", generation {generation}" if config.kd.generations > 1 else "")
-            yield from _train_group(state, group, label)
-    yield SweepResult(len(runs), skipped, state.resumed, state.started, state.completed, state.failed, state.busy,
-                      time.perf_counter() - started_at, layout.root)
+            _train_group(state, group, label)
+    return SweepResult(len(runs), skipped, state.resumed, state.started, state.completed, state.failed, state.busy,
+                       time.perf_counter() - started_at, layout.root)
 
 
+@keeps_global_rng
 def _hint(config: ExperimentConfig, data: Dataset, teachers: list[LoadedTeacher]) -> Hint | None:
     """The hint settings, with both layers resolved and the regressor's shapes checked before anything runs."""
     if config.kd.feature_weight <= 0:
@@ -164,13 +139,13 @@ def _hint(config: ExperimentConfig, data: Dataset, teachers: list[LoadedTeacher]
 
 
 def _teacher_signal(config: ExperimentConfig, data: Dataset, device: torch.device, teachers: list[LoadedTeacher],
-                    hint: Hint | None):
+                    hint: Hint | None, emit: Emit) -> TeacherSignal:
     """Generation 1's teacher signal: cached logits (and hint features), or networks run on each batch."""
-    train, test = yield from all_teacher_logits(teachers, data, config, device)
+    train, test = all_teacher_logits(teachers, data, config, device, emit)
     teacher_layer = config.kd.feature_layers.teacher if config.kd.feature_layers else None
     features, networks, channels_last = None, (), False
     if train is not None and hint is not None:
-        yield Note("computing the teachers' hint features on the training set")
+        emit(Note("computing the teachers' hint features on the training set"))
         features = teacher_features([t.model for t in teachers], teacher_layer, data, config, device)
     if train is None:
         example = data.train_x[:config.student_batch_size()]
@@ -182,16 +157,22 @@ def _teacher_signal(config: ExperimentConfig, data: Dataset, device: torch.devic
                          channels_last=channels_last)
 
 
-def _stackable(config: ExperimentConfig, data: Dataset, device: torch.device):
+def _stackable(config: ExperimentConfig, data: Dataset, device: torch.device, emit: Emit) -> bool:
     """Whether vmap can run the student stacked; a note when it cannot (its runs then train one at a time)."""
-    pair = [build_model(config.student, data.input_shape, data.num_classes) for _ in range(2)]
-    reason = vmap_failure(pair, data.train_x[:2].to(device))
+    reason = _vmap_failure(config, data, device)
     if reason is not None:
-        yield Note(f"{config.student.arch} cannot be stacked with vmap ({reason}); its runs train one member at a "
-                   "time, with the same results and files, more slowly")
+        emit(Note(f"{config.student.arch} cannot be stacked with vmap ({reason}); its runs train one member at a "
+                  "time, with the same results and files, more slowly"))
     return reason is None
 
 
+@keeps_global_rng
+def _vmap_failure(config: ExperimentConfig, data: Dataset, device: torch.device) -> str | None:
+    pair = [build_model(config.student, data.input_shape, data.num_classes) for _ in range(2)]
+    return vmap_failure(pair, data.train_x[:2].to(device))
+
+
+@keeps_global_rng
 def _group_limit(config: ExperimentConfig, data: Dataset, device: torch.device) -> int:
     spec = config.student
     probe = build_model(spec, data.input_shape, data.num_classes).to(device)
@@ -200,74 +181,12 @@ def _group_limit(config: ExperimentConfig, data: Dataset, device: torch.device) 
                           config.train.max_group_size)
 
 
-# --- born-again generations ------------------------------------------------------------------------
-
-
-def _with_finished_parents(state: _Sweep, runs: list[RunSpec]):
-    """The runs whose parent finished; a run whose parent failed fails too, one whose parent is unfinished waits."""
-    ready = []
-    for run in runs:
-        summary = R.read_summary(state.layout.run_dir(run.parent)) or {}
-        if summary.get("status") == R.COMPLETED:
-            ready.append(run)
-        elif summary.get("status") == R.FAILED:
-            reason = f"its parent {run.parent} failed ({summary.get('reason')})"
-            files = R.RunFiles(state.layout.run_dir(run.run_id))
-            R.atomic_write_json(files.summary, _summary(state, run, files, "failed", 0, reason=reason))
-            state.failed.append((run.run_id, reason))
-        else:
-            state.busy.append(run.run_id)
-            yield Note(f"{run.run_id} waits for its parent {run.parent}, not finished yet; run the sweep again later")
-    return ready
-
-
-def _load_student(state: _Sweep, run_id: str) -> nn.Module:
-    path = state.layout.run_dir(run_id) / "model.pt"
-    checkpoint = R.load_checkpoint(path, "student model")
-    model = build_model(state.student_spec, state.data.input_shape, state.data.num_classes)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.to(state.device).eval()
-
-
-def _parent_signal(state: _Sweep, runs: list[RunSpec]) -> TeacherSignal:
-    """Each member distils from its own parent: per-member logits (and features), or per-member networks."""
-    parents = [_load_student(state, run.parent) for run in runs]
-    layer = state.hint.student_layer if state.hint is not None else None
-    data, batch = state.data, state.config.data.eval_batch_size
-    common = {"test_logits": state.signal.test_logits, "per_member": True, "feature_layer": layer}
-    if state.config.data.augment:
-        networks, channels_last = per_batch_teachers(parents, state.device)
-        return TeacherSignal(networks=networks, channels_last=channels_last, **common)
-    logits = torch.stack([predict_logits(p, data.train_x, batch, state.device) for p in parents]).unsqueeze(1)
-    features = None
-    if state.hint is not None:
-        features = torch.stack([predict_features(p, layer, data.train_x, batch, state.device) for p in parents]).unsqueeze(1)
-    return TeacherSignal(train_logits=logits, train_features=features, **common)
-
-
-def _generation_hint(state: _Sweep, generation: int) -> Hint | None:
-    """From generation 2 on, the hint target is the parent student's own feature."""
-    if state.hint is None or generation == 1:
-        return state.hint
-    shape = feature_shape(build_model(state.student_spec, state.data.input_shape, state.data.num_classes),
-                          state.hint.student_layer, state.data.train_x[:2].cpu(), "student")
-    return Hint(state.hint.weight, state.hint.student_layer, shape)
-
-
-def _teachers_record(state: _Sweep, run: RunSpec) -> list[dict]:
-    if run.generation == 1:
-        return [] if run.is_baseline else [t.record for t in state.teachers]
-    parent = R.read_summary(state.layout.run_dir(run.parent)) or {}
-    return [{"id": run.parent, "test_acc": (parent.get("final") or {}).get("test_acc")}]
-
-
 # --- training a group ------------------------------------------------------------------------------
 
 
-def _prepare_run(state: _Sweep, run: RunSpec) -> tuple[dict | None, list[Note]]:
+def _prepare_run(state: SweepState, run: RunSpec) -> dict | None:
     """Clear or keep a run's files for (re)training; returns its checkpoint state when it resumes."""
     files = R.RunFiles(state.layout.run_dir(run.run_id))
-    notes: list[Note] = []
     resume = None
     if not state.force and files.checkpoint.exists():
         try:
@@ -275,7 +194,7 @@ def _prepare_run(state: _Sweep, run: RunSpec) -> tuple[dict | None, list[Note]]:
             if resume.get("format") != STUDENT_FORMAT or resume.get("run_id") != run.run_id:
                 resume = None
         except CheckpointError as exc:
-            notes.append(Note(f"{exc}; restarting {run.run_id}", "warning"))
+            state.emit(Note(f"{exc}; restarting {run.run_id}", "warning"))
             resume = None
     for stale in (files.summary, files.dir / "model.pt"):
         stale.unlink(missing_ok=True)
@@ -285,10 +204,10 @@ def _prepare_run(state: _Sweep, run: RunSpec) -> tuple[dict | None, list[Note]]:
     else:
         R.keep_epochs_before(files.metrics, int(resume["member"]["epoch"]), R.STUDENT_COLUMNS)
     R.atomic_write_yaml(files.config, run_config_record(run, state.config, state.device))
-    return resume, notes
+    return resume
 
 
-def _train_group(state: _Sweep, group: list[RunSpec], label: str) -> Iterator:
+def _train_group(state: SweepState, group: list[RunSpec], label: str) -> None:
     locks = {}
     try:
         mine = []
@@ -296,7 +215,7 @@ def _train_group(state: _Sweep, group: list[RunSpec], label: str) -> Iterator:
             lock = R.RunLock(state.layout.lock_path(run.run_id))
             if not lock.acquire():
                 state.busy.append(run.run_id)
-                yield Note(f"{run.run_id} is being trained by another process; leaving it to that one")
+                state.emit(Note(f"{run.run_id} is being trained by another process; leaving it to that one"))
                 continue
             if not state.force and R.is_completed(state.layout.run_dir(run.run_id)):
                 lock.release()  # finished by another process since we planned
@@ -307,8 +226,7 @@ def _train_group(state: _Sweep, group: list[RunSpec], label: str) -> Iterator:
             mine.append(run)
         by_epoch: dict[int, list] = {}
         for run in mine:
-            resume, notes = _prepare_run(state, run)
-            yield from notes
+            resume = _prepare_run(state, run)
             epoch = int(resume["member"]["epoch"]) if resume else 0
             by_epoch.setdefault(epoch, []).append((run, resume))
             if resume:
@@ -316,43 +234,44 @@ def _train_group(state: _Sweep, group: list[RunSpec], label: str) -> Iterator:
             else:
                 state.started += 1
         for _, members in sorted(by_epoch.items()):
-            yield from _train_members(state, members, label)
+            _train_members(state, members, label)
     finally:
         for lock in locks.values():
             lock.release()
 
 
-def _train_members(state: _Sweep, members: list[tuple[RunSpec, dict | None]], label: str) -> Iterator:
-    config, data, spec = state.config, state.data, state.student_spec
+def _train_members(state: SweepState, members: list[tuple[RunSpec, dict | None]], label: str) -> None:
+    config, data, spec, emit = state.config, state.data, state.student_spec, state.emit
     spe = steps_per_epoch(len(data.train_y), config.student_batch_size())
     runs = [run for run, _ in members]
     seeds = sorted({run.seed for run in runs})
     generation = runs[0].generation
     signal = state.signal if generation == 1 else _parent_signal(state, runs)
-    group = StudentGroup(lambda: build_model(spec, data.input_shape, data.num_classes),
-                         [member_for(run, spec.epochs, spe) for run in runs], data, signal,
-                         loop_settings(config, spec, seeds[0], state.device), _generation_hint(state, generation),
-                         stackable=state.stackable)
+    with caller_rng_kept():  # the group seeds each member's init itself; a hint's shape probe draws too
+        group = StudentGroup(lambda: build_model(spec, data.input_shape, data.num_classes),
+                             [member_for(run, spec.epochs, spe) for run in runs], data, signal,
+                             loop_settings(config, spec, seeds[0], state.device),
+                             _generation_hint(state, generation), stackable=state.stackable)
     if members[0][1] is not None:
         group.load_member_states([resume["member"] for _, resume in members])
     description = f"{label}: {len(runs)} runs at once (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
-    yield Progress("runs", "runs", state.done, state.pending)
-    yield Progress("epochs", description, group.completed_epochs, spec.epochs)
+    emit(Progress("runs", "runs", state.done, state.pending))
+    emit(Progress("epochs", description, group.completed_epochs, spec.epochs))
     directories = [state.layout.tensorboard_dir(run.run_id) for run in runs]
     # the group's hint hooks on the shared teachers end with it; the loggers flush however the block ends
     with group, run_loggers(config, directories) as loggers:
         for event in group.run(state.should_stop):
             if isinstance(event, StepsDone):
-                yield Progress("batches", f"epoch {event.epoch + 1}", event.step, event.steps_per_epoch)
+                emit(Progress("batches", f"epoch {event.epoch + 1}", event.step, event.steps_per_epoch))
                 continue
             _record_epoch(state, group, runs, event, loggers)
-            yield Progress("batches", f"epoch {event.epoch + 1}", spe, spe)
-            yield Progress("epochs", description, event.epoch + 1, spec.epochs)
+            emit(Progress("batches", f"epoch {event.epoch + 1}", spe, spe))
+            emit(Progress("epochs", description, event.epoch + 1, spec.epochs))
     state.done += len(runs)
-    yield Progress("runs", "runs", state.done, state.pending)
+    emit(Progress("runs", "runs", state.done, state.pending))
 
 
-def _record_epoch(state: _Sweep, group: StudentGroup, runs: list[RunSpec], event: EpochDone,
+def _record_epoch(state: SweepState, group: StudentGroup, runs: list[RunSpec], event: EpochDone,
                   loggers: list[RunLogger]) -> None:
     """Append each member's row (and log it), then its checkpoint; at the last epoch its weights, then summary.json."""
     epochs = state.student_spec.epochs
@@ -401,31 +320,3 @@ def divergence_reason(reason: str, config: ExperimentConfig, distills: bool = Tr
     fixes.append(f"lower student.lr (now {config.student.lr:g})")
     why = "; the KD gradient grows like T" if distills else ""
     return f"{reason}{why}: {' or '.join(fixes)}"
-
-
-def _summary(state: _Sweep, run: RunSpec, files: R.RunFiles, status: str, group_size: int, **extra) -> dict:
-    rows = R.read_csv_rows(files.metrics) if files.metrics.exists() else []
-    final = {key: _number(value) for key, value in rows[-1].items()} if rows else {}
-    accuracies = [float(row["test_acc"]) for row in rows if row.get("test_acc")]
-    best = max(range(len(accuracies)), key=accuracies.__getitem__) if accuracies else None
-    return {
-        "run_id": run.run_id, "status": status, "schedule": run.schedule_label, "t0": run.t0, "alpha": run.alpha,
-        "seed": run.seed, "generation": run.generation, "parent": run.parent, "epochs": state.student_spec.epochs,
-        "epochs_done": len(rows), "final": final,
-        "best_test_acc": accuracies[best] if best is not None else None, "best_epoch": best,
-        "wall_seconds": sum(float(row["epoch_seconds"]) for row in rows if row.get("epoch_seconds")),
-        "device": str(state.device), "group_size": group_size, "teachers": _teachers_record(state, run),
-        **state.sizes, **extra,
-    }
-
-
-def _number(text: str):
-    """A CSV cell back as None, int, float or text."""
-    if text == "":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text

@@ -13,7 +13,6 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +25,13 @@ from kdtemp.data import Dataset
 from kdtemp.device import set_up_device
 from kdtemp.engine import EpochDone, NetworkTrainer, StepsDone, predict_logits
 from kdtemp.errors import CheckpointError
-from kdtemp.events import EnsembleResult, Note, Progress, TeacherResult
+from kdtemp.events import Emit, EnsembleResult, Note, Progress, TeacherResult, ignore
 from kdtemp.hints import predict_features
 from kdtemp.loggers import RunLogger, check_loggers, run_loggers
 from kdtemp.losses import soft_target_log_probs
 from kdtemp.models import build_model, count_parameters
-from kdtemp.prepare import StopCheck, config_flag, data_on, environment_record, loop_settings, split, wants_channels_last
+from kdtemp.prepare import StopCheck, config_flag, data_on, environment_record, loop_settings, wants_channels_last
+from kdtemp.randomness import keeps_global_rng, seeded
 from kdtemp.teacher_import import ImportedTeacher, check_same_logits, import_teacher
 
 TEACHER_FORMAT = "kdtemp-teacher/1"
@@ -49,10 +49,11 @@ def teacher_label(index: int, count: int) -> str:
 # --- training ------------------------------------------------------------------------------------
 
 
-def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None) -> Iterator:
+def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None,
+                  emit: Emit = ignore) -> list[TeacherResult | EnsembleResult]:
     """Train, evaluate each epoch and checkpoint the teacher (or each teacher of `teachers:`).
 
-    Yields progress, a TeacherResult per teacher and, for an ensemble, an EnsembleResult.
+    Reports progress through `emit`; returns a TeacherResult per teacher and, for an ensemble, an EnsembleResult.
     """
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     device = set_up_device(config.device, config.train.deterministic)
@@ -70,33 +71,36 @@ def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: St
                     f"but the config asks for {spec.arch} on {config.data.dataset}; {RETRAIN}")
             check_source_unchanged(existing, spec, path)
             if "source" not in existing and existing.get("epochs") != spec.epochs:
-                yield Note(f"{teacher_label(index, count)} was trained for {existing.get('epochs')} epochs, kept as it is "
-                           f"(this config asks for {spec.epochs}): `--force` retrains it, `--name <new>` trains another",
-                           "warning")
+                emit(Note(f"{teacher_label(index, count)} was trained for {existing.get('epochs')} epochs, kept as it is "
+                          f"(this config asks for {spec.epochs}): `--force` retrains it, `--name <new>` trains another",
+                          "warning"))
             finished[index] = existing
     data = None
     imported: dict[int, ImportedTeacher] = {}
     if len(finished) < count or count > 1:
-        data = yield from split(data_on(device, config))
+        data = data_on(device, config, emit)
         imported = _check_networks(config, specs, finished, data)
         R.check_writable(config.runs_dir)
+    results: list[TeacherResult | EnsembleResult] = []
     for index, spec in enumerate(specs):
         label = teacher_label(index, count)
         directory = layout.teacher_dir_of(index, count)
         if index in finished:
             existing = finished[index]
-            yield TeacherResult(directory / "model.pt", float(existing["test_acc"]), int(existing["parameters"]),
-                                int(existing["epochs"]), 0.0, already_trained=True, label=label,
-                                imported="source" in existing)
+            results.append(TeacherResult(directory / "model.pt", float(existing["test_acc"]), int(existing["parameters"]),
+                                         int(existing["epochs"]), 0.0, already_trained=True, label=label,
+                                         imported="source" in existing))
         elif index in imported:
-            yield _record_imported(config, spec, imported[index], directory, label, data, device)
+            results.append(_record_imported(config, spec, imported[index], directory, label, data, device))
         else:
             with run_loggers(config, [layout.tensorboard_dir(label)]) as (logger,):
-                yield (yield from _train_one(config, spec, directory, label, data, device, force, should_stop, logger))
+                results.append(_train_one(config, spec, directory, label, data, device, force, should_stop, logger, emit))
     if count > 1:
-        yield _record_ensemble(config, layout, data, device)
+        results.append(_record_ensemble(config, layout, data, device))
+    return results
 
 
+@keeps_global_rng
 def _check_networks(config: ExperimentConfig, specs: list[ModelSpec], finished: dict, data: Dataset) -> dict[int, ImportedTeacher]:
     """Build every network the job will need, so a bad arch or checkpoint is refused before a file is written.
 
@@ -169,9 +173,9 @@ def _teacher_record(spec: ModelSpec, model: nn.Module, data: Dataset, device: to
 
 
 def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label: str, data: Dataset,
-               device: torch.device, force: bool, should_stop: StopCheck, logger: RunLogger):
-    torch.manual_seed(spec.seed)
-    model = build_model(spec, data.input_shape, data.num_classes)
+               device: torch.device, force: bool, should_stop: StopCheck, logger: RunLogger, emit: Emit) -> TeacherResult:
+    with seeded(spec.seed):  # the init its seed gives, the caller's RNG left as it was
+        model = build_model(spec, data.input_shape, data.num_classes)
     trainer = NetworkTrainer(model, data, loop_settings(config, spec, spec.seed, device, model))
     checkpoint_path, metrics_path, model_path = directory / "checkpoint.pt", directory / "metrics.csv", directory / "model.pt"
     # the data's fingerprint too: a teacher cut off on one image folder or array file must not resume on another
@@ -185,23 +189,23 @@ def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label
             state = R.load_checkpoint(checkpoint_path, "teacher checkpoint")
             if state.get("identity") == identity:
                 trainer.load_state(state["trainer"])
-                yield Note(f"resuming {label} from epoch {trainer.completed_epochs}")
+                emit(Note(f"resuming {label} from epoch {trainer.completed_epochs}"))
         except CheckpointError as exc:
-            yield Note(f"{exc}; training {label} from scratch", "warning")
+            emit(Note(f"{exc}; training {label} from scratch", "warning"))
     if trainer.completed_epochs == 0:
         metrics_path.unlink(missing_ok=True)
     else:
         R.keep_epochs_before(metrics_path, trainer.completed_epochs, R.TEACHER_COLUMNS)
     _write_teacher_config(config, spec, directory, device)
     parameters = count_parameters(trainer.model)
-    yield Note(f"{label} {spec.arch}: {parameters:,} parameters, {spec.epochs} epochs on {device}, seed {spec.seed}")
+    emit(Note(f"{label} {spec.arch}: {parameters:,} parameters, {spec.epochs} epochs on {device}, seed {spec.seed}"))
     started = time.perf_counter()
     last: dict = {}
     description = f"{label} {spec.arch}"
-    yield Progress("epochs", description, trainer.completed_epochs, spec.epochs)
+    emit(Progress("epochs", description, trainer.completed_epochs, spec.epochs))
     for event in trainer.run(should_stop):
         if isinstance(event, StepsDone):
-            yield Progress("batches", f"epoch {event.epoch + 1}", event.step, event.steps_per_epoch)
+            emit(Progress("batches", f"epoch {event.epoch + 1}", event.step, event.steps_per_epoch))
         elif isinstance(event, EpochDone):
             if event.failures:
                 raise CheckpointError(f"{label} training diverged: {event.failures[0]}; lower its lr or set train.clip_grad_norm")
@@ -209,8 +213,8 @@ def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label
             R.append_csv_row(metrics_path, last, R.TEACHER_COLUMNS)
             logger.log_epoch({column: last.get(column) for column in R.TEACHER_COLUMNS}, event.epoch)
             R.atomic_torch_save({"identity": identity, "trainer": trainer.state()}, checkpoint_path)
-            yield Progress("batches", f"epoch {event.epoch + 1}", trainer.steps_per_epoch, trainer.steps_per_epoch)
-            yield Progress("epochs", f"{description}  test acc {100 * last['test_acc']:.1f}%", event.epoch + 1, spec.epochs)
+            emit(Progress("batches", f"epoch {event.epoch + 1}", trainer.steps_per_epoch, trainer.steps_per_epoch))
+            emit(Progress("epochs", f"{description}  test acc {100 * last['test_acc']:.1f}%", event.epoch + 1, spec.epochs))
     if not last:  # resumed after the final epoch had already been checkpointed
         last = trainer.evaluate()
     R.atomic_torch_save(_teacher_record(spec, trainer.model, data, device, float(last["test_acc"]),
@@ -254,6 +258,7 @@ class LoadedTeacher:
         return {"id": self.label, "test_acc": float(self.checkpoint["test_acc"]), "fingerprint": self.fingerprint}
 
 
+@keeps_global_rng
 def load_teachers(config: ExperimentConfig, data: Dataset, device: torch.device) -> list[LoadedTeacher]:
     """The experiment's trained teacher(s), refused when made for other data or another network."""
     specs = config.teacher_specs()
@@ -314,7 +319,8 @@ def ensemble_weights(config: ExperimentConfig, device: torch.device) -> torch.Te
 # --- soft targets ----------------------------------------------------------------------------------
 
 
-def teacher_logits(teacher: LoadedTeacher, data: Dataset, config: ExperimentConfig, device: torch.device) -> Iterator:
+def teacher_logits(teacher: LoadedTeacher, data: Dataset, config: ExperimentConfig, device: torch.device,
+                   emit: Emit = ignore) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(train logits or None, test logits): one eval pass over each split, cached on disk.
 
     With augmentation the training inputs change every epoch, so only test logits are cached and
@@ -326,11 +332,11 @@ def teacher_logits(teacher: LoadedTeacher, data: Dataset, config: ExperimentConf
     # several workers or jobs may start at once: one computes, the others wait and read its cache
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        return (yield from _cached_teacher_logits(teacher, data, config, device, path))
+        return _cached_teacher_logits(teacher, data, config, device, path, emit)
 
 
 def _cached_teacher_logits(teacher: LoadedTeacher, data: Dataset, config: ExperimentConfig, device: torch.device,
-                           path: Path):
+                           path: Path, emit: Emit) -> tuple[torch.Tensor | None, torch.Tensor]:
     data_fingerprint = data.fingerprint()
     channels_last = wants_channels_last(teacher.model, device)
     if path.exists():
@@ -338,13 +344,14 @@ def _cached_teacher_logits(teacher: LoadedTeacher, data: Dataset, config: Experi
             cached = R.load_checkpoint(path, "teacher-logits cache")
             if (cached.get("format") == LOGITS_FORMAT and cached.get("data_fingerprint") == data_fingerprint
                     and cached["test"].shape == (len(data.test_y), data.num_classes)):
-                yield Note(f"{teacher.label} logits read from cache {path.name}")
+                emit(Note(f"{teacher.label} logits read from cache {path.name}"))
                 train = cached.get("train")
                 return (train.to(device) if train is not None else None, cached["test"].to(device))
         except (CheckpointError, KeyError, AttributeError):
             pass
-        yield Note(f"teacher-logits cache {path.name} does not fit this data or is of an older format; recomputing", "warning")
-    yield Note(f"computing {teacher.label} logits on the training set (once for the whole grid)")
+        emit(Note(f"teacher-logits cache {path.name} does not fit this data or is of an older format; recomputing",
+                  "warning"))
+    emit(Note(f"computing {teacher.label} logits on the training set (once for the whole grid)"))
     batch = config.data.eval_batch_size
     train = None if config.data.augment else predict_logits(teacher.model, data.train_x, batch, device, channels_last)
     test = predict_logits(teacher.model, data.test_x, batch, device, channels_last)
@@ -353,11 +360,12 @@ def _cached_teacher_logits(teacher: LoadedTeacher, data: Dataset, config: Experi
     return (train, test)
 
 
-def all_teacher_logits(teachers: list[LoadedTeacher], data: Dataset, config: ExperimentConfig, device: torch.device):
+def all_teacher_logits(teachers: list[LoadedTeacher], data: Dataset, config: ExperimentConfig, device: torch.device,
+                       emit: Emit = ignore) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Every teacher's logits stacked on a teacher axis: (train (n, N, C) or None, test (n, N_test, C))."""
     trains, tests = [], []
     for teacher in teachers:
-        train, test = yield from teacher_logits(teacher, data, config, device)
+        train, test = teacher_logits(teacher, data, config, device, emit)
         trains.append(train)
         tests.append(test)
     train = None if trains[0] is None else torch.stack(trains)

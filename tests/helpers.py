@@ -45,9 +45,15 @@ def train_experiment(config: Path) -> Path:
     from kdtemp.teachers import train_teacher
 
     for job in (train_teacher, sweep):
-        for _ in job(load_config(config)):
-            pass
+        job(load_config(config))
     return config
+
+
+def job_events(job, *args, **kwargs) -> list:
+    """Run a library job: the events it emitted, in order, then what it returned (each result of a list)."""
+    events: list = []
+    returned = job(*args, emit=events.append, **kwargs)
+    return events + (returned if isinstance(returned, list) else [returned])
 
 
 def final_metrics(root: Path) -> pd.DataFrame:

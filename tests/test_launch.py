@@ -121,7 +121,7 @@ def test_a_slurm_job_trains_on_the_configs_device(tiny_config, monkeypatch, devi
 
     def fake_sweep(job_config, force, only, worker):
         seen["device"] = job_config.device
-        yield SweepResult(1, 0, 0, 1, 1, experiment_dir=Path("unused"))
+        return SweepResult(1, 0, 0, 1, 1, experiment_dir=Path("unused"))
 
     monkeypatch.setattr(launch, "sweep", fake_sweep)
     UnitJob(job_config_tree(config), ["run"], force=False)()

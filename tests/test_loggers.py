@@ -51,8 +51,7 @@ def assert_matches_csv(series: dict, metrics_csv) -> None:
 
 
 def run_all(job, config, **kwargs) -> None:
-    for _ in job(config, **kwargs):
-        pass
+    job(config, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +110,13 @@ def test_a_resumed_sweep_logs_each_epoch_once(with_teacher):
                         logging={"tensorboard": True})
     config = load_config(path)
     stop = {"requested": False}
+
+    def emit(event):
+        if isinstance(event, Progress) and event.task == "epochs" and event.completed == 1:
+            stop["requested"] = True  # interrupted in epoch 1, after epoch 0 was saved
+
     with pytest.raises(StopRequested):
-        for event in sweep(config, should_stop=lambda: stop["requested"]):
-            if isinstance(event, Progress) and event.task == "epochs" and event.completed == 1:
-                stop["requested"] = True  # interrupted in epoch 1, after epoch 0 was saved
+        sweep(config, should_stop=lambda: stop["requested"], emit=emit)
     (run_dir,) = R.ExperimentLayout(experiment(path)).run_dirs()
     assert len(pd.read_csv(R.RunFiles(run_dir).metrics)) == 1
     run_all(sweep, config)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import job_events
 
 from kdtemp import runs as R
 from kdtemp.config import DataConfig, MLPSpec, load_config
@@ -28,10 +29,6 @@ COMPOSED = {
 }
 
 
-def run(job, config):
-    return [event for event in job(config)]
-
-
 @pytest.fixture(scope="module")
 def composed(tmp_path_factory, data_root):
     """Two CNN teachers (mean_probs), hints, two generations, two schedules, two seeds: built once."""
@@ -40,8 +37,8 @@ def composed(tmp_path_factory, data_root):
     path = directory / "composed.yaml"
     path.write_text(yaml.safe_dump(tree))
     config = load_config(path)
-    teacher_events = run(train_teacher, config)
-    sweep_events = run(sweep, config)
+    teacher_events = job_events(train_teacher, config)
+    sweep_events = job_events(sweep, config)
     return config, R.ExperimentLayout.of(config.runs_dir, config.name), teacher_events, sweep_events
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import job_events
 
 from kdtemp import runs as R
 from kdtemp import student_group as SG
@@ -125,9 +126,8 @@ def image_sweep(tmp_path_factory):
         patch.setattr(S, "load_teachers", load_teachers)
         patch.setattr(FeatureCapture, "__init__", init)
         config = load_config(path)
-        for _ in train_teacher(config):
-            pass
-        events = list(S.sweep(config))
+        train_teacher(config)
+        events = job_events(S.sweep, config)
         data = load_dataset(config.data)
     assert events[-1].completed == 2  # the KD run and the baseline, each its own group
     return config, data, loaded, captures

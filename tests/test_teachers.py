@@ -16,21 +16,11 @@ from kdtemp.data import load_dataset
 from kdtemp.teachers import load_teachers, teacher_logits, train_teacher
 
 
-def drain(events):
-    """Run a job generator to its end and return its StopIteration value."""
-    while True:
-        try:
-            next(events)
-        except StopIteration as stop:
-            return stop.value
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_root):
     """One tiny trained teacher for the module; each test copies it into an experiment of its own."""
     config = write_experiment(tmp_path_factory.mktemp("teacher"), data_root, "trained", teacher={"epochs": 1})
-    for _ in train_teacher(load_config(config)):
-        pass
+    train_teacher(load_config(config))
     return config
 
 
@@ -54,7 +44,7 @@ def test_cached_logits_are_float32_even_with_amp(trained, tmp_path, data_root, m
     device = torch.device("cpu")
     data = load_dataset(config.data)
     teacher = load_teachers(config, data, device)[0]
-    train, test = drain(teacher_logits(teacher, data, config, device))
+    train, test = teacher_logits(teacher, data, config, device)
 
     model = teacher.model.double().eval()
     with torch.no_grad():
@@ -79,7 +69,7 @@ def test_a_cache_of_the_older_format_is_recomputed(trained, tmp_path, data_root)
     stale = torch.zeros(len(data.train_y), data.num_classes)
     R.atomic_torch_save({"data_fingerprint": data.fingerprint(), "train": stale,
                          "test": torch.zeros(len(data.test_y), data.num_classes)}, path)
-    train, _ = drain(teacher_logits(teacher, data, config, device))
+    train, _ = teacher_logits(teacher, data, config, device)
     with torch.no_grad():
         reference = teacher.model.double()(data.train_x.double())
     assert torch.allclose(train.double(), reference, rtol=1e-4, atol=1e-4)

@@ -278,9 +278,8 @@ def test_a_teacher_cut_off_on_one_file_does_not_resume_on_another(tmp_path):
         stop = None if stop_after is None else (lambda: next(checks) >= stop_after)
         texts = []
         try:
-            for event in train_teacher(load_config(config), should_stop=stop):
-                if isinstance(event, Note):
-                    texts.append(event.text)
+            train_teacher(load_config(config), should_stop=stop,
+                          emit=lambda event: texts.append(event.text) if isinstance(event, Note) else None)
         except Exception as exc:  # the stop request ends the job; what matters is the next run's notes
             if type(exc).__name__ != "StopRequested":
                 raise
