@@ -28,6 +28,7 @@ from kdtemp.loggers import RunLogger, check_loggers, run_loggers
 from kdtemp.models import build_model, has_dropout
 from kdtemp.plan import RunSpec, group_runs, learnable_schedule, plan_runs, uses_standardized_logits
 from kdtemp.prepare import StopCheck, data_on, environment_record, loop_settings, per_batch_teachers, split
+from kdtemp.records import RunSummary, Status
 from kdtemp.schedules import LOW_TEMPERATURE, lowest_temperature, temperature_table
 from kdtemp.stacking import vmap_failure
 from kdtemp.student_group import Hint, StudentGroup
@@ -207,13 +208,13 @@ def _with_finished_parents(state: _Sweep, runs: list[RunSpec]):
     """The runs whose parent finished; a run whose parent failed fails too, one whose parent is unfinished waits."""
     ready = []
     for run in runs:
-        summary = R.read_summary(state.layout.run_dir(run.parent)) or {}
-        if summary.get("status") == R.COMPLETED:
+        summary = R.read_summary(state.layout.run_dir(run.parent))
+        if summary is not None and summary.status == Status.COMPLETED:
             ready.append(run)
-        elif summary.get("status") == R.FAILED:
-            reason = f"its parent {run.parent} failed ({summary.get('reason')})"
-            files = R.RunFiles(state.layout.run_dir(run.run_id))
-            R.atomic_write_json(files.summary, _summary(state, run, files, "failed", 0, reason=reason))
+        elif summary is not None and summary.status == Status.FAILED:
+            reason = f"its parent {run.parent} failed ({summary.reason})"
+            files = state.layout.run_files(run.run_id)
+            R.write_summary(files, _summary(state, run, files, Status.FAILED, 0, reason=reason))
             state.failed.append((run.run_id, reason))
         else:
             state.busy.append(run.run_id)
@@ -222,8 +223,7 @@ def _with_finished_parents(state: _Sweep, runs: list[RunSpec]):
 
 
 def _load_student(state: _Sweep, run_id: str) -> nn.Module:
-    path = state.layout.run_dir(run_id) / "model.pt"
-    checkpoint = R.load_checkpoint(path, "student model")
+    checkpoint = R.load_checkpoint(state.layout.run_files(run_id).model, "student model")
     model = build_model(state.student_spec, state.data.input_shape, state.data.num_classes)
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(state.device).eval()
@@ -257,8 +257,8 @@ def _generation_hint(state: _Sweep, generation: int) -> Hint | None:
 def _teachers_record(state: _Sweep, run: RunSpec) -> list[dict]:
     if run.generation == 1:
         return [] if run.is_baseline else [t.record for t in state.teachers]
-    parent = R.read_summary(state.layout.run_dir(run.parent)) or {}
-    return [{"id": run.parent, "test_acc": (parent.get("final") or {}).get("test_acc")}]
+    parent = R.read_summary(state.layout.run_dir(run.parent))
+    return [{"id": run.parent, "test_acc": parent.final.get("test_acc") if parent is not None else None}]
 
 
 # --- training a group ------------------------------------------------------------------------------
@@ -357,12 +357,12 @@ def _record_epoch(state: _Sweep, group: StudentGroup, runs: list[RunSpec], event
     """Append each member's row (and log it), then its checkpoint; at the last epoch its weights, then summary.json."""
     epochs = state.student_spec.epochs
     for k, run in enumerate(runs):
-        files = R.RunFiles(state.layout.run_dir(run.run_id))
+        files = state.layout.run_files(run.run_id)
         if k in event.failures:
             files.checkpoint.unlink(missing_ok=True)
             reason = divergence_reason(event.failures[k], state.config, not run.is_baseline)
-            R.atomic_write_json(files.summary, _summary(state, run, files, "failed", len(runs),
-                                                        reason=reason, failed_epoch=event.epoch))
+            R.write_summary(files, _summary(state, run, files, Status.FAILED, len(runs),
+                                            reason=reason, failed_epoch=event.epoch))
             state.failed.append((run.run_id, reason))
             continue
         row = event.metrics[k]
@@ -376,8 +376,8 @@ def _record_epoch(state: _Sweep, group: StudentGroup, runs: list[RunSpec], event
             R.atomic_torch_save({"format": STUDENT_FORMAT, "run_id": run.run_id, "member": member}, files.checkpoint)
             continue
         R.atomic_torch_save({"format": STUDENT_FORMAT, "run_id": run.run_id, "state_dict": member["model"]},
-                            files.dir / "model.pt")
-        R.atomic_write_json(files.summary, _summary(state, run, files, "completed", len(runs)))
+                            files.model)
+        R.write_summary(files, _summary(state, run, files, Status.COMPLETED, len(runs)))
         files.checkpoint.unlink(missing_ok=True)
         state.completed += 1
 
@@ -403,20 +403,22 @@ def divergence_reason(reason: str, config: ExperimentConfig, distills: bool = Tr
     return f"{reason}{why}: {' or '.join(fixes)}"
 
 
-def _summary(state: _Sweep, run: RunSpec, files: R.RunFiles, status: str, group_size: int, **extra) -> dict:
+def _summary(state: _Sweep, run: RunSpec, files: R.RunFiles, status: Status, group_size: int,
+             **extra) -> RunSummary:
+    """The run's summary.json, from its metrics.csv as written: `final` is its last row, cell by cell."""
     rows = R.read_csv_rows(files.metrics) if files.metrics.exists() else []
     final = {key: _number(value) for key, value in rows[-1].items()} if rows else {}
     accuracies = [float(row["test_acc"]) for row in rows if row.get("test_acc")]
     best = max(range(len(accuracies)), key=accuracies.__getitem__) if accuracies else None
-    return {
-        "run_id": run.run_id, "status": status, "schedule": run.schedule_label, "t0": run.t0, "alpha": run.alpha,
-        "seed": run.seed, "generation": run.generation, "parent": run.parent, "epochs": state.student_spec.epochs,
-        "epochs_done": len(rows), "final": final,
-        "best_test_acc": accuracies[best] if best is not None else None, "best_epoch": best,
-        "wall_seconds": sum(float(row["epoch_seconds"]) for row in rows if row.get("epoch_seconds")),
-        "device": str(state.device), "group_size": group_size, "teachers": _teachers_record(state, run),
+    return RunSummary(
+        run_id=run.run_id, status=status, schedule=run.schedule_label, t0=run.t0, alpha=run.alpha,
+        seed=run.seed, generation=run.generation, parent=run.parent, epochs=state.student_spec.epochs,
+        epochs_done=len(rows), final=final,
+        best_test_acc=accuracies[best] if best is not None else None, best_epoch=best,
+        wall_seconds=sum(float(row["epoch_seconds"]) for row in rows if row.get("epoch_seconds")),
+        device=str(state.device), group_size=group_size, teachers=_teachers_record(state, run),
         **state.sizes, **extra,
-    }
+    )
 
 
 def _number(text: str):
