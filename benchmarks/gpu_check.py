@@ -71,6 +71,7 @@ from kdtemp.events import TeacherResult
 from kdtemp.footprint import student_and_teacher
 from kdtemp.models import build_model
 from kdtemp.prepare import loop_settings, wants_channels_last
+from kdtemp.records import Status
 from kdtemp.student_group import Hint, StudentGroup
 from kdtemp.sweep import sweep
 from kdtemp.teachers import LoadedTeacher, teacher_logits, train_teacher
@@ -646,16 +647,16 @@ def check_sweep_interrupt_resume(bench: Bench) -> Outcome:
     checkpoints = sorted(p.parent.name for p in layout.students_dir.glob("*/checkpoint.pt"))
     second = run_kdtemp(bench, args)
     run_dirs = layout.run_dirs()
-    statuses = {d.name: (R.read_summary(d) or {}).get("status") for d in run_dirs}
+    statuses = {d.name: getattr(R.read_summary(d), "status", None) for d in run_dirs}
     epochs_seen = {d.name: [int(row["epoch"]) for row in R.read_csv_rows(R.RunFiles(d).metrics)] for d in run_dirs}
     resumed = re.search(r"(\d+) resumed", second.output)
     resumed_count = int(resumed[1]) if resumed else 0
-    bench.results["end_to_end"] = path if all(s == R.COMPLETED for s in statuses.values()) else None
+    bench.results["end_to_end"] = path if all(s == Status.COMPLETED for s in statuses.values()) else None
     ok = (first.code == 130 and bool(checkpoints) and second.code == 0 and bool(statuses)
-          and all(s == R.COMPLETED for s in statuses.values())
+          and all(s == Status.COMPLETED for s in statuses.values())
           and all(seen == list(range(epochs)) for seen in epochs_seen.values()) and resumed_count >= 1)
     return verdict(ok, f"first exit {first.code} with {len(checkpoints)} checkpoint(s); second exit {second.code}, "
-                       f"{resumed_count} resumed, {sum(s == R.COMPLETED for s in statuses.values())}/{len(statuses)} completed",
+                       f"{resumed_count} resumed, {sum(s == Status.COMPLETED for s in statuses.values())}/{len(statuses)} completed",
                    first_exit=first.code, second_exit=second.code, checkpoints=checkpoints, statuses=statuses,
                    epochs=epochs_seen, first_output=first.output[-1500:], second_output=second.output[-1500:])
 

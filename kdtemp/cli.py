@@ -398,7 +398,8 @@ def export_command(
     out.print(f"exported {chosen} -> {path}  (load it with {loader})", highlight=False)
     if run_id is None:  # one run, where the report's cells average seeds: say which and why
         layout = ExperimentLayout.of(settings.runs_dir, settings.name)
-        accuracy = ((read_summary(layout.students_dir / chosen) or {}).get("final") or {}).get("test_acc")
+        summary = read_summary(layout.run_dir(chosen))
+        accuracy = summary.test_acc if summary is not None else None
         shown = f", {100 * accuracy:.1f}%" if accuracy is not None else ""
         out.print(f"chosen as the completed run with the highest last-epoch test accuracy{shown}; the report's cells "
                   "average seeds: give a RUN_ID to export another", highlight=False)

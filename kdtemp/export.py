@@ -19,6 +19,7 @@ from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig
 from kdtemp.errors import CheckpointError, RunsError
 from kdtemp.models import build_model
+from kdtemp.records import Status
 
 Format = Literal["torchscript", "pt2"]
 FILE_NAMES = {"torchscript": "student.torchscript.pt", "pt2": "student.pt2"}
@@ -29,8 +30,8 @@ def best_run(layout: R.ExperimentLayout) -> str:
     best, best_accuracy = None, -1.0
     for run_dir in layout.run_dirs():
         summary = R.read_summary(run_dir)
-        if summary and summary.get("status") == R.COMPLETED:
-            accuracy = (summary.get("final") or {}).get("test_acc") or 0.0
+        if summary is not None and summary.status == Status.COMPLETED:
+            accuracy = summary.test_acc or 0.0
             if accuracy > best_accuracy:
                 best, best_accuracy = run_dir.name, accuracy
     if best is None:
@@ -40,23 +41,25 @@ def best_run(layout: R.ExperimentLayout) -> str:
 
 def load_student(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """A completed run's student, rebuilt from the config recorded beside it, and its input shape."""
-    if not (R.RunFiles(run_dir).summary.exists() and (run_dir / "model.pt").exists()):
+    files = R.RunFiles(run_dir)
+    if not (files.summary.exists() and files.model.exists()):
         raise RunsError(f"{run_dir.name} has no finished student (no model.pt); let its sweep complete first")
-    record = yaml.safe_load(R.RunFiles(run_dir).config.read_text())
+    record = yaml.safe_load(files.config.read_text())
     try:
         config = ExperimentConfig.model_validate(record["experiment"])
     except (ValidationError, KeyError, TypeError) as exc:
-        raise RunsError(f"{R.RunFiles(run_dir).config}: the recorded config does not validate "
+        raise RunsError(f"{files.config}: the recorded config does not validate "
                         f"({str(exc).splitlines()[0]}); rerun the sweep with --force") from None
     layout = R.ExperimentLayout(run_dir.parent.parent)
     teacher = R.load_checkpoint(layout.teacher_models(len(config.teacher_specs()))[0], "teacher checkpoint")
     input_shape = tuple(teacher["input_shape"])
     model = build_model(config.student, input_shape, int(teacher["num_classes"]))
-    checkpoint = R.load_checkpoint(run_dir / "model.pt", "student model")
+    checkpoint = R.load_checkpoint(files.model, "student model")
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{run_dir / 'model.pt'} does not fit the run's student ({exc}); rerun the sweep with --force") from None
+        raise CheckpointError(f"{files.model} does not fit the run's student ({exc}); "
+                              "rerun the sweep with --force") from None
     return model.eval(), input_shape
 
 

@@ -19,20 +19,21 @@ from kdtemp.plan import RunSpec
 from kdtemp.prepare import per_batch_teachers
 from kdtemp.randomness import keeps_global_rng
 from kdtemp.student_group import Hint
-from kdtemp.sweep_state import SweepState, _summary
+from kdtemp.records import Status
+from kdtemp.sweep_state import SweepState, run_summary
 
 
-def _with_finished_parents(state: SweepState, runs: list[RunSpec]) -> list[RunSpec]:
+def with_finished_parents(state: SweepState, runs: list[RunSpec]) -> list[RunSpec]:
     """The runs whose parent finished; a run whose parent failed fails too, one whose parent is unfinished waits."""
     ready = []
     for run in runs:
-        summary = R.read_summary(state.layout.run_dir(run.parent)) or {}
-        if summary.get("status") == R.COMPLETED:
+        summary = R.read_summary(state.layout.run_dir(run.parent))
+        if summary is not None and summary.status == Status.COMPLETED:
             ready.append(run)
-        elif summary.get("status") == R.FAILED:
-            reason = f"its parent {run.parent} failed ({summary.get('reason')})"
-            files = R.RunFiles(state.layout.run_dir(run.run_id))
-            R.atomic_write_json(files.summary, _summary(state, run, files, "failed", 0, reason=reason))
+        elif summary is not None and summary.status == Status.FAILED:
+            reason = f"its parent {run.parent} failed ({summary.reason})"
+            files = state.layout.run_files(run.run_id)
+            R.write_summary(files, run_summary(state, run, files, Status.FAILED, 0, reason=reason))
             state.failed.append((run.run_id, reason))
         else:
             state.busy.append(run.run_id)
@@ -41,15 +42,14 @@ def _with_finished_parents(state: SweepState, runs: list[RunSpec]) -> list[RunSp
 
 
 def _load_student(state: SweepState, run_id: str) -> nn.Module:
-    path = state.layout.run_dir(run_id) / "model.pt"
-    checkpoint = R.load_checkpoint(path, "student model")
+    checkpoint = R.load_checkpoint(state.layout.run_files(run_id).model, "student model")
     model = build_model(state.student_spec, state.data.input_shape, state.data.num_classes)
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(state.device).eval()
 
 
 @keeps_global_rng
-def _parent_signal(state: SweepState, runs: list[RunSpec]) -> TeacherSignal:
+def parent_signal(state: SweepState, runs: list[RunSpec]) -> TeacherSignal:
     """Each member distils from its own parent: per-member logits (and features), or per-member networks."""
     parents = [_load_student(state, run.parent) for run in runs]
     layer = state.hint.student_layer if state.hint is not None else None
@@ -66,7 +66,7 @@ def _parent_signal(state: SweepState, runs: list[RunSpec]) -> TeacherSignal:
 
 
 @keeps_global_rng
-def _generation_hint(state: SweepState, generation: int) -> Hint | None:
+def generation_hint(state: SweepState, generation: int) -> Hint | None:
     """From generation 2 on, the hint target is the parent student's own feature."""
     if state.hint is None or generation == 1:
         return state.hint

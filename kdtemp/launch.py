@@ -29,6 +29,7 @@ from kdtemp.errors import ConfigError, KDTempError, first_line
 from kdtemp.events import Emit, Event, Note, Progress, Submitted, SweepResult, ignore
 from kdtemp.plan import RunSpec, group_runs
 from kdtemp.prepare import StopCheck
+from kdtemp.records import FINISHED
 from kdtemp.sweep import planned_runs, sweep
 
 POLL_SECONDS = 1.0
@@ -313,7 +314,7 @@ def launch_slurm(config: ExperimentConfig, force: bool = False, wait: bool = Tru
 
 def _finished(layout: R.ExperimentLayout, run_id: str) -> bool:
     summary = R.read_summary(layout.run_dir(run_id))
-    return summary is not None and summary.get("status") in (R.COMPLETED, R.FAILED)
+    return summary is not None and summary.status in FINISHED
 
 
 def _count(states: dict[str, str]) -> dict[str, int]:

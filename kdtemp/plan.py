@@ -17,9 +17,9 @@ from typing import Any
 from kdtemp.config import (
     ExperimentConfig, LearnableSchedule, LogitStdSchedule, ScheduleSpec, StagesSchedule, training_identity,
 )
+from kdtemp.records import BASELINE
 from kdtemp.schedules import formula_revision
 
-BASELINE = "none"
 RUN_FORMAT = 1
 GRID_AXES = ("schedule", "t0", "alpha", "seed", "generation", "parent")
 """Identity keys that place a run in the grid; the rest of its identity is its setting (what the report

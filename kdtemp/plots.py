@@ -11,10 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from kdtemp.records import BASELINE, TEACHER
 from kdtemp.runs import atomic_write_bytes
-
-BASELINE = "none"
-TEACHER = "teacher"
 
 
 def _save(figure: Figure, path: Path) -> Path:

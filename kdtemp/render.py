@@ -11,6 +11,7 @@ import pandas as pd
 
 from kdtemp import plots, verdict
 from kdtemp import runs as R
+from kdtemp.records import BASELINE, TEACHER
 from kdtemp.report import (
     BASELINE_LABEL, LEGEND, METRICS, Report, SettingReport, TemperatureTable, cells_matching, problem_lines, table_rows,
 )
@@ -106,7 +107,7 @@ def write_figures(report: Report, out: Path) -> dict[str, Path]:
         figures[f"accuracy_vs_temperature{suffix}"] = plots.accuracy_vs_temperature(
             section.summary, name, out / f"accuracy_vs_temperature{suffix}.png")
         figures[f"learning_curves{suffix}"] = plots.learning_curves(curves, name, out / f"learning_curves{suffix}.png")
-        if (curves["schedule"] != "none").any():
+        if (curves["schedule"] != BASELINE).any():
             figures[f"temperature_schedules{suffix}"] = plots.temperature_schedules(
                 curves, name, out / f"temperature_schedules{suffix}.png")
     if report.entropy is not None:
@@ -212,7 +213,7 @@ def summary_shown(summary: pd.DataFrame) -> pd.DataFrame:
     or every seed's difference to the baseline the same), the baseline's and teacher's stay blank, as do
     p_vs_best of the best cell and p_vs_constant where there is no constant cell to compare with."""
     shown = summary[[c for c in SUMMARY_SHOWN if c in summary]].astype(object)
-    grid = ~summary["schedule"].isin(["none", "teacher"]) & (summary["n"] > 0)
+    grid = ~summary["schedule"].isin([BASELINE, TEACHER]) & (summary["n"] > 0)
     for column in ("p_value", "holm_p_value"):
         shown.loc[grid & summary[column].isna(), column] = "n/a"
     return shown

@@ -1,14 +1,13 @@
-"""CSVs in, tables out: aggregate each experiment's runs into accuracy-versus-temperature summaries.
+"""Results in, tables out: aggregate each experiment's runs into accuracy-versus-temperature summaries.
 
-Only completed runs are averaged. Failed, unfinished and unreadable runs are counted and listed,
-never averaged in. Headline numbers are last-epoch values; best-epoch accuracy is labelled as such.
+kdtemp.results reads the runs back. Only completed runs are averaged. Failed, unfinished and unreadable
+runs are counted and listed, never averaged in. Headline numbers are last-epoch values; best-epoch
+accuracy is labelled as such.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,10 +15,11 @@ import pandas as pd
 import torch
 
 from kdtemp import run_settings as S
-from kdtemp import runs as R
 from kdtemp import stats, verdict
-from kdtemp.errors import KDTempError, RunsError
+from kdtemp.errors import RunsError
 from kdtemp.metrics import soft_target_statistics
+from kdtemp.records import BASELINE, TEACHER
+from kdtemp.results import ExperimentResults, cached_teacher_logits, load_results
 
 METRICS = {
     # --metric name: (column in the per-run table, shown as percent, higher is better)
@@ -30,184 +30,12 @@ METRICS = {
     "kl_to_teacher": ("test_kl", False, False),
     "ece": ("test_ece", True, False),
 }
-NUMERIC_COLUMNS = ["t0", "alpha", "seed", "epoch", "test_acc", "test_loss"]
 ENTROPY_LADDER = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 SUMMARY_COLUMNS = [
     "schedule", "alpha", "t0", "generation", "n", "mean_test_acc", "std_test_acc", "ci95_test_acc",
     "mean_best_test_acc", "delta_vs_baseline", "p_value", "holm_p_value", "p_vs_best", "p_vs_constant", "mean_test_loss",
     "mean_agreement", "mean_kl_to_teacher", "mean_ece", "gap_closed", "compression", "speedup", "failed",
 ]
-SIZE_FIELDS = ("student_params", "teacher_params", "student_size_bytes", "teacher_size_bytes", "student_latency_ms",
-               "teacher_latency_ms", "student_flops", "teacher_flops", "latency_batch_size")
-
-
-@dataclass
-class ExperimentResults:
-    """Everything `report` knows about one experiment."""
-
-    name: str
-    root: Path
-    final: pd.DataFrame
-    """One row per completed run: its last epoch, plus best_test_acc."""
-    curves: pd.DataFrame
-    """Every epoch of every completed run."""
-    teacher: dict | None
-    sizes: dict = field(default_factory=dict)
-    """Parameters, bytes, latency and FLOPs of student and teacher, as the runs recorded them."""
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    unfinished: list[str] = field(default_factory=list)
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
-    settings: dict[str, S.RunSetting] = field(default_factory=dict)
-    """run id -> its setting (kdtemp.run_settings), for every run with a summary."""
-    failed_cells: dict[str, tuple] = field(default_factory=dict)
-    """failed run id -> its (schedule, alpha, t0, generation)."""
-    setting_sizes: dict[str, dict] = field(default_factory=dict)
-    """setting key -> the sizes its first completed run recorded."""
-    partial: dict[str, int] = field(default_factory=dict)
-    """With load_results(partial=True): unfinished run id -> epochs it completed (its row in `final` is the latest)."""
-
-    @property
-    def cells_failed(self) -> dict[tuple, int]:
-        """(schedule, alpha, t0, generation) -> number of failed runs in that cell."""
-        return dict(Counter(self.failed_cells[run_id] for run_id, _ in self.failed))
-
-    @property
-    def generations(self) -> bool:
-        return not self.final.empty and self.final["generation"].max() > 1
-
-    @property
-    def compression(self) -> float:
-        return _ratio(self.sizes.get("teacher_params"), self.sizes.get("student_params"))
-
-    @property
-    def speedup(self) -> float:
-        return _ratio(self.sizes.get("teacher_latency_ms"), self.sizes.get("student_latency_ms"))
-
-
-def _ratio(numerator, denominator) -> float:
-    return numerator / denominator if numerator and denominator else math.nan
-
-
-def read_metrics(path: Path) -> pd.DataFrame:
-    """A run's metrics.csv, validated: the columns we need, numbers where numbers belong, epochs 0..n-1."""
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise RunsError(f"{path}: unreadable metrics ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    missing = [column for column in ("run_id", "schedule", *NUMERIC_COLUMNS) if column not in frame.columns]
-    if missing:
-        raise RunsError(f"{path}: missing columns {', '.join(missing)}")
-    if frame.empty:
-        raise RunsError(f"{path}: no rows")
-    for column in [c for c in frame.columns if c not in ("run_id", "schedule")]:
-        converted = pd.to_numeric(frame[column], errors="coerce")
-        if converted.isna().sum() > frame[column].isna().sum():
-            raise RunsError(f"{path}: column {column} holds text where numbers belong (a truncated or edited file)")
-        frame[column] = converted
-    if list(frame["epoch"]) != list(range(len(frame))):
-        raise RunsError(f"{path}: epochs are not 0..{len(frame) - 1} in order (a truncated or edited file)")
-    if frame[["test_acc", "test_loss"]].isna().any().any():
-        raise RunsError(f"{path}: empty test_acc/test_loss cells (a truncated file)")
-    frame["generation"] = frame["generation"].fillna(1).astype(int) if "generation" in frame else 1
-    return frame
-
-
-def load_results(root: Path, partial: bool = False) -> ExperimentResults:
-    """Read every run under `root`/students; raise RunsError when there is none at all.
-
-    partial: a run still training (no summary.json, >= 1 metrics row) enters `final` with its latest
-    completed epoch and is listed in `results.partial`, so tables of a running sweep say what they hold.
-    """
-    layout = R.ExperimentLayout(Path(root))
-    run_dirs = layout.run_dirs()
-    if not run_dirs:
-        raise RunsError(f"no runs under {layout.students_dir}; run `kdtemp sweep` first")
-    finals, curves = [], []
-    results = ExperimentResults(layout.root.name, layout.root, pd.DataFrame(), pd.DataFrame(), _teacher_info(layout))
-    for run_dir in run_dirs:
-        summary = R.read_summary(run_dir)
-        status = summary.get("status") if summary else None
-        if status in (R.FAILED, R.COMPLETED):
-            results.settings[run_dir.name] = S.read_run_setting(run_dir, summary)
-        if status == R.FAILED:
-            results.failed.append((run_dir.name, str(summary.get("reason", "failed"))))
-            key = (summary.get("schedule"), summary.get("alpha"), summary.get("t0"), summary.get("generation") or 1)
-            results.failed_cells[run_dir.name] = key
-            continue
-        if status != R.COMPLETED and not (partial and _has_epochs(run_dir)):
-            results.unfinished.append(run_dir.name)
-            continue
-        try:
-            frame = read_metrics(R.RunFiles(run_dir).metrics)
-        except RunsError as exc:
-            results.unreadable.append((run_dir.name, str(exc)))
-            continue
-        if status != R.COMPLETED:
-            results.settings[run_dir.name] = S.read_run_setting(run_dir, summary)
-            results.partial[run_dir.name] = len(frame)
-            summary = {}
-        elif len(frame) != summary.get("epochs", len(frame)):
-            results.unreadable.append((run_dir.name, f"metrics.csv has {len(frame)} epochs, summary.json says {summary.get('epochs')}"))
-            continue
-        setting = results.settings[run_dir.name]
-        sizes = {key: summary[key] for key in SIZE_FIELDS if summary.get(key) is not None}
-        results.sizes = results.sizes or sizes
-        if sizes:  # a partial run has no summary.json, so nothing to record
-            results.setting_sizes.setdefault(setting.key, sizes)
-        last = frame.iloc[-1].to_dict()
-        last.update(best_test_acc=float(frame["test_acc"].max()), setting=setting.key, baseline_setting=setting.baseline_key)
-        finals.append(last)
-        curves.append(frame)
-    if finals:
-        results.final = pd.DataFrame(finals)
-        results.curves = pd.concat(curves, ignore_index=True)
-        check_one_run_per_seed(results.final)
-    return results
-
-
-def _has_epochs(run_dir: Path) -> bool:
-    """A metrics.csv with a header and at least one row: a run that completed an epoch."""
-    try:
-        with open(R.RunFiles(run_dir).metrics, "rb") as handle:
-            return len(handle.read().splitlines()) >= 2
-    except OSError:
-        return False
-
-
-def check_one_run_per_seed(final: pd.DataFrame) -> None:
-    """Each (setting, cell, seed) holds one run, so pairing by seed is never ambiguous.
-
-    Equal settings and grid axes give equal run ids, so a repeat means runs whose settings were not
-    recorded, or one schedule label given to different schedule parameters."""
-    pairing = final["setting"].where(final["schedule"] != "none", final["baseline_setting"])
-    cells = final.assign(_pairing=pairing).groupby(["_pairing", "schedule", "alpha", "t0", "generation", "seed"],
-                                                   dropna=False, sort=False)
-    for (_, schedule, _, _, _, seed), runs in cells:
-        if len(runs) > 1:
-            what = "no-KD baselines" if schedule == "none" else f"runs of one schedule ({schedule}), t0 and alpha"
-            raise RunsError(f"{' and '.join(runs['run_id'])} are {what} of one setting and seed {int(seed)}: the "
-                            "report cannot tell which to pair; move all but one out of students/ "
-                            "(or give differing schedules distinct labels)")
-
-
-def _teacher_info(layout: R.ExperimentLayout) -> dict | None:
-    """Accuracy, size and fingerprints of the teacher, or of the ensemble (teacher/ensemble.json)."""
-    if layout.ensemble_record.exists():
-        try:
-            record = json.loads(layout.ensemble_record.read_text())
-            return {**record, "fingerprints": [t["fingerprint"] for t in record["teachers"]]}
-        except (OSError, ValueError, KeyError):
-            return None
-    if not layout.teacher_model.exists():
-        return None
-    try:
-        checkpoint = R.load_checkpoint(layout.teacher_model, "teacher checkpoint")
-    except KDTempError:
-        return None
-    info = {key: checkpoint.get(key) for key in ("test_acc", "test_loss", "parameters", "architecture", "dataset",
-                                                  "epochs", "num_classes")}
-    info["fingerprints"] = [R.file_fingerprint(layout.teacher_model)]
-    return info
 
 
 # --- soft targets versus temperature ----------------------------------------------------------
@@ -231,25 +59,6 @@ def entropy_table(teacher_logits: torch.Tensor, grid_temperatures: list[float], 
     return frame[["temperature", "mean_entropy", "mean_max_prob", "relative_entropy", "in_grid"]]
 
 
-def cached_teacher_logits(results: ExperimentResults):
-    """The sweep's cached teacher logits, (n, N, C): training set when cached, else the test set; (logits, split)."""
-    if not results.teacher:
-        return None, None
-    layout = R.ExperimentLayout(results.root)
-    for transform, split in (("none", "train"), ("augment", "test")):
-        stacked = []
-        for fingerprint in results.teacher["fingerprints"]:
-            path = layout.teacher_logits_cache(fingerprint, transform)
-            try:
-                logits = R.load_checkpoint(path, "teacher-logits cache").get(split) if path.exists() else None
-            except KDTempError:
-                logits = None
-            stacked.append(logits)
-        if stacked and all(logits is not None for logits in stacked):
-            return torch.stack(stacked), split
-    return None, None
-
-
 # --- summaries ---------------------------------------------------------------------------------
 
 
@@ -260,7 +69,7 @@ def summarize(results: ExperimentResults) -> pd.DataFrame:
     no-KD and its Holm adjustment over the setting's cells, p_vs_best and p_vs_constant (kdtemp.verdict)."""
     rows = []
     final = results.final
-    baseline = final[final["schedule"] == "none"] if not final.empty else pd.DataFrame()
+    baseline = final[final["schedule"] == BASELINE] if not final.empty else pd.DataFrame()
     tests = {verdict.cell_key(*row[verdict.GRID_KEYS]): row for _, row in verdict.cell_tests(final, "test_acc", True).iterrows()}
     seen = set()
     if not final.empty:
@@ -274,10 +83,10 @@ def summarize(results: ExperimentResults) -> pd.DataFrame:
         if (schedule, alpha, t0, generation) not in seen:
             rows.append({"schedule": schedule, "alpha": alpha, "t0": t0, "generation": generation, "n": 0, "failed": count})
     if results.teacher:
-        rows.append({"schedule": "teacher", "n": 1, "mean_test_acc": results.teacher.get("test_acc"),
+        rows.append({"schedule": TEACHER, "n": 1, "mean_test_acc": results.teacher.get("test_acc"),
                      "mean_test_loss": results.teacher.get("test_loss"), "failed": 0})
     frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    order = {"none": 1, "teacher": 2}
+    order = {BASELINE: 1, TEACHER: 2}
     frame["_order"] = frame["schedule"].map(lambda s: order.get(s, 0))
     frame = frame.sort_values(["_order", "generation", "schedule", "alpha", "t0"], kind="stable").drop(columns="_order")
     return frame.reset_index(drop=True)
@@ -297,7 +106,7 @@ def _summary_row(key: tuple, cell: pd.DataFrame, baseline: pd.DataFrame, results
         "compression": results.compression, "speedup": results.speedup,
         "failed": results.cells_failed.get(key, 0),
     }
-    if schedule != "none" and not baseline.empty:
+    if schedule != BASELINE and not baseline.empty:
         row["gap_closed"] = _gap_closed(cell, baseline, (results.teacher or {}).get("test_acc"))
     return row
 
@@ -382,7 +191,7 @@ def temperature_table(results: ExperimentResults, metric: str = "test_acc",
     if final.empty or column not in final:
         return TemperatureTable(metric, percent, [], {}, _references(results, column), higher_better)
     tests = verdict.cell_tests(final, column, higher_better) if tests is None else tests
-    grid = final[final["schedule"] != "none"]
+    grid = final[final["schedule"] != BASELINE]
     temperatures = sorted(float(t) for t in grid["t0"].dropna().unique())
     alphas = sorted(grid["alpha"].unique())
     rows: dict[str, dict[float, Cell]] = {}
@@ -412,7 +221,7 @@ def _references(results: ExperimentResults, column: str) -> dict[str, Cell]:
     references = {}
     final = results.final
     if not final.empty and column in final:
-        base = final[final["schedule"] == "none"][column].dropna().tolist()
+        base = final[final["schedule"] == BASELINE][column].dropna().tolist()
         if base:
             references[BASELINE_LABEL] = Cell(stats.mean(base), stats.std(base), len(base))
     if results.teacher and column == "test_acc" and results.teacher.get("test_acc") is not None:

@@ -26,9 +26,10 @@ import yaml
 
 from kdtemp import plan
 from kdtemp import runs as R
+from kdtemp.records import BASELINE, RunSummary
 
 if TYPE_CHECKING:
-    from kdtemp.report import ExperimentResults
+    from kdtemp.results import ExperimentResults
 
 UNRECORDED = "unrecorded"
 UNRECORDED_LABEL = "setting not recorded (runs without config.yaml)"
@@ -58,11 +59,11 @@ def from_identity(identity: dict | None) -> RunSetting:
     return RunSetting(_canonical(setting), _canonical(plan.baseline_setting(setting)), _dotted(setting))
 
 
-def read_run_setting(run_dir: Path, summary: dict | None, depth: int = 0) -> RunSetting:
+def read_run_setting(run_dir: Path, summary: RunSummary | None, depth: int = 0) -> RunSetting:
     """The setting run_dir recorded; a failed born-again child that never started has none of its own,
     so it takes its parent's (same setting by construction)."""
     identity = _recorded_identity(run_dir)
-    parent = (summary or {}).get("parent")
+    parent = summary.parent if summary is not None else None
     if identity is None and isinstance(parent, str) and depth < 64:
         parent_dir = run_dir.parent / parent
         if parent_dir.parent == run_dir.parent and parent_dir != run_dir:
@@ -170,14 +171,15 @@ def _members(results: ExperimentResults) -> list[tuple[str, str]]:
 def _report_settings(results: ExperimentResults) -> list[RunSetting]:
     """Every distilled run's setting, then each baseline setting that no distilled setting pairs with."""
     members = [(results.settings[run_id], schedule) for run_id, schedule in _members(results)]
-    distilled = {setting.key: setting for setting, schedule in members if schedule != plan.BASELINE}
+    distilled = {setting.key: setting for setting, schedule in members if schedule != BASELINE}
     paired = {setting.baseline_key for setting in distilled.values()}
-    alone = {setting.key: setting for setting, schedule in members if schedule == plan.BASELINE and setting.key not in paired}
+    alone = {setting.key: setting for setting, schedule in members
+             if schedule == BASELINE and setting.key not in paired}
     return [*distilled.values(), *alone.values()]
 
 
 def _belongs(run: RunSetting, schedule: str, setting: RunSetting) -> bool:
-    return run.key == setting.key if schedule != plan.BASELINE else run.baseline_key == setting.baseline_key
+    return run.key == setting.key if schedule != BASELINE else run.baseline_key == setting.baseline_key
 
 
 def _restrict(results: ExperimentResults, setting: RunSetting) -> ExperimentResults:

@@ -1,11 +1,4 @@
-"""Run storage: the one place that decides the output layout and how files are written.
-
-    runs/<name>/teacher/            model.pt, metrics.csv, config.yaml, checkpoint.pt (while training)
-    runs/<name>/students/<run_id>/  config.yaml, metrics.csv, checkpoint.pt, summary.json (written last)
-    runs/<name>/cache/              teacher logits, keyed by checkpoint + dataset + transform
-    runs/<name>/locks/              one lock per run, so two sweeps never train the same run
-    runs/<name>/report/             what `kdtemp report` writes
-    runs/<name>/tensorboard/<run>/  TensorBoard event files (logging.tensorboard), <run> = a run id or teacher
+"""Run storage: how a run's files are written and read, atomically; where they are is kdtemp.layout.
 
 Every whole-file write is atomic (temp file in the same directory, fsync, rename); metrics rows are
 appended whole and fsynced per epoch. A reader therefore sees a file either before or after a
@@ -26,116 +19,24 @@ import re
 import socket
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 import yaml
 from filelock import FileLock, Timeout
+from pydantic import ValidationError
 
 from kdtemp.errors import CheckpointError, RunsError, first_line
+from kdtemp.layout import ExperimentLayout as ExperimentLayout  # asked for through runs by every module
+from kdtemp.layout import RunFiles as RunFiles
+from kdtemp.records import STUDENT_COLUMNS as STUDENT_COLUMNS  # the metrics.csv columns, typed in records
+from kdtemp.records import TEACHER_COLUMNS as TEACHER_COLUMNS
+from kdtemp.records import RunSummary, Status, summary_problem
 
-STUDENT_COLUMNS = [
-    "run_id", "schedule", "t0", "alpha", "seed", "epoch", "temperature", "lr",
-    "train_loss", "train_ce", "train_kd", "train_acc", "test_loss", "test_acc", "agreement", "epoch_seconds",
-    "test_kl", "test_ece", "effective_temperature", "train_penalty", "train_feature", "generation",
-]
-TEACHER_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_ece", "epoch_seconds"]
-
-COMPLETED = "completed"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class ExperimentLayout:
-    """Paths of one experiment; ask it rather than joining paths elsewhere."""
-
-    root: Path
-
-    @classmethod
-    def of(cls, runs_dir: Path, name: str) -> "ExperimentLayout":
-        return cls(Path(runs_dir) / name)
-
-    @property
-    def teacher_dir(self) -> Path:
-        return self.root / "teacher"
-
-    @property
-    def teacher_model(self) -> Path:
-        return self.teacher_dir / "model.pt"
-
-    def teacher_dir_of(self, index: int, count: int) -> Path:
-        """teacher/ for a single teacher; teacher/teacher-<i>/ for each member of an ensemble."""
-        return self.teacher_dir if count == 1 else self.teacher_dir / f"teacher-{index}"
-
-    def teacher_models(self, count: int) -> list[Path]:
-        return [self.teacher_dir_of(index, count) / "model.pt" for index in range(count)]
-
-    @property
-    def ensemble_record(self) -> Path:
-        """teacher/ensemble.json: the teachers of an ensemble, their accuracies and the ensemble's."""
-        return self.teacher_dir / "ensemble.json"
-
-    @property
-    def students_dir(self) -> Path:
-        return self.root / "students"
-
-    def run_dir(self, run_id: str) -> Path:
-        return self.students_dir / run_id
-
-    def lock_path(self, run_id: str) -> Path:
-        return self.root / "locks" / f"{run_id}.lock"
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.root / "cache"
-
-    def teacher_logits_cache(self, teacher_fingerprint: str, transform: str) -> Path:
-        """Cached teacher logits: keyed by the checkpoint's content and the input transform."""
-        return self.cache_dir / f"teacher-logits-{teacher_fingerprint}-{transform}.pt"
-
-    def tensorboard_dir(self, run: str) -> Path:
-        """TensorBoard events of one run: `run` is a student's run id, or teacher (teacher-<i> in an ensemble)."""
-        return self.root / "tensorboard" / run
-
-    @property
-    def report_dir(self) -> Path:
-        return self.root / "report"
-
-    def run_dirs(self) -> list[Path]:
-        if not self.students_dir.is_dir():
-            return []
-        return sorted(p for p in self.students_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-class RunFiles:
-    """The files of one student run."""
-
-    def __init__(self, directory: Path):
-        self.dir = directory
-
-    @property
-    def config(self) -> Path:
-        return self.dir / "config.yaml"
-
-    @property
-    def metrics(self) -> Path:
-        return self.dir / "metrics.csv"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.dir / "checkpoint.pt"
-
-    @property
-    def summary(self) -> Path:
-        return self.dir / "summary.json"
-
-    @property
-    def owner(self) -> Path:
-        return self.dir / "owner.json"
+_RETRAINED = "the next sweep retrains the run"
 
 
 # --- atomic writes -----------------------------------------------------------------------------
@@ -270,22 +171,46 @@ def keep_epochs_before(path: Path, epoch: int, columns: list[str]) -> None:
 # --- summaries ---------------------------------------------------------------------------------
 
 
-def read_summary(run_dir: Path) -> dict | None:
-    """The run's summary.json, or None when absent or unreadable (an unfinished run)."""
+def write_summary(files: RunFiles, summary: RunSummary) -> None:
+    """summary.json, written atomically, last of a run's files."""
+    atomic_write_json(files.summary, summary.to_json())
+
+
+def load_summary(run_dir: Path) -> RunSummary | None:
+    """The run's summary.json; None when there is none (an unfinished run).
+
+    Raises RunsError, in one line, when the file is there but is not JSON or not a RunSummary
+    (a missing key, a wrong type): what `kdtemp report` and `kdtemp status` list as unreadable."""
     path = RunFiles(run_dir).summary
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
+    except (OSError, ValueError) as exc:
+        raise RunsError(f"summary.json is unreadable ({first_line(exc, 120)}); {_RETRAINED}") from None
+    try:
+        return RunSummary.model_validate(data)
+    except ValidationError as exc:
+        raise RunsError(f"summary.json is unreadable ({summary_problem(exc)}); {_RETRAINED}") from None
+
+
+def read_summary(run_dir: Path) -> RunSummary | None:
+    """The run's summary, or None when absent or unreadable: for the sweep and launchers, which rerun both."""
+    try:
+        return load_summary(run_dir)
+    except RunsError:
+        return None
 
 
 def is_completed(run_dir: Path) -> bool:
     """summary.json says completed and metrics.csv holds every epoch, intact; anything less is rerun."""
     summary = read_summary(run_dir)
-    if summary is None or summary.get("status") != COMPLETED:
-        return False
-    return metrics_are_complete(RunFiles(run_dir).metrics, summary.get("epochs"))
+    return summary is not None and summary_is_complete(RunFiles(run_dir), summary)
+
+
+def summary_is_complete(files: RunFiles, summary: RunSummary) -> bool:
+    """`summary` says completed and the run's metrics.csv holds each of its epochs."""
+    return summary.status == Status.COMPLETED and metrics_are_complete(files.metrics, summary.epochs)
 
 
 def metrics_are_complete(path: Path, epochs) -> bool:

@@ -19,15 +19,17 @@ import yaml
 
 from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig
+from kdtemp.errors import RunsError
+from kdtemp.records import RunSummary, Status
 from kdtemp.sweep import planned_runs
 
-STATES = ("completed", "running", "failed", "interrupted", "pending")
+STATES = tuple(Status)
 
 
 @dataclass(frozen=True)
 class RunStatus:
     run_id: str
-    state: str
+    state: Status
     epochs_done: int
     epochs: int
     test_acc: float | None
@@ -55,31 +57,41 @@ def sweep_status(config: ExperimentConfig) -> list[RunStatus]:
     """Every run on disk (in natural order of run id), then each run the config plans that is not on disk."""
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     on_disk = sorted(layout.run_dirs(), key=lambda run_dir: _natural(run_dir.name))
-    swept = [run_status(layout, run_dir, config.student.epochs) for run_dir in on_disk]
+    swept = [run_status(run_dir, config.student.epochs) for run_dir in on_disk]
     names = {run_dir.name for run_dir in on_disk}
-    missing = [RunStatus(run.run_id, "pending", 0, config.student.epochs, None, on_disk=False)
+    missing = [RunStatus(run.run_id, Status.PENDING, 0, config.student.epochs, None, on_disk=False)
                for run in planned_runs(config) if run.run_id not in names]
     return swept + missing
 
 
-def run_status(layout: R.ExperimentLayout, run_dir: Path, default_epochs: int) -> RunStatus:
+def run_status(run_dir: Path, default_epochs: int) -> RunStatus:
     """One run's state from its files and lock."""
     files = R.RunFiles(run_dir)
     rows = R.read_csv_rows(files.metrics) if files.metrics.exists() else []
     accuracy = _float(rows[-1].get("test_acc")) if rows else None
-    summary = R.read_summary(files.dir) or {}
-    if R.is_completed(files.dir):
-        state, detail = "completed", ""
-    elif summary.get("status") == R.FAILED:
-        state, detail = "failed", str(summary.get("reason", ""))
-    elif R.is_locked_elsewhere(layout.lock_path(run_dir.name)):
-        state, detail = "running", _owner(files)
-    elif rows:
-        state, detail = "interrupted", f"resumes after epoch {len(rows) - 1} on the next sweep"
-    else:
-        state, detail = "pending", ""
-    epochs = summary.get("epochs") or _recorded_epochs(files) or default_epochs
+    try:
+        summary, problem = R.load_summary(files.dir), ""
+    except RunsError as exc:
+        summary, problem = None, str(exc)
+    state, detail = _state(files, summary, rows, problem)
+    epochs = (summary.epochs if summary is not None else None) or _recorded_epochs(files) or default_epochs
     return RunStatus(run_dir.name, state, len(rows), epochs, accuracy, detail)
+
+
+def _state(files: R.RunFiles, summary: RunSummary | None, rows: list, problem: str) -> tuple[Status, str]:
+    """(state, detail) of a run: what its summary says, else whether a process holds it, else how far it got.
+    An unreadable summary.json is named in the detail: the next sweep retrains the run."""
+    if summary is not None and R.summary_is_complete(files, summary):
+        return Status.COMPLETED, ""
+    if summary is not None and summary.status == Status.FAILED:
+        return Status.FAILED, summary.reason or ""
+    if R.is_locked_elsewhere(files.lock):
+        return Status.RUNNING, _owner(files)
+    if problem:
+        return Status.INTERRUPTED, problem
+    if rows:
+        return Status.INTERRUPTED, f"resumes after epoch {len(rows) - 1} on the next sweep"
+    return Status.PENDING, ""
 
 
 def _recorded_epochs(files: R.RunFiles) -> int | None:

@@ -20,17 +20,18 @@ from kdtemp.engine import EpochDone, Member, StepsDone, TeacherSignal, inference
 from kdtemp.errors import CheckpointError
 from kdtemp.events import Emit, Note, Progress, SweepResult, ignore
 from kdtemp.footprint import student_and_teacher
-from kdtemp.generations import _generation_hint, _parent_signal, _with_finished_parents
+from kdtemp.generations import generation_hint, parent_signal, with_finished_parents
 from kdtemp.hints import build_regressor, feature_shape
 from kdtemp.loggers import RunLogger, check_loggers, run_loggers
 from kdtemp.models import build_model, has_dropout
 from kdtemp.plan import RunSpec, group_runs, learnable_schedule, plan_runs, uses_standardized_logits
 from kdtemp.prepare import StopCheck, data_on, environment_record, loop_settings, per_batch_teachers
 from kdtemp.randomness import caller_rng_kept, keeps_global_rng
+from kdtemp.records import Status
 from kdtemp.schedules import LOW_TEMPERATURE, lowest_temperature, temperature_table
 from kdtemp.stacking import vmap_failure
 from kdtemp.student_group import Hint, StudentGroup
-from kdtemp.sweep_state import SweepState, _summary
+from kdtemp.sweep_state import SweepState, run_summary
 from kdtemp.teachers import (
     LoadedTeacher, all_teacher_logits, ensemble_weights, load_teachers, teacher_features, teacher_paths,
     teachers_fingerprint,
@@ -116,7 +117,7 @@ def sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck 
     for generation in sorted({run.generation for run in pending}):
         members = [run for run in pending if run.generation == generation]
         if generation > 1:
-            members = _with_finished_parents(state, members)
+            members = with_finished_parents(state, members)
         groups = group_runs(members, limit, across_seeds)
         for number, group in enumerate(groups, 1):
             label = f"group {number}/{len(groups)}" + (f", generation {generation}" if config.kd.generations > 1 else "")
@@ -186,7 +187,7 @@ def _group_limit(config: ExperimentConfig, data: Dataset, device: torch.device) 
 
 def _prepare_run(state: SweepState, run: RunSpec) -> dict | None:
     """Clear or keep a run's files for (re)training; returns its checkpoint state when it resumes."""
-    files = R.RunFiles(state.layout.run_dir(run.run_id))
+    files = state.layout.run_files(run.run_id)
     resume = None
     if not state.force and files.checkpoint.exists():
         try:
@@ -196,7 +197,7 @@ def _prepare_run(state: SweepState, run: RunSpec) -> dict | None:
         except CheckpointError as exc:
             state.emit(Note(f"{exc}; restarting {run.run_id}", "warning"))
             resume = None
-    for stale in (files.summary, files.dir / "model.pt"):
+    for stale in (files.summary, files.model):
         stale.unlink(missing_ok=True)
     if resume is None:
         files.checkpoint.unlink(missing_ok=True)
@@ -221,7 +222,7 @@ def _train_group(state: SweepState, group: list[RunSpec], label: str) -> None:
                 lock.release()  # finished by another process since we planned
                 continue
             # say who holds it at once, so `kdtemp status` can name the worker or job
-            R.atomic_write_json(R.RunFiles(state.layout.run_dir(run.run_id)).owner, R.owner_record(state.worker))
+            R.atomic_write_json(state.layout.run_files(run.run_id).owner, R.owner_record(state.worker))
             locks[run.run_id] = lock
             mine.append(run)
         by_epoch: dict[int, list] = {}
@@ -246,12 +247,12 @@ def _train_members(state: SweepState, members: list[tuple[RunSpec, dict | None]]
     runs = [run for run, _ in members]
     seeds = sorted({run.seed for run in runs})
     generation = runs[0].generation
-    signal = state.signal if generation == 1 else _parent_signal(state, runs)
+    signal = state.signal if generation == 1 else parent_signal(state, runs)
     with caller_rng_kept():  # the group seeds each member's init itself; a hint's shape probe draws too
         group = StudentGroup(lambda: build_model(spec, data.input_shape, data.num_classes),
                              [member_for(run, spec.epochs, spe) for run in runs], data, signal,
                              loop_settings(config, spec, seeds[0], state.device),
-                             _generation_hint(state, generation), stackable=state.stackable)
+                             generation_hint(state, generation), stackable=state.stackable)
     if members[0][1] is not None:
         group.load_member_states([resume["member"] for _, resume in members])
     description = f"{label}: {len(runs)} runs at once (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
@@ -276,12 +277,12 @@ def _record_epoch(state: SweepState, group: StudentGroup, runs: list[RunSpec], e
     """Append each member's row (and log it), then its checkpoint; at the last epoch its weights, then summary.json."""
     epochs = state.student_spec.epochs
     for k, run in enumerate(runs):
-        files = R.RunFiles(state.layout.run_dir(run.run_id))
+        files = state.layout.run_files(run.run_id)
         if k in event.failures:
             files.checkpoint.unlink(missing_ok=True)
             reason = divergence_reason(event.failures[k], state.config, not run.is_baseline)
-            R.atomic_write_json(files.summary, _summary(state, run, files, "failed", len(runs),
-                                                        reason=reason, failed_epoch=event.epoch))
+            R.write_summary(files, run_summary(state, run, files, Status.FAILED, len(runs),
+                                            reason=reason, failed_epoch=event.epoch))
             state.failed.append((run.run_id, reason))
             continue
         row = event.metrics[k]
@@ -295,8 +296,8 @@ def _record_epoch(state: SweepState, group: StudentGroup, runs: list[RunSpec], e
             R.atomic_torch_save({"format": STUDENT_FORMAT, "run_id": run.run_id, "member": member}, files.checkpoint)
             continue
         R.atomic_torch_save({"format": STUDENT_FORMAT, "run_id": run.run_id, "state_dict": member["model"]},
-                            files.dir / "model.pt")
-        R.atomic_write_json(files.summary, _summary(state, run, files, "completed", len(runs)))
+                            files.model)
+        R.write_summary(files, run_summary(state, run, files, Status.COMPLETED, len(runs)))
         files.checkpoint.unlink(missing_ok=True)
         state.completed += 1
 

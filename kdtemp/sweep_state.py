@@ -17,6 +17,7 @@ from kdtemp.engine import TeacherSignal
 from kdtemp.events import Emit, ignore
 from kdtemp.plan import RunSpec
 from kdtemp.prepare import StopCheck
+from kdtemp.records import RunSummary, Status
 from kdtemp.student_group import Hint
 from kdtemp.teachers import LoadedTeacher
 
@@ -56,24 +57,26 @@ class SweepState:
 def _teachers_record(state: SweepState, run: RunSpec) -> list[dict]:
     if run.generation == 1:
         return [] if run.is_baseline else [t.record for t in state.teachers]
-    parent = R.read_summary(state.layout.run_dir(run.parent)) or {}
-    return [{"id": run.parent, "test_acc": (parent.get("final") or {}).get("test_acc")}]
+    parent = R.read_summary(state.layout.run_dir(run.parent))
+    return [{"id": run.parent, "test_acc": parent.final.get("test_acc") if parent is not None else None}]
 
 
-def _summary(state: SweepState, run: RunSpec, files: R.RunFiles, status: str, group_size: int, **extra) -> dict:
+def run_summary(state: SweepState, run: RunSpec, files: R.RunFiles, status: Status, group_size: int,
+                **extra) -> RunSummary:
+    """The run's summary.json, from its metrics.csv as written: `final` is its last row, cell by cell."""
     rows = R.read_csv_rows(files.metrics) if files.metrics.exists() else []
     final = {key: _number(value) for key, value in rows[-1].items()} if rows else {}
     accuracies = [float(row["test_acc"]) for row in rows if row.get("test_acc")]
     best = max(range(len(accuracies)), key=accuracies.__getitem__) if accuracies else None
-    return {
-        "run_id": run.run_id, "status": status, "schedule": run.schedule_label, "t0": run.t0, "alpha": run.alpha,
-        "seed": run.seed, "generation": run.generation, "parent": run.parent, "epochs": state.student_spec.epochs,
-        "epochs_done": len(rows), "final": final,
-        "best_test_acc": accuracies[best] if best is not None else None, "best_epoch": best,
-        "wall_seconds": sum(float(row["epoch_seconds"]) for row in rows if row.get("epoch_seconds")),
-        "device": str(state.device), "group_size": group_size, "teachers": _teachers_record(state, run),
+    return RunSummary(
+        run_id=run.run_id, status=status, schedule=run.schedule_label, t0=run.t0, alpha=run.alpha,
+        seed=run.seed, generation=run.generation, parent=run.parent, epochs=state.student_spec.epochs,
+        epochs_done=len(rows), final=final,
+        best_test_acc=accuracies[best] if best is not None else None, best_epoch=best,
+        wall_seconds=sum(float(row["epoch_seconds"]) for row in rows if row.get("epoch_seconds")),
+        device=str(state.device), group_size=group_size, teachers=_teachers_record(state, run),
         **state.sizes, **extra,
-    }
+    )
 
 
 def _number(text: str):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from kdtemp import stats
-from kdtemp.plan import BASELINE
+from kdtemp.records import BASELINE
 
 GRID_KEYS = ["schedule", "alpha", "t0", "generation"]
 CONSTANT = "constant"

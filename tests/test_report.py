@@ -241,7 +241,7 @@ def last_epochs(root) -> pd.DataFrame:
     """Each completed run's last metrics row, read straight from its CSV, with its recorded identity."""
     rows = []
     for run_dir in R.ExperimentLayout(root).run_dirs():
-        if (R.read_summary(run_dir) or {}).get("status") != "completed":
+        if getattr(R.read_summary(run_dir), "status", None) != "completed":
             continue
         row = pd.read_csv(run_dir / "metrics.csv").iloc[-1].to_dict()
         config = run_dir / "config.yaml"

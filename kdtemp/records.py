@@ -1,0 +1,183 @@
+"""What a run's files hold, as typed records: one model shared by the code that writes a file and every
+reader.
+
+summary.json is a `RunSummary` (written once, last, by the sweep); metrics.csv rows follow
+`StudentRow` (students) and `TeacherRow` (teachers), whose fields are the CSV's columns in order.
+A run's status and the baseline's schedule name are one constant each, here.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Optional, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+BASELINE = "none"
+"""The schedule column of a no-KD baseline run (metrics.csv, summary.json, summary.csv)."""
+TEACHER = "teacher"
+"""The schedule column of the teacher's row in summary.csv."""
+
+Number = Union[StrictInt, StrictFloat]
+"""A JSON number kept as written (an int stays an int, a float a float): a summary round-trips byte for byte."""
+
+
+class Status(StrEnum):
+    """Where a run stands: summary.json records the first two, `kdtemp status` derives the rest."""
+
+    COMPLETED = "completed"
+    RUNNING = "running"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    PENDING = "pending"
+
+
+FINISHED = (Status.COMPLETED, Status.FAILED)
+"""The statuses a summary.json records: a run the sweep has finished with, either way."""
+
+
+class StudentRow(BaseModel):
+    """One epoch of one student run: a metrics.csv row. The field order is the CSV's column order."""
+
+    run_id: str
+    schedule: str
+    t0: Optional[float] = None
+    alpha: float
+    seed: int
+    epoch: int
+    temperature: Optional[float] = None
+    lr: Optional[float] = None
+    train_loss: Optional[float] = None
+    train_ce: Optional[float] = None
+    train_kd: Optional[float] = None
+    train_acc: Optional[float] = None
+    test_loss: Optional[float] = None
+    test_acc: Optional[float] = None
+    agreement: Optional[float] = None
+    epoch_seconds: Optional[float] = None
+    test_kl: Optional[float] = None
+    test_ece: Optional[float] = None
+    effective_temperature: Optional[float] = None
+    train_penalty: Optional[float] = None
+    train_feature: Optional[float] = None
+    generation: Optional[int] = None
+
+
+class TeacherRow(BaseModel):
+    """One epoch of a teacher's training: a teacher/metrics.csv row, in column order."""
+
+    epoch: int
+    lr: Optional[float] = None
+    train_loss: Optional[float] = None
+    train_acc: Optional[float] = None
+    test_loss: Optional[float] = None
+    test_acc: Optional[float] = None
+    test_ece: Optional[float] = None
+    epoch_seconds: Optional[float] = None
+
+
+STUDENT_COLUMNS = list(StudentRow.model_fields)
+TEACHER_COLUMNS = list(TeacherRow.model_fields)
+
+SIZE_FIELDS = (
+    "student_params",
+    "teacher_params",
+    "student_size_bytes",
+    "teacher_size_bytes",
+    "student_latency_ms",
+    "teacher_latency_ms",
+    "student_flops",
+    "teacher_flops",
+    "latency_batch_size",
+)
+
+
+class RunSummary(BaseModel):
+    """summary.json: how a run ended, its final and best metrics, and what it was measured on.
+
+    Keys an older kdtemp did not write (generation, parent, final, ...) default to what they meant
+    then; `status` is required, and `epochs` too once a run completed (the check that its metrics.csv
+    is whole needs it). Keys this model does not know are kept, so a newer summary reads and rewrites whole.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Status
+    run_id: Optional[str] = None
+    schedule: Optional[str] = None
+    t0: Optional[Number] = None
+    alpha: Optional[Number] = None
+    seed: Optional[StrictInt] = None
+    generation: StrictInt = 1
+    parent: Optional[str] = None
+    epochs: Optional[StrictInt] = None
+    epochs_done: Optional[StrictInt] = None
+    final: dict[str, Any] = {}
+    """The last metrics.csv row, each cell as a number, text or None."""
+    best_test_acc: Optional[Number] = None
+    best_epoch: Optional[StrictInt] = None
+    wall_seconds: Optional[Number] = None
+    device: Optional[str] = None
+    group_size: Optional[StrictInt] = None
+    teachers: list[dict[str, Any]] = []
+    """The teacher(s) it distilled from ({id, test_acc, fingerprint}); a born-again child's parent run."""
+    reason: Optional[str] = None
+    """Why a failed run failed, with the likely fix."""
+    failed_epoch: Optional[StrictInt] = None
+    student_params: Optional[StrictInt] = None
+    teacher_params: Optional[StrictInt] = None
+    student_size_bytes: Optional[StrictInt] = None
+    teacher_size_bytes: Optional[StrictInt] = None
+    student_latency_ms: Optional[Number] = None
+    teacher_latency_ms: Optional[Number] = None
+    student_flops: Optional[Number] = None
+    teacher_flops: Optional[Number] = None
+    latency_batch_size: Optional[StrictInt] = None
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _finished(cls, status: Any) -> Any:
+        if status not in FINISHED:
+            raise ValueError(f"a summary records {' or '.join(FINISHED)}, not {status!r}")
+        return status
+
+    @field_validator("generation", mode="before")
+    @classmethod
+    def _first_generation(cls, generation: Any) -> Any:
+        return 1 if generation is None else generation
+
+    @model_validator(mode="after")
+    def _completed_has_epochs(self) -> "RunSummary":
+        if self.status == Status.COMPLETED and self.epochs is None:
+            raise ValueError("epochs: a completed run's summary records its epochs")
+        return self
+
+    @property
+    def test_acc(self) -> float | None:
+        """The last epoch's test accuracy, as the run recorded it."""
+        accuracy = self.final.get("test_acc")
+        return accuracy if isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) else None
+
+    def sizes(self) -> dict[str, Any]:
+        """The footprint fields (footprint.student_and_teacher) the run recorded."""
+        return {key: getattr(self, key) for key in SIZE_FIELDS if getattr(self, key) is not None}
+
+    def to_json(self) -> dict[str, Any]:
+        """What summary.json holds: the keys that were given, nothing filled in by a default."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def summary_problem(error: ValidationError) -> str:
+    """The first thing wrong with a summary.json, in one line: `epochs: Input should be a valid integer`."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
