@@ -14,8 +14,6 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
@@ -29,6 +27,8 @@ from pydantic import (
 )
 
 from kdtemp.errors import ConfigError
+from kdtemp.schedules import SCHEDULES, ConstantSchedule, ScheduleSpec
+from kdtemp.strict import StrictModel
 
 DATASETS = ("mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100")
 RESNET_ARCHS = (
@@ -41,12 +41,6 @@ CIFAR_ARCHS = RESNET_ARCHS + ZOO_ARCHS
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 CUSTOM_ARCH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-class StrictModel(BaseModel):
-    """Unknown keys are errors, and a validated config never changes under our feet."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def check_safe_name(value: str, what: str) -> str:
@@ -199,120 +193,6 @@ def _with_default_arch(value: Any, arch: str) -> Any:
     return value
 
 
-# --- temperature schedules ---------------------------------------------------------------------
-
-
-class ScheduleBase(StrictModel):
-    """What every schedule accepts: clamps, how often T changes, and a label for tables."""
-
-    t_min: PositiveFloat | None = None
-    t_max: PositiveFloat | None = None
-    granularity: Literal["epoch", "step"] = "epoch"
-    label: str | None = None
-    """Name in CSVs and tables; defaults to the schedule name (plus its parameters if repeated)."""
-
-    @model_validator(mode="after")
-    def _clamps_ordered(self):
-        if self.t_min is not None and self.t_max is not None and self.t_min > self.t_max:
-            raise ValueError(f"t_min ({self.t_min}) is above t_max ({self.t_max})")
-        return self
-
-
-class ConstantSchedule(ScheduleBase):
-    name: Literal["constant"] = "constant"
-
-
-class LinearSchedule(ScheduleBase):
-    name: Literal["linear"] = "linear"
-    t_end: PositiveFloat = 1.0
-
-
-class ExpSchedule(ScheduleBase):
-    """T = t0 * gamma**epoch, or T = t0 * final_ratio**progress when final_ratio is given."""
-
-    name: Literal["exp"] = "exp"
-    gamma: PositiveFloat | None = None
-    final_ratio: PositiveFloat | None = None
-
-    @model_validator(mode="after")
-    def _gamma_or_ratio(self):
-        if self.gamma is not None and self.final_ratio is not None:
-            raise ValueError("give gamma or final_ratio, not both")
-        return self
-
-
-class CosineSchedule(ScheduleBase):
-    name: Literal["cosine"] = "cosine"
-    t_end: PositiveFloat = 1.0
-
-
-class StepSchedule(ScheduleBase):
-    name: Literal["step"] = "step"
-    milestones: list[NonNegativeInt] | None = None
-    """Epochs at which T is multiplied by factor; None: half and three quarters of the way, the distinct
-    values of E//2 and 3E//4 that are >= 1 (schedules.default_milestones)."""
-    factor: PositiveFloat = 0.5
-
-
-class StagesSchedule(ScheduleBase):
-    """Piecewise-constant absolute temperatures: [[start_progress, T], ...], first start 0."""
-
-    name: Literal["stages"] = "stages"
-    stages: Annotated[
-        list[tuple[Annotated[float, Field(ge=0, le=1)], PositiveFloat]], Field(min_length=1)
-    ] = [(0.0, 1.0), (0.3, 3.0), (0.8, 1.5)]
-
-    @field_validator("stages")
-    @classmethod
-    def _starts_increase(cls, stages):
-        starts = [start for start, _ in stages]
-        if starts[0] != 0:
-            raise ValueError("the first stage must start at progress 0")
-        if any(b <= a for a, b in zip(starts, starts[1:])):
-            raise ValueError("stage starts must increase")
-        return stages
-
-
-class LearnableSchedule(ScheduleBase):
-    """CTKD (Li et al. 2023): T = t_min + t_range * sigmoid(theta), theta trained adversarially."""
-
-    name: Literal["learnable"] = "learnable"
-    t_min: PositiveFloat = 1.0
-    t_range: PositiveFloat = 20.0
-    lambda_max: NonNegativeFloat = 1.0
-    curriculum_epochs: PositiveInt = 10
-    penalty: NonNegativeFloat = 0.0
-    """Weight of penalty * (T - t_target)**2, the regularised variant; 0 = off."""
-    t_target: PositiveFloat | None = None
-
-    @model_validator(mode="after")
-    def _penalty_has_target(self):
-        if self.penalty > 0 and self.t_target is None:
-            raise ValueError("penalty needs t_target (the temperature it pulls towards)")
-        return self
-
-
-class LogitStdSchedule(ScheduleBase):
-    """Per-sample temperature from z-scored logits (Sun et al. 2024 logit standardization)."""
-
-    name: Literal["logit-std"] = "logit-std"
-
-
-SCHEDULE_CLASSES = (
-    ConstantSchedule, LinearSchedule, ExpSchedule, CosineSchedule, StepSchedule,
-    StagesSchedule, LearnableSchedule, LogitStdSchedule,
-)
-SCHEDULE_NAMES = tuple(cls.model_fields["name"].default for cls in SCHEDULE_CLASSES)
-
-ScheduleSpec = Annotated[
-    Union[
-        ConstantSchedule, LinearSchedule, ExpSchedule, CosineSchedule, StepSchedule,
-        StagesSchedule, LearnableSchedule, LogitStdSchedule,
-    ],
-    Field(discriminator="name"),
-]
-
-
 # --- distillation ------------------------------------------------------------------------------
 
 
@@ -329,6 +209,7 @@ class KDConfig(StrictModel):
     temperatures: Annotated[list[PositiveFloat], Field(min_length=1)] = [1.0, 2.0, 4.0, 8.0]
     seeds: Annotated[list[NonNegativeInt], Field(min_length=1)] = [0, 1, 2]
     schedules: Annotated[list[ScheduleSpec], Field(min_length=1)] = [ConstantSchedule()]
+    """Registered names with their parameters (kdtemp/schedules.py), or your own module:function."""
     baseline: bool = True
     """Also train one no-KD student per seed (schedule 'none', alpha 0)."""
     ensemble: Literal["mean_probs", "mean_logits", "weighted"] = "mean_probs"
@@ -602,7 +483,7 @@ def config_to_dict(config: ExperimentConfig) -> dict:
 
 # --- turning pydantic errors into one actionable line -------------------------------------------
 
-_UNION_TAGS = set(SCHEDULE_NAMES) | {cls.__name__ for cls in (*BUILT_IN_SPECS, CustomSpec)}
+_UNION_TAGS = {cls.__name__ for cls in (*BUILT_IN_SPECS, CustomSpec)}
 _UNION_FIELDS = {"teacher", "student"}
 _UNION_LISTS = {"schedules", "teachers"}
 
@@ -610,7 +491,7 @@ _UNION_LISTS = {"schedules", "teachers"}
 def _all_field_names() -> set[str]:
     names: set[str] = set()
     classes = [ExperimentConfig, DataConfig, KDConfig, TrainConfig, LauncherConfig, LoggingConfig, FeatureLayers, MLPSpec,
-               CNNSpec, ResNetSpec, CustomSpec, *SCHEDULE_CLASSES]
+               CNNSpec, ResNetSpec, CustomSpec, *SCHEDULES.values()]
     for cls in classes:
         names.update(cls.model_fields)
     return names

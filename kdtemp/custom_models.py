@@ -7,16 +7,14 @@ Each refusal is one `ConfigError` line naming the arch and what to change.
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
-import sys
 
 import torch
 from torch import nn
 
 from kdtemp.config import CustomSpec
 from kdtemp.errors import ConfigError, first_line
+from kdtemp.user_code import import_callable
 
 
 def build_custom(spec: CustomSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -41,29 +39,6 @@ def torchvision_model(name: str, weights: str | None, num_classes: int, kwargs: 
     except (OSError, RuntimeError) as exc:  # weights that must be downloaded, offline, or a broken file
         raise ConfigError(f"torchvision:{name} weights {weights}: {first_line(exc)}; download them where there is a "
                           "network (torch.hub caches them), or set weights: null and give a trained checkpoint") from None
-
-
-def import_callable(arch: str):
-    """The `callable` of `module:callable`, imported with the working directory first on sys.path."""
-    module_name, _, attribute = arch.partition(":")
-    cwd = os.getcwd()
-    added = cwd not in sys.path
-    if added:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # a user's module may fail to import in any way: report it, not a traceback
-        raise ConfigError(f"{arch}: cannot import {module_name!r} ({type(exc).__name__}: {first_line(exc)}); "
-                          "put it in the working directory or on PYTHONPATH") from None
-    finally:
-        if added:
-            sys.path.remove(cwd)
-    if not hasattr(module, attribute):
-        raise ConfigError(f"{arch}: module {module_name!r} has no attribute {attribute!r}")
-    builder = getattr(module, attribute)
-    if not callable(builder):
-        raise ConfigError(f"{arch}: {attribute!r} is a {type(builder).__name__}, not a class or function")
-    return builder
 
 
 def user_model(arch: str, kwargs: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

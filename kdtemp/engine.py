@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdtemp import metrics as M
-from kdtemp.config import LearnableSchedule, TrainingSettings
+from kdtemp.config import TrainingSettings
 from kdtemp.data import Dataset, augment_batch, draw_augmentation
 from kdtemp.device import full_float32
 from kdtemp.losses import soft_target_log_probs
 from kdtemp.optim import build_optimizer, learning_rate, set_learning_rate
 from kdtemp.randomness import DropoutStream
+from kdtemp.schedules import LearnableSchedule
 
 PROGRESS_EVERY = 20  # steps between progress events
 AUGMENT_STREAM = 1

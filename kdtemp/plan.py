@@ -12,13 +12,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Any
+from typing import Any, cast
 
-from kdtemp.config import (
-    ExperimentConfig, LearnableSchedule, LogitStdSchedule, ScheduleSpec, StagesSchedule, training_identity,
-)
+from kdtemp.config import ExperimentConfig, training_identity
 from kdtemp.records import BASELINE
-from kdtemp.schedules import formula_revision
+from kdtemp.schedules import CTKD, LOGIT_STD, LearnableSchedule, ScheduleBase
 
 RUN_FORMAT = 1
 GRID_AXES = ("schedule", "t0", "alpha", "seed", "generation", "parent")
@@ -34,7 +32,7 @@ class RunSpec:
     """One student run of the grid."""
 
     run_id: str
-    schedule: ScheduleSpec | None
+    schedule: ScheduleBase | None
     """None for the no-KD baseline."""
     schedule_label: str
     t0: float | None
@@ -57,23 +55,26 @@ class RunSpec:
                 "seed": self.seed, "generation": self.generation}
 
 
-def schedule_labels(schedules: list[ScheduleSpec]) -> list[str]:
-    """A table name per schedule: its label, else its name, plus its parameters when the name repeats."""
-    names = [s.name for s in schedules]
+def schedule_labels(schedules: list[ScheduleBase]) -> list[str]:
+    """A table name per schedule: its label, else its name (a user's function: the function's name),
+    plus its parameters when the name repeats."""
+    names = [s.display_name for s in schedules]
     labels = []
     for schedule in schedules:
+        name = schedule.display_name
         if schedule.label:
             labels.append(schedule.label)
-        elif names.count(schedule.name) == 1:
-            labels.append(schedule.name)
+        elif names.count(name) == 1:
+            labels.append(name)
         else:
             params = schedule.model_dump(exclude={"name", "label"}, exclude_defaults=True)
             suffix = "-".join(f"{key}{_compact(value)}" for key, value in params.items())
-            labels.append(f"{schedule.name}-{suffix}" if suffix else schedule.name)
+            labels.append(f"{name}-{suffix}" if suffix else name)
     if len(set(labels)) != len(labels):
         from kdtemp.errors import ConfigError
 
-        raise ConfigError("kd.schedules lists the same schedule twice; remove the repeat or give each a distinct label")
+        raise ConfigError("kd.schedules lists the same schedule twice; "
+                          "remove the repeat or give each a distinct label")
     return labels
 
 
@@ -129,31 +130,30 @@ def make_run_id(prefix: str, identity: dict[str, Any]) -> str:
 def plan_runs(config: ExperimentConfig, teacher_fingerprint: str) -> list[RunSpec]:
     """Every (schedule, t0, seed) of the grid, then one baseline per seed when kd.baseline is on.
 
-    `stages` sets absolute temperatures, so it runs once per seed with t0 = its first stage's T.
+    A schedule of absolute temperatures (`stages`) runs once per seed with t0 = its first T. A user's
+    schedule is imported and tried first (`check`), so a broken one is refused before anything is written.
     """
     shared = shared_identity(config, teacher_fingerprint)
     alpha = config.kd.alpha
     runs: list[RunSpec] = []
     labels = schedule_labels(list(config.kd.schedules))
     for schedule, label in zip(config.kd.schedules, labels):
-        schedule_params = schedule.model_dump(mode="json", exclude={"label"})
-        if formula_revision(schedule, config.student.epochs) > 1:
-            schedule_params["revision"] = formula_revision(schedule, config.student.epochs)
-        t0_values = [schedule.stages[0][1]] if isinstance(schedule, StagesSchedule) else config.kd.temperatures
-        for t0 in t0_values:
+        schedule.check(config.student.epochs)
+        schedule_params = schedule.identity(config.student.epochs)
+        for t0 in schedule.grid_t0s(config.kd.temperatures):
             for seed in config.kd.seeds:
                 identity = {**shared, "schedule": schedule_params, "t0": t0, "alpha": alpha, "seed": seed}
-                prefix = f"{label}-a{_token(alpha)}-s{seed}" if isinstance(schedule, StagesSchedule) \
+                prefix = f"{label}-a{_token(alpha)}-s{seed}" if schedule.absolute \
                     else f"{label}-T{_token(t0)}-a{_token(alpha)}-s{seed}"
-                runs.append(RunSpec(make_run_id(prefix, identity), schedule, label, float(t0), alpha, seed, identity,
-                                    prefix=prefix))
+                runs.append(RunSpec(make_run_id(prefix, identity), schedule, label, float(t0), alpha, seed,
+                                    identity, prefix=prefix))
     runs += born_again(runs, config.kd.generations)
     if config.kd.baseline:
         baseline_identity = baseline_setting(shared)  # the no-KD baseline takes no hint either
         for seed in config.kd.seeds:
             identity = {**baseline_identity, "schedule": None, "t0": None, "alpha": 0.0, "seed": seed}
-            runs.append(RunSpec(make_run_id(f"baseline-s{seed}", identity), None, BASELINE, None, 0.0, seed, identity,
-                                prefix=f"baseline-s{seed}"))
+            runs.append(RunSpec(make_run_id(f"baseline-s{seed}", identity), None, BASELINE, None, 0.0, seed,
+                                identity, prefix=f"baseline-s{seed}"))
     return runs
 
 
@@ -166,8 +166,8 @@ def born_again(first_generation: list[RunSpec], generations: int) -> list[RunSpe
         for generation in range(2, generations + 1):
             identity = {**parent.identity, "generation": generation, "parent": parent.run_id}
             prefix = f"{root.prefix}-g{generation}"
-            parent = RunSpec(make_run_id(prefix, identity), root.schedule, root.schedule_label, root.t0, root.alpha,
-                             root.seed, identity, generation, parent.run_id, prefix)
+            parent = RunSpec(make_run_id(prefix, identity), root.schedule, root.schedule_label, root.t0,
+                             root.alpha, root.seed, identity, generation, parent.run_id, prefix)
             later.append(parent)
     return sorted(later, key=lambda run: run.generation)
 
@@ -194,8 +194,11 @@ def group_runs(runs: list[RunSpec], max_size: int | None, across_seeds: bool) ->
 
 
 def uses_standardized_logits(run: RunSpec) -> bool:
-    return isinstance(run.schedule, LogitStdSchedule)
+    return run.schedule is not None and run.schedule.method == LOGIT_STD
 
 
 def learnable_schedule(run: RunSpec) -> LearnableSchedule | None:
-    return run.schedule if isinstance(run.schedule, LearnableSchedule) else None
+    """The schedule of a run whose temperature CTKD trains, else None."""
+    if run.schedule is None or run.schedule.method != CTKD:
+        return None
+    return cast(LearnableSchedule, run.schedule)

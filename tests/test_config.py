@@ -4,10 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from kdtemp.config import (
-    CNNSpec, ConstantSchedule, ExperimentConfig, LinearSchedule, MLPSpec, load_config, parse_number_list,
-)
+from kdtemp.config import CNNSpec, ExperimentConfig, MLPSpec, load_config, parse_number_list
 from kdtemp.errors import ConfigError
+from kdtemp.schedules import ConstantSchedule, LinearSchedule
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -8,12 +8,11 @@ import torch
 
 from helpers import experiment
 
-from kdtemp.config import (
-    ConstantSchedule, CosineSchedule, ExpSchedule, LearnableSchedule, LinearSchedule, StagesSchedule, StepSchedule,
-)
 from kdtemp.losses import kd_terms, soft_target_log_probs, standardize_logits
 from kdtemp.schedules import (
-    epoch_temperatures, initial_theta, learned_temperature, reversal_weight, scale_gradient, temperature_table,
+    ConstantSchedule, CosineSchedule, ExpSchedule, LearnableSchedule, LinearSchedule, StagesSchedule,
+    StepSchedule, epoch_temperatures, initial_theta, learned_temperature, reversal_weight, scale_gradient,
+    temperature_table,
 )
 
 
@@ -94,6 +93,66 @@ def test_step_milestones_fire_at_the_first_step_of_their_epoch():
     # exp with gamma is t0 * gamma**e at the real epoch: exactly t0 * gamma**k at the first step of epoch k
     exp = temperature_table(ExpSchedule(gamma=0.5, granularity="step"), 8.0, epochs=3, steps_per_epoch=100)
     assert [float(exp[k * 100]) for k in range(3)] == pytest.approx([8.0, 4.0, 2.0], rel=1e-6)
+
+
+@pytest.fixture
+def schedule_registry():
+    """The registry as it was, restored after a test registers its own schedules."""
+    from kdtemp.schedules import SCHEDULES
+
+    saved = dict(SCHEDULES)
+    yield SCHEDULES
+    SCHEDULES.clear()
+    SCHEDULES.update(saved)
+
+
+def test_a_new_schedule_is_one_class_and_one_decorator(schedule_registry):
+    from typing import Annotated, ClassVar, Literal
+
+    from pydantic import Field
+
+    from kdtemp.config import load_config
+    from kdtemp.errors import ConfigError
+    from kdtemp.plan import plan_runs, uses_standardized_logits
+    from kdtemp.schedules import LOGIT_STD, ScheduleBase, register_schedule
+
+    @register_schedule
+    class WarmupSchedule(ScheduleBase):
+        """T rises from t0 / 2 to t0 over the first `warmup` of training, then stays."""
+
+        name: Literal["warmup"] = "warmup"
+        warmup: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+        def temperature(self, t0, progress, epoch, epochs):
+            return t0 * (0.5 + 0.5 * min(progress / self.warmup, 1.0))
+
+    @register_schedule
+    class SharpStd(ScheduleBase):
+        method: ClassVar[str] = LOGIT_STD
+        name: Literal["sharp-std"] = "sharp-std"
+
+        def temperature(self, t0, progress, epoch, epochs):
+            return t0 / 2
+
+    def grid(schedules):
+        return load_config(None, {"kd.schedules": (schedules, "x"), "kd.temperatures": ([4.0], "x"),
+                                  "kd.seeds": ([0], "x"), "student.epochs": (5, "x")})
+
+    config = grid(["constant", {"name": "warmup", "warmup": 0.5, "t_max": 3.5}, "sharp-std"])
+    warmup = config.kd.schedules[1]
+    assert isinstance(warmup, WarmupSchedule) and warmup.warmup == 0.5
+    # p = e / 4: T = 4 * (0.5, 0.75, 1, 1, 1) = 2, 3, 4, 4, 4, clamped at t_max 3.5; two steps per epoch
+    table = temperature_table(warmup, 4.0, epochs=5, steps_per_epoch=2)
+    assert table.tolist() == [2, 2, 3, 3, 3.5, 3.5, 3.5, 3.5, 3.5, 3.5]
+    runs = {run.schedule_label: run for run in plan_runs(config, "fp")}
+    assert runs["warmup"].run_id.startswith("warmup-T4-a0.9-s0-")
+    assert uses_standardized_logits(runs["sharp-std"]) and not uses_standardized_logits(runs["warmup"])
+    with pytest.raises(ConfigError, match=r"unknown key 'kd.schedules\[0\].warmpu'; did you mean 'warmup'"):
+        grid([{"name": "warmup", "warmpu": 0.2}])
+    with pytest.raises(ConfigError, match=r"unknown name 'warmpu'; choose one of 'constant', .*'warmup', 'sharp-std'"):
+        grid(["warmpu"])
+    with pytest.raises(ValueError, match="two schedules are named 'warmup'"):
+        register_schedule(type("Other", (WarmupSchedule,), {}))
 
 
 @pytest.mark.parametrize("epochs, milestones", [
