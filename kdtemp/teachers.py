@@ -62,7 +62,7 @@ def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: St
     count = len(specs)
     finished = {}
     for index, spec in enumerate(specs):
-        path = layout.teacher_dir_of(index, count) / "model.pt"
+        path = layout.teacher_files(index, count).model
         if path.exists() and not force:
             existing = R.load_checkpoint(path, "teacher checkpoint")
             if existing.get("architecture") != architecture_of(spec) or existing.get("dataset") != config.data.dataset:
@@ -87,7 +87,7 @@ def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: St
         directory = layout.teacher_dir_of(index, count)
         if index in finished:
             existing = finished[index]
-            results.append(TeacherResult(directory / "model.pt", float(existing["test_acc"]), int(existing["parameters"]),
+            results.append(TeacherResult(R.RunFiles(directory).model, float(existing["test_acc"]), int(existing["parameters"]),
                                          int(existing["epochs"]), 0.0, already_trained=True, label=label,
                                          imported="source" in existing))
         elif index in imported:
@@ -138,17 +138,18 @@ def _record_imported(config: ExperimentConfig, spec: ModelSpec, teacher: Importe
     logits = predict_logits(model, data.test_x, config.data.eval_batch_size, device)
     accuracy = int((logits.argmax(-1) == data.test_y).sum()) / len(data.test_y)
     _write_teacher_config(config, spec, directory, device)
-    model_path = directory / "model.pt"
+    files = R.RunFiles(directory)
+    model_path = files.model
     record = _teacher_record(spec, model, data, device, accuracy, float(F.cross_entropy(logits, data.test_y)), epochs=0)
     R.atomic_torch_save({**record, "source": teacher.source}, model_path)
-    for stale in (directory / "checkpoint.pt", directory / "metrics.csv"):
+    for stale in (files.checkpoint, files.metrics):
         stale.unlink(missing_ok=True)
     return TeacherResult(model_path, accuracy, record["parameters"], 0, time.perf_counter() - started, label=label,
                          imported=True)
 
 
 def _write_teacher_config(config: ExperimentConfig, spec: ModelSpec, directory: Path, device: torch.device) -> None:
-    R.atomic_write_yaml(directory / "config.yaml", {"teacher": spec.model_dump(mode="json"),
+    R.atomic_write_yaml(R.RunFiles(directory).config, {"teacher": spec.model_dump(mode="json"),
                                                     "experiment": config_to_dict(config),
                                                     "environment": environment_record(device)})
 
@@ -177,7 +178,8 @@ def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label
     with seeded(spec.seed):  # the init its seed gives, the caller's RNG left as it was
         model = build_model(spec, data.input_shape, data.num_classes)
     trainer = NetworkTrainer(model, data, loop_settings(config, spec, spec.seed, device, model))
-    checkpoint_path, metrics_path, model_path = directory / "checkpoint.pt", directory / "metrics.csv", directory / "model.pt"
+    files = R.RunFiles(directory)
+    checkpoint_path, metrics_path, model_path = files.checkpoint, files.metrics, files.model
     # the data's fingerprint too: a teacher cut off on one image folder or array file must not resume on another
     identity = {"architecture": architecture_of(spec), "training": training_identity(spec), "dataset": config.data.dataset,
                 "data": data.fingerprint()}
