@@ -11,7 +11,8 @@ import yaml
 
 from kdtemp import runs as R
 from kdtemp import student_group as SG
-from kdtemp.config import CNNSpec, MLPSpec, ResNetSpec, load_config
+from kdtemp.config import CNNSpec, MLPSpec, ResNetSpec
+from kdtemp.config_loading import load_config
 from kdtemp.data import Dataset, load_dataset
 from kdtemp.engine import EpochDone, LoopSettings, Member, TeacherSignal
 from kdtemp.hints import FeatureCapture
