@@ -60,7 +60,8 @@ import kdtemp
 from kdtemp import engine, student_group
 from kdtemp import sweep as sweep_module
 from kdtemp import runs as R
-from kdtemp.config import ExperimentConfig, load_config
+from kdtemp.config import ExperimentConfig
+from kdtemp.config_loading import load_config
 from kdtemp.data import SYSTEM_FASHION_MNIST_DIRS, Dataset, load_dataset
 from kdtemp.device import MEMORY_SHARE, member_bytes
 from kdtemp.engine import (

@@ -42,7 +42,8 @@ from checklist import PASS, Checklist, Outcome, Skip, default_out, verdict
 from measuring import ALPHA, kd_member, peak_mib, reset_peak, synchronize
 from synthetic import synthetic_cifar100
 
-from kdtemp.config import ExperimentConfig, load_config
+from kdtemp.config import ExperimentConfig
+from kdtemp.config_loading import load_config
 from kdtemp.data import NORMALISATION, Dataset
 from kdtemp.engine import EpochDone, Member, TeacherSignal, predict_logits
 from kdtemp.models import build_model

@@ -32,7 +32,7 @@ from torch import nn
 
 from kdtemp.sweep import sweep
 from kdtemp.teachers import train_teacher
-from kdtemp.config import load_config
+from kdtemp.config_loading import load_config
 from kdtemp.data import IDX_FILES, SYSTEM_FASHION_MNIST_DIRS, load_dataset
 from kdtemp.events import Note
 from kdtemp.models import build_model

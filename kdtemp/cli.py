@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import shlex
 import signal
 import sys
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Annotated, Callable, NoReturn, Optional, TypeVar
+from typing import Callable, NoReturn, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from kdtemp import cli_tables as tables
 from kdtemp import events as E
 from kdtemp.launch import run_sweep
 from kdtemp.teachers import train_teacher
-from kdtemp.config import ExperimentConfig, check_safe_name, load_config, parse_name_list, parse_number_list
+from kdtemp.cli_options import Experiment, experiment_options
+from kdtemp.config import ExperimentConfig, check_safe_name
+from kdtemp.overrides import LAUNCH, parse_name_list
 from kdtemp.engine import StopRequested
 from kdtemp.errors import KDTempError
 
@@ -34,11 +34,6 @@ app = typer.Typer(
 # Piped output gets a wide console so tables are not cropped to 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-
-CONFIG_HELP = "YAML config; keys not in it keep their defaults. Default: the built-in MNIST-1D experiment."
-EXPERIMENT = "Experiment"
-GRID = "Grid"
-LAUNCH = "Where it runs"
 
 
 class Interrupt:
@@ -69,10 +64,6 @@ def fail(message: str, code: int = 2) -> NoReturn:
     # escaped: "pip install 'kdtemp[tensorboard]'" is not rich markup
     err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
-
-
-def build_config(config: Optional[Path], overrides: dict[str, tuple[object, str]]) -> ExperimentConfig:
-    return load_config(config, {key: value for key, value in overrides.items() if value[0] is not None})
 
 
 class ProgressView:
@@ -132,50 +123,16 @@ def run_job(job: Callable[[Interrupt, E.Emit], Result]) -> Result:
 
 # --- commands ----------------------------------------------------------------------------------
 
-
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help=CONFIG_HELP, rich_help_panel=EXPERIMENT)]
-DatasetOption = Annotated[Optional[str], typer.Option(help="mnist1d, fashion-mnist, mnist, cifar10, cifar100, image-folder or tensors.", rich_help_panel=EXPERIMENT)]
-DeviceOption = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=EXPERIMENT)]
-RunsDirOption = Annotated[Optional[Path], typer.Option("--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT)]
-AmpOption = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 autocast for forward passes (default: on for CUDA).", rich_help_panel=EXPERIMENT)]
-TensorBoardOption = Annotated[Optional[bool], typer.Option(
-    "--tensorboard/--no-tensorboard", help="Also write each run's metrics and T for TensorBoard, under runs/<name>/tensorboard/.",
-    rich_help_panel=EXPERIMENT)]
-NameOption = Annotated[Optional[str], typer.Option("--name", help="Experiment name, the folder under --runs-dir (overrides the config's `name`): keeps experiments apart.", rich_help_panel=EXPERIMENT)]
-StudentEpochsOption = Annotated[Optional[str], typer.Option("--epochs", help="Student epochs.", rich_help_panel=EXPERIMENT)]
-TempsOption = Annotated[Optional[str], typer.Option("--temps", help="Grid temperatures t0, comma-separated, e.g. 1,3,5,10.", rich_help_panel=GRID)]
-SeedsOption = Annotated[Optional[str], typer.Option("--seeds", help="Seeds, comma-separated, e.g. 0,1,2.", rich_help_panel=GRID)]
-AlphaOption = Annotated[Optional[str], typer.Option("--alpha", help="Weight of the KD term, in [0, 1].", rich_help_panel=GRID)]
-SchedulesOption = Annotated[Optional[str], typer.Option("--schedules", help="Temperature schedules, e.g. constant,linear,exp.", rich_help_panel=GRID)]
-
-
-def common_overrides(dataset, device, runs_dir, amp, name=None) -> dict[str, tuple[object, str]]:
-    """The overrides every training command takes, as {dotted.key: (value, option)}."""
-    return {"data.dataset": (dataset, "--dataset"), "device": (device, "--device"), "train.amp": (amp, "--amp"),
-            **location_overrides(runs_dir, name)}
-
-
-def grid_overrides(config: Optional[Path], temps, seeds, alpha, schedules, epochs) -> dict[str, tuple[object, str]]:
-    """The grid a sweep trains (and `status` checks against): --temps, --seeds, --alpha, --schedules, --epochs."""
-    return {
-        "kd.temperatures": (parse_number_list(temps, "--temps") if temps is not None else None, "--temps"),
-        "kd.seeds": (parse_number_list(seeds, "--seeds", int) if seeds is not None else None, "--seeds"),
-        "kd.alpha": (alpha, "--alpha"),
-        "kd.schedules": (_schedules_override(config, schedules), "--schedules"),
-        "student.epochs": (epochs, "--epochs"),
-    }
-
-
-def location_overrides(runs_dir: Optional[Path], name: Optional[str] = None) -> dict[str, tuple[object, str]]:
-    """Where an experiment lives: --runs-dir and --name."""
-    return {"runs_dir": (str(runs_dir) if runs_dir else None, "--runs-dir"), "name": (name, "--name")}
+TRAINING_FLAGS = ("dataset", "device", "amp", "tensorboard")
+GRID_FLAGS = ("temps", "seeds", "alpha", "schedules", "dataset", "epochs")
+LAUNCH_FLAGS = ("launcher", "workers", "devices", "slurm_partition", "slurm_gpus_per_job", "slurm_cpus_per_job",
+                "slurm_mem_gb", "slurm_time", "slurm_array_parallelism")
 
 
 @app.command("train-teacher", no_args_is_help=False)
+@experiment_options(*TRAINING_FLAGS, "teacher_epochs")
 def train_teacher_command(
-    config: ConfigOption = None, dataset: DatasetOption = None,
-    epochs: Annotated[Optional[str], typer.Option(help="Teacher epochs (of every teacher of an ensemble).", rich_help_panel=EXPERIMENT)] = None,
-    device: DeviceOption = None, runs_dir: RunsDirOption = None, amp: AmpOption = None, name: NameOption = None, tensorboard: TensorBoardOption = None,
+    experiment: Experiment,
     force: bool = typer.Option(False, "--force", help="Retrain even if a finished teacher exists (overwrites it; --name NEW keeps it)."),
 ):
     """Train, evaluate and checkpoint the teacher (or each teacher of an ensemble).
@@ -183,9 +140,7 @@ def train_teacher_command(
     [bold]Example:[/bold] kdtemp train-teacher --config configs/fashion-mnist.yaml
     """
     def job(interrupt, emit):
-        overrides = {**common_overrides(dataset, device, runs_dir, amp, name), "teacher.epochs": (epochs, "--epochs"),
-                     "logging.tensorboard": (tensorboard, "--tensorboard")}
-        return train_teacher(build_config(config, overrides), force=force, should_stop=interrupt, emit=emit)
+        return train_teacher(experiment.settings(), force=force, should_stop=interrupt, emit=emit)
 
     for result in run_job(job):
         if isinstance(result, E.TeacherResult):
@@ -199,21 +154,10 @@ def train_teacher_command(
 
 
 @app.command("sweep")
+@experiment_options(*GRID_FLAGS, "device", "amp", "tensorboard", *LAUNCH_FLAGS)
 def sweep_command(
-    config: ConfigOption = None,
-    temps: TempsOption = None, seeds: SeedsOption = None, alpha: AlphaOption = None, schedules: SchedulesOption = None,
-    dataset: DatasetOption = None, epochs: StudentEpochsOption = None,
-    device: DeviceOption = None, runs_dir: RunsDirOption = None, amp: AmpOption = None, name: NameOption = None, tensorboard: TensorBoardOption = None,
+    experiment: Experiment,
     force: bool = typer.Option(False, "--force", help="Retrain every run, even completed ones."),
-    launcher: Optional[str] = typer.Option(None, "--launcher", help="local (default) or slurm.", rich_help_panel=LAUNCH),
-    workers: Optional[str] = typer.Option(None, "--workers", help="Local worker processes (CPU cores are split between them).", rich_help_panel=LAUNCH),
-    devices: Optional[str] = typer.Option(None, "--devices", help="One worker per device: cuda:0,cuda:1 or all.", rich_help_panel=LAUNCH),
-    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", rich_help_panel=LAUNCH),
-    slurm_gpus_per_job: Optional[str] = typer.Option(None, "--slurm-gpus-per-job", rich_help_panel=LAUNCH),
-    slurm_cpus_per_job: Optional[str] = typer.Option(None, "--slurm-cpus-per-job", rich_help_panel=LAUNCH),
-    slurm_mem_gb: Optional[str] = typer.Option(None, "--slurm-mem-gb", rich_help_panel=LAUNCH),
-    slurm_time: Optional[str] = typer.Option(None, "--slurm-time", help="Minutes per job (requeued and resumed past it).", rich_help_panel=LAUNCH),
-    slurm_array_parallelism: Optional[str] = typer.Option(None, "--slurm-array-parallelism", rich_help_panel=LAUNCH),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for Slurm jobs, showing progress (--no-wait prints the job id).", rich_help_panel=LAUNCH),
 ):
     """Distil students over temperatures x schedules x seeds, plus a no-KD baseline per seed.
@@ -223,20 +167,7 @@ def sweep_command(
     Finished runs are skipped and interrupted ones resume; one metrics.csv is written per run.
     """
     def job(interrupt, emit):
-        overrides = {
-            **common_overrides(dataset, device, runs_dir, amp, name),
-            **grid_overrides(config, temps, seeds, alpha, schedules, epochs),
-            "logging.tensorboard": (tensorboard, "--tensorboard"),
-            "launcher.name": (launcher, "--launcher"), "launcher.workers": (workers, "--workers"),
-            "launcher.devices": (parse_name_list(devices, "--devices") if devices is not None else None, "--devices"),
-            "launcher.slurm_partition": (slurm_partition, "--slurm-partition"),
-            "launcher.slurm_gpus_per_job": (slurm_gpus_per_job, "--slurm-gpus-per-job"),
-            "launcher.slurm_cpus_per_job": (slurm_cpus_per_job, "--slurm-cpus-per-job"),
-            "launcher.slurm_mem_gb": (slurm_mem_gb, "--slurm-mem-gb"),
-            "launcher.slurm_time": (slurm_time, "--slurm-time"),
-            "launcher.slurm_array_parallelism": (slurm_array_parallelism, "--slurm-array-parallelism"),
-        }
-        return run_sweep(build_config(config, overrides), force=force, should_stop=interrupt, wait=wait, emit=emit)
+        return run_sweep(experiment.settings(), force=force, should_stop=interrupt, wait=wait, emit=emit)
 
     result = run_job(job)
     if isinstance(result, E.SweepResult):  # None: handed to Slurm without waiting, the view said where
@@ -251,31 +182,14 @@ def sweep_command(
                 err.print(f"[red]failed:[/red] {run_id}: {reason}", highlight=False)
             raise typer.Exit(1)
         if result.experiment_dir is not None:
-            out.print(f"results in {result.experiment_dir}; next: kdtemp report{same_experiment(config, runs_dir, name)}",
+            out.print(f"results in {result.experiment_dir}; next: kdtemp report{experiment.options()}",
                       highlight=False)
 
 
-def same_experiment(config: Optional[Path], runs_dir: Optional[Path], name: Optional[str]) -> str:
-    """The options that name this experiment, for a suggested next command: without them it would read another."""
-    options = [("--config", config), ("--runs-dir", runs_dir), ("--name", name)]
-    return "".join(f" {flag} {shlex.quote(str(value))}" for flag, value in options if value is not None)
-
-
-def _schedules_override(config: Optional[Path], text: Optional[str]) -> Optional[list]:
-    """--schedules names: each takes its parameters from the config's entry of that name, else defaults."""
-    if text is None:
-        return None
-    names = parse_name_list(text, "--schedules")
-    configured = {s.name: s.model_dump(mode="json", exclude_defaults=True) | {"name": s.name}
-                  for s in load_config(config).kd.schedules}
-    return [configured.get(name, {"name": name}) for name in names]
-
-
 @app.command("report")
+@experiment_options()
 def report_command(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config whose experiment to report.", rich_help_panel=EXPERIMENT),
-    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT),
-    name: Optional[str] = typer.Option(None, "--name", help="Experiment to report (overrides the config's `name`), or several side by side: a,b or all.", rich_help_panel=EXPERIMENT),
+    experiment: Experiment,
     metric: str = typer.Option("test_acc", help="Metric in the table: test_acc, best_test_acc, test_loss, agreement, kl_to_teacher, ece."),
     partial: bool = typer.Option(False, "--partial", help="While a sweep runs: tabulate every run's latest completed epoch (printed only, no files written)."),
 ):
@@ -286,9 +200,9 @@ def report_command(
     from kdtemp import render, report  # pandas, scipy and matplotlib load only when a report is asked for
 
     try:
-        settings = build_config(config, location_overrides(runs_dir))
-        names = _experiment_names(settings, name)
-        reports = [report.build_report(settings.runs_dir / experiment, metric, partial) for experiment in names]
+        settings = experiment.settings(with_name=False)  # --name here may list several experiments
+        names = _experiment_names(settings, experiment.name)
+        reports = [report.build_report(settings.runs_dir / folder, metric, partial) for folder in names]
         if partial:
             paths = None
         elif len(reports) == 1:
@@ -301,10 +215,10 @@ def report_command(
         for section in built.settings:  # one table per setting: runs of different settings never mix
             title = render.titled(built.results.name, section)
             if partial:
-                out.print(rich_table(title, section.table, PARTIAL_EPOCH))
-                out.print(_partial_footer(section.results), highlight=False)
+                out.print(tables.temperature_table(title, section.table, tables.PARTIAL_EPOCH))
+                out.print(tables.partial_footer(section.results), highlight=False)
             else:
-                out.print(rich_table(title, section.table))
+                out.print(tables.temperature_table(title, section.table))
                 out.print(render.footer(section), highlight=False)
         for line in report.problem_lines(built.results):
             err.print(f"[yellow]{line}[/yellow]", highlight=False)
@@ -314,26 +228,9 @@ def report_command(
         out.print(f"wrote {paths['html']}, {paths['markdown'].name} and {paths['summary'].name}", highlight=False)
 
 
-PARTIAL_EPOCH = "partial: latest completed epoch"
-
-
-def _partial_footer(results) -> str:
-    """How many of a --partial table's runs are still training, and at which epoch each stands."""
-    run_ids = list(results.final["run_id"]) if not results.final.empty else []
-    training = {run_id: results.partial[run_id] for run_id in run_ids if run_id in results.partial}
-    line = f"{len(run_ids) - len(training)} completed runs, {len(training)} still training (their latest completed epoch)"
-    if training:
-        line += ": " + ", ".join(f"{run_id} after {epochs} epoch{'s' * (epochs != 1)}" for run_id, epochs in training.items())
-    return line
-
-
 @app.command("status")
-def status_command(
-    config: ConfigOption = None,
-    temps: TempsOption = None, seeds: SeedsOption = None, alpha: AlphaOption = None, schedules: SchedulesOption = None,
-    dataset: DatasetOption = None, epochs: StudentEpochsOption = None,
-    runs_dir: RunsDirOption = None, amp: AmpOption = None, name: NameOption = None,
-):
+@experiment_options(*GRID_FLAGS, "amp")
+def status_command(experiment: Experiment):
     """List the runs on disk (completed, running and who runs them, failed, interrupted), then what the
     config plans that no sweep has started. Give it the grid options the sweep was given.
 
@@ -342,42 +239,23 @@ def status_command(
     from kdtemp.status import STATES, sweep_status
 
     try:
-        overrides = {**common_overrides(dataset, None, runs_dir, amp, name),
-                     **grid_overrides(config, temps, seeds, alpha, schedules, epochs)}
-        settings = build_config(config, overrides)
+        settings = experiment.settings()
         statuses = sweep_status(settings)
     except KDTempError as exc:
         fail(str(exc))
     swept = [status for status in statuses if status.on_disk]
     missing = [status for status in statuses if not status.on_disk]
-    out.print(_status_table(f"{settings.name}: {len(swept)} runs on disk", swept))
+    out.print(tables.status_table(f"{settings.name}: {len(swept)} runs on disk", swept))
     if missing:
-        out.print(_status_table(f"planned by the config, not on disk: {len(missing)} runs", missing))
-    counts = {state: sum(1 for s in statuses if s.state == state) for state in STATES}
-    line = ", ".join(f"{count} {state}" for state, count in counts.items())
-    if counts["pending"]:  # not unfinished work of the sweep that ran: what the config would add
-        line += " (planned by the config, not on disk: `kdtemp sweep` with the same options trains them)"
-    out.print(line, highlight=False)
-
-
-def _status_table(title: str, statuses: list) -> Table:
-    table = Table(title=title)
-    for column, justify in (("run", "left"), ("state", "left"), ("epochs", "right"), ("test acc", "right"), ("detail", "left")):
-        table.add_column(column, justify=justify, no_wrap=column == "run")
-    colours = {"completed": "green", "running": "cyan", "failed": "red", "interrupted": "yellow", "pending": "dim"}
-    for status in statuses:
-        accuracy = f"{100 * status.test_acc:.1f}%" if status.test_acc is not None else ""
-        table.add_row(status.run_id, f"[{colours[status.state]}]{status.state}[/]", f"{status.epochs_done}/{status.epochs}",
-                      accuracy, status.detail)
-    return table
+        out.print(tables.status_table(f"planned by the config, not on disk: {len(missing)} runs", missing))
+    out.print(tables.status_line(statuses, STATES), highlight=False)
 
 
 @app.command("export")
+@experiment_options()
 def export_command(
+    experiment: Experiment,
     run_id: Optional[str] = typer.Argument(None, help="Run to export (default: the best completed run)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config whose experiment holds the run.", rich_help_panel=EXPERIMENT),
-    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where experiments are written.", rich_help_panel=EXPERIMENT),
-    name: NameOption = None,
     format: str = typer.Option("pt2", "--format", help="pt2 (torch.export.load) or torchscript (torch.jit.load, deprecated by PyTorch)."),
 ):
     """Export a student for use without kdtemp.
@@ -390,7 +268,7 @@ def export_command(
     if format not in FILE_NAMES:
         fail(f"--format: {format!r} is not a format; choose pt2 or torchscript")
     try:
-        settings = build_config(config, location_overrides(runs_dir, name))
+        settings = experiment.settings()
         chosen, path = export_student(ExperimentLayout.of(settings.runs_dir, settings.name), run_id, format)
     except KDTempError as exc:
         fail(str(exc))
@@ -420,21 +298,6 @@ def _experiment_names(settings: ExperimentConfig, names: Optional[str]) -> list[
         except ValueError as exc:
             fail(str(exc))
     return chosen
-
-
-def rich_table(title: str, table, epoch: str | None = None) -> Table:
-    """The accuracy-versus-temperature table (a report.TemperatureTable) for the terminal."""
-    from kdtemp.report import LEGEND, table_rows
-
-    heading = table.heading if epoch is None else f"{table.heading.rsplit(', ', 1)[0]}, {epoch}"
-    grid = Table(title=f"{title}: {heading}", caption=LEGEND)
-    grid.add_column("schedule", no_wrap=True)
-    for t in table.temperatures:
-        grid.add_column(f"T={t:g}", justify="right")
-    for label, cells, reference in table_rows(table):
-        texts = [f"[bold green]{text}[/bold green]" if best else text for text, best in cells]
-        grid.add_row(f"[dim]{label}[/dim]" if reference else label, *texts)
-    return grid
 
 
 def main() -> None:

@@ -1,18 +1,16 @@
 """Experiment configuration: one pydantic model per YAML section.
 
-Every key has its default here and nowhere else, so a YAML file states only what it changes; an
-unknown key, a wrong type or an out-of-range value is a `ConfigError` naming the key and the file
-(or the command-line option that set it).
+Every key has its default here and nowhere else, so a YAML file states only what it changes. Reading
+a file and the command line's overrides is kdtemp/config_loading.py; turning a validation error into
+one line naming the key and the file (or the option that set it) is kdtemp/config_errors.py.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
-import yaml
 from pydantic import (
     Field,
     NonNegativeFloat,
@@ -21,13 +19,11 @@ from pydantic import (
     PositiveInt,
     Discriminator,
     Tag,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from kdtemp.errors import ConfigError
-from kdtemp.schedules import SCHEDULES, ConstantSchedule, ScheduleSpec
+from kdtemp.schedules import ConstantSchedule, ScheduleSpec
 from kdtemp.strict import StrictModel
 
 DATASETS = ("mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100")
@@ -371,99 +367,7 @@ class ExperimentConfig(StrictModel):
         return self.student.batch_size or self.data.batch_size
 
 
-# --- loading -----------------------------------------------------------------------------------
-
-
-def parse_number_list(text: str, option: str, kind: type = float) -> list:
-    """'1,3,5' -> [1.0, 3.0, 5.0], with errors that say which item is wrong and what to type."""
-    example = "1,3,5,10" if kind is float else "0,1,2"
-    items = [item.strip() for item in text.split(",")]
-    if not text.strip() or any(item == "" for item in items):
-        raise ConfigError(f"{option}: empty list {text!r}; give comma-separated numbers like {example}")
-    values = []
-    for item in items:
-        try:
-            values.append(kind(item))
-        except ValueError:
-            noun = "a number" if kind is float else "a whole number"
-            raise ConfigError(f"{option}: {item!r} is not {noun}; give comma-separated numbers like {example}") from None
-    return values
-
-
-def parse_name_list(text: str, option: str) -> list[str]:
-    items = [item.strip() for item in text.split(",")]
-    if not text.strip() or any(item == "" for item in items):
-        raise ConfigError(f"{option}: empty list {text!r}; give comma-separated names")
-    return items
-
-
-def read_yaml(path: Path) -> dict:
-    """Parse a YAML config (safe_load only) into a dict; an empty file is an empty dict."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}; pass an existing YAML file (see configs/)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: cannot parse YAML{where}: {problem}; fix the syntax") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file; pass a YAML config") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, kd:, ...), got {type(data).__name__}")
-    return data
-
-
-def set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
-    node = tree
-    *parents, leaf = dotted_key.split(".")
-    for part in parents:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {} if child is None else child
-            node[part] = child
-        node = child
-    node[leaf] = value
-
-
-def set_override(tree: dict, dotted_key: str, value: Any) -> list[str]:
-    """Set one command-line override; return the dotted keys it set.
-
-    `teacher.<key>` sets that key on every member when the file gives a `teachers:` ensemble, so
-    `train-teacher --epochs` means the teachers' epochs whichever form the config takes.
-    """
-    section, _, rest = dotted_key.partition(".")
-    members = tree.get("teachers")
-    if section == "teacher" and rest and isinstance(members, list) and all(isinstance(m, dict) for m in members):
-        for member in members:
-            set_dotted(member, rest, value)
-        return [f"teachers[{index}].{rest}" for index in range(len(members))]
-    set_dotted(tree, dotted_key, value)
-    return [dotted_key]
-
-
-def load_config(path: Path | None = None, overrides: dict[str, tuple[Any, str]] | None = None) -> ExperimentConfig:
-    """Read `path` (or only the defaults), apply overrides {dotted.key: (value, option)} and validate.
-
-    The experiment name defaults to the file's stem, or 'default' without a file.
-    """
-    tree = read_yaml(path) if path is not None else {}
-    source = str(path) if path is not None else "defaults"
-    if path is not None and "name" not in tree:
-        tree["name"] = path.stem
-    options: dict[str, str] = {}
-    for dotted_key, (value, option) in (overrides or {}).items():
-        for key in set_override(tree, dotted_key, value):
-            options[key] = option
-    try:
-        return ExperimentConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source, options)) from None
+# --- writing ------------------------------------------------------------------------------------
 
 
 def config_to_dict(config: ExperimentConfig) -> dict:
@@ -479,66 +383,3 @@ def config_to_dict(config: ExperimentConfig) -> dict:
         del tree["teacher"]
         tree["teachers"] = [spec.model_dump(mode="json") for spec in config.teacher_specs()]
     return tree
-
-
-# --- turning pydantic errors into one actionable line -------------------------------------------
-
-_UNION_TAGS = {cls.__name__ for cls in (*BUILT_IN_SPECS, CustomSpec)}
-_UNION_FIELDS = {"teacher", "student"}
-_UNION_LISTS = {"schedules", "teachers"}
-
-
-def _all_field_names() -> set[str]:
-    names: set[str] = set()
-    classes = [ExperimentConfig, DataConfig, KDConfig, TrainConfig, LauncherConfig, LoggingConfig, FeatureLayers, MLPSpec,
-               CNNSpec, ResNetSpec, CustomSpec, *SCHEDULES.values()]
-    for cls in classes:
-        names.update(cls.model_fields)
-    return names
-
-
-def _readable_loc(loc: tuple) -> str:
-    parts: list[str] = []
-    for index, part in enumerate(loc):
-        prev = loc[index - 1] if index >= 1 else None
-        prev2 = loc[index - 2] if index >= 2 else None
-        is_tag = isinstance(part, str) and part in _UNION_TAGS and (
-            prev in _UNION_FIELDS or (isinstance(prev, int) and prev2 in _UNION_LISTS)
-        )
-        if is_tag:
-            continue
-        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
-    return "".join(parts).lstrip(".")
-
-
-def describe_validation_error(exc: ValidationError, source: str, options: dict[str, str]) -> str:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    key = _readable_loc(first["loc"])
-    option = next((flag for dotted, flag in options.items() if key == dotted or key.startswith(dotted + "[")), None)
-    where = option if option else f"{source}: {key}" if key else source
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        leaf = str(first["loc"][-1])
-        close = difflib.get_close_matches(leaf, sorted(_all_field_names()), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else "; remove it (see the config reference in README.md)"
-        message = f"{source}: unknown key '{key}'{hint}"
-    elif kind == "union_tag_invalid":
-        ctx = first.get("ctx", {})
-        message = f"{where}: unknown {ctx.get('discriminator', 'name').strip(chr(39))} {ctx.get('tag')!r}; choose one of {ctx.get('expected_tags')}"
-    elif kind == "unknown_arch":
-        got = first.get("input")
-        arch = got.get("arch") if isinstance(got, dict) else got
-        message = (f"{where}: unknown arch {arch!r}; choose one of {', '.join(BUILT_IN_ARCHS)}, "
-                   "torchvision:NAME or module:callable")
-    elif kind == "missing":
-        message = f"{where}: required key is missing"
-    else:
-        text = first["msg"]
-        text = text.removeprefix("Value error, ")
-        got = first.get("input")
-        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-        message = f"{where}: {text[0].lower() + text[1:]}{shown}"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return message

@@ -40,7 +40,7 @@ def experiment(config: Path) -> Path:
 
 def train_experiment(config: Path) -> Path:
     """train-teacher then sweep, in this process, through the library."""
-    from kdtemp.config import load_config
+    from kdtemp.config_loading import load_config
     from kdtemp.sweep import sweep
     from kdtemp.teachers import train_teacher
 

@@ -187,3 +187,82 @@ def test_console_script_help_shows_an_example():
     assert result.returncode == 0
     assert "kdtemp sweep --temps 1,3,5,10" in result.stdout
     assert "--schedules" in result.stdout
+
+
+def test_set_overrides_any_key_and_its_flags_plan_the_same_runs(trained, run_cli):
+    # issue 15: --set KEY=VALUE, VALUE read as YAML: a number, lists, null
+    tree = yaml.safe_load(trained.read_text())
+    trained.write_text(yaml.safe_dump({**tree, "train": {"clip_grad_norm": 1.0}}))
+    sets = ["student.epochs=1", "kd.temperatures=[3]", "kd.seeds=[0]", "kd.schedules=[constant,linear]",
+            "train.clip_grad_norm=null", "kd.alpha=0.5"]
+    result = run_cli("sweep", "--config", trained, *[arg for text in sets for arg in ("--set", text)])
+    assert result.code == 0, result.stderr
+    run_dirs = sorted((experiment(trained) / "students").iterdir())
+    assert [d.name.split("-")[0] for d in run_dirs] == ["baseline", "constant", "linear"]
+    for run_dir in run_dirs:
+        recorded = yaml.safe_load((run_dir / "config.yaml").read_text())["experiment"]
+        assert recorded["student"]["epochs"] == 1 and recorded["train"]["clip_grad_norm"] is None
+        assert recorded["kd"]["temperatures"] == [3.0] and recorded["kd"]["alpha"] == 0.5
+        metrics = pd.read_csv(run_dir / "metrics.csv")
+        assert list(metrics["epoch"]) == [0]  # one student epoch: one row, not the file's two
+        assert (metrics["alpha"] == (0 if run_dir.name.startswith("baseline") else 0.5)).all()
+    # the flags are shorthands: the same values through them name the same three runs, all found on disk
+    status = run_cli("status", "--config", trained, "--epochs", "1", "--temps", "3", "--seeds", "0",
+                     "--schedules", "constant,linear", "--alpha", "0.5", "--set", "train.clip_grad_norm=null")
+    assert "3 completed, 0 running, 0 failed, 0 interrupted, 0 pending" in status.stdout, status.stdout
+    # a --set of a key a flag also sets wins, whichever comes first on the line
+    status = run_cli("status", "--config", trained, "--set", "kd.alpha=0.5", "--alpha", "0.9",
+                     "--epochs", "1", "--temps", "3", "--seeds", "0", "--schedules", "constant,linear",
+                     "--set", "train.clip_grad_norm=null")
+    assert "3 completed, 0 running, 0 failed, 0 interrupted, 0 pending" in status.stdout, status.stdout
+
+
+SET_REFUSALS = [
+    (["--set", "student.lrr=0.01"],
+     r"^error: --set student.lrr=0.01: unknown key 'student.lrr'; did you mean 'lr'\?"),
+    (["--set", "studnet.lr=0.01"], r"--set studnet.lr=0.01: unknown key 'studnet'; did you mean 'student'\?"),
+    (["--set", "lr"], r"--set lr: expected KEY=VALUE, e.g. --set student.lr=0.01"),
+    (["--set", "=0.01"], r"--set =0.01: empty key"),
+    (["--set", "kd..alpha=0.5"], r"--set kd..alpha=0.5: empty key"),
+    (["--set", "kd.alpha.x=1"], r"--set kd.alpha.x=1: 'kd.alpha' holds a value, not a section"),
+    (["--set", "seeds.x=1"], r"--set seeds.x=1: unknown key 'seeds'"),
+    (["--set", "kd.alpha=2"], r"--set kd.alpha=2: input should be less than or equal to 1 \(got 2\)"),
+    (["--set", "kd.temperatures=[1,x]"], r"--set kd.temperatures=\[1,x\]: input should be a valid number"),
+    (["--set", "kd.temperatures=[1,2"], r"--set kd.temperatures=\[1,2: cannot read the value as YAML"),
+    (["--set", "kd.schedules=[warmup]"], r"--set kd.schedules=\[warmup\]: unknown name 'warmup'"),
+    (["--epochs", "x"], r"--epochs: input should be a valid integer, unable to parse string as an integer"),
+    (["--epochs", "0"], r"--epochs: input should be greater than 0"),
+    (["--workers", "2.5"], r"--workers: input should be a valid integer"),
+    (["--alpha", "x"], r"--alpha: input should be a valid number"),
+]
+
+
+@pytest.mark.parametrize("args, message", SET_REFUSALS)
+def test_bad_overrides_are_refused_in_one_line_with_exit_2(tiny_config, run_cli, wide_output, args, message):
+    config = tiny_config()
+    result = run_cli("sweep", "--config", config, *args)
+    assert_refused(result, message)
+    assert result.code == 2 and not experiment(config).exists()
+
+
+@pytest.mark.parametrize("command", ["train-teacher", "status", "report", "export"])
+def test_every_command_that_reads_a_config_takes_set(tiny_config, run_cli, wide_output, command):
+    config = tiny_config()
+    result = run_cli(command, "--config", config, "--set", "student.lrr=0.01")
+    assert_refused(result, r"--set student.lrr=0.01: unknown key 'student.lrr'; did you mean 'lr'\?")
+    assert result.code == 2 and not experiment(config).exists()
+
+
+def test_help_shows_typed_options_and_set(run_cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    shown = {}
+    for command in ("sweep", "train-teacher"):
+        result = run_cli(command, "--help")
+        assert result.code == 0
+        shown[command] = {line.split()[1]: line.split()[2] for line in result.stdout.splitlines()
+                          if len(line.split()) > 2 and line.split()[1].startswith("--")}
+    assert shown["sweep"]["--epochs"] == shown["train-teacher"]["--epochs"] == "<int>"
+    assert shown["sweep"]["--alpha"] == "<float>" and shown["sweep"]["--workers"] == "<int>"
+    assert all(shown["sweep"][f"--slurm-{name}"] == "<int>"
+               for name in ("gpus-per-job", "cpus-per-job", "mem-gb", "time", "array-parallelism"))
+    assert shown["sweep"]["--set"] == shown["train-teacher"]["--set"] == "<key=value>"

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from kdtemp.config import CNNSpec, ExperimentConfig, MLPSpec, load_config, parse_number_list
+from kdtemp.config import CNNSpec, ExperimentConfig, MLPSpec
+from kdtemp.config_loading import load_config
 from kdtemp.errors import ConfigError
+from kdtemp.overrides import parse_number_list
 from kdtemp.schedules import ConstantSchedule, LinearSchedule
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -193,3 +195,39 @@ def test_number_lists(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_number_list(text, "--temps")
     assert parse_number_list("1, 3,5", "--temps") == [1.0, 3.0, 5.0]
+
+
+def test_set_and_its_flag_are_one_override(tmp_path):
+    """issue 15: a flag is a shorthand for --set: same key, same value, same validation."""
+    from kdtemp.overrides import command_line_overrides
+
+    path = write(tmp_path, "kd:\n  schedules: [constant, {name: linear, t_end: 2}]\n")
+    by_flag = load_config(path, command_line_overrides({"temps": "3,1", "seeds": "4", "schedules": "linear"}))
+    by_set = load_config(path, command_line_overrides({}, ["kd.temperatures=[3, 1]", "kd.seeds=[4]",
+                                                           "kd.schedules=[linear]"]))
+    assert by_flag == by_set
+    assert by_set.kd.temperatures == [3.0, 1.0] and by_set.kd.seeds == [4]
+    assert by_set.kd.schedules == [LinearSchedule(t_end=2.0)]  # a bare name takes the file's parameters
+    assert load_config(path, command_line_overrides({}, ["kd.schedules=[cosine]"])).kd.schedules[0].name == "cosine"
+
+
+def test_set_reaches_every_teacher_of_an_ensemble(tmp_path):
+    from kdtemp.overrides import command_line_overrides
+
+    path = write(tmp_path, "teachers:\n  - {epochs: 5}\n  - {arch: mlp, epochs: 6, seed: 9}\n")
+    config = load_config(path, command_line_overrides({}, ["teacher.epochs=3"]))
+    assert [spec.epochs for spec in config.teacher_specs()] == [3, 3]
+    assert [spec.seed for spec in config.teacher_specs()] == [0, 9]
+    with pytest.raises(ConfigError, match=r"^--set teacher.epochs=0: input should be greater than 0"):
+        load_config(path, command_line_overrides({}, ["teacher.epochs=0"]))
+
+
+@pytest.mark.parametrize("text", ["kd:\n  alpha: 0.5\n", ""])
+def test_a_key_below_a_value_is_refused_whether_the_file_or_the_defaults_hold_it(tmp_path, text):
+    from kdtemp.overrides import command_line_overrides
+
+    with pytest.raises(ConfigError, match=r"^--set kd.alpha.x=1: 'kd.alpha' holds a value, not a section"):
+        load_config(write(tmp_path, text), command_line_overrides({}, ["kd.alpha.x=1"]))
+    # a section the defaults leave empty (null) takes keys
+    config = load_config(None, command_line_overrides({}, ["kd.feature_layers.student=fc", "kd.feature_layers.teacher=fc"]))
+    assert (config.kd.feature_layers.student, config.kd.feature_layers.teacher) == ("fc", "fc")

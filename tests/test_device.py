@@ -9,7 +9,7 @@ import torch
 
 from helpers import experiment, final_metrics, train_experiment, write_experiment
 
-from kdtemp.config import load_config
+from kdtemp.config_loading import load_config
 from kdtemp.device import configure_backends, full_float32, set_up_device
 from kdtemp.plan import plan_runs
 from kdtemp.sweep import sweep

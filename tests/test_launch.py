@@ -15,7 +15,8 @@ from helpers import REPO, experiment, final_metrics, kdtemp_command, kdtemp_env,
 
 from kdtemp import launch
 from kdtemp import runs as R
-from kdtemp.config import config_to_dict, load_config
+from kdtemp.config import config_to_dict
+from kdtemp.config_loading import load_config
 from kdtemp.errors import ConfigError
 from kdtemp.events import SweepResult
 from kdtemp.launch import UnitJob, cuda_index, job_config_tree, threads_per_worker, work_units

@@ -12,7 +12,7 @@ from helpers import experiment, write_experiment
 
 from kdtemp import cli
 from kdtemp import runs as R
-from kdtemp.config import load_config
+from kdtemp.config_loading import load_config
 from kdtemp.engine import StopRequested
 from kdtemp.events import Progress
 from kdtemp.loggers import MISSING_TENSORBOARD, STEP_TEMPERATURE

@@ -9,7 +9,8 @@ import yaml
 from helpers import job_events
 
 from kdtemp import runs as R
-from kdtemp.config import DataConfig, MLPSpec, load_config
+from kdtemp.config import DataConfig, MLPSpec
+from kdtemp.config_loading import load_config
 from kdtemp.data import load_dataset
 from kdtemp.engine import EpochDone, LoopSettings, Member, TeacherSignal, predict_logits, steps_per_epoch
 from kdtemp.errors import ConfigError

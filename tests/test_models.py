@@ -19,8 +19,8 @@ from kdtemp.config import (
     MLPSpec,
     ModelSpec,
     ResNetSpec,
-    load_config,
 )
+from kdtemp.config_loading import load_config
 from kdtemp.data import Dataset
 from kdtemp.engine import EpochDone, LoopSettings, Member, TeacherSignal
 from kdtemp.errors import ConfigError

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from helpers import experiment, final_metrics, write_experiment
 
-from kdtemp.config import load_config
+from kdtemp.config_loading import load_config
 from kdtemp.randomness import DropoutStream, seeded
 from kdtemp.sweep import sweep
 from kdtemp.teachers import train_teacher

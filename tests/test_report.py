@@ -18,7 +18,7 @@ from scipy import stats as scipy_stats
 
 from kdtemp import render, report
 from kdtemp import runs as R
-from kdtemp.config import load_config
+from kdtemp.config_loading import load_config
 from kdtemp.errors import RunsError
 from kdtemp.sweep import sweep
 

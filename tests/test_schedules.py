@@ -111,7 +111,7 @@ def test_a_new_schedule_is_one_class_and_one_decorator(schedule_registry):
 
     from pydantic import Field
 
-    from kdtemp.config import load_config
+    from kdtemp.config_loading import load_config
     from kdtemp.errors import ConfigError
     from kdtemp.plan import plan_runs, uses_standardized_logits
     from kdtemp.schedules import LOGIT_STD, ScheduleBase, register_schedule
@@ -271,7 +271,7 @@ ALL_SCHEDULES = [
 
 
 def test_cli_sweep_records_each_schedule_per_epoch(tiny_config, run_cli):
-    from kdtemp.config import load_config
+    from kdtemp.config_loading import load_config
 
     config = tiny_config(kd={"temperatures": [4], "seeds": [0], "schedules": ALL_SCHEDULES},
                          student={"hidden": [32], "epochs": 4})
@@ -327,7 +327,7 @@ def test_runs_whose_temperatures_changed_get_new_ids_and_the_others_keep_theirs(
     """Ids as the code before the step-granularity and default-milestone fixes made them (commit f83a7f6):
     a run trained with the old temperatures must not pass for a finished run of the new ones, and every
     unaffected run keeps its id so it is still skipped."""
-    from kdtemp.config import load_config
+    from kdtemp.config_loading import load_config
     from kdtemp.plan import plan_runs
 
     schedules = [{"name": "linear"}, {"name": "cosine", "granularity": "step"}, {"name": "step"},

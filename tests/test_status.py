@@ -5,7 +5,7 @@ import re
 from helpers import experiment
 
 from kdtemp import runs as R
-from kdtemp.config import load_config
+from kdtemp.config_loading import load_config
 from kdtemp.sweep import planned_runs
 
 

@@ -12,7 +12,8 @@ from helpers import job_events
 
 from kdtemp import runs as R
 from kdtemp import student_group as SG
-from kdtemp.config import CNNSpec, MLPSpec, ResNetSpec, load_config
+from kdtemp.config import CNNSpec, MLPSpec, ResNetSpec
+from kdtemp.config_loading import load_config
 from kdtemp.data import Dataset, load_dataset
 from kdtemp.engine import EpochDone, LoopSettings, Member, TeacherSignal
 from kdtemp.hints import FeatureCapture

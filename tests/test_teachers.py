@@ -11,7 +11,7 @@ from helpers import experiment, write_experiment
 from kdtemp import engine
 from kdtemp import runs as R
 from kdtemp import teachers
-from kdtemp.config import load_config
+from kdtemp.config_loading import load_config
 from kdtemp.data import load_dataset
 from kdtemp.teachers import load_teachers, teacher_logits, train_teacher
 

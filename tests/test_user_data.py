@@ -16,7 +16,8 @@ from rich.console import Console
 
 from kdtemp import cli
 from kdtemp import user_data as U
-from kdtemp.config import DataConfig, load_config
+from kdtemp.config import DataConfig
+from kdtemp.config_loading import load_config
 from kdtemp.data import load_dataset
 from kdtemp.errors import DataError
 from kdtemp.sweep import planned_runs

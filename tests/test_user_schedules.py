@@ -13,7 +13,8 @@ import torch
 from helpers import experiment, write_experiment
 
 from kdtemp import cli
-from kdtemp.config import DataConfig, load_config
+from kdtemp.config import DataConfig
+from kdtemp.config_loading import load_config
 from kdtemp.data import load_dataset
 from kdtemp.engine import steps_per_epoch
 from kdtemp.errors import ConfigError
