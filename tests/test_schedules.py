@@ -12,9 +12,8 @@ from kdtemp.config import (
     ConstantSchedule, CosineSchedule, ExpSchedule, LearnableSchedule, LinearSchedule, StagesSchedule, StepSchedule,
 )
 from kdtemp.losses import kd_terms, soft_target_log_probs, standardize_logits
-from kdtemp.schedules import (
-    epoch_temperatures, initial_theta, learned_temperature, reversal_weight, scale_gradient, temperature_table,
-)
+from kdtemp.methods.ctkd import initial_theta, learned_temperature, reversal_weight, scale_gradient
+from kdtemp.schedules import epoch_temperatures, temperature_table
 
 
 @pytest.mark.parametrize("schedule, t0, epochs, expected", [
