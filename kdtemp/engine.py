@@ -21,7 +21,7 @@ from kdtemp import metrics as M
 from kdtemp.config import TrainingSettings
 from kdtemp.data import Dataset, augment_batch, draw_augmentation
 from kdtemp.device import full_float32
-from kdtemp.losses import soft_target_log_probs
+from kdtemp.losses import Ensemble, soft_target_log_probs
 from kdtemp.optim import build_optimizer, learning_rate, set_learning_rate
 from kdtemp.randomness import DropoutStream
 from kdtemp.schedules import LearnableSchedule
@@ -68,6 +68,8 @@ class Member:
     learnable: LearnableSchedule | None = None
     distills: bool = True
     """False for the no-KD baseline: its kd term is not reported."""
+    methods: tuple[str, ...] = ()
+    """Further KD methods it trains with, by registered name (kdtemp.methods.register_method)."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ class TeacherSignal:
     train_features: torch.Tensor | None = None
     networks: tuple[nn.Module, ...] = ()
     per_member: bool = False
-    ensemble: str = "mean_probs"
+    ensemble: Ensemble = "mean_probs"
     weights: torch.Tensor | None = None
     feature_layer: str | None = None
     """The teachers' hint layer, captured from `networks` on each batch (None: penultimate)."""

@@ -8,8 +8,6 @@ nn.Linear of a torchvision or user's network.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import nn
 
@@ -57,42 +55,6 @@ class FeatureCapture:
     def remove(self) -> None:
         self.handle.remove()
         self.values.clear()
-
-
-class HintCaptures:
-    """The hooks of one student group's hints (its student template's, each teacher network's), alive inside `with`.
-
-    Teacher networks are shared by every group of a sweep: a hook left on one after its group ended
-    would append a teacher feature per step to a list nobody reads (gigabytes per group on CIFAR-scale
-    features). So hooks are registered on enter and removed, their lists cleared, on exit.
-    """
-
-    def __init__(self, student: nn.Module, student_layer: str | None, teachers: Sequence[nn.Module],
-                 teacher_layer: str | None):
-        self._targets = [(student, student_layer, "student"), *((t, teacher_layer, "teacher") for t in teachers)]
-        self._captures: list[FeatureCapture] = []
-
-    def __enter__(self) -> "HintCaptures":
-        self._captures = [FeatureCapture(model, layer, role) for model, layer, role in self._targets]
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for capture in self._captures:
-            capture.remove()
-        self._captures = []
-
-    @property
-    def student(self) -> FeatureCapture:
-        return self._open()[0]
-
-    @property
-    def teachers(self) -> list[FeatureCapture]:
-        return self._open()[1:]
-
-    def _open(self) -> list[FeatureCapture]:
-        if not self._captures:
-            raise RuntimeError("hint features are captured only inside `with StudentGroup(...) as group:`")
-        return self._captures
 
 
 def feature_shape(model: nn.Module, layer: str | None, example: torch.Tensor, role: str) -> tuple[int, ...]:

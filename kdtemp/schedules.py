@@ -376,31 +376,3 @@ def epoch_temperatures(schedule: ScheduleBase, t0: float, epochs: int) -> list[f
 
 def lowest_temperature(schedule: ScheduleBase, t0: float, epochs: int, steps_per_epoch: int) -> float:
     return schedule.lowest(t0, epochs, steps_per_epoch)
-
-
-# --- learnable temperature (CTKD) ----------------------------------------------------------------
-
-
-def reversal_weight(schedule: LearnableSchedule, epoch: int) -> float:
-    """Gradient-reversal weight: a cosine ramp from 0 at epoch 0 to -lambda_max at curriculum_epochs."""
-    ramp = min(epoch, schedule.curriculum_epochs) / schedule.curriculum_epochs
-    return -schedule.lambda_max * (1 - math.cos(math.pi * ramp)) / 2
-
-
-def initial_theta(schedule: LearnableSchedule, t0: float) -> float:
-    """theta such that t_min + t_range * sigmoid(theta) = t0, t0 held 1% inside the range's ends."""
-    fraction = (t0 - schedule.t_min) / schedule.t_range
-    fraction = min(max(fraction, 0.01), 0.99)
-    return math.log(fraction / (1 - fraction))
-
-
-def learned_temperature(theta: torch.Tensor, t_min: torch.Tensor | float, t_range: torch.Tensor | float) -> torch.Tensor:
-    return t_min + t_range * torch.sigmoid(theta)
-
-
-def scale_gradient(value: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
-    """Identity forward, gradient multiplied by `weight` backward (a gradient-reversal layer when < 0).
-
-    Written with detach rather than a custom autograd.Function so that it works under vmap.
-    """
-    return value.detach() + weight * (value - value.detach())

@@ -16,9 +16,8 @@ would give trained alone, bitwise: tests/test_engine.py holds the proof.
 
 from __future__ import annotations
 
-import math
+import contextlib
 import time
-from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterator, Sequence
 
@@ -28,111 +27,47 @@ from torch.func import functional_call, vmap
 
 from kdtemp.data import Dataset
 from kdtemp.engine import (
-    EpochBatches, EpochDone, LoopSettings, Member, StepsDone, StopRequested, TeacherSignal, add_sums, autocast,
-    chunks, evaluation_sums, finish_evaluation, dropout_seed, steps_per_epoch,
-    to_memory_format, PROGRESS_EVERY,
+    PROGRESS_EVERY, EpochBatches, EpochDone, LoopSettings, Member, StepsDone, StopRequested, TeacherSignal,
+    add_sums, autocast, chunks, evaluation_sums, finish_evaluation, dropout_seed, steps_per_epoch,
 )
-from kdtemp.hints import HintCaptures, build_regressor, feature_shape
-from kdtemp.losses import combine_terms, hint_loss, kd_terms, soft_target_log_probs, standardized_logit_std
+from kdtemp.losses import combine_terms
+from kdtemp.methods import GroupSetting, Hint, KDMethod, Step, Terms, methods_for
 from kdtemp.models import has_dropout, vmap_rounds_by_group
 from kdtemp.optim import build_optimizer, learning_rate, set_learning_rate
-from kdtemp.randomness import DropoutStream, seeded
-from kdtemp.schedules import initial_theta, learned_temperature, reversal_weight, scale_gradient
+from kdtemp.randomness import DropoutStream, caller_rng_kept, seeded
 from kdtemp.stacking import each_member, stack_modules
+from kdtemp.teacher_batches import TeacherBatches
 
-EPOCH_SUMS = ("loss", "ce", "kd", "penalty", "feature", "temperature", "effective")
+__all__ = ["Hint", "StudentGroup"]
 
-
-@dataclass(frozen=True)
-class Hint:
-    """FitNets hint settings of a group: weight * MSE(regressor(student feature), teacher feature)."""
-
-    weight: float
-    student_layer: str | None
-    teacher_shape: tuple[int, ...]
-
-
-# --- learnable temperatures (CTKD) -----------------------------------------------------------
-
-
-@dataclass
-class LearnableTemperatures:
-    """Per-member CTKD temperature parameters; members without one keep their scheduled T."""
-
-    mask: torch.Tensor
-    theta: torch.Tensor
-    t_min: torch.Tensor
-    t_range: torch.Tensor
-    t_max: torch.Tensor
-    penalty: torch.Tensor
-    t_target: torch.Tensor
-    reversal: torch.Tensor
-    """Gradient-reversal weight per member and epoch, shape (K, epochs)."""
-
-    enabled: bool
-    """Whether any member learns its temperature (a Python bool: checking the mask would sync the device)."""
-
-    @classmethod
-    def for_members(cls, members: Sequence[Member], epochs: int, device: torch.device) -> "LearnableTemperatures":
-        def column(get, default: float) -> torch.Tensor:
-            values = [get(m.learnable) if m.learnable is not None else default for m in members]
-            return torch.tensor(values, dtype=torch.float32, device=device)
-
-        theta = torch.tensor([initial_theta(m.learnable, m.t0) if m.learnable is not None else 0.0 for m in members],
-                             dtype=torch.float32, device=device)
-        reversal = [[reversal_weight(m.learnable, e) if m.learnable is not None else 0.0 for e in range(epochs)]
-                    for m in members]
-        return cls(
-            enabled=any(m.learnable is not None for m in members),
-            mask=torch.tensor([m.learnable is not None for m in members], device=device),
-            theta=theta.requires_grad_(),
-            t_min=column(lambda s: s.t_min, 1.0),
-            t_range=column(lambda s: s.t_range, 1.0),
-            t_max=column(lambda s: s.t_max if s.t_max is not None else math.inf, math.inf),
-            penalty=column(lambda s: s.penalty, 0.0),
-            t_target=column(lambda s: s.t_target or 1.0, 1.0),
-            reversal=torch.tensor(reversal, dtype=torch.float32, device=device),
-        )
-
-    def temperatures(self, scheduled: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(temperature for the KD term, penalty term) per member at this step.
-
-        The KD term sees theta through a gradient-reversal layer, so theta climbs the KD loss
-        (CTKD's adversarial temperature); the optional penalty pulls T towards t_target normally.
-        """
-        if not self.enabled:
-            return scheduled, torch.zeros_like(scheduled)
-        reversed_theta = scale_gradient(self.theta, self.reversal[:, epoch])
-        learned = torch.minimum(learned_temperature(reversed_theta, self.t_min, self.t_range), self.t_max)
-        plain = learned_temperature(self.theta, self.t_min, self.t_range)
-        penalty = torch.where(self.mask, self.penalty * (plain - self.t_target) ** 2, torch.zeros_like(plain))
-        return torch.where(self.mask, learned, scheduled), penalty
-
-
-# --- the group ---------------------------------------------------------------------------------
+TEST_FIELDS = ("test_loss", "test_acc", "agreement", "test_kl", "test_ece")
 
 
 class StudentGroup:
-    """K students trained in lockstep as one stacked model.
+    """K students trained in lockstep as one stacked model, with the KD methods their members use.
 
-    With hints, train it inside `with StudentGroup(...) as group:`: the block owns the feature hooks
-    on the (shared) teacher networks and removes them when the group ends.
+    The group stacks the students, runs their forward, optimises, masks failed members and slices a
+    member's state; everything particular to a KD method (its temperature, its loss terms, its CSV
+    fields, its parameters and hooks) is that method's, in kdtemp/methods/. Train it inside
+    `with StudentGroup(...) as group:`: the block owns the methods' hooks (hints' feature hooks on
+    the shared teacher networks) and removes them when the group ends.
     """
 
     def __init__(self, build_student: Callable[[], nn.Module], members: Sequence[Member], data: Dataset,
-                 teacher: TeacherSignal, settings: LoopSettings, hint: Hint | None = None, stackable: bool = True):
+                 teacher: TeacherSignal, settings: LoopSettings, hint: Hint | None = None,
+                 stackable: bool = True):
         self.members = list(members)
-        self.data, self.teacher, self.settings, self.hint = data, teacher, settings, hint
+        self.data, self.teacher, self.settings = data, teacher, settings
         device = settings.device
-        student_shape = None
-        if hint is not None:
-            student_shape = feature_shape(build_student(), hint.student_layer, data.train_x[:2].cpu(), "student")
-        modules, regressors = [], []
+        setting = GroupSetting(build_student, data, teacher, settings, hint)
+        with caller_rng_kept():  # a method may build a throwaway student to probe shapes
+            self.methods: list[KDMethod] = methods_for(self.members, setting)
+        modules = []
         for member in self.members:
             with seeded(member.seed):  # the init each member would get alone; the caller's RNG left as it was
                 modules.append(build_student())
-                if hint is not None:
-                    regressors.append(build_regressor(student_shape, hint.teacher_shape))
+                for method in self.methods:
+                    method.member_built(member)
         self.seeds = sorted({member.seed for member in self.members})
         self.member_rows = None
         """With several seeds, member k's row (its seed's) in the (S, B) batches, on the device."""
@@ -143,59 +78,60 @@ class StudentGroup:
                                  "each seed draws its own dropout masks")
             self.member_rows = torch.tensor(self.seed_rows, device=device)
         self.template, self.params, self.buffers = stack_modules(modules, device)
-        self.regressor_params: dict[str, torch.Tensor] = {}
-        self.captures = None
-        if hint is not None:
-            self.regressor_template, self.regressor_params, _ = stack_modules(regressors, device)
-            self.captures = HintCaptures(self.template, hint.student_layer, teacher.networks, teacher.feature_layer)
-        count = len(self.members)
         self.steps_per_epoch = steps_per_epoch(len(data.train_y), settings.batch_size)
         self.alpha = torch.tensor([m.alpha for m in self.members], device=device)
-        self.standardize = torch.tensor([m.standardize for m in self.members], device=device)
-        self.any_standardize = any(m.standardize for m in self.members)
         self.temperature_table = torch.stack([m.temperatures for m in self.members]).to(device)
-        self.learnable = LearnableTemperatures.for_members(self.members, settings.epochs, device)
-        self.theta = self.learnable.theta
-        groups = [{"params": [*self.params.values(), *self.regressor_params.values()]}]
-        if self.learnable.enabled:
-            groups.append({"params": [self.theta], "weight_decay": 0.0})
-        self.optimizer = build_optimizer(settings.training, groups, memberwise=True)
-        self.inactive = torch.zeros(count, dtype=torch.bool, device=device)
-        """Members that failed: their losses are masked out of the sum that is back-propagated."""
-        self.failed: dict[int, str] = {}
-        self.completed_epochs = 0
-        self.teacher_test_log_probs = teacher.test_log_probs().to(device)
-        # Without logit-std members the flag stays a Python False, so no member pays for z-scoring.
-        self._standardize_arg = self.standardize if self.any_standardize else False
         # randomness="same": members draw one dropout mask, the one each would draw alone (they share a seed)
         # students vmap cannot run (stacking.vmap_failure) train member by member, with the same results
         self.member_by_member = not stackable or (device.type == "cpu" and vmap_rounds_by_group(modules[0]))
         stack = each_member if self.member_by_member else partial(vmap, randomness="same")
+        for method in self.methods:
+            method.bind(self.template, stack)
         self._forward_shared = stack(self._member_forward, in_dims=(0, 0, None))
         self._forward_own_batches = stack(self._member_forward, in_dims=(0, 0, 0))
-        if hint is not None:
-            self._regress = stack(lambda p, f: functional_call(self.regressor_template, p, (f,)), in_dims=(0, 0))
-        # the no-KD baseline takes no hint either
-        self.hint_weight = torch.tensor([hint.weight if hint is not None and m.distills else 0.0 for m in self.members],
-                                        device=device)
-        self._rows = torch.arange(count, device=device)[:, None]
+        self._features = next((m for m in self.methods if m.captures_features), None)
+        """The method whose hooks capture hint features (students' and teachers'), if any."""
+        # without logit-std members this stays a Python False, so no member pays for z-scoring
+        masks = (method.standardizes() for method in self.methods)
+        self._standardize = next((mask for mask in masks if mask is not False), False)
+        self.teacher_batch = TeacherBatches(teacher, settings, self.seeds, self.seed_rows, self.member_rows,
+                                            None if self._features is None else self._teacher_captures)
+        groups = [{"params": [*self.params.values(), *self._trained_with_students().values()]}]
+        for method in self.methods:
+            groups.extend(method.optimizer_groups())
+        self.optimizer = build_optimizer(settings.training, groups, memberwise=True)
+        self.inactive = torch.zeros(len(self.members), dtype=torch.bool, device=device)
+        """Members that failed: their losses are masked out of the sum that is back-propagated."""
+        self.failed: dict[int, str] = {}
+        self.completed_epochs = 0
+        self.teacher_test_log_probs = teacher.test_log_probs().to(device)
+        self._hooks = contextlib.ExitStack()
 
     def __enter__(self) -> "StudentGroup":
-        if self.captures is not None:
-            self.captures.__enter__()
+        for method in self.methods:
+            self._hooks.enter_context(method.hooks())
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self.captures is not None:
-            self.captures.__exit__(*exc_info)
+        self._hooks.close()
+
+    def method(self, name: str) -> KDMethod:
+        """This group's instance of the KD method registered as `name`."""
+        return next(method for method in self.methods if method.name == name)
+
+    def _trained_with_students(self) -> dict[str, torch.Tensor]:
+        return {name: t for method in self.methods for name, t in method.trained_with_students().items()}
+
+    def _teacher_captures(self):
+        return self._features.teacher_captures
 
     # -- per-member forward, vmapped --
 
     def _member_forward(self, params, buffers, inputs):
-        """One member's logits, and its hint feature when hints are on."""
-        if self.hint is None:
+        """One member's logits, and its hint feature when a method captures one."""
+        if self._features is None:
             return functional_call(self.template, (params, buffers), (inputs,))
-        capture = self.captures.student
+        capture = self._features.student_capture
         capture.values.clear()
         logits = functional_call(self.template, (params, buffers), (inputs,))
         return logits, capture.pop()
@@ -204,42 +140,41 @@ class StudentGroup:
         forward = self._forward_own_batches if own_batches else self._forward_shared
         with autocast(self.settings.device, self.settings.amp):
             output = forward(self.params, self.buffers, inputs)
-        return output if self.hint is not None else (output, None)
+        return output if self._features is not None else (output, None)
 
-    def _loss_terms(self, inputs, targets, teacher_logits, teacher_features, temperature) -> tuple[dict, torch.Tensor]:
-        """Every member's forward pass (one vmapped call), then the named loss terms on (K, B, ...) at once."""
+    def _loss_terms(self, epoch: int, inputs, targets, teacher_logits, teacher_features,
+                    temperature) -> tuple[Terms, torch.Tensor]:
+        """Every member's forward pass (one vmapped call), then each method's named terms on (K, B, ...)."""
         logits, features = self._forward(inputs, self.member_rows is not None)
-        logits = logits.float()
-        target_log_probs = soft_target_log_probs(
-            teacher_logits.float(), temperature, ensemble=self.teacher.ensemble,
-            weights=self.teacher.weights, standardize=self._standardize_arg,
-        )
-        terms = kd_terms(logits, target_log_probs, targets, temperature, self._standardize_arg)
-        if self.hint is not None:
-            projected = self._regress(self.regressor_params, features.float())
-            teacher_axis = teacher_features.dim() - len(self.hint.teacher_shape) - 2
-            target = teacher_features.float().mean(dim=teacher_axis)  # several teachers: their mean feature
-            terms["feature"] = hint_loss(projected, target, member_dims=1)
-        return terms, (logits.argmax(-1) == targets).sum(-1)
+        step = Step(epoch, logits.float(), targets, teacher_logits, temperature, self._standardize,
+                    features, teacher_features)
+        terms = Terms()
+        for method in self.methods:
+            found = method.terms(step)
+            terms.added.update(found.added)
+            terms.logged.update(found.logged)
+        return terms, (step.logits.argmax(-1) == targets).sum(-1)
 
     # -- state for checkpoints --
 
     def member_state(self, k: int) -> dict:
-        """Member k as a plain module state dict plus its optimizer slices: loadable into nn.Module."""
+        """Member k as a plain module state dict plus its optimizer slices (and its methods' entries:
+        "regressor" for hints, "theta" and "theta_optimizer" for CTKD): loadable into nn.Module."""
 
         def optimizer_slice(tensor: torch.Tensor) -> dict:
             state = self.optimizer.state.get(tensor, {})
-            return {key: (value[k] if value.dim() > 0 else value).detach().clone() for key, value in state.items()}
+            return {key: (value[k] if value.dim() > 0 else value).detach().clone()
+                    for key, value in state.items()}
 
-        trainable = {**self.params, **{f"regressor.{n}": p for n, p in self.regressor_params.items()}}
-        return {
+        trainable = {**self.params, **self._trained_with_students()}
+        state = {
             "epoch": self.completed_epochs,
             "model": {name: t[k].detach().clone() for name, t in {**self.params, **self.buffers}.items()},
-            "regressor": {name: t[k].detach().clone() for name, t in self.regressor_params.items()},
             "optimizer": {name: optimizer_slice(p) for name, p in trainable.items()},
-            "theta": self.theta[k].detach().clone(),
-            "theta_optimizer": optimizer_slice(self.theta),
         }
+        for method in self.methods:
+            state.update(method.member_state(k, optimizer_slice))
+        return state
 
     def load_member_states(self, states: Sequence[dict]) -> None:
         """Restore every member from `member_state` dicts (all at the same epoch)."""
@@ -250,13 +185,11 @@ class StudentGroup:
         with torch.no_grad():
             for name, tensor in {**self.params, **self.buffers}.items():
                 tensor.copy_(torch.stack([s["model"][name] for s in states]).to(device))
-            for name, tensor in self.regressor_params.items():
-                tensor.copy_(torch.stack([s["regressor"][name] for s in states]).to(device))
-            self.theta.copy_(torch.stack([s["theta"] for s in states]).to(device))
-        trainable = {**self.params, **{f"regressor.{n}": p for n, p in self.regressor_params.items()}}
+        for method in self.methods:
+            method.load_member_states(states, self._restore_optimizer_state)
+        trainable = {**self.params, **self._trained_with_students()}
         for name, tensor in trainable.items():
             self._restore_optimizer_state(tensor, [s["optimizer"].get(name, {}) for s in states])
-        self._restore_optimizer_state(self.theta, [s.get("theta_optimizer", {}) for s in states])
         self.completed_epochs = epochs.pop()
 
     def _restore_optimizer_state(self, tensor: torch.Tensor, slices: list[dict]) -> None:
@@ -274,71 +207,12 @@ class StudentGroup:
 
     def _clip_gradients(self, max_norm: float) -> None:
         """Per-member gradient-norm clipping, equal to clip_grad_norm_ on each student alone."""
-        grads = [p.grad for p in (*self.params.values(), *self.regressor_params.values()) if p.grad is not None]
+        trained = (*self.params.values(), *self._trained_with_students().values())
+        grads = [p.grad for p in trained if p.grad is not None]
         squared = sum(g.pow(2).flatten(1).sum(1) for g in grads)
         scale = (max_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
         for g in grads:
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
-
-    def _gather(self, cached: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """This step's rows of a cached (n, N, ...) or per-member (K, n, N, ...) tensor: (n, B, ...) or (K, n, B, ...).
-
-        With several seeds `indices` are (S, B), a row per seed, and every member gets its seed's row.
-        """
-        if indices.dim() == 1:
-            return cached[:, :, indices] if self.teacher.per_member else cached[:, indices]
-        if self.teacher.per_member:  # (S, B) seed rows -> (K, B) member rows
-            return cached[self._rows, :, indices[self.member_rows]].movedim(2, 1)  # (K, B, n, ...) -> (K, n, B, ...)
-        return cached[:, indices].movedim(1, 0)[self.member_rows]  # (n, S, B, ...) -> (K, n, B, ...)
-
-    def _teacher_batch(self, indices: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The teacher's logits (and hint features) for this step's batch: (n, B, ...), or (K, n, B, ...) per member.
-
-        With several seeds the batch has a row per seed, (S, B, ...). Teachers run on every batch
-        (augmented inputs): on CUDA on the S rows concatenated, (S*B, ...), one call per teacher and
-        step, whose rows each member indexes by its seed; on CPU once per seed row, because a sample's
-        logits can round differently inside a batch of another size (1e-7 for batches of 3, 5 or 17
-        rows, measured), and a member must get exactly the targets it gets alone (tests/test_engine.py).
-        """
-        if self.teacher.train_logits is not None:
-            features = self._gather(self.teacher.train_features, indices) if self.hint is not None else None
-            return self._gather(self.teacher.train_logits, indices), features
-        layout = partial(to_memory_format, channels_last=self.teacher.channels_last)
-        if self.teacher.per_member:  # network k is member k's own teacher, on its batch: (K, B, ...) -> (K, 1, B, ...)
-            if self.member_rows is None:
-                batches = [layout(inputs)] * len(self.members)
-            else:
-                batches = [layout(inputs[row]) for row in self.seed_rows]
-            logits, features = self._run_teachers(batches)
-            return logits.unsqueeze(1), None if features is None else features.unsqueeze(1)
-        if self.member_rows is None:
-            return self._run_teachers([layout(inputs)] * len(self.teacher.networks))
-        if self.settings.device.type == "cpu":
-            rows = [self._run_teachers([layout(row)] * len(self.teacher.networks)) for row in inputs]
-            logits = torch.cat([row_logits for row_logits, _ in rows], dim=1)
-            features = None if rows[0][1] is None else torch.cat([row_features for _, row_features in rows], dim=1)
-        else:
-            logits, features = self._run_teachers([layout(inputs.flatten(0, 1))] * len(self.teacher.networks))
-        return self._by_member(logits), None if features is None else self._by_member(features)
-
-    def _run_teachers(self, batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Each teacher network on its batch, in float32 even when the students use bf16 autocast: (n, B, C)
-        logits, (n, B, *F) features. The logits are the soft targets, the subject of a temperature study:
-        bf16 features would move softmax(t/T) at T = 1 by up to 1.6e-1 relative (measured for a `cnn`
-        teacher with CUDA's cast policy; a float32 classifier alone only brought that to 9.6e-2). On CUDA
-        its matmuls and convolutions may use TF32 (device.configure_backends); one pass serves the group."""
-        networks = self.teacher.networks
-        with torch.no_grad(), autocast(self.settings.device, False):
-            logits = torch.stack([network(batch).float() for network, batch in zip(networks, batches, strict=True)])
-        features = None
-        if self.hint is not None:
-            features = torch.stack([capture.pop().float() for capture in self.captures.teachers])
-        return logits, features
-
-    def _by_member(self, concatenated: torch.Tensor) -> torch.Tensor:
-        """(n, S*B, ...) outputs on the seed rows concatenated -> (K, n, B, ...), member k's seed's rows."""
-        seeds = len(self.seeds)
-        return concatenated.unflatten(1, (seeds, -1)).movedim(1, 0)[self.member_rows]
 
     def evaluate(self) -> dict[str, torch.Tensor]:
         """Test metrics per member, as (K,) tensors on the device."""
@@ -352,66 +226,59 @@ class StudentGroup:
         self.template.train()
         return finish_evaluation(totals, len(self.data.test_y))
 
+    def _temperature(self, step_index: int, epoch: int) -> torch.Tensor:
+        """(K,) temperatures of a step: the scheduled ones through each method (CTKD learns its own)."""
+        temperature = self.temperature_table[:, step_index]
+        for method in self.methods:
+            temperature = method.temperature(temperature, epoch)
+        return temperature
+
     def run(self, should_stop: Callable[[], bool] | None = None) -> Iterator[StepsDone | EpochDone]:
-        settings, device = self.settings, self.settings.device
-        count = len(self.members)
+        settings = self.settings
         self.template.train()
         for epoch in range(self.completed_epochs, settings.epochs):
             started = time.perf_counter()
-            dropout = DropoutStream(dropout_seed(self.seeds[0], epoch), device)
-            # batch-weighted sums of EPOCH_SUMS and correct counts, kept on the device
-            weighted = torch.zeros(len(EPOCH_SUMS), count, device=device)
-            correct_total = torch.zeros(count, dtype=torch.long, device=device)
+            dropout = DropoutStream(dropout_seed(self.seeds[0], epoch), settings.device)
+            sums = _EpochSums(len(self.members), settings.device)
             lr_at_start = learning_rate(settings.training, epoch * self.steps_per_epoch, self.steps_per_epoch)
             batches = EpochBatches(self.data, settings, epoch, self.seeds)
             for step, (indices, inputs, targets) in enumerate(batches):
                 step_index = epoch * self.steps_per_epoch + step
-                set_learning_rate(self.optimizer, learning_rate(settings.training, step_index, self.steps_per_epoch))
-                teacher_logits, teacher_features = self._teacher_batch(indices, inputs)
+                lr = learning_rate(settings.training, step_index, self.steps_per_epoch)
+                set_learning_rate(self.optimizer, lr)
+                teacher_logits, teacher_features = self.teacher_batch(indices, inputs)
                 if self.member_rows is not None:  # a row per seed -> a row per member
                     inputs, targets = inputs[self.member_rows], targets[self.member_rows]
-                temperature, penalty = self.learnable.temperatures(self.temperature_table[:, step_index], epoch)
+                temperature = self._temperature(step_index, epoch)
                 with dropout.drawing():  # the forward pass draws the masks; backward reuses them
-                    terms, correct = self._loss_terms(inputs, targets, teacher_logits, teacher_features, temperature)
-                feature = terms.pop("feature", torch.zeros_like(penalty))
-                losses = combine_terms({**terms, "penalty": penalty, "feature": self.hint_weight * feature}, self.alpha)
+                    terms, correct = self._loss_terms(epoch, inputs, targets, teacher_logits, teacher_features,
+                                                      temperature)
+                losses = combine_terms(terms.added, self.alpha)
                 total = losses.masked_fill(self.inactive, 0.0).sum()
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 if settings.clip_grad_norm:
                     self._clip_gradients(settings.clip_grad_norm)
                 self.optimizer.step()
-                batch = targets.shape[-1]
-                with torch.no_grad():
-                    effective = temperature
-                    if self.any_standardize:
-                        # t0 * mean std of the logits logit-std z-scores: scalar, or (K,) with per-member teachers
-                        effective = temperature * standardized_logit_std(
-                            teacher_logits.float(), ensemble=self.teacher.ensemble, weights=self.teacher.weights,
-                        ).mean(dim=-1)
-                    stacked = (losses, terms["ce"], terms["kd"], penalty, feature, temperature, effective)
-                    weighted += torch.stack(stacked) * batch
-                    correct_total += correct
+                logged = {"loss": losses, "temperature": temperature, **terms.logged}
+                sums.add(logged, correct, targets.shape[-1])
                 if should_stop is not None and should_stop():
                     raise StopRequested
                 if (step + 1) % PROGRESS_EVERY == 0:
                     yield StepsDone(epoch, step + 1, self.steps_per_epoch)
-            sums = dict(zip(EPOCH_SUMS, weighted.unbind()))
-            sums["correct"] = correct_total
             yield self._end_epoch(epoch, sums, lr_at_start, started)
             if bool(self.inactive.all()):
                 return
 
-    def _end_epoch(self, epoch: int, sums: dict[str, torch.Tensor], lr: float, started: float) -> EpochDone:
+    def _end_epoch(self, epoch: int, sums: "_EpochSums", lr: float, started: float) -> EpochDone:
         count = len(self.data.train_y)
-        finite = torch.isfinite(sums["loss"])
-        evaluation = self.evaluate()
-        host = {name: value.cpu().tolist() for name, value in {**sums, **evaluation, "finite": finite}.items()}
+        host = sums.to_host()
+        evaluation = {name: value.cpu().tolist() for name, value in self.evaluate().items()}
         self.completed_epochs = epoch + 1
         seconds = time.perf_counter() - started
         rows: list[dict | None] = []
         new_failures: dict[int, str] = {}
-        for k, member in enumerate(self.members):
+        for k in range(len(self.members)):
             if k in self.failed:
                 rows.append(None)
                 continue
@@ -421,28 +288,37 @@ class StudentGroup:
                 new_failures[k] = reason
                 rows.append(None)
                 continue
-            row = {
-                "epoch": epoch,
-                "temperature": host["temperature"][k] / count,
-                "lr": lr,
-                "train_loss": host["loss"][k] / count,
-                "train_ce": host["ce"][k] / count,
-                "train_kd": host["kd"][k] / count if member.distills else None,
-                "train_acc": host["correct"][k] / count,
-                "test_loss": host["test_loss"][k],
-                "test_acc": host["test_acc"][k],
-                "agreement": host["agreement"][k],
-                "test_kl": host["test_kl"][k],
-                "test_ece": host["test_ece"][k],
-                "epoch_seconds": seconds,
-            }
-            if member.standardize:
-                row["effective_temperature"] = host["effective"][k] / count
-            if member.learnable is not None and member.learnable.penalty > 0:
-                row["train_penalty"] = host["penalty"][k] / count
-            if self.hint is not None and member.distills:
-                row["train_feature"] = host["feature"][k] / count
+            means = {name: host[name][k] / count for name in sums.names}
+            row = {"epoch": epoch, "temperature": means["temperature"], "lr": lr, "train_loss": means["loss"],
+                   "train_acc": host["correct"][k] / count, "epoch_seconds": seconds}
+            row.update({name: evaluation[name][k] for name in TEST_FIELDS})
+            for method in self.methods:
+                row.update(method.row_fields(k, means))
             rows.append(row)
         if new_failures:
             self.inactive[list(new_failures)] = True
         return EpochDone(epoch, rows, new_failures)
+
+
+class _EpochSums:
+    """Batch-weighted sums over an epoch of each logged (K,) value, and correct counts, kept on the device."""
+
+    def __init__(self, count: int, device: torch.device):
+        self.names: list[str] = []
+        self.weighted: torch.Tensor | None = None
+        self.correct = torch.zeros(count, dtype=torch.long, device=device)
+
+    def add(self, values: dict[str, torch.Tensor], correct: torch.Tensor, batch: int) -> None:
+        with torch.no_grad():
+            stacked = torch.stack(list(values.values()))
+            if self.weighted is None:
+                self.names, self.weighted = list(values), torch.zeros_like(stacked)
+            self.weighted += stacked * batch
+            self.correct += correct
+
+    def to_host(self) -> dict[str, list]:
+        """Every sum as a Python list per member, plus "correct" and whether the loss stayed "finite"."""
+        assert self.weighted is not None, "an epoch has at least one step"
+        sums = dict(zip(self.names, self.weighted.unbind()))
+        on_device = {**sums, "correct": self.correct, "finite": torch.isfinite(sums["loss"])}
+        return {name: value.cpu().tolist() for name, value in on_device.items()}

@@ -200,15 +200,16 @@ def test_hint_term_vanishes_when_the_regressor_maps_exactly(data_root):
                          LoopSettings(spec, 256, 1000, 0, torch.device("cpu")), Hint(1.0, None, (24,)))
     group.template.eval()  # no dropout in this MLP; eval keeps the features exactly those captured above
     with group, torch.no_grad():
-        group.regressor_params["weight"].copy_(weight[None])
-        group.regressor_params["bias"].copy_(bias[None])
+        regressor = group.method("hints").params
+        regressor["weight"].copy_(weight[None])
+        regressor["bias"].copy_(bias[None])
         indices = torch.arange(300)
-        logits, features = group._teacher_batch(indices, data.train_x[indices])
-        terms, _ = group._loss_terms(data.train_x[indices], data.train_y[indices], logits, features, torch.tensor([2.0]))
-        assert float(terms["feature"][0]) < 1e-9
-        group.regressor_params["bias"].add_(0.1)
-        terms, _ = group._loss_terms(data.train_x[indices], data.train_y[indices], logits, features, torch.tensor([2.0]))
-        assert float(terms["feature"][0]) == pytest.approx(0.01, rel=1e-4)  # every element off by 0.1
+        logits, features = group.teacher_batch(indices, data.train_x[indices])
+        terms, _ = group._loss_terms(0, data.train_x[indices], data.train_y[indices], logits, features, torch.tensor([2.0]))
+        assert float(terms.logged["feature"][0]) < 1e-9
+        regressor["bias"].add_(0.1)
+        terms, _ = group._loss_terms(0, data.train_x[indices], data.train_y[indices], logits, features, torch.tensor([2.0]))
+        assert float(terms.logged["feature"][0]) == pytest.approx(0.01, rel=1e-4)  # every element off by 0.1
 
 
 def test_hint_layers_must_exist_and_match(tiny_config, run_cli):

@@ -9,10 +9,10 @@ import torch
 from helpers import experiment
 
 from kdtemp.losses import kd_terms, soft_target_log_probs, standardize_logits
+from kdtemp.methods.ctkd import initial_theta, learned_temperature, reversal_weight, scale_gradient
 from kdtemp.schedules import (
     ConstantSchedule, CosineSchedule, ExpSchedule, LearnableSchedule, LinearSchedule, StagesSchedule,
-    StepSchedule, epoch_temperatures, initial_theta, learned_temperature, reversal_weight, scale_gradient,
-    temperature_table,
+    StepSchedule, epoch_temperatures, temperature_table,
 )
 
 

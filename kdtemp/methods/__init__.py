@@ -1,0 +1,42 @@
+"""KD methods, one module each, behind the protocol of `methods.base.KDMethod`.
+
+Where each lives: plain KD and the ensemble's soft targets, `soft_targets.py` (Hinton et al. 2015);
+logit standardisation and its effective temperature, `logit_std.py` (Sun et al. 2024); CTKD's learned
+temperature and its penalty, `ctkd.py` (Li et al. 2023); FitNets hints, `hints.py` (Romero et al.
+2015). The pure math they call is in `kdtemp/losses.py`; a scheduled temperature, `kdtemp/schedules.py`.
+
+Adding a method is one file with a `KDMethod` subclass and one `register_method` line; a member uses
+it when its `Member.methods` names it (`sweep.member_for` maps a run to its methods). The registry's
+order is the order in which temperatures pass through methods and terms are added to the loss.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from kdtemp.errors import ConfigError
+from kdtemp.methods.base import GroupSetting, KDMethod, Step, Terms
+from kdtemp.methods.ctkd import LearnableTemperature
+from kdtemp.methods.hints import Hint, Hints
+from kdtemp.methods.logit_std import LogitStandardization
+from kdtemp.methods.soft_targets import SoftTargets
+
+METHODS: list[type[KDMethod]] = [SoftTargets, LogitStandardization, LearnableTemperature, Hints]
+"""Every method a group may use, in the order their terms are summed: ce, kd, penalty, feature, ..."""
+
+
+def register_method(method: type[KDMethod]) -> type[KDMethod]:
+    """Adds a method after the built-in ones (usable as a class decorator); its name must be new."""
+    if any(known.name == method.name for known in METHODS):
+        raise ConfigError(f"a KD method named {method.name!r} is already registered; give yours another name")
+    METHODS.append(method)
+    return method
+
+
+def methods_for(members: Sequence, group: GroupSetting) -> list[KDMethod]:
+    """The methods a group of `members` trains with, in registry order (those no member uses are left out)."""
+    built = (method.for_group(members, group) for method in METHODS)
+    return [method for method in built if method is not None]
+
+
+__all__ = ["METHODS", "GroupSetting", "Hint", "KDMethod", "Step", "Terms", "methods_for", "register_method"]
