@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable, NoReturn, Optional, TypeVar
+from typing import NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,13 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from kdtemp import cli_tables as tables
 from kdtemp import events as E
-from kdtemp.launch import run_sweep
-from kdtemp.teachers import train_teacher
 from kdtemp.cli_options import Experiment, experiment_options
 from kdtemp.config import ExperimentConfig, check_safe_name
-from kdtemp.overrides import LAUNCH, parse_name_list
 from kdtemp.engine import StopRequested
 from kdtemp.errors import KDTempError
+from kdtemp.launch import run_sweep
+from kdtemp.overrides import LAUNCH, parse_name_list
+from kdtemp.teachers import train_teacher
 
 try:  # typer >= 0.20 vendors its own copy of click
     from typer._click import exceptions as click_errors
@@ -28,7 +29,10 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_errors
 
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, rich_markup_mode="rich", pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
     help="Knowledge-distillation temperature studies: train a teacher, sweep students over temperatures, report.",
 )
 # Piped output gets a wide console so tables are not cropped to 80 columns.
@@ -73,8 +77,12 @@ class ProgressView:
     """
 
     def __init__(self):
-        columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn()]
+        columns = [
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        ]
         self.progress = Progress(*columns, console=err, transient=False)
         self.tasks: dict[str, TaskID] = {}
 
@@ -84,18 +92,27 @@ class ProgressView:
         elif isinstance(event, E.Note):
             style = "yellow" if event.level == "warning" else "dim"
             prefix = "warning: " if event.level == "warning" else ""
-            self.progress.console.print(f"[{style}]{prefix}{event.text}[/{style}]", highlight=False, soft_wrap=True)
+            self.progress.console.print(
+                f"[{style}]{prefix}{event.text}[/{style}]", highlight=False, soft_wrap=True
+            )
         elif isinstance(event, E.Submitted):
-            out.print(f"submitted Slurm job array {event.array_id}: {event.tasks} tasks, {event.runs} runs; "
-                      f"logs in {event.folder}; follow with `kdtemp status`", highlight=False)
+            out.print(
+                f"submitted Slurm job array {event.array_id}: {event.tasks} tasks, {event.runs} runs; "
+                f"logs in {event.folder}; follow with `kdtemp status`",
+                highlight=False,
+            )
 
     def _advance(self, event: E.Progress) -> None:
         if not self.tasks:
             self.progress.start()
         if event.task not in self.tasks:
             self.tasks[event.task] = self.progress.add_task(event.description, total=event.total)
-        self.progress.update(self.tasks[event.task], description=event.description, completed=event.completed,
-                             total=event.total)
+        self.progress.update(
+            self.tasks[event.task],
+            description=event.description,
+            completed=event.completed,
+            total=event.total,
+        )
 
     def __enter__(self) -> ProgressView:
         return self
@@ -117,7 +134,9 @@ def run_job(job: Callable[[Interrupt, E.Emit], Result]) -> Result:
     except KDTempError as exc:
         fail(str(exc))
     except (StopRequested, KeyboardInterrupt):
-        err.print("[yellow]interrupted: every finished epoch is saved; run the same command again to resume.[/yellow]")
+        err.print(
+            "[yellow]interrupted: every finished epoch is saved; run the same command again to resume.[/yellow]"
+        )
         raise typer.Exit(130)
 
 
@@ -125,20 +144,34 @@ def run_job(job: Callable[[Interrupt, E.Emit], Result]) -> Result:
 
 TRAINING_FLAGS = ("dataset", "device", "amp", "tensorboard")
 GRID_FLAGS = ("temps", "seeds", "alpha", "schedules", "dataset", "epochs")
-LAUNCH_FLAGS = ("launcher", "workers", "devices", "slurm_partition", "slurm_gpus_per_job", "slurm_cpus_per_job",
-                "slurm_mem_gb", "slurm_time", "slurm_array_parallelism")
+LAUNCH_FLAGS = (
+    "launcher",
+    "workers",
+    "devices",
+    "slurm_partition",
+    "slurm_gpus_per_job",
+    "slurm_cpus_per_job",
+    "slurm_mem_gb",
+    "slurm_time",
+    "slurm_array_parallelism",
+)
 
 
 @app.command("train-teacher", no_args_is_help=False)
 @experiment_options(*TRAINING_FLAGS, "teacher_epochs")
 def train_teacher_command(
     experiment: Experiment,
-    force: bool = typer.Option(False, "--force", help="Retrain even if a finished teacher exists (overwrites it; --name NEW keeps it)."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Retrain even if a finished teacher exists (overwrites it; --name NEW keeps it).",
+    ),
 ):
     """Train, evaluate and checkpoint the teacher (or each teacher of an ensemble).
 
     [bold]Example:[/bold] kdtemp train-teacher --config configs/fashion-mnist.yaml
     """
+
     def job(interrupt, emit):
         return train_teacher(experiment.settings(), force=force, should_stop=interrupt, emit=emit)
 
@@ -146,11 +179,17 @@ def train_teacher_command(
         if isinstance(result, E.TeacherResult):
             done = "imported" if result.imported else "trained"
             verb = f"already {done}" if result.already_trained else f"{done} in {result.seconds:.1f}s"
-            out.print(f"{result.label} {verb}: test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
-                      f"({result.parameters:,} parameters) -> {result.path}", highlight=False)
+            out.print(
+                f"{result.label} {verb}: test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
+                f"({result.parameters:,} parameters) -> {result.path}",
+                highlight=False,
+            )
         elif isinstance(result, E.EnsembleResult):
-            out.print(f"ensemble of {result.teachers} ({result.mode}): test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
-                      f"-> {result.path}", highlight=False)
+            out.print(
+                f"ensemble of {result.teachers} ({result.mode}): test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
+                f"-> {result.path}",
+                highlight=False,
+            )
 
 
 @app.command("sweep")
@@ -158,7 +197,12 @@ def train_teacher_command(
 def sweep_command(
     experiment: Experiment,
     force: bool = typer.Option(False, "--force", help="Retrain every run, even completed ones."),
-    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for Slurm jobs, showing progress (--no-wait prints the job id).", rich_help_panel=LAUNCH),
+    wait: bool = typer.Option(
+        True,
+        "--wait/--no-wait",
+        help="Wait for Slurm jobs, showing progress (--no-wait prints the job id).",
+        rich_help_panel=LAUNCH,
+    ),
 ):
     """Distil students over temperatures x schedules x seeds, plus a no-KD baseline per seed.
 
@@ -166,6 +210,7 @@ def sweep_command(
 
     Finished runs are skipped and interrupted ones resume; one metrics.csv is written per run.
     """
+
     def job(interrupt, emit):
         return run_sweep(experiment.settings(), force=force, should_stop=interrupt, wait=wait, emit=emit)
 
@@ -174,7 +219,9 @@ def sweep_command(
         out.print(
             f"{result.planned} runs: {result.skipped} skipped (complete), {result.resumed} resumed, "
             f"{result.started} started, {result.completed} completed, {len(result.failed)} failed "
-            f"in {result.seconds:.1f}s", highlight=False)
+            f"in {result.seconds:.1f}s",
+            highlight=False,
+        )
         for run_id in result.busy:
             out.print(f"  left to another process: {run_id}", highlight=False)
         if result.failed:
@@ -182,16 +229,25 @@ def sweep_command(
                 err.print(f"[red]failed:[/red] {run_id}: {reason}", highlight=False)
             raise typer.Exit(1)
         if result.experiment_dir is not None:
-            out.print(f"results in {result.experiment_dir}; next: kdtemp report{experiment.options()}",
-                      highlight=False)
+            out.print(
+                f"results in {result.experiment_dir}; next: kdtemp report{experiment.options()}",
+                highlight=False,
+            )
 
 
 @app.command("report")
 @experiment_options()
 def report_command(
     experiment: Experiment,
-    metric: str = typer.Option("test_acc", help="Metric in the table: test_acc, best_test_acc, test_loss, agreement, kl_to_teacher, ece."),
-    partial: bool = typer.Option(False, "--partial", help="While a sweep runs: tabulate every run's latest completed epoch (printed only, no files written)."),
+    metric: str = typer.Option(
+        "test_acc",
+        help="Metric in the table: test_acc, best_test_acc, test_loss, agreement, kl_to_teacher, ece.",
+    ),
+    partial: bool = typer.Option(
+        False,
+        "--partial",
+        help="While a sweep runs: tabulate every run's latest completed epoch (printed only, no files written).",
+    ),
 ):
     """Aggregate the sweep's CSVs: accuracy-vs-temperature table, statistics, plots, report.md and report.html.
 
@@ -223,9 +279,13 @@ def report_command(
         for line in report.problem_lines(built.results):
             err.print(f"[yellow]{line}[/yellow]", highlight=False)
     if paths is None:
-        out.print("partial: nothing written; `kdtemp report` writes the report once the sweep ends", highlight=False)
+        out.print(
+            "partial: nothing written; `kdtemp report` writes the report once the sweep ends", highlight=False
+        )
     else:
-        out.print(f"wrote {paths['html']}, {paths['markdown'].name} and {paths['summary'].name}", highlight=False)
+        out.print(
+            f"wrote {paths['html']}, {paths['markdown'].name} and {paths['summary'].name}", highlight=False
+        )
 
 
 @app.command("status")
@@ -255,8 +315,12 @@ def status_command(experiment: Experiment):
 @experiment_options()
 def export_command(
     experiment: Experiment,
-    run_id: Optional[str] = typer.Argument(None, help="Run to export (default: the best completed run)."),
-    format: str = typer.Option("pt2", "--format", help="pt2 (torch.export.load) or torchscript (torch.jit.load, deprecated by PyTorch)."),
+    run_id: str | None = typer.Argument(None, help="Run to export (default: the best completed run)."),
+    format: str = typer.Option(
+        "pt2",
+        "--format",
+        help="pt2 (torch.export.load) or torchscript (torch.jit.load, deprecated by PyTorch).",
+    ),
 ):
     """Export a student for use without kdtemp.
 
@@ -279,11 +343,14 @@ def export_command(
         summary = read_summary(layout.run_dir(chosen))
         accuracy = summary.test_acc if summary is not None else None
         shown = f", {100 * accuracy:.1f}%" if accuracy is not None else ""
-        out.print(f"chosen as the completed run with the highest last-epoch test accuracy{shown}; the report's cells "
-                  "average seeds: give a RUN_ID to export another", highlight=False)
+        out.print(
+            f"chosen as the completed run with the highest last-epoch test accuracy{shown}; the report's cells "
+            "average seeds: give a RUN_ID to export another",
+            highlight=False,
+        )
 
 
-def _experiment_names(settings: ExperimentConfig, names: Optional[str]) -> list[str]:
+def _experiment_names(settings: ExperimentConfig, names: str | None) -> list[str]:
     if names is None:
         return [settings.name]
     if names.strip() == "all":
@@ -309,7 +376,11 @@ def main() -> None:
         raise SystemExit(0)
     except click_errors.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "kdtemp"
-        err.print(f"[bold red]error:[/bold red] {exc.format_message()} (see `{command} --help`)", highlight=False, soft_wrap=True)
+        err.print(
+            f"[bold red]error:[/bold red] {exc.format_message()} (see `{command} --help`)",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise SystemExit(2)
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    Discriminator,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    Discriminator,
     Tag,
     field_validator,
     model_validator,
@@ -28,10 +28,27 @@ from kdtemp.strict import StrictModel
 
 DATASETS = ("mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100")
 RESNET_ARCHS = (
-    "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
-    "resnet8x4", "resnet32x4",
+    "resnet8",
+    "resnet14",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet8x4",
+    "resnet32x4",
 )
-ZOO_ARCHS = ("wrn_40_2", "wrn_16_2", "wrn_40_1", "vgg13", "vgg8", "mobilenetv2", "shufflenetv1", "shufflenetv2", "resnet50")
+ZOO_ARCHS = (
+    "wrn_40_2",
+    "wrn_16_2",
+    "wrn_40_1",
+    "vgg13",
+    "vgg8",
+    "mobilenetv2",
+    "shufflenetv1",
+    "shufflenetv2",
+    "resnet50",
+)
 """The rest of RepDistiller's CIFAR zoo (kdtemp/zoo.py)."""
 CIFAR_ARCHS = RESNET_ARCHS + ZOO_ARCHS
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -53,7 +70,9 @@ def check_safe_name(value: str, what: str) -> str:
 
 
 class DataConfig(StrictModel):
-    dataset: Literal["mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "image-folder", "tensors"] = "mnist1d"
+    dataset: Literal[
+        "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "image-folder", "tensors"
+    ] = "mnist1d"
     root: Path = Path("data")
     """Where generated, cached or downloaded datasets live; for image-folder the folder holding train/ and
     val/, for tensors the .npz or .pt file."""
@@ -131,18 +150,24 @@ class CustomSpec(TrainingSettings):
     @classmethod
     def _module_and_callable(cls, value):
         if not CUSTOM_ARCH.match(value):
-            raise ValueError("a custom arch is torchvision:NAME or module:callable (a dotted module, one callable name)")
+            raise ValueError(
+                "a custom arch is torchvision:NAME or module:callable (a dotted module, one callable name)"
+            )
         return value
 
     @model_validator(mode="after")
     def _weights_for_torchvision(self):
         if self.weights is not None and not self.arch.startswith("torchvision:"):
-            raise ValueError(f"weights names torchvision weights; {self.arch} is not a torchvision: arch, remove weights")
+            raise ValueError(
+                f"weights names torchvision weights; {self.arch} is not a torchvision: arch, remove weights"
+            )
         return self
 
 
 BUILT_IN_SPECS = (MLPSpec, CNNSpec, ResNetSpec)
-ARCH_SPEC = {arch: cls.__name__ for cls in BUILT_IN_SPECS for arch in get_args(cls.model_fields["arch"].annotation)}
+ARCH_SPEC = {
+    arch: cls.__name__ for cls in BUILT_IN_SPECS for arch in get_args(cls.model_fields["arch"].annotation)
+}
 """Built-in arch name -> the name of its spec class (the union's tag)."""
 BUILT_IN_ARCHS = tuple(ARCH_SPEC)
 
@@ -156,7 +181,7 @@ def _spec_tag(value: Any) -> str | None:
 
 
 ModelSpec = Annotated[
-    Union[tuple(Annotated[cls, Tag(cls.__name__)] for cls in (*BUILT_IN_SPECS, CustomSpec))],  # type: ignore[valid-type]
+    tuple(Annotated[cls, Tag(cls.__name__)] for cls in (*BUILT_IN_SPECS, CustomSpec)),  # type: ignore[valid-type]
     Discriminator(_spec_tag, custom_error_type="unknown_arch", custom_error_message="unknown arch"),
 ]
 
@@ -334,7 +359,9 @@ class ExperimentConfig(StrictModel):
         count = len(self.teacher_specs())
         weights = self.kd.teacher_weights
         if self.kd.ensemble == "weighted" and (weights is None or len(weights) != count):
-            raise ValueError(f"kd.ensemble: weighted needs kd.teacher_weights with one weight per teacher ({count})")
+            raise ValueError(
+                f"kd.ensemble: weighted needs kd.teacher_weights with one weight per teacher ({count})"
+            )
         if weights is not None and self.kd.ensemble != "weighted":
             raise ValueError("kd.teacher_weights only apply with kd.ensemble: weighted")
         return self
@@ -346,7 +373,9 @@ class ExperimentConfig(StrictModel):
         if isinstance(value, dict) and "seed" in value:
             raise ValueError("students take their seeds from kd.seeds; remove student.seed")
         if isinstance(value, dict) and value.get("checkpoint") is not None:
-            raise ValueError("the sweep trains the students; remove student.checkpoint (a trained teacher goes in teacher.checkpoint)")
+            raise ValueError(
+                "the sweep trains the students; remove student.checkpoint (a trained teacher goes in teacher.checkpoint)"
+            )
         return value
 
     @property
@@ -357,8 +386,10 @@ class ExperimentConfig(StrictModel):
         """The teacher, or every teacher of the ensemble (seed = index unless set)."""
         if self.teachers is None:
             return [self.teacher]
-        return [spec if "seed" in spec.model_fields_set else spec.model_copy(update={"seed": index})
-                for index, spec in enumerate(self.teachers)]
+        return [
+            spec if "seed" in spec.model_fields_set else spec.model_copy(update={"seed": index})
+            for index, spec in enumerate(self.teachers)
+        ]
 
     def teacher_batch_size(self, spec: ModelSpec | None = None) -> int:
         return (spec or self.teacher).batch_size or self.data.batch_size

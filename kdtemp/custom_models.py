@@ -35,10 +35,14 @@ def torchvision_model(name: str, weights: str | None, num_classes: int, kwargs: 
     try:
         return torchvision.models.get_model(name, weights=weights, num_classes=num_classes, **kwargs)
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"torchvision:{name}: {first_line(exc)}; see torchvision.models.list_models()") from None
+        raise ConfigError(
+            f"torchvision:{name}: {first_line(exc)}; see torchvision.models.list_models()"
+        ) from None
     except (OSError, RuntimeError) as exc:  # weights that must be downloaded, offline, or a broken file
-        raise ConfigError(f"torchvision:{name} weights {weights}: {first_line(exc)}; download them where there is a "
-                          "network (torch.hub caches them), or set weights: null and give a trained checkpoint") from None
+        raise ConfigError(
+            f"torchvision:{name} weights {weights}: {first_line(exc)}; download them where there is a "
+            "network (torch.hub caches them), or set weights: null and give a trained checkpoint"
+        ) from None
 
 
 def user_model(arch: str, kwargs: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -51,8 +55,10 @@ def user_model(arch: str, kwargs: dict, input_shape: tuple[int, ...], num_classe
     try:
         model = builder(**arguments)
     except Exception as exc:
-        raise ConfigError(f"{arch}: calling it with {sorted(arguments)} failed ({type(exc).__name__}: {first_line(exc)}); "
-                          "fix its kwargs") from None
+        raise ConfigError(
+            f"{arch}: calling it with {sorted(arguments)} failed ({type(exc).__name__}: {first_line(exc)}); "
+            "fix its kwargs"
+        ) from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{arch} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -75,13 +81,16 @@ def check_logits_shape(model: nn.Module, arch: str, input_shape: tuple[int, ...]
         with torch.no_grad():
             output = model(torch.zeros(1, *input_shape))
     except Exception as exc:
-        raise ConfigError(f"{arch} cannot run on one input of shape {tuple(input_shape)} "
-                          f"({type(exc).__name__}: {first_line(exc)})") from None
+        raise ConfigError(
+            f"{arch} cannot run on one input of shape {tuple(input_shape)} "
+            f"({type(exc).__name__}: {first_line(exc)})"
+        ) from None
     finally:
         model.train(was_training)
         model.load_state_dict(state)
     shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
     if shape != (1, num_classes):
-        raise ConfigError(f"{arch} gives {shape} for one example, but the data has {num_classes} classes: "
-                          f"it must return logits of shape (batch, {num_classes})")
-
+        raise ConfigError(
+            f"{arch} gives {shape} for one example, but the data has {num_classes} classes: "
+            f"it must return logits of shape (batch, {num_classes})"
+        )

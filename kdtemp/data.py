@@ -12,9 +12,9 @@ import hashlib
 import io
 import pickle
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -41,7 +41,16 @@ NORMALISATION = {
 }
 
 FASHION_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 
 
@@ -71,11 +80,13 @@ class Dataset:
     def is_image(self) -> bool:
         return len(self.input_shape) == 3
 
-    def to(self, device: torch.device) -> "Dataset":
+    def to(self, device: torch.device) -> Dataset:
         return replace(
             self,
-            train_x=self.train_x.to(device), train_y=self.train_y.to(device),
-            test_x=self.test_x.to(device), test_y=self.test_y.to(device),
+            train_x=self.train_x.to(device),
+            train_y=self.train_y.to(device),
+            test_x=self.test_x.to(device),
+            test_y=self.test_y.to(device),
         )
 
     def fingerprint(self) -> str:
@@ -97,6 +108,7 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
     def decorate(loader: Loader) -> Loader:
         _LOADERS[name] = loader
         return loader
+
     return decorate
 
 
@@ -109,7 +121,9 @@ def load_dataset(config: DataConfig) -> Dataset:
     try:
         loader = _LOADERS[config.dataset]
     except KeyError:
-        raise DataError(f"unknown dataset {config.dataset!r}; choose one of {', '.join(dataset_names())}") from None
+        raise DataError(
+            f"unknown dataset {config.dataset!r}; choose one of {', '.join(dataset_names())}"
+        ) from None
     return loader(config)
 
 
@@ -148,10 +162,11 @@ def load_mnist1d(config: DataConfig) -> Dataset:
 
 
 def _generate_mnist1d() -> dict[str, np.ndarray]:
-    from mnist1d.data import get_dataset_args, make_dataset
-
     # make_dataset reseeds numpy's and Python's global generators; leave them as we found them.
     import random
+
+    from mnist1d.data import get_dataset_args, make_dataset
+
     numpy_state, python_state = np.random.get_state(), random.getstate()
     try:
         generated = make_dataset(get_dataset_args())
@@ -190,7 +205,9 @@ def read_idx(path: Path) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
-        raise DataError(f"{path}: holds {len(raw) - header} bytes of data, its header promises {expected}; the file is truncated")
+        raise DataError(
+            f"{path}: holds {len(raw) - header} bytes of data, its header promises {expected}; the file is truncated"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -212,21 +229,44 @@ def _images_from_idx(name: str, directory: Path, classes: tuple[str, ...]) -> Da
     arrays = {key: read_idx(_idx_file(directory, stem)) for key, stem in IDX_FILES.items()}
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
-            raise DataError(f"{directory}: {split} images and labels differ in count; the files do not belong together")
-    return standardised_images(name, arrays["train_x"][:, None], torch.from_numpy(arrays["train_y"].astype(np.int64)),
-                               arrays["test_x"][:, None], torch.from_numpy(arrays["test_y"].astype(np.int64)),
-                               classes, str(directory), NORMALISATION[name])
+            raise DataError(
+                f"{directory}: {split} images and labels differ in count; the files do not belong together"
+            )
+    return standardised_images(
+        name,
+        arrays["train_x"][:, None],
+        torch.from_numpy(arrays["train_y"].astype(np.int64)),
+        arrays["test_x"][:, None],
+        torch.from_numpy(arrays["test_y"].astype(np.int64)),
+        classes,
+        str(directory),
+        NORMALISATION[name],
+    )
 
 
-def standardised_images(name: str, train_x: np.ndarray, train_y: torch.Tensor, test_x: np.ndarray, test_y: torch.Tensor,
-                        classes: tuple[str, ...], source: str,
-                        normalisation: tuple[tuple[float, ...], tuple[float, ...]]) -> Dataset:
+def standardised_images(
+    name: str,
+    train_x: np.ndarray,
+    train_y: torch.Tensor,
+    test_x: np.ndarray,
+    test_y: torch.Tensor,
+    classes: tuple[str, ...],
+    source: str,
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]],
+) -> Dataset:
     """A Dataset of uint8 (N, C, H, W) images standardised per channel with (mean, std); augmentation pads
     crops with black in those units."""
     mean, std = normalisation
-    return Dataset(name=name, train_x=normalise_images(train_x, mean, std), train_y=train_y,
-                   test_x=normalise_images(test_x, mean, std), test_y=test_y, classes=classes, source=source,
-                   pad_value=tuple(-m / s for m, s in zip(mean, std)))
+    return Dataset(
+        name=name,
+        train_x=normalise_images(train_x, mean, std),
+        train_y=train_y,
+        test_x=normalise_images(test_x, mean, std),
+        test_y=test_y,
+        classes=classes,
+        source=source,
+        pad_value=tuple(-m / s for m, s in zip(mean, std, strict=False)),
+    )
 
 
 def normalise_images(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -244,18 +284,28 @@ def _download(name: str, config: DataConfig, fetch: Callable[[], None], how_to_g
         fetch()
     except Exception as exc:  # torchvision raises URLError, RuntimeError, OSError... all mean "no data"
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{name} not found offline and the download failed ({reason}); {how_to_get}") from None
+        raise DataError(
+            f"{name} not found offline and the download failed ({reason}); {how_to_get}"
+        ) from None
 
 
-def _idx_dataset(name: str, config: DataConfig, candidates: list[Path], download_class: str, how: str,
-                 classes: tuple[str, ...]) -> Dataset:
+def _idx_dataset(
+    name: str,
+    config: DataConfig,
+    candidates: list[Path],
+    download_class: str,
+    how: str,
+    classes: tuple[str, ...],
+) -> Dataset:
     """An idx dataset from the first folder that has all four files, else torchvision's download."""
     directory = _find_idx_dir(candidates)
     if directory is None:
         import torchvision.datasets
 
         root = str(config.root)
-        _download(name, config, lambda: getattr(torchvision.datasets, download_class)(root, download=True), how)
+        _download(
+            name, config, lambda: getattr(torchvision.datasets, download_class)(root, download=True), how
+        )
         directory = _find_idx_dir(candidates)
         if directory is None:
             raise DataError(f"{name} download left no idx files under {config.root}; {how}")
@@ -265,8 +315,10 @@ def _idx_dataset(name: str, config: DataConfig, candidates: list[Path], download
 @register_dataset("fashion-mnist")
 def load_fashion_mnist(config: DataConfig) -> Dataset:
     root = Path(config.root)
-    how = ("install it with `apt-get install dataset-fashion-mnist`, or copy the four idx files "
-           f"(train-images-idx3-ubyte.gz, ...) into {root / 'fashion-mnist'}")
+    how = (
+        "install it with `apt-get install dataset-fashion-mnist`, or copy the four idx files "
+        f"(train-images-idx3-ubyte.gz, ...) into {root / 'fashion-mnist'}"
+    )
     candidates = [*SYSTEM_FASHION_MNIST_DIRS, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
     return _idx_dataset("fashion-mnist", config, candidates, "FashionMNIST", how, FASHION_CLASSES)
 
@@ -274,8 +326,10 @@ def load_fashion_mnist(config: DataConfig) -> Dataset:
 @register_dataset("mnist")
 def load_mnist(config: DataConfig) -> Dataset:
     root = Path(config.root)
-    how = (f"run once on a machine with internet (torchvision downloads it into {root / 'MNIST'}), "
-           f"or copy the four idx files into {root / 'mnist'}")
+    how = (
+        f"run once on a machine with internet (torchvision downloads it into {root / 'MNIST'}), "
+        f"or copy the four idx files into {root / 'mnist'}"
+    )
     candidates = [root / "mnist", root / "MNIST" / "raw"]
     return _idx_dataset("mnist", config, candidates, "MNIST", how, tuple(str(digit) for digit in range(10)))
 
@@ -308,14 +362,25 @@ def read_cifar_batch(path: Path) -> dict[str, object]:
         with open(path, "rb") as handle:
             entry = _ArrayOnlyUnpickler(handle, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise DataError(f"{path}: not a readable CIFAR batch ({exc}); delete the folder and download it again") from None
+        raise DataError(
+            f"{path}: not a readable CIFAR batch ({exc}); delete the folder and download it again"
+        ) from None
     if not isinstance(entry, dict):
-        raise DataError(f"{path}: not a CIFAR batch (expected a dict); delete the folder and download it again")
+        raise DataError(
+            f"{path}: not a CIFAR batch (expected a dict); delete the folder and download it again"
+        )
     return {key.decode() if isinstance(key, bytes) else key: value for key, value in entry.items()}
 
 
 CIFAR_LAYOUT = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", "batches.meta", "label_names"),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "labels",
+        "batches.meta",
+        "label_names",
+    ),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", "meta", "fine_label_names"),
 }
 
@@ -331,6 +396,7 @@ def _load_cifar(name: str, config: DataConfig) -> Dataset:
 
         dataset_class = CIFAR10 if name == "cifar10" else CIFAR100
         _download(name, config, lambda: dataset_class(str(root), download=True), how)
+
     def read(files: list[str]) -> tuple[np.ndarray, torch.Tensor]:
         images, labels = [], []
         for file in files:
@@ -340,7 +406,9 @@ def _load_cifar(name: str, config: DataConfig) -> Dataset:
                 images.append(data.reshape(-1, 3, 32, 32))
                 labels.extend(int(label) for label in entry[label_key])
             except (KeyError, ValueError) as exc:
-                raise DataError(f"{directory / file}: missing or malformed field ({exc}); download it again") from None
+                raise DataError(
+                    f"{directory / file}: missing or malformed field ({exc}); download it again"
+                ) from None
         stacked = np.concatenate(images)
         if len(stacked) != len(labels):
             raise DataError(f"{directory}: image and label counts differ; download it again")
@@ -357,7 +425,9 @@ def _load_cifar(name: str, config: DataConfig) -> Dataset:
     num_classes = 10 if name == "cifar10" else 100
     if len(classes) != num_classes:
         classes = tuple(str(i) for i in range(num_classes))
-    return standardised_images(name, train_x, train_y, test_x, test_y, classes, str(directory), NORMALISATION[name])
+    return standardised_images(
+        name, train_x, train_y, test_x, test_y, classes, str(directory), NORMALISATION[name]
+    )
 
 
 @register_dataset("cifar10")
@@ -383,8 +453,13 @@ class EpochAugmentation:
     fill: torch.Tensor  # (1, C, 1, 1): each channel's normalised black, on the device
 
 
-def draw_augmentation(num_samples: int, generator: torch.Generator, device: torch.device, pad_value: tuple[float, ...],
-                      padding: int = 4) -> EpochAugmentation:
+def draw_augmentation(
+    num_samples: int,
+    generator: torch.Generator,
+    device: torch.device,
+    pad_value: tuple[float, ...],
+    padding: int = 4,
+) -> EpochAugmentation:
     offsets = torch.randint(0, 2 * padding + 1, (num_samples, 2), generator=generator)
     flips = torch.rand(num_samples, generator=generator) < 0.5
     fill = torch.tensor(pad_value, dtype=torch.float32).view(1, -1, 1, 1)
@@ -397,7 +472,7 @@ def augment_batch(images: torch.Tensor, indices: torch.Tensor, plan: EpochAugmen
     pad = plan.padding
     padded = images.new_empty(batch, channels, height + 2 * pad, width + 2 * pad)
     padded.copy_(plan.fill.to(images.dtype).expand_as(padded))
-    padded[:, :, pad:pad + height, pad:pad + width] = images
+    padded[:, :, pad : pad + height, pad : pad + width] = images
     offsets = plan.offsets[indices]
     rows = offsets[:, 0:1] + torch.arange(height, device=images.device)  # (B, H)
     cols = offsets[:, 1:2] + torch.arange(width, device=images.device)  # (B, W)

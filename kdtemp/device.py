@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -22,9 +22,13 @@ def resolve_device(spec: str) -> torch.device:
     device = torch.device(spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {spec} requested but CUDA is not available here; use --device cpu or --device auto")
+            raise ConfigError(
+                f"device {spec} requested but CUDA is not available here; use --device cpu or --device auto"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {spec} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+            raise ConfigError(
+                f"device {spec} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
     return device
 
 

@@ -10,8 +10,8 @@ import contextlib
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -174,17 +174,25 @@ class EpochBatches:
         self.data = data
         self.augmentations = []
         if settings.augment:
-            self.augmentations = [draw_augmentation(num_samples, epoch_generator(seed, epoch, AUGMENT_STREAM),
-                                                    settings.device, data.pad_value) for seed in seeds]
+            self.augmentations = [
+                draw_augmentation(
+                    num_samples, epoch_generator(seed, epoch, AUGMENT_STREAM), settings.device, data.pad_value
+                )
+                for seed in seeds
+            ]
         self.channels_last = settings.channels_last
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self.data.train_y), self.batch_size):
-            indices = self.orders[..., start:start + self.batch_size]
+            indices = self.orders[..., start : start + self.batch_size]
             inputs = self.data.train_x[indices]
             if self.augmentations and self.by_seed:
-                inputs = torch.stack([augment_batch(rows, row_indices, plan)
-                                      for rows, row_indices, plan in zip(inputs, indices, self.augmentations)])
+                inputs = torch.stack(
+                    [
+                        augment_batch(rows, row_indices, plan)
+                        for rows, row_indices, plan in zip(inputs, indices, self.augmentations, strict=False)
+                    ]
+                )
             elif self.augmentations:
                 inputs = augment_batch(inputs, indices, self.augmentations[0])
             yield indices, to_memory_format(inputs, self.channels_last), self.data.train_y[indices]
@@ -195,7 +203,9 @@ def chunks(count: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, count))
 
 
-def evaluation_sums(logits: torch.Tensor, targets: torch.Tensor, teacher_log_probs: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def evaluation_sums(
+    logits: torch.Tensor, targets: torch.Tensor, teacher_log_probs: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
     """Sums over one chunk; accuracy and agreement stay integer counts, exact however many chunks add up."""
     sums = {
         "test_loss": M.cross_entropy_sum(logits, targets),
@@ -237,7 +247,11 @@ class NetworkTrainer:
         self.completed_epochs = 0
 
     def state(self) -> dict:
-        return {"epoch": self.completed_epochs, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {
+            "epoch": self.completed_epochs,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -249,10 +263,14 @@ class NetworkTrainer:
         totals: dict[str, torch.Tensor] = {}
         with torch.no_grad(), autocast(self.settings.device, self.settings.amp):
             for chunk in chunks(len(self.data.test_y), self.settings.eval_batch_size):
-                logits = self.model(to_memory_format(self.data.test_x[chunk], self.settings.channels_last)).float()
+                logits = self.model(
+                    to_memory_format(self.data.test_x[chunk], self.settings.channels_last)
+                ).float()
                 add_sums(totals, evaluation_sums(logits, self.data.test_y[chunk], None))
         self.model.train()
-        return {name: float(value) for name, value in finish_evaluation(totals, len(self.data.test_y)).items()}
+        return {
+            name: float(value) for name, value in finish_evaluation(totals, len(self.data.test_y)).items()
+        }
 
     def run(self, should_stop: Callable[[], bool] | None = None) -> Iterator[StepsDone | EpochDone]:
         settings, device = self.settings, self.settings.device
@@ -264,7 +282,12 @@ class NetworkTrainer:
             correct = torch.zeros((), dtype=torch.long, device=device)
             lr_at_start = learning_rate(settings.training, epoch * self.steps_per_epoch, self.steps_per_epoch)
             for step, (_, inputs, targets) in enumerate(EpochBatches(self.data, settings, epoch)):
-                set_learning_rate(self.optimizer, learning_rate(settings.training, epoch * self.steps_per_epoch + step, self.steps_per_epoch))
+                set_learning_rate(
+                    self.optimizer,
+                    learning_rate(
+                        settings.training, epoch * self.steps_per_epoch + step, self.steps_per_epoch
+                    ),
+                )
                 with autocast(device, settings.amp), dropout.drawing():
                     logits = self.model(inputs).float()
                 loss = F.cross_entropy(logits, targets)
@@ -285,7 +308,12 @@ class NetworkTrainer:
             if not math.isfinite(train_loss):
                 yield EpochDone(epoch, [None], {0: f"training loss became {train_loss} in epoch {epoch}"})
                 return
-            row = {"epoch": epoch, "lr": lr_at_start, "train_loss": train_loss, "train_acc": int(correct) / count}
+            row = {
+                "epoch": epoch,
+                "lr": lr_at_start,
+                "train_loss": train_loss,
+                "train_acc": int(correct) / count,
+            }
             row.update(self.evaluate())
             row["epoch_seconds"] = time.perf_counter() - started
             yield EpochDone(epoch, [row])
@@ -316,8 +344,9 @@ def inference_module(model: nn.Module, example: torch.Tensor, device: torch.devi
     return model
 
 
-def predict_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device,
-                   channels_last: bool = False) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device, channels_last: bool = False
+) -> torch.Tensor:
     """Eval-mode logits of `model` on `inputs`, in chunks: the teacher's one pass, computed in float32.
 
     No autocast and no TF32, even where training uses them: these logits become the soft targets,

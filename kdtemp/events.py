@@ -6,9 +6,9 @@ goes (a Slurm launch also with Submitted), and returns its result; the CLI rende
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,10 @@ def load_student(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...]]:
     try:
         config = ExperimentConfig.model_validate(record["experiment"])
     except (ValidationError, KeyError, TypeError) as exc:
-        raise RunsError(f"{files.config}: the recorded config does not validate "
-                        f"({str(exc).splitlines()[0]}); rerun the sweep with --force") from None
+        raise RunsError(
+            f"{files.config}: the recorded config does not validate "
+            f"({str(exc).splitlines()[0]}); rerun the sweep with --force"
+        ) from None
     layout = R.ExperimentLayout(run_dir.parent.parent)
     teacher = R.load_checkpoint(layout.teacher_models(len(config.teacher_specs()))[0], "teacher checkpoint")
     input_shape = tuple(teacher["input_shape"])
@@ -58,12 +60,15 @@ def load_student(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...]]:
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{files.model} does not fit the run's student ({exc}); "
-                              "rerun the sweep with --force") from None
+        raise CheckpointError(
+            f"{files.model} does not fit the run's student ({exc}); rerun the sweep with --force"
+        ) from None
     return model.eval(), input_shape
 
 
-def export_student(layout: R.ExperimentLayout, run_id: str | None, format: Format = "pt2") -> tuple[str, Path]:
+def export_student(
+    layout: R.ExperimentLayout, run_id: str | None, format: Format = "pt2"
+) -> tuple[str, Path]:
     """Write the student of `run_id` (default: the best run) as `format` beside its files; (run_id, path)."""
     run_id = run_id or best_run(layout)
     run_dir = layout.run_dir(run_id)
@@ -76,7 +81,9 @@ def export_student(layout: R.ExperimentLayout, run_id: str | None, format: Forma
         buffer = io.BytesIO()
         if format == "torchscript":
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # deprecated by PyTorch, still what many deployments load
+                warnings.simplefilter(
+                    "ignore", FutureWarning
+                )  # deprecated by PyTorch, still what many deployments load
                 torch.jit.save(torch.jit.trace(model, example), buffer)
                 buffer.seek(0)
                 reloaded = torch.jit.load(buffer)
@@ -87,8 +94,10 @@ def export_student(layout: R.ExperimentLayout, run_id: str | None, format: Forma
             buffer.seek(0)
             reloaded = torch.export.load(buffer).module()
         if not torch.allclose(reloaded(example), expected, atol=1e-5, rtol=1e-5):
-            raise CheckpointError(f"the {format} export of {run_id} does not reproduce the student's outputs; try --format "
-                                  f"{'pt2' if format == 'torchscript' else 'torchscript'}")
+            raise CheckpointError(
+                f"the {format} export of {run_id} does not reproduce the student's outputs; try --format "
+                f"{'pt2' if format == 'torchscript' else 'torchscript'}"
+            )
     path = run_dir / FILE_NAMES[format]
     R.atomic_write_bytes(path, buffer.getvalue())
     return run_id, path

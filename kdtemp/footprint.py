@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -30,7 +30,9 @@ def forward_flops(model: nn.Module, batch: torch.Tensor) -> int | None:
         return None
 
 
-def interleaved_latency_ms(roles: Sequence[Sequence[nn.Module]], batch: torch.Tensor, device: torch.device) -> list[float]:
+def interleaved_latency_ms(
+    roles: Sequence[Sequence[nn.Module]], batch: torch.Tensor, device: torch.device
+) -> list[float]:
     """Median wall time of one forward pass of `batch` through each role's models (summed over an ensemble).
 
     The roles take turns within every repeat (student, teacher, student, teacher, ...), so a change in
@@ -66,13 +68,15 @@ def _sizes(models: Sequence[nn.Module], batch: torch.Tensor) -> dict:
     }
 
 
-def student_and_teacher(student: nn.Module, teachers: Sequence[nn.Module], batch: torch.Tensor, device: torch.device) -> dict:
+def student_and_teacher(
+    student: nn.Module, teachers: Sequence[nn.Module], batch: torch.Tensor, device: torch.device
+) -> dict:
     """The summary.json fields: student_* and teacher_* for params, size_bytes, latency_ms and flops."""
     roles = {"student": [student], "teacher": list(teachers)}
     fields: dict = {"latency_batch_size": len(batch)}
     for role, models in roles.items():
         for name, value in _sizes(models, batch).items():
             fields[f"{role}_{name}"] = value
-    for role, latency in zip(roles, interleaved_latency_ms(list(roles.values()), batch, device)):
+    for role, latency in zip(roles, interleaved_latency_ms(list(roles.values()), batch, device), strict=False):
         fields[f"{role}_latency_ms"] = latency
     return fields

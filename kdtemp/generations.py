@@ -18,8 +18,8 @@ from kdtemp.models import build_model
 from kdtemp.plan import RunSpec
 from kdtemp.prepare import per_batch_teachers
 from kdtemp.randomness import keeps_global_rng
-from kdtemp.student_group import Hint
 from kdtemp.records import Status
+from kdtemp.student_group import Hint
 from kdtemp.sweep_state import SweepState, run_summary
 
 
@@ -37,7 +37,11 @@ def with_finished_parents(state: SweepState, runs: list[RunSpec]) -> list[RunSpe
             state.failed.append((run.run_id, reason))
         else:
             state.busy.append(run.run_id)
-            state.emit(Note(f"{run.run_id} waits for its parent {run.parent}, not finished yet; run the sweep again later"))
+            state.emit(
+                Note(
+                    f"{run.run_id} waits for its parent {run.parent}, not finished yet; run the sweep again later"
+                )
+            )
     return ready
 
 
@@ -61,7 +65,9 @@ def parent_signal(state: SweepState, runs: list[RunSpec]) -> TeacherSignal:
     logits = torch.stack([predict_logits(p, data.train_x, batch, state.device) for p in parents]).unsqueeze(1)
     features = None
     if state.hint is not None:
-        features = torch.stack([predict_features(p, layer, data.train_x, batch, state.device) for p in parents]).unsqueeze(1)
+        features = torch.stack(
+            [predict_features(p, layer, data.train_x, batch, state.device) for p in parents]
+        ).unsqueeze(1)
     return TeacherSignal(train_logits=logits, train_features=features, **common)
 
 
@@ -70,6 +76,10 @@ def generation_hint(state: SweepState, generation: int) -> Hint | None:
     """From generation 2 on, the hint target is the parent student's own feature."""
     if state.hint is None or generation == 1:
         return state.hint
-    shape = feature_shape(build_model(state.student_spec, state.data.input_shape, state.data.num_classes),
-                          state.hint.student_layer, state.data.train_x[:2].cpu(), "student")
+    shape = feature_shape(
+        build_model(state.student_spec, state.data.input_shape, state.data.num_classes),
+        state.hint.student_layer,
+        state.data.train_x[:2].cpu(),
+        "student",
+    )
     return Hint(state.hint.weight, state.hint.student_layer, shape)

@@ -33,8 +33,10 @@ def final_linear(model: nn.Module, role: str) -> nn.Linear:
         return classifier
     linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
     if not linears:
-        raise ConfigError(f"the {role} has no nn.Linear layer whose input would be its penultimate feature; "
-                          f"name the hint layer in kd.feature_layers.{role}")
+        raise ConfigError(
+            f"the {role} has no nn.Linear layer whose input would be its penultimate feature; "
+            f"name the hint layer in kd.feature_layers.{role}"
+        )
     return linears[-1]
 
 
@@ -47,7 +49,9 @@ class FeatureCapture:
         if capture_input:
             self.handle = module.register_forward_pre_hook(lambda _module, args: self.values.append(args[0]))
         else:
-            self.handle = module.register_forward_hook(lambda _module, _args, output: self.values.append(output))
+            self.handle = module.register_forward_hook(
+                lambda _module, _args, output: self.values.append(output)
+            )
 
     def pop(self) -> torch.Tensor:
         return self.values.pop()
@@ -74,22 +78,29 @@ def feature_shape(model: nn.Module, layer: str | None, example: torch.Tensor, ro
 def build_regressor(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module:
     """A linear map for vector features, a 1x1 convolution for feature maps of the same resolution."""
     if len(student_shape) != len(teacher_shape):
-        raise ConfigError(f"hint features differ in kind: student {student_shape}, teacher {teacher_shape}; "
-                          "set kd.feature_layers to layers of the same kind (both vectors or both feature maps)")
+        raise ConfigError(
+            f"hint features differ in kind: student {student_shape}, teacher {teacher_shape}; "
+            "set kd.feature_layers to layers of the same kind (both vectors or both feature maps)"
+        )
     if len(student_shape) == 1:
         return nn.Linear(student_shape[0], teacher_shape[0])
     if student_shape[1:] != teacher_shape[1:]:
-        raise ConfigError(f"hint feature maps differ in resolution: student {student_shape}, teacher {teacher_shape}; "
-                          "set kd.feature_layers to layers of one resolution")
+        raise ConfigError(
+            f"hint feature maps differ in resolution: student {student_shape}, teacher {teacher_shape}; "
+            "set kd.feature_layers to layers of one resolution"
+        )
     if len(student_shape) == 2:
         return nn.Conv1d(student_shape[0], teacher_shape[0], kernel_size=1)
     if len(student_shape) == 3:
         return nn.Conv2d(student_shape[0], teacher_shape[0], kernel_size=1)
-    raise ConfigError(f"hint features of shape {student_shape} are not supported; use vectors or feature maps")
+    raise ConfigError(
+        f"hint features of shape {student_shape} are not supported; use vectors or feature maps"
+    )
 
 
-def predict_features(model: nn.Module, layer: str | None, inputs: torch.Tensor, batch_size: int,
-                     device: torch.device) -> torch.Tensor:
+def predict_features(
+    model: nn.Module, layer: str | None, inputs: torch.Tensor, batch_size: int, device: torch.device
+) -> torch.Tensor:
     """A layer's eval-mode feature for every input, in chunks, on `device`: the teacher's hint targets."""
     capture = FeatureCapture(model, layer, "teacher")
     model.eval()
@@ -97,7 +108,7 @@ def predict_features(model: nn.Module, layer: str | None, inputs: torch.Tensor, 
     try:
         with torch.no_grad():
             for start in range(0, len(inputs), batch_size):
-                model(inputs[start:start + batch_size].to(device))
+                model(inputs[start : start + batch_size].to(device))
                 outputs.append(capture.pop().float())
     finally:
         capture.remove()

@@ -50,11 +50,13 @@ def work_units(config: ExperimentConfig, force: bool = False, at_least: int = 1)
     for run in runs:
         if force or not R.is_completed(layout.run_dir(run.run_id)):
             lineages.setdefault(root(run).run_id, []).append(run)
-    groups = group_runs([by_id[root_id] for root_id in lineages], config.train.max_group_size, across_seeds=False)
+    groups = group_runs(
+        [by_id[root_id] for root_id in lineages], config.train.max_group_size, across_seeds=False
+    )
     while len(groups) < at_least and any(len(group) > 1 for group in groups):
         largest = max(groups, key=len)
         groups.remove(largest)
-        groups += [largest[: len(largest) // 2], largest[len(largest) // 2:]]
+        groups += [largest[: len(largest) // 2], largest[len(largest) // 2 :]]
     return [[run.run_id for root_run in group for run in lineages[root_run.run_id]] for group in groups]
 
 
@@ -62,10 +64,16 @@ def combine(results: list[SweepResult], planned: int, seconds: float, experiment
     """One SweepResult for the whole sweep from its units' results."""
     trained = sum(r.resumed + r.started for r in results)
     return SweepResult(
-        planned=planned, skipped=planned - trained - sum(len(r.busy) for r in results),
-        resumed=sum(r.resumed for r in results), started=sum(r.started for r in results),
-        completed=sum(r.completed for r in results), failed=[f for r in results for f in r.failed],
-        busy=[b for r in results for b in r.busy], seconds=seconds, experiment_dir=experiment_dir)
+        planned=planned,
+        skipped=planned - trained - sum(len(r.busy) for r in results),
+        resumed=sum(r.resumed for r in results),
+        started=sum(r.started for r in results),
+        completed=sum(r.completed for r in results),
+        failed=[f for r in results for f in r.failed],
+        busy=[b for r in results for b in r.busy],
+        seconds=seconds,
+        experiment_dir=experiment_dir,
+    )
 
 
 # --- local workers -------------------------------------------------------------------------------
@@ -77,20 +85,25 @@ def worker_devices(config: ExperimentConfig) -> list[str]:
     if launcher.devices:
         if launcher.devices == ["all"]:
             if not torch.cuda.is_available():
-                raise ConfigError("--devices all asks for every GPU, but CUDA is not available here; use --workers N on CPU")
+                raise ConfigError(
+                    "--devices all asks for every GPU, but CUDA is not available here; use --workers N on CPU"
+                )
             devices = [f"cuda:{index}" for index in range(torch.cuda.device_count())]
         else:
             devices = list(launcher.devices)
         for device in devices:
             resolve_device(device)  # a clear error for a device that is not there
         if launcher.workers and launcher.workers != len(devices):
-            raise ConfigError(f"--workers {launcher.workers} and {len(devices)} --devices disagree; give one of them")
+            raise ConfigError(
+                f"--workers {launcher.workers} and {len(devices)} --devices disagree; give one of them"
+            )
         return devices
     return [config.device] * (launcher.workers or 1)
 
 
-def launch_local(config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None,
-                 emit: Emit = ignore) -> SweepResult:
+def launch_local(
+    config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None, emit: Emit = ignore
+) -> SweepResult:
     """Train the sweep's units in worker processes, one per device; CPU workers split the cores.
 
     The workers' notes and progress reach `emit` here, labelled with the worker.
@@ -102,21 +115,31 @@ def launch_local(config: ExperimentConfig, force: bool = False, should_stop: Sto
     units = work_units(config, force, at_least=len(devices))
     if not units:
         emit(Note(f"{planned} runs planned: all complete"))
-        return SweepResult(planned, planned, 0, 0, 0, seconds=time.perf_counter() - started, experiment_dir=layout.root)
+        return SweepResult(
+            planned, planned, 0, 0, 0, seconds=time.perf_counter() - started, experiment_dir=layout.root
+        )
     R.check_writable(layout.root)
     threads = threads_per_worker(os.cpu_count() or 1, len(devices))
-    emit(Note(f"{len(units)} units of work over {len(devices)} workers ({', '.join(devices)}), {threads} CPU thread(s) each"))
+    emit(
+        Note(
+            f"{len(units)} units of work over {len(devices)} workers ({', '.join(devices)}), {threads} CPU thread(s) each"
+        )
+    )
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
-    assignments = [units[index::len(devices)] for index in range(len(devices))]
+    assignments = [units[index :: len(devices)] for index in range(len(devices))]
     processes = []
-    for index, (device, assigned) in enumerate(zip(devices, assignments)):
+    for index, (device, assigned) in enumerate(zip(devices, assignments, strict=False)):
         if not assigned:
             continue
         run_ids = [run_id for unit in assigned for run_id in unit]
         worker = f"worker {index} ({device})"
-        process = context.Process(target=_worker_main, name=worker, daemon=False,
-                                  args=(config_to_dict(config), device, run_ids, force, threads, worker, events))
+        process = context.Process(
+            target=_worker_main,
+            name=worker,
+            daemon=False,
+            args=(config_to_dict(config), device, run_ids, force, threads, worker, events),
+        )
         process.start()
         processes.append(process)
     results, errors = [], []
@@ -171,13 +194,17 @@ def _prepare_worker(device: str, threads: int) -> None:
 def _prefixed(event: Event, worker: str) -> Event:
     """A worker's event, labelled with the worker so that bars and notes of several workers do not mix."""
     if isinstance(event, Progress):
-        return Progress(f"{worker}:{event.task}", f"{worker}: {event.description}", event.completed, event.total)
+        return Progress(
+            f"{worker}:{event.task}", f"{worker}: {event.description}", event.completed, event.total
+        )
     if isinstance(event, Note):
         return Note(f"{worker}: {event.text}", event.level)
     return event
 
 
-def _worker_main(config_tree: dict, device: str, run_ids: list[str], force: bool, threads: int, worker: str, events) -> None:
+def _worker_main(
+    config_tree: dict, device: str, run_ids: list[str], force: bool, threads: int, worker: str, events
+) -> None:
     """A worker process: train its runs and report events, its result, or its error, through the queue."""
     _prepare_worker(device, threads)
     stop = {"requested": False}
@@ -190,8 +217,14 @@ def _worker_main(config_tree: dict, device: str, run_ids: list[str], force: bool
     from kdtemp.engine import StopRequested
 
     try:
-        result = sweep(config, force=force, should_stop=lambda: stop["requested"], only=set(run_ids), worker=worker,
-                       emit=lambda event: events.put(("event", worker, event)))
+        result = sweep(
+            config,
+            force=force,
+            should_stop=lambda: stop["requested"],
+            only=set(run_ids),
+            worker=worker,
+            emit=lambda event: events.put(("event", worker, event)),
+        )
         events.put(("result", worker, result))
     except StopRequested:
         events.put(("stopped", worker, None))
@@ -234,8 +267,10 @@ def job_config_tree(config: ExperimentConfig) -> dict:
     task, so it is refused here, before anything is submitted.
     """
     if config.device.startswith("cuda") and not config.launcher.slurm_gpus_per_job:
-        raise ConfigError(f"device {config.device} needs a GPU in each Slurm job, but slurm_gpus_per_job is 0; "
-                          "pass --slurm-gpus-per-job 1 (or set launcher.slurm_gpus_per_job)")
+        raise ConfigError(
+            f"device {config.device} needs a GPU in each Slurm job, but slurm_gpus_per_job is 0; "
+            "pass --slurm-gpus-per-job 1 (or set launcher.slurm_gpus_per_job)"
+        )
     return config_to_dict(config)
 
 
@@ -248,8 +283,12 @@ def _executor(config: ExperimentConfig):
     launcher = config.launcher
     folder = R.ExperimentLayout.of(config.runs_dir, config.name).root / "slurm"
     executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
-    parameters = {"timeout_min": launcher.slurm_time, "slurm_array_parallelism": launcher.slurm_array_parallelism,
-                  "cpus_per_task": launcher.slurm_cpus_per_job, "name": f"kdtemp-{config.name}"}
+    parameters = {
+        "timeout_min": launcher.slurm_time,
+        "slurm_array_parallelism": launcher.slurm_array_parallelism,
+        "cpus_per_task": launcher.slurm_cpus_per_job,
+        "name": f"kdtemp-{config.name}",
+    }
     if launcher.slurm_partition:
         parameters["slurm_partition"] = launcher.slurm_partition
     if launcher.slurm_gpus_per_job:
@@ -260,8 +299,9 @@ def _executor(config: ExperimentConfig):
     return executor
 
 
-def launch_slurm(config: ExperimentConfig, force: bool = False, wait: bool = True,
-                 emit: Emit = ignore) -> SweepResult | None:
+def launch_slurm(
+    config: ExperimentConfig, force: bool = False, wait: bool = True, emit: Emit = ignore
+) -> SweepResult | None:
     """Submit one array task per unit of work (emitting Submitted); wait and show progress unless `wait` is False.
 
     Returns the whole sweep's result once every task has left the queue; None when not waiting.
@@ -273,11 +313,18 @@ def launch_slurm(config: ExperimentConfig, force: bool = False, wait: bool = Tru
     units = work_units(config, force)
     if not units:
         emit(Note(f"{planned} runs planned: all complete"))
-        return SweepResult(planned, planned, 0, 0, 0, seconds=time.perf_counter() - started, experiment_dir=layout.root)
+        return SweepResult(
+            planned, planned, 0, 0, 0, seconds=time.perf_counter() - started, experiment_dir=layout.root
+        )
     R.check_writable(layout.root)
     if config.device == "auto" and not config.launcher.slurm_gpus_per_job:
         cores = config.launcher.slurm_cpus_per_job
-        emit(Note(f"Slurm jobs get no GPU (slurm_gpus_per_job 0): they train on {cores} CPU core(s) each", "warning"))
+        emit(
+            Note(
+                f"Slurm jobs get no GPU (slurm_gpus_per_job 0): they train on {cores} CPU core(s) each",
+                "warning",
+            )
+        )
     executor = _executor(config)
     jobs = []
     try:
@@ -285,8 +332,10 @@ def launch_slurm(config: ExperimentConfig, force: bool = False, wait: bool = Tru
             for unit in units:
                 jobs.append(executor.submit(UnitJob(tree, unit, force)))
     except Exception as exc:  # sbatch missing, rejected, or no controller
-        raise KDTempError(f"submitting to Slurm failed ({str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}); "
-                          "check `sinfo` and --slurm-partition") from None
+        raise KDTempError(
+            f"submitting to Slurm failed ({str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}); "
+            "check `sinfo` and --slurm-partition"
+        ) from None
     array_id = jobs[0].job_id.split("_")[0]
     emit(Submitted(array_id, len(jobs), sum(len(unit) for unit in units), Path(executor.folder)))
     if not wait:
@@ -295,7 +344,10 @@ def launch_slurm(config: ExperimentConfig, force: bool = False, wait: bool = Tru
     while True:
         states = queue_states(array_id)
         done = sum(1 for run_id in (r for unit in units for r in unit) if _finished(layout, run_id))
-        counts = ", ".join(f"{count} {state.lower()}" for state, count in sorted(_count(states).items())) or "none queued"
+        counts = (
+            ", ".join(f"{count} {state.lower()}" for state, count in sorted(_count(states).items()))
+            or "none queued"
+        )
         emit(Progress("runs", f"slurm array {array_id}: {counts}", done, pending_runs))
         if not states:
             break
@@ -327,8 +379,9 @@ def _count(states: dict[str, str]) -> dict[str, int]:
 def queue_states(array_id: str) -> dict[str, str]:
     """{task id: state} of the array's tasks still in Slurm's queue (squeue); empty when all have left."""
     try:
-        output = subprocess.run(["squeue", "-h", "-r", "-j", array_id, "-o", "%i %T"], capture_output=True, text=True,
-                                timeout=30).stdout
+        output = subprocess.run(
+            ["squeue", "-h", "-r", "-j", array_id, "-o", "%i %T"], capture_output=True, text=True, timeout=30
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
     states = {}
@@ -339,8 +392,13 @@ def queue_states(array_id: str) -> dict[str, str]:
     return states
 
 
-def run_sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None, wait: bool = True,
-              emit: Emit = ignore) -> SweepResult | None:
+def run_sweep(
+    config: ExperimentConfig,
+    force: bool = False,
+    should_stop: StopCheck = None,
+    wait: bool = True,
+    emit: Emit = ignore,
+) -> SweepResult | None:
     """`kdtemp sweep`: in this process, in local workers, or as a Slurm job array, as config.launcher says.
 
     None only for a Slurm array not waited for (`wait` False): its Submitted event says where it went.

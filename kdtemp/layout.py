@@ -24,7 +24,7 @@ class ExperimentLayout:
     root: Path
 
     @classmethod
-    def of(cls, runs_dir: Path, name: str) -> "ExperimentLayout":
+    def of(cls, runs_dir: Path, name: str) -> ExperimentLayout:
         return cls(Path(runs_dir) / name)
 
     @property
@@ -39,7 +39,7 @@ class ExperimentLayout:
         """teacher/ for a single teacher; teacher/teacher-<i>/ for each member of an ensemble."""
         return self.teacher_dir if count == 1 else self.teacher_dir / f"teacher-{index}"
 
-    def teacher_files(self, index: int, count: int) -> "RunFiles":
+    def teacher_files(self, index: int, count: int) -> RunFiles:
         """The files of one teacher: model.pt, metrics.csv, config.yaml, checkpoint.pt while it trains."""
         return RunFiles(self.teacher_dir_of(index, count))
 
@@ -58,7 +58,7 @@ class ExperimentLayout:
     def run_dir(self, run_id: str) -> Path:
         return self.students_dir / run_id
 
-    def run_files(self, run_id: str) -> "RunFiles":
+    def run_files(self, run_id: str) -> RunFiles:
         return RunFiles(self.run_dir(run_id))
 
     def lock_path(self, run_id: str) -> Path:

@@ -14,9 +14,10 @@ twice; metrics.csv does not.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 from kdtemp.config import ExperimentConfig
 from kdtemp.errors import ConfigError
@@ -73,9 +74,14 @@ class TensorBoardLogger:
 def numeric_cells(row: dict) -> dict[str, float]:
     """The row's numbers, as metrics.csv would show them: empty cells (None, NaN) and text are left out,
     and so is `epoch`, which is the step itself."""
-    return {column: float(value) for column, value in row.items()
-            if column != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool)
-            and not math.isnan(value)}
+    return {
+        column: float(value)
+        for column, value in row.items()
+        if column != "epoch"
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and not math.isnan(value)
+    }
 
 
 def summary_writer_class():

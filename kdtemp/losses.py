@@ -45,7 +45,9 @@ def _broadcastable(value, trailing: int = 2):
     return value
 
 
-def _maybe_standardize(logits: torch.Tensor, standardize: bool | torch.Tensor, trailing: int = 2) -> torch.Tensor:
+def _maybe_standardize(
+    logits: torch.Tensor, standardize: bool | torch.Tensor, trailing: int = 2
+) -> torch.Tensor:
     if isinstance(standardize, torch.Tensor):
         return torch.where(_broadcastable(standardize, trailing), standardize_logits(logits), logits)
     return standardize_logits(logits) if standardize else logits
@@ -108,7 +110,9 @@ def standardized_logit_std(
     return (_teacher_weights(count, weights, each).view(count, 1) * each).sum(dim=-2)
 
 
-def soft_target_kl(student_logits: torch.Tensor, target_log_probs: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+def soft_target_kl(
+    student_logits: torch.Tensor, target_log_probs: torch.Tensor, temperature: float | torch.Tensor
+) -> torch.Tensor:
     """KL(p_target || softmax(s / T)), summed over classes and averaged over the batch (`batchmean`)."""
     student_log_probs = F.log_softmax(student_logits / _broadcastable(temperature), dim=-1)
     per_sample = (target_log_probs.exp() * (target_log_probs - student_log_probs)).sum(dim=-1)
@@ -161,7 +165,9 @@ def kd_loss(
     return combine_terms(kd_terms(student_logits, target_log_probs, targets, temperature), alpha)
 
 
-def hint_loss(projected_student_features: torch.Tensor, teacher_features: torch.Tensor, member_dims: int = 0) -> torch.Tensor:
+def hint_loss(
+    projected_student_features: torch.Tensor, teacher_features: torch.Tensor, member_dims: int = 0
+) -> torch.Tensor:
     """FitNets hint term (Romero et al. 2015): mean squared error between regressed and teacher features.
 
     With `member_dims` leading member dimensions (a stacked group: (K, B, ...)) one mean per member.

@@ -34,7 +34,9 @@ def teacher_kl_sum(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.
     return (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(dim=-1).sum(dim=-1)
 
 
-def calibration_bins(logits: torch.Tensor, targets: torch.Tensor, bins: int = CALIBRATION_BINS) -> torch.Tensor:
+def calibration_bins(
+    logits: torch.Tensor, targets: torch.Tensor, bins: int = CALIBRATION_BINS
+) -> torch.Tensor:
     """Per confidence bin: (count, sum of confidence, sum of correctness); shape (..., 3, bins).
 
     Bins are equal-width over (0, 1], as in Guo et al. 2017; a confidence of exactly 1 falls in the last.
@@ -44,7 +46,9 @@ def calibration_bins(logits: torch.Tensor, targets: torch.Tensor, bins: int = CA
     correct = (predicted == targets).to(probs.dtype)
     index = torch.clamp((confidence * bins).ceil().long() - 1, 0, bins - 1)
     shape = (*confidence.shape[:-1], bins)
-    count = torch.zeros(shape, dtype=probs.dtype, device=probs.device).scatter_add_(-1, index, torch.ones_like(confidence))
+    count = torch.zeros(shape, dtype=probs.dtype, device=probs.device).scatter_add_(
+        -1, index, torch.ones_like(confidence)
+    )
     conf_sum = torch.zeros(shape, dtype=probs.dtype, device=probs.device).scatter_add_(-1, index, confidence)
     correct_sum = torch.zeros(shape, dtype=probs.dtype, device=probs.device).scatter_add_(-1, index, correct)
     return torch.stack([count, conf_sum, correct_sum], dim=-2)
@@ -56,16 +60,24 @@ def expected_calibration_error(bins: torch.Tensor) -> torch.Tensor:
     return (correct_sum - conf_sum).abs().sum(dim=-1) / count.sum(dim=-1).clamp_min(1)
 
 
-def soft_target_statistics(teacher_logits: torch.Tensor, temperature: float, ensemble: str = "mean_probs",
-                           weights: torch.Tensor | None = None) -> tuple[float, float]:
+def soft_target_statistics(
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    ensemble: str = "mean_probs",
+    weights: torch.Tensor | None = None,
+) -> tuple[float, float]:
     """Mean entropy (nats) and mean top-class probability of the soft targets at T: how soft they are.
 
     `teacher_logits` is (N, C) for one teacher or (n, N, C) for an ensemble combined by `ensemble`.
     """
     from kdtemp.losses import soft_target_log_probs
 
-    log_probs = soft_target_log_probs(teacher_logits.double(), temperature, ensemble=ensemble,
-                                      weights=None if weights is None else weights.double())
+    log_probs = soft_target_log_probs(
+        teacher_logits.double(),
+        temperature,
+        ensemble=ensemble,
+        weights=None if weights is None else weights.double(),
+    )
     probs = log_probs.exp()
     entropy = -(probs * log_probs).sum(dim=-1).mean()
     return float(entropy), float(probs.max(dim=-1).values.mean())

@@ -8,7 +8,7 @@ networks (`torchvision:NAME`, `module:callable`) are built by kdtemp.custom_mode
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ def register_model(*names: str) -> Callable[[Builder], Builder]:
         for name in names:
             _BUILDERS[name] = builder
         return builder
+
     return decorate
 
 
@@ -95,17 +96,28 @@ def build_mlp(spec: MLPSpec, input_shape: tuple[int, ...], num_classes: int) -> 
 class CNN(nn.Module):
     """[conv -> BN -> ReLU -> maxpool] per entry of `channels`, then fc -> ReLU -> dropout -> classifier."""
 
-    def __init__(self, input_shape: tuple[int, ...], channels: list[int], kernel_size: int, hidden: int,
-                 num_classes: int, dropout: float):
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        channels: list[int],
+        kernel_size: int,
+        hidden: int,
+        num_classes: int,
+        dropout: float,
+    ):
         super().__init__()
         image = len(input_shape) == 3
-        conv, norm, pool = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d) if image else (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d)
+        conv, norm, pool = (
+            (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d) if image else (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d)
+        )
         layers: list[nn.Module] = []
         in_channels, spatial = input_shape[0], list(input_shape[1:])
         for out_channels in channels:
             layers += [
                 conv(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
-                norm(out_channels), nn.ReLU(), pool(2),
+                norm(out_channels),
+                nn.ReLU(),
+                pool(2),
             ]
             in_channels = out_channels
             spatial = [size // 2 for size in spatial]
@@ -113,7 +125,12 @@ class CNN(nn.Module):
             raise ConfigError(
                 f"cnn with {len(channels)} pooling blocks shrinks inputs of shape {input_shape} to nothing; use fewer channels entries"
             )
-        layers += [nn.Flatten(), nn.Linear(in_channels * math.prod(spatial), hidden), nn.ReLU(), nn.Dropout(dropout)]
+        layers += [
+            nn.Flatten(),
+            nn.Linear(in_channels * math.prod(spatial), hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+        ]
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(hidden, num_classes)
 
@@ -137,7 +154,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -174,7 +193,10 @@ class CifarResNet(nn.Module):
 
 
 RESNET_SHAPES = {
-    name: (int(name.removeprefix("resnet").split("x")[0]), (32, 64, 128, 256) if name.endswith("x4") else (16, 16, 32, 64))
+    name: (
+        int(name.removeprefix("resnet").split("x")[0]),
+        (32, 64, 128, 256) if name.endswith("x4") else (16, 16, 32, 64),
+    )
     for name in RESNET_ARCHS
 }
 
@@ -188,7 +210,9 @@ def build_resnet(spec: ResNetSpec, input_shape: tuple[int, ...], num_classes: in
 def image_channels(spec: ResNetSpec, input_shape: tuple[int, ...]) -> int:
     """Channels of (C, H, W) inputs: the CIFAR ResNets and the zoo are made of 2-d convolutions."""
     if len(input_shape) != 3:
-        raise ConfigError(f"{spec.arch} needs image inputs (C, H, W), got shape {input_shape}; use arch cnn or mlp for sequences")
+        raise ConfigError(
+            f"{spec.arch} needs image inputs (C, H, W), got shape {input_shape}; use arch cnn or mlp for sequences"
+        )
     return input_shape[0]
 
 

@@ -18,7 +18,7 @@ group-independence are the same; on CPU the foreach path gives the memberwise pa
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -64,9 +64,18 @@ class MemberwiseSGD(_MemberwiseOptimizer):
     `foreach` None: torch._foreach_* on CUDA, one operation per parameter elsewhere.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-                 foreach: bool | None = None):
-        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov})
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        foreach: bool | None = None,
+    ):
+        super().__init__(
+            params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov}
+        )
         self.foreach = foreach
 
     def _param_step(self, group: dict, param: torch.Tensor) -> None:
@@ -99,7 +108,7 @@ class MemberwiseSGD(_MemberwiseOptimizer):
                 buffers = [states[index]["momentum_buffer"] for index in started]
                 torch._foreach_mul_(buffers, momentum)
                 torch._foreach_add_(buffers, [updates[index] for index in started])
-            for state, update in zip(states, updates):
+            for state, update in zip(states, updates, strict=False):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = update.clone()
             buffers = [state["momentum_buffer"] for state in states]
@@ -116,9 +125,20 @@ class MemberwiseAdam(_MemberwiseOptimizer):
     `foreach` None: torch._foreach_* on CUDA, one operation per parameter elsewhere.
     """
 
-    def __init__(self, params, lr: float, weight_decay: float = 0.0, decoupled: bool = False,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, foreach: bool | None = None):
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "decoupled": decoupled, "betas": betas, "eps": eps})
+    def __init__(
+        self,
+        params,
+        lr: float,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        foreach: bool | None = None,
+    ):
+        super().__init__(
+            params,
+            {"lr": lr, "weight_decay": weight_decay, "decoupled": decoupled, "betas": betas, "eps": eps},
+        )
         self.foreach = foreach
 
     def _init_state(self, params: list[torch.Tensor]) -> None:
@@ -140,8 +160,8 @@ class MemberwiseAdam(_MemberwiseOptimizer):
             gradient = gradient + param * decay
         state["exp_avg"].mul_(beta1).add_(gradient * (1 - beta1))
         state["exp_avg_sq"].mul_(beta2).add_(gradient * gradient * (1 - beta2))
-        denominator = (state["exp_avg_sq"] / (1 - beta2 ** step)).sqrt_().add_(eps)
-        param.sub_(state["exp_avg"] / (1 - beta1 ** step) / denominator * lr)
+        denominator = (state["exp_avg_sq"] / (1 - beta2**step)).sqrt_().add_(eps)
+        param.sub_(state["exp_avg"] / (1 - beta1**step) / denominator * lr)
 
     def _foreach_step(self, group: dict, params: list[torch.Tensor]) -> None:
         """`_param_step`'s operations, in its order, each over every parameter at once."""
@@ -155,23 +175,28 @@ class MemberwiseAdam(_MemberwiseOptimizer):
             torch._foreach_mul_(params, 1 - lr * decay)
         elif decay:
             gradients = torch._foreach_add(gradients, torch._foreach_mul(params, decay))
-        exp_avgs, exp_avg_sqs = [state["exp_avg"] for state in states], [state["exp_avg_sq"] for state in states]
+        exp_avgs, exp_avg_sqs = (
+            [state["exp_avg"] for state in states],
+            [state["exp_avg_sq"] for state in states],
+        )
         torch._foreach_mul_(exp_avgs, beta1)
         torch._foreach_add_(exp_avgs, torch._foreach_mul(gradients, 1 - beta1))
         squares = torch._foreach_mul(gradients, gradients)
         torch._foreach_mul_(squares, 1 - beta2)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_add_(exp_avg_sqs, squares)
-        denominators = torch._foreach_div(exp_avg_sqs, [1 - beta2 ** step for step in steps])
+        denominators = torch._foreach_div(exp_avg_sqs, [1 - beta2**step for step in steps])
         torch._foreach_sqrt_(denominators)
         torch._foreach_add_(denominators, eps)
-        updates = torch._foreach_div(exp_avgs, [1 - beta1 ** step for step in steps])
+        updates = torch._foreach_div(exp_avgs, [1 - beta1**step for step in steps])
         torch._foreach_div_(updates, denominators)
         torch._foreach_mul_(updates, lr)
         torch._foreach_sub_(params, updates)
 
 
-def build_optimizer(settings: TrainingSettings, param_groups: Iterable, memberwise: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    settings: TrainingSettings, param_groups: Iterable, memberwise: bool = False
+) -> torch.optim.Optimizer:
     """The configured optimiser; param groups may set their own weight_decay (temperatures take none).
 
     `memberwise` for stacked students (see the module docstring). A single network (a teacher)
@@ -182,7 +207,9 @@ def build_optimizer(settings: TrainingSettings, param_groups: Iterable, memberwi
     if memberwise:
         if settings.optimizer == "sgd":
             return MemberwiseSGD(groups, settings.lr, settings.momentum, settings.weight_decay, nesterov)
-        return MemberwiseAdam(groups, settings.lr, settings.weight_decay, decoupled=settings.optimizer == "adamw")
+        return MemberwiseAdam(
+            groups, settings.lr, settings.weight_decay, decoupled=settings.optimizer == "adamw"
+        )
     kinds = {
         "sgd": (torch.optim.SGD, {"momentum": settings.momentum, "nesterov": nesterov}),
         "adam": (torch.optim.Adam, {}),

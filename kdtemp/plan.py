@@ -51,8 +51,14 @@ class RunSpec:
 
     def columns(self) -> dict[str, Any]:
         """The run-describing columns of its metrics rows."""
-        return {"run_id": self.run_id, "schedule": self.schedule_label, "t0": self.t0, "alpha": self.alpha,
-                "seed": self.seed, "generation": self.generation}
+        return {
+            "run_id": self.run_id,
+            "schedule": self.schedule_label,
+            "t0": self.t0,
+            "alpha": self.alpha,
+            "seed": self.seed,
+            "generation": self.generation,
+        }
 
 
 def schedule_labels(schedules: list[ScheduleBase]) -> list[str]:
@@ -73,8 +79,9 @@ def schedule_labels(schedules: list[ScheduleBase]) -> list[str]:
     if len(set(labels)) != len(labels):
         from kdtemp.errors import ConfigError
 
-        raise ConfigError("kd.schedules lists the same schedule twice; "
-                          "remove the repeat or give each a distinct label")
+        raise ConfigError(
+            "kd.schedules lists the same schedule twice; remove the repeat or give each a distinct label"
+        )
     return labels
 
 
@@ -137,23 +144,46 @@ def plan_runs(config: ExperimentConfig, teacher_fingerprint: str) -> list[RunSpe
     alpha = config.kd.alpha
     runs: list[RunSpec] = []
     labels = schedule_labels(list(config.kd.schedules))
-    for schedule, label in zip(config.kd.schedules, labels):
+    for schedule, label in zip(config.kd.schedules, labels, strict=False):
         schedule.check(config.student.epochs)
         schedule_params = schedule.identity(config.student.epochs)
         for t0 in schedule.grid_t0s(config.kd.temperatures):
             for seed in config.kd.seeds:
                 identity = {**shared, "schedule": schedule_params, "t0": t0, "alpha": alpha, "seed": seed}
-                prefix = f"{label}-a{_token(alpha)}-s{seed}" if schedule.absolute \
+                prefix = (
+                    f"{label}-a{_token(alpha)}-s{seed}"
+                    if schedule.absolute
                     else f"{label}-T{_token(t0)}-a{_token(alpha)}-s{seed}"
-                runs.append(RunSpec(make_run_id(prefix, identity), schedule, label, float(t0), alpha, seed,
-                                    identity, prefix=prefix))
+                )
+                runs.append(
+                    RunSpec(
+                        make_run_id(prefix, identity),
+                        schedule,
+                        label,
+                        float(t0),
+                        alpha,
+                        seed,
+                        identity,
+                        prefix=prefix,
+                    )
+                )
     runs += born_again(runs, config.kd.generations)
     if config.kd.baseline:
         baseline_identity = baseline_setting(shared)  # the no-KD baseline takes no hint either
         for seed in config.kd.seeds:
             identity = {**baseline_identity, "schedule": None, "t0": None, "alpha": 0.0, "seed": seed}
-            runs.append(RunSpec(make_run_id(f"baseline-s{seed}", identity), None, BASELINE, None, 0.0, seed,
-                                identity, prefix=f"baseline-s{seed}"))
+            runs.append(
+                RunSpec(
+                    make_run_id(f"baseline-s{seed}", identity),
+                    None,
+                    BASELINE,
+                    None,
+                    0.0,
+                    seed,
+                    identity,
+                    prefix=f"baseline-s{seed}",
+                )
+            )
     return runs
 
 
@@ -166,8 +196,18 @@ def born_again(first_generation: list[RunSpec], generations: int) -> list[RunSpe
         for generation in range(2, generations + 1):
             identity = {**parent.identity, "generation": generation, "parent": parent.run_id}
             prefix = f"{root.prefix}-g{generation}"
-            parent = RunSpec(make_run_id(prefix, identity), root.schedule, root.schedule_label, root.t0,
-                             root.alpha, root.seed, identity, generation, parent.run_id, prefix)
+            parent = RunSpec(
+                make_run_id(prefix, identity),
+                root.schedule,
+                root.schedule_label,
+                root.t0,
+                root.alpha,
+                root.seed,
+                identity,
+                generation,
+                parent.run_id,
+                prefix,
+            )
             later.append(parent)
     return sorted(later, key=lambda run: run.generation)
 
@@ -189,7 +229,7 @@ def group_runs(runs: list[RunSpec], max_size: int | None, across_seeds: bool) ->
     groups: list[list[RunSpec]] = []
     for members in batches:
         size = max_size or len(members)
-        groups.extend(members[i:i + size] for i in range(0, len(members), size))
+        groups.extend(members[i : i + size] for i in range(0, len(members), size))
     return [group for group in groups if group]
 
 

@@ -42,15 +42,26 @@ def accuracy_vs_temperature(summary: pd.DataFrame, name: str, path: Path) -> Pat
         part = part.sort_values("t0")
         label = schedule if alphas == 1 else f"{schedule} (alpha {alpha:g})"
         errors = 100 * part["ci95_test_acc"].fillna(0)
-        axis.errorbar(part["t0"] * dodge_factor(index, len(series)), 100 * part["mean_test_acc"], yerr=errors,
-                      marker="o", capsize=3, label=label)
+        axis.errorbar(
+            part["t0"] * dodge_factor(index, len(series)),
+            100 * part["mean_test_acc"],
+            yerr=errors,
+            marker="o",
+            capsize=3,
+            label=label,
+        )
     baseline = summary[summary["schedule"] == BASELINE]
     for _, row in baseline.iterrows():
         mean = 100 * row["mean_test_acc"]
         axis.axhline(mean, color="0.35", linestyle="--", label=f"no-KD baseline ({mean:.1f}%)")
         if not math.isnan(row["ci95_test_acc"]):
-            axis.axhspan(mean - 100 * row["ci95_test_acc"], mean + 100 * row["ci95_test_acc"], color="0.35", alpha=0.12,
-                         label="no-KD baseline, 95% CI")
+            axis.axhspan(
+                mean - 100 * row["ci95_test_acc"],
+                mean + 100 * row["ci95_test_acc"],
+                color="0.35",
+                alpha=0.12,
+                label="no-KD baseline, 95% CI",
+            )
     teacher = summary[summary["schedule"] == TEACHER]
     if len(teacher) and not pd.isna(teacher["mean_test_acc"].iloc[0]):
         accuracy = 100 * teacher["mean_test_acc"].iloc[0]
@@ -94,16 +105,26 @@ def learning_curves(curves: pd.DataFrame, name: str, path: Path) -> Path:
     schedules = sorted(s for s in curves["schedule"].unique() if s != BASELINE)
     figure, axes = _panels(max(len(schedules), 1), share_y=True)
     baseline = curves[curves["schedule"] == BASELINE].groupby("epoch")["test_acc"].mean()
-    for axis, schedule in zip(axes, schedules):
+    for axis, schedule in zip(axes, schedules, strict=False):
         part = curves[curves["schedule"] == schedule]
         for t0, runs in part.groupby("t0"):
             by_epoch = runs.groupby("epoch")["test_acc"]
             mean, sd = 100 * by_epoch.mean(), 100 * by_epoch.std(ddof=1).fillna(0)
-            line, = axis.plot(mean.index, mean.values, label=f"t0={t0:g}")
-            axis.fill_between(mean.index, (mean - sd).values, (mean + sd).values, color=line.get_color(), alpha=0.15)
+            (line,) = axis.plot(mean.index, mean.values, label=f"t0={t0:g}")
+            axis.fill_between(
+                mean.index, (mean - sd).values, (mean + sd).values, color=line.get_color(), alpha=0.15
+            )
         if len(baseline):  # black, dashed and marked: visible even where t0 = 1 lies on top of it
-            axis.plot(baseline.index, 100 * baseline.values, color="black", linestyle="--", marker="x", markersize=4,
-                      zorder=3, label="no KD")
+            axis.plot(
+                baseline.index,
+                100 * baseline.values,
+                color="black",
+                linestyle="--",
+                marker="x",
+                markersize=4,
+                zorder=3,
+                label="no KD",
+            )
         _decorate(axis, schedule, "epoch", "test accuracy (%)")
     figure.suptitle(f"{name}: learning curves (mean ± sd over seeds)")
     return _save(figure, path)
@@ -114,19 +135,24 @@ def temperature_schedules(curves: pd.DataFrame, name: str, path: Path) -> Path:
     grid = curves[curves["schedule"] != BASELINE]
     schedules = sorted(grid["schedule"].unique())
     figure, axes = _panels(max(len(schedules), 1))
-    for axis, schedule in zip(axes, schedules):
+    for axis, schedule in zip(axes, schedules, strict=False):
         part = grid[grid["schedule"] == schedule]
         for t0, runs in part.groupby("t0"):
             by_epoch = runs.groupby("epoch")["temperature"]
             mean = by_epoch.mean()
-            line, = axis.plot(mean.index, mean.values, marker=".", label=f"t0={t0:g}")
+            (line,) = axis.plot(mean.index, mean.values, marker=".", label=f"t0={t0:g}")
             low, high = by_epoch.min(), by_epoch.max()
             if (high - low).max() > 0:  # learnable temperatures differ between seeds
                 axis.fill_between(mean.index, low.values, high.values, color=line.get_color(), alpha=0.15)
             if "effective_temperature" in runs and runs["effective_temperature"].notna().any():
                 effective = runs.groupby("epoch")["effective_temperature"].mean()
-                axis.plot(effective.index, effective.values, linestyle=":", color=line.get_color(),
-                          label=f"t0={t0:g}, mean effective")
+                axis.plot(
+                    effective.index,
+                    effective.values,
+                    linestyle=":",
+                    color=line.get_color(),
+                    label=f"t0={t0:g}, mean effective",
+                )
         _decorate(axis, schedule, "epoch", "temperature T")
     figure.suptitle(f"{name}: temperature schedules as trained")
     return _save(figure, path)
@@ -138,7 +164,12 @@ def entropy_vs_temperature(entropy: pd.DataFrame, num_classes: int, name: str, p
     left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     temperatures = entropy["temperature"].tolist()
     left.plot(temperatures, entropy["mean_entropy"], marker="o")
-    left.axhline(np.log(num_classes), color="0.35", linestyle="--", label=f"uniform: ln {num_classes} = {np.log(num_classes):.2f}")
+    left.axhline(
+        np.log(num_classes),
+        color="0.35",
+        linestyle="--",
+        label=f"uniform: ln {num_classes} = {np.log(num_classes):.2f}",
+    )
     left.set_ylabel("mean entropy of soft targets (nats)")
     right.plot(temperatures, 100 * entropy["mean_max_prob"], marker="o", color="tab:orange")
     right.axhline(100 / num_classes, color="0.35", linestyle="--", label=f"uniform: {100 / num_classes:.0f}%")

@@ -4,8 +4,8 @@ of versions and hardware that goes beside every result."""
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -44,18 +44,28 @@ def config_flag(config: ExperimentConfig) -> str:
 def data_on(device: torch.device, config: ExperimentConfig, emit: Emit = ignore) -> Dataset:
     """The dataset on `device`, with a note saying what was loaded."""
     data = load_dataset(config.data)
-    emit(Note(f"{data.name}: {len(data.train_y)} train / {len(data.test_y)} test, {data.num_classes} classes, from {data.source}"))
+    emit(
+        Note(
+            f"{data.name}: {len(data.train_y)} train / {len(data.test_y)} test, {data.num_classes} classes, from {data.source}"
+        )
+    )
     if config.data.augment and not data.is_image:
-        raise ConfigError(f"data.augment crops and flips images; {data.name} holds sequences {data.input_shape}: set augment: false")
+        raise ConfigError(
+            f"data.augment crops and flips images; {data.name} holds sequences {data.input_shape}: set augment: false"
+        )
     return data.to(device)
 
 
 def wants_channels_last(model: nn.Module | None, device: torch.device) -> bool:
     """channels_last pays for 2-D conv nets on CUDA only."""
-    return device.type == "cuda" and model is not None and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return (
+        device.type == "cuda" and model is not None and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    )
 
 
-def per_batch_teachers(networks: Sequence[nn.Module], device: torch.device) -> tuple[tuple[nn.Module, ...], bool]:
+def per_batch_teachers(
+    networks: Sequence[nn.Module], device: torch.device
+) -> tuple[tuple[nn.Module, ...], bool]:
     """Teacher networks that run on every batch (augmented inputs), and whether they take channels_last batches.
 
     The group's own settings are built without a model, so they never ask for channels_last; the
@@ -67,13 +77,18 @@ def per_batch_teachers(networks: Sequence[nn.Module], device: torch.device) -> t
     return tuple(networks), channels_last
 
 
-def loop_settings(config: ExperimentConfig, spec: ModelSpec, seed: int, device: torch.device,
-                  model: nn.Module | None = None) -> LoopSettings:
+def loop_settings(
+    config: ExperimentConfig, spec: ModelSpec, seed: int, device: torch.device, model: nn.Module | None = None
+) -> LoopSettings:
     """Engine settings for training `spec`."""
     return LoopSettings(
-        training=spec, batch_size=spec.batch_size or config.data.batch_size,
-        eval_batch_size=config.data.eval_batch_size, seed=seed, device=device, augment=config.data.augment,
-        amp=amp_enabled(config.train.amp, device), clip_grad_norm=config.train.clip_grad_norm,
+        training=spec,
+        batch_size=spec.batch_size or config.data.batch_size,
+        eval_batch_size=config.data.eval_batch_size,
+        seed=seed,
+        device=device,
+        augment=config.data.augment,
+        amp=amp_enabled(config.train.amp, device),
+        clip_grad_norm=config.train.clip_grad_norm,
         channels_last=wants_channels_last(model, device),
     )
-

@@ -9,7 +9,7 @@ A run's status and the baseline's schedule name are one constant each, here.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from pydantic import (
     BaseModel,
@@ -49,39 +49,39 @@ class StudentRow(BaseModel):
 
     run_id: str
     schedule: str
-    t0: Optional[float] = None
+    t0: float | None = None
     alpha: float
     seed: int
     epoch: int
-    temperature: Optional[float] = None
-    lr: Optional[float] = None
-    train_loss: Optional[float] = None
-    train_ce: Optional[float] = None
-    train_kd: Optional[float] = None
-    train_acc: Optional[float] = None
-    test_loss: Optional[float] = None
-    test_acc: Optional[float] = None
-    agreement: Optional[float] = None
-    epoch_seconds: Optional[float] = None
-    test_kl: Optional[float] = None
-    test_ece: Optional[float] = None
-    effective_temperature: Optional[float] = None
-    train_penalty: Optional[float] = None
-    train_feature: Optional[float] = None
-    generation: Optional[int] = None
+    temperature: float | None = None
+    lr: float | None = None
+    train_loss: float | None = None
+    train_ce: float | None = None
+    train_kd: float | None = None
+    train_acc: float | None = None
+    test_loss: float | None = None
+    test_acc: float | None = None
+    agreement: float | None = None
+    epoch_seconds: float | None = None
+    test_kl: float | None = None
+    test_ece: float | None = None
+    effective_temperature: float | None = None
+    train_penalty: float | None = None
+    train_feature: float | None = None
+    generation: int | None = None
 
 
 class TeacherRow(BaseModel):
     """One epoch of a teacher's training: a teacher/metrics.csv row, in column order."""
 
     epoch: int
-    lr: Optional[float] = None
-    train_loss: Optional[float] = None
-    train_acc: Optional[float] = None
-    test_loss: Optional[float] = None
-    test_acc: Optional[float] = None
-    test_ece: Optional[float] = None
-    epoch_seconds: Optional[float] = None
+    lr: float | None = None
+    train_loss: float | None = None
+    train_acc: float | None = None
+    test_loss: float | None = None
+    test_acc: float | None = None
+    test_ece: float | None = None
+    epoch_seconds: float | None = None
 
 
 STUDENT_COLUMNS = list(StudentRow.model_fields)
@@ -111,36 +111,36 @@ class RunSummary(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     status: Status
-    run_id: Optional[str] = None
-    schedule: Optional[str] = None
-    t0: Optional[Number] = None
-    alpha: Optional[Number] = None
-    seed: Optional[StrictInt] = None
+    run_id: str | None = None
+    schedule: str | None = None
+    t0: Number | None = None
+    alpha: Number | None = None
+    seed: StrictInt | None = None
     generation: StrictInt = 1
-    parent: Optional[str] = None
-    epochs: Optional[StrictInt] = None
-    epochs_done: Optional[StrictInt] = None
+    parent: str | None = None
+    epochs: StrictInt | None = None
+    epochs_done: StrictInt | None = None
     final: dict[str, Any] = {}
     """The last metrics.csv row, each cell as a number, text or None."""
-    best_test_acc: Optional[Number] = None
-    best_epoch: Optional[StrictInt] = None
-    wall_seconds: Optional[Number] = None
-    device: Optional[str] = None
-    group_size: Optional[StrictInt] = None
+    best_test_acc: Number | None = None
+    best_epoch: StrictInt | None = None
+    wall_seconds: Number | None = None
+    device: str | None = None
+    group_size: StrictInt | None = None
     teachers: list[dict[str, Any]] = []
     """The teacher(s) it distilled from ({id, test_acc, fingerprint}); a born-again child's parent run."""
-    reason: Optional[str] = None
+    reason: str | None = None
     """Why a failed run failed, with the likely fix."""
-    failed_epoch: Optional[StrictInt] = None
-    student_params: Optional[StrictInt] = None
-    teacher_params: Optional[StrictInt] = None
-    student_size_bytes: Optional[StrictInt] = None
-    teacher_size_bytes: Optional[StrictInt] = None
-    student_latency_ms: Optional[Number] = None
-    teacher_latency_ms: Optional[Number] = None
-    student_flops: Optional[Number] = None
-    teacher_flops: Optional[Number] = None
-    latency_batch_size: Optional[StrictInt] = None
+    failed_epoch: StrictInt | None = None
+    student_params: StrictInt | None = None
+    teacher_params: StrictInt | None = None
+    student_size_bytes: StrictInt | None = None
+    teacher_size_bytes: StrictInt | None = None
+    student_latency_ms: Number | None = None
+    teacher_latency_ms: Number | None = None
+    student_flops: Number | None = None
+    teacher_flops: Number | None = None
+    latency_batch_size: StrictInt | None = None
 
     @field_validator("status", mode="before")
     @classmethod
@@ -155,7 +155,7 @@ class RunSummary(BaseModel):
         return 1 if generation is None else generation
 
     @model_validator(mode="after")
-    def _completed_has_epochs(self) -> "RunSummary":
+    def _completed_has_epochs(self) -> RunSummary:
         if self.status == Status.COMPLETED and self.epochs is None:
             raise ValueError("epochs: a completed run's summary records its epochs")
         return self

@@ -13,7 +13,15 @@ from kdtemp import plots, verdict
 from kdtemp import runs as R
 from kdtemp.records import BASELINE, TEACHER
 from kdtemp.report import (
-    BASELINE_LABEL, LEGEND, METRICS, Report, SettingReport, TemperatureTable, cells_matching, problem_lines, table_rows,
+    BASELINE_LABEL,
+    LEGEND,
+    METRICS,
+    Report,
+    SettingReport,
+    TemperatureTable,
+    cells_matching,
+    problem_lines,
+    table_rows,
 )
 
 FIGURES = {
@@ -44,8 +52,15 @@ def footer(report: SettingReport) -> str:
     if sizes.get("student_params") and sizes.get("teacher_params"):
         parts.append(f"parameters: student {sizes['student_params']:,}, teacher {sizes['teacher_params']:,}")
     runs = f"{len(results.final)} completed runs"
-    extras = [f"{len(items)} {label}" for items, label in
-              ((results.failed, "failed"), (results.unfinished, "unfinished"), (results.unreadable, "unreadable")) if items]
+    extras = [
+        f"{len(items)} {label}"
+        for items, label in (
+            (results.failed, "failed"),
+            (results.unfinished, "unfinished"),
+            (results.unreadable, "unreadable"),
+        )
+        if items
+    ]
     parts.append(runs + (f" ({', '.join(extras)}; not averaged)" if extras else ""))
     line = "; ".join(parts)
     best = headline(report)
@@ -59,16 +74,24 @@ def headline(section: SettingReport) -> str | None:
     tests, results, table = section.tests, section.results, section.table
     if tests.empty:
         return None
-    wording = verdict.Wording(table.percent, table.higher_better, len(set(tests["alpha"])) > 1, results.generations,
-                              len(set(tests["schedule"])) > 1)
+    wording = verdict.Wording(
+        table.percent,
+        table.higher_better,
+        len(set(tests["alpha"])) > 1,
+        results.generations,
+        len(set(tests["schedule"])) > 1,
+    )
     best = tests[tests["best"]].iloc[0]
     text = f"best: {wording.name(best)}, {wording.value(best['mean'])}"
     extras = []
     gap = cells_matching(section.summary, best)["gap_closed"]
     if table.metric == "test_acc" and len(gap) and not pd.isna(gap.iloc[0]):
         extras.append(f"{100 * gap.iloc[0]:.0f}% of the teacher's accuracy gap over no-KD closed")
-    sizes = [f"{value:.1f}x {word}" for value, word in ((results.compression, "smaller"), (results.speedup, "faster"))
-             if not math.isnan(value)]
+    sizes = [
+        f"{value:.1f}x {word}"
+        for value, word in ((results.compression, "smaller"), (results.speedup, "faster"))
+        if not math.isnan(value)
+    ]
     if sizes:
         extras.append("at " + ", ".join(sizes))
     text += f" ({', '.join(extras)})" if extras else ""
@@ -82,9 +105,12 @@ def footprint_rows(report: SettingReport) -> list[tuple[str, str, str, str]]:
     """(measure, student, teacher, teacher / student) rows of what the student saves."""
     sizes = report.results.sizes
     rows = []
-    for label, key, unit in (("parameters", "params", ""), ("size", "size_bytes", " bytes"),
-                             (f"latency, batch of {sizes.get('latency_batch_size')}", "latency_ms", " ms"),
-                             ("forward FLOPs per sample", "flops", "")):
+    for label, key, unit in (
+        ("parameters", "params", ""),
+        ("size", "size_bytes", " bytes"),
+        (f"latency, batch of {sizes.get('latency_batch_size')}", "latency_ms", " ms"),
+        ("forward FLOPs per sample", "flops", ""),
+    ):
         student, teacher = sizes.get(f"student_{key}"), sizes.get(f"teacher_{key}")
         if student and teacher:
             fmt = (lambda v: f"{v:.3f}{unit}") if key == "latency_ms" else (lambda v: f"{int(v):,}{unit}")
@@ -105,14 +131,20 @@ def write_figures(report: Report, out: Path) -> dict[str, Path]:
         if final.empty:
             continue
         figures[f"accuracy_vs_temperature{suffix}"] = plots.accuracy_vs_temperature(
-            section.summary, name, out / f"accuracy_vs_temperature{suffix}.png")
-        figures[f"learning_curves{suffix}"] = plots.learning_curves(curves, name, out / f"learning_curves{suffix}.png")
+            section.summary, name, out / f"accuracy_vs_temperature{suffix}.png"
+        )
+        figures[f"learning_curves{suffix}"] = plots.learning_curves(
+            curves, name, out / f"learning_curves{suffix}.png"
+        )
         if (curves["schedule"] != BASELINE).any():
             figures[f"temperature_schedules{suffix}"] = plots.temperature_schedules(
-                curves, name, out / f"temperature_schedules{suffix}.png")
+                curves, name, out / f"temperature_schedules{suffix}.png"
+            )
     if report.entropy is not None:
         classes = (results.teacher or {}).get("num_classes") or 10
-        figures["entropy_vs_temperature"] = plots.entropy_vs_temperature(report.entropy, classes, results.name, out / "entropy_vs_temperature.png")
+        figures["entropy_vs_temperature"] = plots.entropy_vs_temperature(
+            report.entropy, classes, results.name, out / "entropy_vs_temperature.png"
+        )
     return figures
 
 
@@ -136,7 +168,9 @@ def write_report(report: Report, out: Path | None = None) -> dict[str, Path]:
     figures = write_figures(report, out)
     paths.update(figures)
     R.atomic_write_text(paths["markdown"], markdown(report, figures))
-    R.atomic_write_text(paths["html"], html_page(f"kdtemp report: {report.results.name}", [html_section(report, figures)]))
+    R.atomic_write_text(
+        paths["html"], html_page(f"kdtemp report: {report.results.name}", [html_section(report, figures)])
+    )
     return paths
 
 
@@ -148,21 +182,35 @@ def table_markdown(table: TemperatureTable) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, cells, _ in table_rows(table):
         texts = [text.replace("*", r"\*") for text, _ in cells]  # the marker, not emphasis
-        lines.append("| " + " | ".join([label, *(f"**{text}**" if best else text for text, (_, best) in zip(texts, cells))]) + " |")
+        lines.append(
+            "| "
+            + " | ".join([label, *(f"**{text}**" if best else text for text, (_, best) in zip(texts, cells, strict=False))])
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def entropy_markdown(entropy: pd.DataFrame) -> str:
-    lines = ["| T | mean entropy (nats) | mean top probability | entropy / entropy at T=1 |", "|---|---|---|---|"]
+    lines = [
+        "| T | mean entropy (nats) | mean top probability | entropy / entropy at T=1 |",
+        "|---|---|---|---|",
+    ]
     for row in entropy.itertuples():
         mark = " (grid)" if row.in_grid else ""
-        lines.append(f"| {row.temperature:g}{mark} | {row.mean_entropy:.3f} | {100 * row.mean_max_prob:.1f}% | {row.relative_entropy:.2f} |")
+        lines.append(
+            f"| {row.temperature:g}{mark} | {row.mean_entropy:.3f} | {100 * row.mean_max_prob:.1f}% | {row.relative_entropy:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def markdown(report: Report, figures: dict[str, Path]) -> str:
     results = report.results
-    lines = [f"# kdtemp report: {results.name}", "", f"Metric `{report.metric}`: {caption(report.settings[0].table)}.", ""]
+    lines = [
+        f"# kdtemp report: {results.name}",
+        "",
+        f"Metric `{report.metric}`: {caption(report.settings[0].table)}.",
+        "",
+    ]
     for section in report.settings:
         if section.label:
             lines += [f"## {section.label}", ""]
@@ -170,28 +218,75 @@ def markdown(report: Report, figures: dict[str, Path]) -> str:
     for section in report.settings:
         rows = footprint_rows(section)
         if rows:
-            lines += [titled("## What the student saves", section), "", "| | student | teacher | teacher / student |",
-                      "|---|---|---|---|"]
+            lines += [
+                titled("## What the student saves", section),
+                "",
+                "| | student | teacher | teacher / student |",
+                "|---|---|---|---|",
+            ]
             lines += [f"| {' | '.join(row)} |" for row in rows] + [""]
     if report.entropy is not None:
-        lines += ["## Soft targets vs temperature", "",
-                  f"The teacher's soft targets on the {report.entropy_split} set.", "", entropy_markdown(report.entropy), ""]
+        lines += [
+            "## Soft targets vs temperature",
+            "",
+            f"The teacher's soft targets on the {report.entropy_split} set.",
+            "",
+            entropy_markdown(report.entropy),
+            "",
+        ]
     if figures:
-        lines += ["## Figures", ""] + [f"![{figure_caption(report, key)}]({path.name})" for key, path in figures.items()] + [""]
-    lines += ["## Summary", "", "Per schedule × alpha × t0; `summary.csv` holds the same numbers unrounded.", "",
-              summary_markdown(report.summary), ""]
+        lines += (
+            ["## Figures", ""]
+            + [f"![{figure_caption(report, key)}]({path.name})" for key, path in figures.items()]
+            + [""]
+        )
+    lines += [
+        "## Summary",
+        "",
+        "Per schedule × alpha × t0; `summary.csv` holds the same numbers unrounded.",
+        "",
+        summary_markdown(report.summary),
+        "",
+    ]
     problems = problem_lines(results)
     if problems:
         lines += ["## Runs not averaged", "", *problems, ""]
     return "\n".join(lines)
 
 
-SUMMARY_SHOWN = ["setting", "schedule", "alpha", "t0", "generation", "n", "mean_test_acc", "std_test_acc", "ci95_test_acc",
-                 "mean_best_test_acc", "delta_vs_baseline", "p_value", "holm_p_value", "p_vs_best", "p_vs_constant", "mean_agreement", "mean_kl_to_teacher", "mean_ece",
-                 "gap_closed", "failed"]
+SUMMARY_SHOWN = [
+    "setting",
+    "schedule",
+    "alpha",
+    "t0",
+    "generation",
+    "n",
+    "mean_test_acc",
+    "std_test_acc",
+    "ci95_test_acc",
+    "mean_best_test_acc",
+    "delta_vs_baseline",
+    "p_value",
+    "holm_p_value",
+    "p_vs_best",
+    "p_vs_constant",
+    "mean_agreement",
+    "mean_kl_to_teacher",
+    "mean_ece",
+    "gap_closed",
+    "failed",
+]
 P_COLUMNS = ("p_value", "holm_p_value", "p_vs_best", "p_vs_constant")
-PERCENT_COLUMNS = {"mean_test_acc", "std_test_acc", "ci95_test_acc", "mean_best_test_acc", "delta_vs_baseline",
-                   "mean_agreement", "mean_ece", "gap_closed"}
+PERCENT_COLUMNS = {
+    "mean_test_acc",
+    "std_test_acc",
+    "ci95_test_acc",
+    "mean_best_test_acc",
+    "delta_vs_baseline",
+    "mean_agreement",
+    "mean_ece",
+    "gap_closed",
+}
 
 
 def _summary_text(column: str, value) -> str:
@@ -250,14 +345,20 @@ def table_html(table: TemperatureTable) -> str:
     rows = []
     for label, cells, reference in table_rows(table):
         kind = ' class="reference"' if reference else ""
-        tds = "".join(f'<td class="best">{_esc(text)}</td>' if best else f"<td{kind}>{_esc(text)}</td>" for text, best in cells)
+        tds = "".join(
+            f'<td class="best">{_esc(text)}</td>' if best else f"<td{kind}>{_esc(text)}</td>"
+            for text, best in cells
+        )
         rows.append(f"<tr><td{kind}>{_esc(label)}</td>{tds}</tr>")
     return f'<table class="temperature-table"><thead><tr><th>schedule</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def frame_html(frame: pd.DataFrame, columns: list[str], text) -> str:
     head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(text(c, row[c]))}</td>" for c in columns) + "</tr>" for _, row in frame.iterrows())
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_esc(text(c, row[c]))}</td>" for c in columns) + "</tr>"
+        for _, row in frame.iterrows()
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -278,15 +379,23 @@ def image_html(path: Path, alt: str) -> str:
 
 def html_section(report: Report, figures: dict[str, Path]) -> str:
     results = report.results
-    parts = [f"<h2>{_esc(results.name)}</h2>",
-             f'<p class="caption">Metric <code>{_esc(report.metric)}</code>: {_esc(caption(report.settings[0].table))}.</p>']
+    parts = [
+        f"<h2>{_esc(results.name)}</h2>",
+        f'<p class="caption">Metric <code>{_esc(report.metric)}</code>: {_esc(caption(report.settings[0].table))}.</p>',
+    ]
     for index, section in enumerate(report.settings, start=1):
         suffix = f"-{index}" if len(report.settings) > 1 else ""
         parts += _setting_html(section, figures.get(f"accuracy_vs_temperature{suffix}"))
     if report.entropy is not None:
-        parts += ["<h3>Soft targets vs temperature</h3>",
-                  f'<p class="caption">The teacher\'s soft targets on the {_esc(report.entropy_split)} set.</p>',
-                  frame_html(report.entropy, ["temperature", "mean_entropy", "mean_max_prob", "relative_entropy", "in_grid"], _entropy_text)]
+        parts += [
+            "<h3>Soft targets vs temperature</h3>",
+            f'<p class="caption">The teacher\'s soft targets on the {_esc(report.entropy_split)} set.</p>',
+            frame_html(
+                report.entropy,
+                ["temperature", "mean_entropy", "mean_max_prob", "relative_entropy", "in_grid"],
+                _entropy_text,
+            ),
+        ]
     for key, path in figures.items():
         if not key.startswith("accuracy_vs_temperature"):
             parts.append(image_html(path, figure_caption(report, key)))
@@ -294,20 +403,28 @@ def html_section(report: Report, figures: dict[str, Path]) -> str:
     parts += ["<h3>Summary</h3>", frame_html(shown, list(shown.columns), _summary_text)]
     problems = problem_lines(results)
     if problems:
-        parts += ["<h3>Runs not averaged</h3>", "<ul>" + "".join(f"<li>{_esc(p[2:])}</li>" for p in problems) + "</ul>"]
+        parts += [
+            "<h3>Runs not averaged</h3>",
+            "<ul>" + "".join(f"<li>{_esc(p[2:])}</li>" for p in problems) + "</ul>",
+        ]
     return "\n".join(parts)
 
 
 def _setting_html(section: SettingReport, accuracy_figure: Path | None) -> list[str]:
     """One setting's table, footer, footprint and accuracy-vs-temperature figure."""
     parts = [f"<h3>{_esc(section.label)}</h3>"] if section.label else []
-    parts += [table_html(section.table), f'<p class="footer">{_esc(footer(section)).replace(chr(10), "<br>")}</p>']
+    parts += [
+        table_html(section.table),
+        f'<p class="footer">{_esc(footer(section)).replace(chr(10), "<br>")}</p>',
+    ]
     rows = footprint_rows(section)
     if rows:
         body = "".join("<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in row) + "</tr>" for row in rows)
-        parts += [f"<h3>{_esc(titled('What the student saves', section))}</h3>",
-                  f"<table><thead><tr><th></th><th>student</th><th>teacher</th><th>teacher / student</th></tr></thead>"
-                  f"<tbody>{body}</tbody></table>"]
+        parts += [
+            f"<h3>{_esc(titled('What the student saves', section))}</h3>",
+            f"<table><thead><tr><th></th><th>student</th><th>teacher</th><th>teacher / student</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>",
+        ]
     if accuracy_figure is not None:
         parts.append(image_html(accuracy_figure, titled(FIGURES["accuracy_vs_temperature"], section)))
     return parts
@@ -316,8 +433,10 @@ def _setting_html(section: SettingReport, accuracy_figure: Path | None) -> list[
 def html_page(title: str, sections: list[str]) -> str:
     """One self-contained file: styles inline, figures as base64 PNG, opens offline."""
     body = "\n".join(sections)
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-            f"<style>{STYLE}</style></head>\n<body><h1>{_esc(title)}</h1>\n{body}\n</body></html>\n")
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f"<style>{STYLE}</style></head>\n<body><h1>{_esc(title)}</h1>\n{body}\n</body></html>\n"
+    )
 
 
 # --- several experiments side by side ------------------------------------------------------------
@@ -331,15 +450,27 @@ def write_comparison(reports: list[Report], out: Path) -> dict[str, Path]:
     combined = pd.concat(frames, ignore_index=True)
     combined = combined[["experiment", *[c for c in combined.columns if c != "experiment"]]]
     R.atomic_write_text(paths["summary"], combined.to_csv(index=False))
-    sections, markdown_parts = [], [f"# kdtemp comparison: {', '.join(r.results.name for r in reports)}", "",
-                                    f"Metric `{reports[0].metric}`: {caption(reports[0].settings[0].table)}.", ""]
+    sections, markdown_parts = (
+        [],
+        [
+            f"# kdtemp comparison: {', '.join(r.results.name for r in reports)}",
+            "",
+            f"Metric `{reports[0].metric}`: {caption(reports[0].settings[0].table)}.",
+            "",
+        ],
+    )
     for report in reports:
         figures = write_figures(report, out / report.results.name)
         sections.append(html_section(report, figures))
         markdown_parts += [f"## {report.results.name}", ""]
         for section in report.settings:
-            markdown_parts += [*([f"### {section.label}", ""] if section.label else []),
-                               table_markdown(section.table), "", footer(section), ""]
+            markdown_parts += [
+                *([f"### {section.label}", ""] if section.label else []),
+                table_markdown(section.table),
+                "",
+                footer(section),
+                "",
+            ]
     R.atomic_write_text(paths["markdown"], "\n".join(markdown_parts))
     R.atomic_write_text(paths["html"], html_page("kdtemp comparison", sections))
     return paths

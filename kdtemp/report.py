@@ -32,17 +32,40 @@ METRICS = {
 }
 ENTROPY_LADDER = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 SUMMARY_COLUMNS = [
-    "schedule", "alpha", "t0", "generation", "n", "mean_test_acc", "std_test_acc", "ci95_test_acc",
-    "mean_best_test_acc", "delta_vs_baseline", "p_value", "holm_p_value", "p_vs_best", "p_vs_constant", "mean_test_loss",
-    "mean_agreement", "mean_kl_to_teacher", "mean_ece", "gap_closed", "compression", "speedup", "failed",
+    "schedule",
+    "alpha",
+    "t0",
+    "generation",
+    "n",
+    "mean_test_acc",
+    "std_test_acc",
+    "ci95_test_acc",
+    "mean_best_test_acc",
+    "delta_vs_baseline",
+    "p_value",
+    "holm_p_value",
+    "p_vs_best",
+    "p_vs_constant",
+    "mean_test_loss",
+    "mean_agreement",
+    "mean_kl_to_teacher",
+    "mean_ece",
+    "gap_closed",
+    "compression",
+    "speedup",
+    "failed",
 ]
 
 
 # --- soft targets versus temperature ----------------------------------------------------------
 
 
-def entropy_table(teacher_logits: torch.Tensor, grid_temperatures: list[float], ensemble: str = "mean_probs",
-                  weights: torch.Tensor | None = None) -> pd.DataFrame:
+def entropy_table(
+    teacher_logits: torch.Tensor,
+    grid_temperatures: list[float],
+    ensemble: str = "mean_probs",
+    weights: torch.Tensor | None = None,
+) -> pd.DataFrame:
     """Mean entropy (nats) and top-class probability of the teacher's soft targets per temperature.
 
     Temperatures are the grid's and a standard ladder; relative_entropy divides by the T = 1 value.
@@ -51,8 +74,14 @@ def entropy_table(teacher_logits: torch.Tensor, grid_temperatures: list[float], 
     rows = []
     for temperature in temperatures:
         entropy, max_prob = soft_target_statistics(teacher_logits, temperature, ensemble, weights)
-        rows.append({"temperature": temperature, "mean_entropy": entropy, "mean_max_prob": max_prob,
-                     "in_grid": temperature in grid_temperatures})
+        rows.append(
+            {
+                "temperature": temperature,
+                "mean_entropy": entropy,
+                "mean_max_prob": max_prob,
+                "in_grid": temperature in grid_temperatures,
+            }
+        )
     frame = pd.DataFrame(rows)
     at_one, _ = soft_target_statistics(teacher_logits, 1.0, ensemble, weights)
     frame["relative_entropy"] = frame["mean_entropy"] / at_one if at_one > 0 else math.nan
@@ -70,7 +99,10 @@ def summarize(results: ExperimentResults) -> pd.DataFrame:
     rows = []
     final = results.final
     baseline = final[final["schedule"] == BASELINE] if not final.empty else pd.DataFrame()
-    tests = {verdict.cell_key(*row[verdict.GRID_KEYS]): row for _, row in verdict.cell_tests(final, "test_acc", True).iterrows()}
+    tests = {
+        verdict.cell_key(*row[verdict.GRID_KEYS]): row
+        for _, row in verdict.cell_tests(final, "test_acc", True).iterrows()
+    }
     seen = set()
     if not final.empty:
         for key, cell in final.groupby(verdict.GRID_KEYS, dropna=False, sort=False):
@@ -81,14 +113,32 @@ def summarize(results: ExperimentResults) -> pd.DataFrame:
                 rows[-1].update({c: tests[key][c] for c in verdict.SUMMARY_TEST_COLUMNS})
     for (schedule, alpha, t0, generation), count in results.cells_failed.items():
         if (schedule, alpha, t0, generation) not in seen:
-            rows.append({"schedule": schedule, "alpha": alpha, "t0": t0, "generation": generation, "n": 0, "failed": count})
+            rows.append(
+                {
+                    "schedule": schedule,
+                    "alpha": alpha,
+                    "t0": t0,
+                    "generation": generation,
+                    "n": 0,
+                    "failed": count,
+                }
+            )
     if results.teacher:
-        rows.append({"schedule": TEACHER, "n": 1, "mean_test_acc": results.teacher.get("test_acc"),
-                     "mean_test_loss": results.teacher.get("test_loss"), "failed": 0})
+        rows.append(
+            {
+                "schedule": TEACHER,
+                "n": 1,
+                "mean_test_acc": results.teacher.get("test_acc"),
+                "mean_test_loss": results.teacher.get("test_loss"),
+                "failed": 0,
+            }
+        )
     frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     order = {BASELINE: 1, TEACHER: 2}
     frame["_order"] = frame["schedule"].map(lambda s: order.get(s, 0))
-    frame = frame.sort_values(["_order", "generation", "schedule", "alpha", "t0"], kind="stable").drop(columns="_order")
+    frame = frame.sort_values(["_order", "generation", "schedule", "alpha", "t0"], kind="stable").drop(
+        columns="_order"
+    )
     return frame.reset_index(drop=True)
 
 
@@ -96,14 +146,21 @@ def _summary_row(key: tuple, cell: pd.DataFrame, baseline: pd.DataFrame, results
     schedule, alpha, t0, generation = key
     accuracies = cell["test_acc"].tolist()
     row = {
-        "schedule": schedule, "alpha": alpha, "t0": t0, "generation": generation, "n": len(cell),
-        "mean_test_acc": stats.mean(accuracies), "std_test_acc": stats.std(accuracies),
+        "schedule": schedule,
+        "alpha": alpha,
+        "t0": t0,
+        "generation": generation,
+        "n": len(cell),
+        "mean_test_acc": stats.mean(accuracies),
+        "std_test_acc": stats.std(accuracies),
         "ci95_test_acc": stats.ci95_half_width(accuracies),
         "mean_best_test_acc": stats.mean(cell["best_test_acc"].tolist()),
         "mean_test_loss": stats.mean(cell["test_loss"].tolist()),
-        "mean_agreement": _mean_of(cell, "agreement"), "mean_kl_to_teacher": _mean_of(cell, "test_kl"),
+        "mean_agreement": _mean_of(cell, "agreement"),
+        "mean_kl_to_teacher": _mean_of(cell, "test_kl"),
         "mean_ece": _mean_of(cell, "test_ece"),
-        "compression": results.compression, "speedup": results.speedup,
+        "compression": results.compression,
+        "speedup": results.speedup,
         "failed": results.cells_failed.get(key, 0),
     }
     if schedule != BASELINE and not baseline.empty:
@@ -131,8 +188,12 @@ def _mean_of(cell: pd.DataFrame, column: str) -> float:
 def cells_matching(frame: pd.DataFrame, cell) -> pd.DataFrame:
     """The rows of `frame` of one grid cell (schedule, alpha, t0, generation); a missing t0 matches a missing t0."""
     t0 = frame["t0"].isna() if pd.isna(cell["t0"]) else frame["t0"] == cell["t0"]
-    return frame[(frame["schedule"] == cell["schedule"]) & (frame["alpha"] == cell["alpha"]) & t0
-                 & (frame["generation"] == cell["generation"])]
+    return frame[
+        (frame["schedule"] == cell["schedule"])
+        & (frame["alpha"] == cell["alpha"])
+        & t0
+        & (frame["generation"] == cell["generation"])
+    ]
 
 
 # --- the accuracy-versus-temperature table ---------------------------------------------------
@@ -173,8 +234,10 @@ class TemperatureTable:
         return f"{self.metric}{' (%)' if self.percent else ''}, mean ± sd (n seeds), {epoch}"
 
 
-LEGEND = ("bold = best temperature of the row; * / † = better / worse than the no-KD baseline: paired t-test over "
-          "seeds, Holm-adjusted p < 0.05 over the table's cells")
+LEGEND = (
+    "bold = best temperature of the row; * / † = better / worse than the no-KD baseline: paired t-test over "
+    "seeds, Holm-adjusted p < 0.05 over the table's cells"
+)
 
 
 def check_metric(metric: str) -> None:
@@ -182,8 +245,9 @@ def check_metric(metric: str) -> None:
         raise RunsError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
 
 
-def temperature_table(results: ExperimentResults, metric: str = "test_acc",
-                      tests: pd.DataFrame | None = None) -> TemperatureTable:
+def temperature_table(
+    results: ExperimentResults, metric: str = "test_acc", tests: pd.DataFrame | None = None
+) -> TemperatureTable:
     """`metric`'s table; `tests` (verdict.cell_tests on that metric) marks cells better or worse than no-KD."""
     check_metric(metric)
     column, percent, higher_better = METRICS[metric]
@@ -199,7 +263,9 @@ def temperature_table(results: ExperimentResults, metric: str = "test_acc",
         label = schedule if len(alphas) == 1 else f"{schedule} (alpha {alpha:g})"
         if results.generations:
             label += f", gen {generation}"
-        cells = {float(t0): _table_cell(cell, column, tests, higher_better) for t0, cell in part.groupby("t0")}
+        cells = {
+            float(t0): _table_cell(cell, column, tests, higher_better) for t0, cell in part.groupby("t0")
+        }
         pick = max if higher_better else min
         best_t = pick(cells, key=lambda t: cells[t].mean)
         cells[best_t].best = True
@@ -225,7 +291,11 @@ def _references(results: ExperimentResults, column: str) -> dict[str, Cell]:
         if base:
             references[BASELINE_LABEL] = Cell(stats.mean(base), stats.std(base), len(base))
     if results.teacher and column == "test_acc" and results.teacher.get("test_acc") is not None:
-        label = "teacher" if len(results.teacher["fingerprints"]) == 1 else f"teacher ensemble ({results.teacher.get('ensemble')})"
+        label = (
+            "teacher"
+            if len(results.teacher["fingerprints"]) == 1
+            else f"teacher ensemble ({results.teacher.get('ensemble')})"
+        )
         references[label] = Cell(float(results.teacher["test_acc"]), math.nan, 1)
     return references
 
@@ -245,8 +315,10 @@ def table_rows(table: TemperatureTable) -> list[tuple[str, list[tuple[str, bool]
     report.md and report.html each decorate in their own way."""
     rows = []
     for label, cells in table.rows.items():
-        texts = [(format_cell(cells[t], table.percent), cells[t].best) if t in cells else ("", False)
-                 for t in table.temperatures]
+        texts = [
+            (format_cell(cells[t], table.percent), cells[t].best) if t in cells else ("", False)
+            for t in table.temperatures
+        ]
         rows.append((label, texts, False))
     blanks = [("", False)] * (len(table.temperatures) - 1)
     for label, cell in table.references.items():
@@ -294,8 +366,10 @@ class Report:
         """Every setting's summary rows; a leading `setting` column (the label) when there are several."""
         if len(self.settings) == 1:
             return self.settings[0].summary
-        return pd.concat([s.summary.assign(setting=s.label)[["setting", *s.summary.columns]] for s in self.settings],
-                         ignore_index=True)
+        return pd.concat(
+            [s.summary.assign(setting=s.label)[["setting", *s.summary.columns]] for s in self.settings],
+            ignore_index=True,
+        )
 
     @property
     def metric(self) -> str:
@@ -305,7 +379,9 @@ class Report:
     def table(self) -> TemperatureTable:
         """The table of a one-setting experiment; with several, each setting's is in `settings`."""
         if len(self.settings) > 1:
-            raise ValueError(f"{self.results.name} holds {len(self.settings)} settings: take each one's table from .settings")
+            raise ValueError(
+                f"{self.results.name} holds {len(self.settings)} settings: take each one's table from .settings"
+            )
         return self.settings[0].table
 
 
@@ -323,6 +399,10 @@ def build_report(root: Path, metric: str = "test_acc", partial: bool = False) ->
     if logits is not None:
         grid = [float(t) for t in results.final["t0"].dropna().unique()] if not results.final.empty else []
         weights = (results.teacher or {}).get("weights")
-        entropy = entropy_table(logits, grid, (results.teacher or {}).get("ensemble") or "mean_probs",
-                                None if weights is None else torch.tensor(weights, dtype=torch.float64))
+        entropy = entropy_table(
+            logits,
+            grid,
+            (results.teacher or {}).get("ensemble") or "mean_probs",
+            None if weights is None else torch.tensor(weights, dtype=torch.float64),
+        )
     return Report(results, settings, entropy, split)

@@ -35,9 +35,15 @@ UNRECORDED = "unrecorded"
 UNRECORDED_LABEL = "setting not recorded (runs without config.yaml)"
 DISPLAY_NAMES = {
     # identity key -> the config key a user wrote
-    "format": "run format", "dataset": "data.dataset", "augment": "data.augment", "batch_size": "student batch size",
-    "clip_grad_norm": "train.clip_grad_norm", "amp": "train.amp", "hint.weight": "kd.feature_weight",
-    "hint.layers": "kd.feature_layers", "teacher": "teacher fingerprint",
+    "format": "run format",
+    "dataset": "data.dataset",
+    "augment": "data.augment",
+    "batch_size": "student batch size",
+    "clip_grad_norm": "train.clip_grad_norm",
+    "amp": "train.amp",
+    "hint.weight": "kd.feature_weight",
+    "hint.layers": "kd.feature_layers",
+    "teacher": "teacher fingerprint",
 }
 ABSENT = "off"
 
@@ -98,7 +104,7 @@ def _dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
 def _display_name(dotted: str) -> str:
     for identity_key, name in DISPLAY_NAMES.items():
         if dotted == identity_key or dotted.startswith(identity_key + "."):
-            return name + dotted[len(identity_key):]
+            return name + dotted[len(identity_key) :]
     return dotted
 
 
@@ -164,7 +170,9 @@ def split_by_setting(results: ExperimentResults) -> list[tuple[str | None, Exper
 
 def _members(results: ExperimentResults) -> list[tuple[str, str]]:
     """(run id, schedule) of every completed and failed run."""
-    completed = list(zip(results.final["run_id"], results.final["schedule"])) if not results.final.empty else []
+    completed = (
+        list(zip(results.final["run_id"], results.final["schedule"], strict=False)) if not results.final.empty else []
+    )
     return completed + [(run_id, results.failed_cells[run_id][0]) for run_id, _ in results.failed]
 
 
@@ -173,8 +181,11 @@ def _report_settings(results: ExperimentResults) -> list[RunSetting]:
     members = [(results.settings[run_id], schedule) for run_id, schedule in _members(results)]
     distilled = {setting.key: setting for setting, schedule in members if schedule != BASELINE}
     paired = {setting.baseline_key for setting in distilled.values()}
-    alone = {setting.key: setting for setting, schedule in members
-             if schedule == BASELINE and setting.key not in paired}
+    alone = {
+        setting.key: setting
+        for setting, schedule in members
+        if schedule == BASELINE and setting.key not in paired
+    }
     return [*distilled.values(), *alone.values()]
 
 
@@ -186,10 +197,22 @@ def _restrict(results: ExperimentResults, setting: RunSetting) -> ExperimentResu
     """The part of `results` one setting reports; unfinished and unreadable runs stay with the experiment."""
     final, curves = results.final, results.curves
     if not final.empty:
-        final = final[[_belongs(results.settings[r], s, setting) for r, s in zip(final["run_id"], final["schedule"])]]
+        final = final[
+            [_belongs(results.settings[r], s, setting) for r, s in zip(final["run_id"], final["schedule"], strict=False)]
+        ]
         curves = curves[curves["run_id"].isin(final["run_id"])]
-    failed = [(run_id, reason) for run_id, reason in results.failed
-              if _belongs(results.settings[run_id], results.failed_cells[run_id][0], setting)]
+    failed = [
+        (run_id, reason)
+        for run_id, reason in results.failed
+        if _belongs(results.settings[run_id], results.failed_cells[run_id][0], setting)
+    ]
     sizes = results.setting_sizes.get(setting.key) or results.setting_sizes.get(setting.baseline_key) or {}
-    return replace(results, final=final.reset_index(drop=True), curves=curves.reset_index(drop=True), failed=failed,
-                   unfinished=[], unreadable=[], sizes=sizes)
+    return replace(
+        results,
+        final=final.reset_index(drop=True),
+        curves=curves.reset_index(drop=True),
+        failed=failed,
+        unfinished=[],
+        unreadable=[],
+        sizes=sizes,
+    )

@@ -19,8 +19,9 @@ import re
 import socket
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import yaml
@@ -117,7 +118,9 @@ def check_writable(directory: Path) -> None:
         os.close(handle)
         os.unlink(probe)
     except OSError as exc:
-        raise RunsError(f"cannot write to runs directory {directory} ({exc.strerror or exc}); choose another with --runs-dir") from None
+        raise RunsError(
+            f"cannot write to runs directory {directory} ({exc.strerror or exc}); choose another with --runs-dir"
+        ) from None
 
 
 # --- CSV -----------------------------------------------------------------------------------------
@@ -164,7 +167,9 @@ def keep_epochs_before(path: Path, epoch: int, columns: list[str]) -> None:
     """Drop rows of `epoch` and later, so a resumed run never shows an epoch twice."""
     if not path.exists():
         return
-    rows = [row for row in read_csv_rows(path) if row.get("epoch", "").isdigit() and int(row["epoch"]) < epoch]
+    rows = [
+        row for row in read_csv_rows(path) if row.get("epoch", "").isdigit() and int(row["epoch"]) < epoch
+    ]
     write_csv(path, rows, columns)
 
 
@@ -249,9 +254,13 @@ def load_checkpoint(path: Path, what: str = "checkpoint") -> dict:
             f"{detail}; delete it and recreate it with kdtemp"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"cannot read {what} {path} ({first_line(exc, 160)}); it is truncated or not a checkpoint: delete it and recreate it") from None
+        raise CheckpointError(
+            f"cannot read {what} {path} ({first_line(exc, 160)}); it is truncated or not a checkpoint: delete it and recreate it"
+        ) from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{what} {path} is not a kdtemp checkpoint (expected a dict); delete it and recreate it")
+        raise CheckpointError(
+            f"{what} {path} is not a kdtemp checkpoint (expected a dict); delete it and recreate it"
+        )
     return data
 
 

@@ -29,12 +29,20 @@ Any schedule may be clamped to [t_min, t_max].
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 
 import torch
 from pydantic import (
-    Field, NonNegativeFloat, NonNegativeInt, PlainValidator, PositiveFloat, PositiveInt, SerializeAsAny,
-    field_validator, model_validator,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PlainValidator,
+    PositiveFloat,
+    PositiveInt,
+    SerializeAsAny,
+    field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -169,8 +177,9 @@ def _schedule_from_entry(value: Any) -> ScheduleBase:
         raise PydanticCustomError("schedule_type", "a schedule is a name, or a mapping of name and params")
     name = value.get("name")
     if name is None:
-        raise PydanticCustomError("schedule_name", "every schedule needs a name: one of {choices}",
-                                  {"choices": schedule_choices()})
+        raise PydanticCustomError(
+            "schedule_name", "every schedule needs a name: one of {choices}", {"choices": schedule_choices()}
+        )
     if isinstance(name, str) and ":" in name:
         from kdtemp.user_schedules import UserSchedule  # a subclass of ScheduleBase: no top-level import
 
@@ -221,7 +230,7 @@ class ExpSchedule(ScheduleBase):
 
     def temperature(self, t0: float, progress: float, epoch: float, epochs: int) -> float:
         if self.final_ratio is not None:
-            return t0 * self.final_ratio ** progress
+            return t0 * self.final_ratio**progress
         return t0 * (self.gamma if self.gamma is not None else DEFAULT_GAMMA) ** epoch
 
     def revision(self, epochs: int) -> int:
@@ -249,7 +258,7 @@ class StepSchedule(ScheduleBase):
     def temperature(self, t0: float, progress: float, epoch: float, epochs: int) -> float:
         milestones = self.milestones if self.milestones is not None else default_milestones(epochs)
         passed = sum(1 for milestone in milestones if milestone <= epoch)
-        return t0 * self.factor ** passed
+        return t0 * self.factor**passed
 
     def revision(self, epochs: int) -> int:
         """Revision 2 at step granularity (milestones lagged the real epoch) and for the default milestones
@@ -273,7 +282,7 @@ class StagesSchedule(ScheduleBase):
         starts = [start for start, _ in stages]
         if starts[0] != 0:
             raise ValueError("the first stage must start at progress 0")
-        if any(b <= a for a, b in zip(starts, starts[1:])):
+        if any(b <= a for a, b in zip(starts, starts[1:], strict=False)):
             raise ValueError("stage starts must increase")
         return stages
 

@@ -8,7 +8,7 @@ vmap's merged convolutions would round differently from a member alone.
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -28,7 +28,9 @@ def stack_modules(modules: list[nn.Module], device: torch.device) -> tuple[nn.Mo
     return template, params, {name: b.to(device) for name, b in buffers.items()}
 
 
-def batch_norm_in_float32(forward: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+def batch_norm_in_float32(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """A BatchNorm forward that normalises in float32 and returns its input's dtype.
 
     Under vmap, functorch's batch-norm rule builds placeholder weight and bias in the input's dtype
@@ -66,7 +68,7 @@ def each_member(function: Callable, in_dims: tuple[int | None, ...]) -> Callable
     """
 
     def call(*args):
-        count = next(_group_size(a) for a, dim in zip(args, in_dims) if dim is not None)
+        count = next(_group_size(a) for a, dim in zip(args, in_dims, strict=False) if dim is not None)
         rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         outputs = []
@@ -74,9 +76,11 @@ def each_member(function: Callable, in_dims: tuple[int | None, ...]) -> Callable
             torch.set_rng_state(rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
-            outputs.append(function(*(a if dim is None else _member_slice(a, k) for a, dim in zip(args, in_dims))))
+            outputs.append(
+                function(*(a if dim is None else _member_slice(a, k) for a, dim in zip(args, in_dims, strict=False)))
+            )
         if isinstance(outputs[0], tuple):
-            return tuple(torch.stack(parts) for parts in zip(*outputs))
+            return tuple(torch.stack(parts) for parts in zip(*outputs, strict=False))
         return torch.stack(outputs)
 
     return call
@@ -94,8 +98,9 @@ def vmap_failure(modules: list[nn.Module], example: torch.Tensor) -> str | None:
     with torch.random.fork_rng(devices=cuda):
         try:
             # each member its own batch, as students of several seeds run: then every activation is batched
-            forward = vmap(lambda p, b, x: functional_call(template, (p, b), (x,)), in_dims=(0, 0, 0),
-                           randomness="same")
+            forward = vmap(
+                lambda p, b, x: functional_call(template, (p, b), (x,)), in_dims=(0, 0, 0), randomness="same"
+            )
             forward(params, buffers, example.expand(len(modules), *example.shape)).float().sum().backward()
         except Exception as exc:  # vmap raises several kinds; any of them means: do not stack
             return first_line(exc, 160)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
@@ -71,13 +71,19 @@ def paired_power(effect_size: float, n: int, alpha: float = POWER_ALPHA) -> floa
     return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality))
 
 
-def seeds_needed(differences: Sequence[float], power: float = POWER_TARGET, limit: int = 1_000_000) -> int | None:
+def seeds_needed(
+    differences: Sequence[float], power: float = POWER_TARGET, limit: int = 1_000_000
+) -> int | None:
     """The fewest pairs n >= 2 at which a two-sided paired t-test (alpha 0.05) reaches `power`, if the
     per-seed differences keep their observed mean and sd; exact, from the noncentral t (`paired_power`).
 
     None when there is nothing to scale: fewer than two differences, no spread (the test is undefined),
     identical means, or more than `limit` pairs."""
-    if len(differences) < 2 or np.ptp(differences) <= TIE_TOLERANCE or abs(mean(differences)) <= TIE_TOLERANCE:
+    if (
+        len(differences) < 2
+        or np.ptp(differences) <= TIE_TOLERANCE
+        or abs(mean(differences)) <= TIE_TOLERANCE
+    ):
         return None
     effect_size = mean(differences) / std(differences)
     low, high = 1, 2  # power(low) < target <= power(high); power grows with n

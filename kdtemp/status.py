@@ -59,8 +59,11 @@ def sweep_status(config: ExperimentConfig) -> list[RunStatus]:
     on_disk = sorted(layout.run_dirs(), key=lambda run_dir: _natural(run_dir.name))
     swept = [run_status(run_dir, config.student.epochs) for run_dir in on_disk]
     names = {run_dir.name for run_dir in on_disk}
-    missing = [RunStatus(run.run_id, Status.PENDING, 0, config.student.epochs, None, on_disk=False)
-               for run in planned_runs(config) if run.run_id not in names]
+    missing = [
+        RunStatus(run.run_id, Status.PENDING, 0, config.student.epochs, None, on_disk=False)
+        for run in planned_runs(config)
+        if run.run_id not in names
+    ]
     return swept + missing
 
 
@@ -105,8 +108,10 @@ def _recorded_epochs(files: R.RunFiles) -> int | None:
 
 def _natural(run_id: str) -> list:
     """Sort key that puts constant-T3 before constant-T10."""
-    return [(0, float(part), "") if index % 2 else (1, 0.0, part)
-            for index, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", run_id))]
+    return [
+        (0, float(part), "") if index % 2 else (1, 0.0, part)
+        for index, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", run_id))
+    ]
 
 
 def _float(text: str | None) -> float | None:

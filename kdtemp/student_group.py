@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -27,8 +27,21 @@ from torch.func import functional_call, vmap
 
 from kdtemp.data import Dataset
 from kdtemp.engine import (
-    PROGRESS_EVERY, EpochBatches, EpochDone, LoopSettings, Member, StepsDone, StopRequested, TeacherSignal,
-    add_sums, autocast, chunks, evaluation_sums, finish_evaluation, dropout_seed, steps_per_epoch,
+    PROGRESS_EVERY,
+    EpochBatches,
+    EpochDone,
+    LoopSettings,
+    Member,
+    StepsDone,
+    StopRequested,
+    TeacherSignal,
+    add_sums,
+    autocast,
+    chunks,
+    dropout_seed,
+    evaluation_sums,
+    finish_evaluation,
+    steps_per_epoch,
 )
 from kdtemp.losses import combine_terms
 from kdtemp.methods import GroupSetting, Hint, KDMethod, Step, Terms, methods_for
@@ -53,9 +66,16 @@ class StudentGroup:
     the shared teacher networks) and removes them when the group ends.
     """
 
-    def __init__(self, build_student: Callable[[], nn.Module], members: Sequence[Member], data: Dataset,
-                 teacher: TeacherSignal, settings: LoopSettings, hint: Hint | None = None,
-                 stackable: bool = True):
+    def __init__(
+        self,
+        build_student: Callable[[], nn.Module],
+        members: Sequence[Member],
+        data: Dataset,
+        teacher: TeacherSignal,
+        settings: LoopSettings,
+        hint: Hint | None = None,
+        stackable: bool = True,
+    ):
         self.members = list(members)
         self.data, self.teacher, self.settings = data, teacher, settings
         device = settings.device
@@ -74,8 +94,10 @@ class StudentGroup:
         self.seed_rows = [self.seeds.index(m.seed) for m in self.members]
         if len(self.seeds) > 1:
             if has_dropout(modules[0]):
-                raise ValueError("students of several seeds train together only without dropout: "
-                                 "each seed draws its own dropout masks")
+                raise ValueError(
+                    "students of several seeds train together only without dropout: "
+                    "each seed draws its own dropout masks"
+                )
             self.member_rows = torch.tensor(self.seed_rows, device=device)
         self.template, self.params, self.buffers = stack_modules(modules, device)
         self.steps_per_epoch = steps_per_epoch(len(data.train_y), settings.batch_size)
@@ -94,8 +116,14 @@ class StudentGroup:
         # without logit-std members this stays a Python False, so no member pays for z-scoring
         masks = (method.standardizes() for method in self.methods)
         self._standardize = next((mask for mask in masks if mask is not False), False)
-        self.teacher_batch = TeacherBatches(teacher, settings, self.seeds, self.seed_rows, self.member_rows,
-                                            None if self._features is None else self._teacher_captures)
+        self.teacher_batch = TeacherBatches(
+            teacher,
+            settings,
+            self.seeds,
+            self.seed_rows,
+            self.member_rows,
+            None if self._features is None else self._teacher_captures,
+        )
         groups = [{"params": [*self.params.values(), *self._trained_with_students().values()]}]
         for method in self.methods:
             groups.extend(method.optimizer_groups())
@@ -107,7 +135,7 @@ class StudentGroup:
         self.teacher_test_log_probs = teacher.test_log_probs().to(device)
         self._hooks = contextlib.ExitStack()
 
-    def __enter__(self) -> "StudentGroup":
+    def __enter__(self) -> StudentGroup:
         for method in self.methods:
             self._hooks.enter_context(method.hooks())
         return self
@@ -142,12 +170,21 @@ class StudentGroup:
             output = forward(self.params, self.buffers, inputs)
         return output if self._features is not None else (output, None)
 
-    def _loss_terms(self, epoch: int, inputs, targets, teacher_logits, teacher_features,
-                    temperature) -> tuple[Terms, torch.Tensor]:
+    def _loss_terms(
+        self, epoch: int, inputs, targets, teacher_logits, teacher_features, temperature
+    ) -> tuple[Terms, torch.Tensor]:
         """Every member's forward pass (one vmapped call), then each method's named terms on (K, B, ...)."""
         logits, features = self._forward(inputs, self.member_rows is not None)
-        step = Step(epoch, logits.float(), targets, teacher_logits, temperature, self._standardize,
-                    features, teacher_features)
+        step = Step(
+            epoch,
+            logits.float(),
+            targets,
+            teacher_logits,
+            temperature,
+            self._standardize,
+            features,
+            teacher_features,
+        )
         terms = Terms()
         for method in self.methods:
             found = method.terms(step)
@@ -163,8 +200,9 @@ class StudentGroup:
 
         def optimizer_slice(tensor: torch.Tensor) -> dict:
             state = self.optimizer.state.get(tensor, {})
-            return {key: (value[k] if value.dim() > 0 else value).detach().clone()
-                    for key, value in state.items()}
+            return {
+                key: (value[k] if value.dim() > 0 else value).detach().clone() for key, value in state.items()
+            }
 
         trainable = {**self.params, **self._trained_with_students()}
         state = {
@@ -251,8 +289,9 @@ class StudentGroup:
                     inputs, targets = inputs[self.member_rows], targets[self.member_rows]
                 temperature = self._temperature(step_index, epoch)
                 with dropout.drawing():  # the forward pass draws the masks; backward reuses them
-                    terms, correct = self._loss_terms(epoch, inputs, targets, teacher_logits, teacher_features,
-                                                      temperature)
+                    terms, correct = self._loss_terms(
+                        epoch, inputs, targets, teacher_logits, teacher_features, temperature
+                    )
                 losses = combine_terms(terms.added, self.alpha)
                 total = losses.masked_fill(self.inactive, 0.0).sum()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -270,7 +309,7 @@ class StudentGroup:
             if bool(self.inactive.all()):
                 return
 
-    def _end_epoch(self, epoch: int, sums: "_EpochSums", lr: float, started: float) -> EpochDone:
+    def _end_epoch(self, epoch: int, sums: _EpochSums, lr: float, started: float) -> EpochDone:
         count = len(self.data.train_y)
         host = sums.to_host()
         evaluation = {name: value.cpu().tolist() for name, value in self.evaluate().items()}
@@ -289,8 +328,14 @@ class StudentGroup:
                 rows.append(None)
                 continue
             means = {name: host[name][k] / count for name in sums.names}
-            row = {"epoch": epoch, "temperature": means["temperature"], "lr": lr, "train_loss": means["loss"],
-                   "train_acc": host["correct"][k] / count, "epoch_seconds": seconds}
+            row = {
+                "epoch": epoch,
+                "temperature": means["temperature"],
+                "lr": lr,
+                "train_loss": means["loss"],
+                "train_acc": host["correct"][k] / count,
+                "epoch_seconds": seconds,
+            }
             row.update({name: evaluation[name][k] for name in TEST_FIELDS})
             for method in self.methods:
                 row.update(method.row_fields(k, means))
@@ -319,6 +364,6 @@ class _EpochSums:
     def to_host(self) -> dict[str, list]:
         """Every sum as a Python list per member, plus "correct" and whether the loss stayed "finite"."""
         assert self.weighted is not None, "an epoch has at least one step"
-        sums = dict(zip(self.names, self.weighted.unbind()))
+        sums = dict(zip(self.names, self.weighted.unbind(), strict=False))
         on_device = {**sums, "correct": self.correct, "finite": torch.isfinite(sums["loss"])}
         return {name: value.cpu().tolist() for name, value in on_device.items()}

@@ -33,7 +33,12 @@ from kdtemp.stacking import vmap_failure
 from kdtemp.student_group import Hint, StudentGroup
 from kdtemp.sweep_state import SweepState, run_summary
 from kdtemp.teachers import (
-    LoadedTeacher, all_teacher_logits, ensemble_weights, load_teachers, teacher_features, teacher_paths,
+    LoadedTeacher,
+    all_teacher_logits,
+    ensemble_weights,
+    load_teachers,
+    teacher_features,
+    teacher_paths,
     teachers_fingerprint,
 )
 
@@ -44,12 +49,23 @@ def plan_sweep(config: ExperimentConfig, data: Dataset, fingerprint: str) -> tup
     """The grid's runs, and a warning when any schedule goes below T = 0.5."""
     runs = plan_runs(config, fingerprint)
     spe = steps_per_epoch(len(data.train_y), config.student_batch_size())
-    low = sorted({run.schedule_label for run in runs if not run.is_baseline
-                  and lowest_temperature(run.schedule, run.t0, config.student.epochs, spe) < LOW_TEMPERATURE})
+    low = sorted(
+        {
+            run.schedule_label
+            for run in runs
+            if not run.is_baseline
+            and lowest_temperature(run.schedule, run.t0, config.student.epochs, spe) < LOW_TEMPERATURE
+        }
+    )
     notes = []
     if low:
-        notes.append(Note(f"temperatures below {LOW_TEMPERATURE} in {', '.join(low)}: soft targets become nearly "
-                          "one-hot and gradients grow as 1/T", "warning"))
+        notes.append(
+            Note(
+                f"temperatures below {LOW_TEMPERATURE} in {', '.join(low)}: soft targets become nearly "
+                "one-hot and gradients grow as 1/T",
+                "warning",
+            )
+        )
     return runs, notes
 
 
@@ -63,24 +79,42 @@ def member_for(run: RunSpec, epochs: int, spe: int) -> Member:
     if run.is_baseline:
         return Member(seed=run.seed, alpha=0.0, temperatures=torch.ones(epochs * spe), distills=False)
     return Member(
-        seed=run.seed, alpha=run.alpha, temperatures=temperature_table(run.schedule, run.t0, epochs, spe),
-        t0=run.t0, standardize=uses_standardized_logits(run), learnable=learnable_schedule(run),
+        seed=run.seed,
+        alpha=run.alpha,
+        temperatures=temperature_table(run.schedule, run.t0, epochs, spe),
+        t0=run.t0,
+        standardize=uses_standardized_logits(run),
+        learnable=learnable_schedule(run),
     )
 
 
 def run_config_record(run: RunSpec, config: ExperimentConfig, device: torch.device) -> dict:
     schedule = run.schedule.model_dump(mode="json") if run.schedule is not None else None
     return {
-        "run": {"run_id": run.run_id, "schedule": run.schedule_label, "schedule_params": schedule, "t0": run.t0,
-                "alpha": run.alpha, "seed": run.seed, "generation": run.generation, "parent": run.parent},
+        "run": {
+            "run_id": run.run_id,
+            "schedule": run.schedule_label,
+            "schedule_params": schedule,
+            "t0": run.t0,
+            "alpha": run.alpha,
+            "seed": run.seed,
+            "generation": run.generation,
+            "parent": run.parent,
+        },
         "identity": run.identity,
         "experiment": config_to_dict(config),
         "environment": environment_record(device),
     }
 
 
-def sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None,
-          only: set[str] | None = None, worker: str | None = None, emit: Emit = ignore) -> SweepResult:
+def sweep(
+    config: ExperimentConfig,
+    force: bool = False,
+    should_stop: StopCheck = None,
+    only: set[str] | None = None,
+    worker: str | None = None,
+    emit: Emit = ignore,
+) -> SweepResult:
     """Train the grid's runs (only those in `only` when given), reporting progress through `emit`."""
     started_at = time.perf_counter()
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
@@ -102,16 +136,32 @@ def sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck 
     skipped = len(runs) - len(pending)
     emit(Note(f"{len(runs)} runs planned: {skipped} already complete, {len(pending)} to train"))
     if not pending:
-        return SweepResult(len(runs), skipped, 0, 0, 0, seconds=time.perf_counter() - started_at,
-                           experiment_dir=layout.root)
+        return SweepResult(
+            len(runs), skipped, 0, 0, 0, seconds=time.perf_counter() - started_at, experiment_dir=layout.root
+        )
     R.check_writable(layout.root)
     signal = _teacher_signal(config, data, device, teachers, hint, emit)
     stackable = _stackable(config, data, device, emit)
     with caller_rng_kept():  # a forward pass of the student, dropout and all
-        sizes = student_and_teacher(student, [t.model for t in teachers], data.train_x[:config.student_batch_size()],
-                                    device)
-    state = SweepState(config, layout, data, device, teachers, signal, hint, sizes, force, should_stop, worker,
-                       len(pending), stackable=stackable, emit=emit)
+        sizes = student_and_teacher(
+            student, [t.model for t in teachers], data.train_x[: config.student_batch_size()], device
+        )
+    state = SweepState(
+        config,
+        layout,
+        data,
+        device,
+        teachers,
+        signal,
+        hint,
+        sizes,
+        force,
+        should_stop,
+        worker,
+        len(pending),
+        stackable=stackable,
+        emit=emit,
+    )
     limit = _group_limit(config, data, device)
     across_seeds = not has_dropout(student)  # dropout masks are the one draw a group cannot give each seed
     for generation in sorted({run.generation for run in pending}):
@@ -120,10 +170,21 @@ def sweep(config: ExperimentConfig, force: bool = False, should_stop: StopCheck 
             members = with_finished_parents(state, members)
         groups = group_runs(members, limit, across_seeds)
         for number, group in enumerate(groups, 1):
-            label = f"group {number}/{len(groups)}" + (f", generation {generation}" if config.kd.generations > 1 else "")
+            label = f"group {number}/{len(groups)}" + (
+                f", generation {generation}" if config.kd.generations > 1 else ""
+            )
             _train_group(state, group, label)
-    return SweepResult(len(runs), skipped, state.resumed, state.started, state.completed, state.failed, state.busy,
-                       time.perf_counter() - started_at, layout.root)
+    return SweepResult(
+        len(runs),
+        skipped,
+        state.resumed,
+        state.started,
+        state.completed,
+        state.failed,
+        state.busy,
+        time.perf_counter() - started_at,
+        layout.root,
+    )
 
 
 @keeps_global_rng
@@ -133,14 +194,22 @@ def _hint(config: ExperimentConfig, data: Dataset, teachers: list[LoadedTeacher]
         return None
     layers = config.kd.feature_layers
     student_layer = layers.student if layers else None
-    teacher_shape = feature_shape(teachers[0].model, layers.teacher if layers else None, data.train_x[:2], "teacher")
+    teacher_shape = feature_shape(
+        teachers[0].model, layers.teacher if layers else None, data.train_x[:2], "teacher"
+    )
     student = build_model(config.student, data.input_shape, data.num_classes)
     build_regressor(feature_shape(student, student_layer, data.train_x[:2].cpu(), "student"), teacher_shape)
     return Hint(config.kd.feature_weight, student_layer, teacher_shape)
 
 
-def _teacher_signal(config: ExperimentConfig, data: Dataset, device: torch.device, teachers: list[LoadedTeacher],
-                    hint: Hint | None, emit: Emit) -> TeacherSignal:
+def _teacher_signal(
+    config: ExperimentConfig,
+    data: Dataset,
+    device: torch.device,
+    teachers: list[LoadedTeacher],
+    hint: Hint | None,
+    emit: Emit,
+) -> TeacherSignal:
     """Generation 1's teacher signal: cached logits (and hint features), or networks run on each batch."""
     train, test = all_teacher_logits(teachers, data, config, device, emit)
     teacher_layer = config.kd.feature_layers.teacher if config.kd.feature_layers else None
@@ -149,21 +218,34 @@ def _teacher_signal(config: ExperimentConfig, data: Dataset, device: torch.devic
         emit(Note("computing the teachers' hint features on the training set"))
         features = teacher_features([t.model for t in teachers], teacher_layer, data, config, device)
     if train is None:
-        example = data.train_x[:config.student_batch_size()]
+        example = data.train_x[: config.student_batch_size()]
         # hints are captured with hooks, which need the eager modules
         networks, channels_last = per_batch_teachers(
-            [t.model if hint is not None else inference_module(t.model, example, device) for t in teachers], device)
-    return TeacherSignal(test_logits=test, train_logits=train, train_features=features, networks=networks,
-                         ensemble=config.kd.ensemble, weights=ensemble_weights(config, device), feature_layer=teacher_layer,
-                         channels_last=channels_last)
+            [t.model if hint is not None else inference_module(t.model, example, device) for t in teachers],
+            device,
+        )
+    return TeacherSignal(
+        test_logits=test,
+        train_logits=train,
+        train_features=features,
+        networks=networks,
+        ensemble=config.kd.ensemble,
+        weights=ensemble_weights(config, device),
+        feature_layer=teacher_layer,
+        channels_last=channels_last,
+    )
 
 
 def _stackable(config: ExperimentConfig, data: Dataset, device: torch.device, emit: Emit) -> bool:
     """Whether vmap can run the student stacked; a note when it cannot (its runs then train one at a time)."""
     reason = _vmap_failure(config, data, device)
     if reason is not None:
-        emit(Note(f"{config.student.arch} cannot be stacked with vmap ({reason}); its runs train one member at a "
-                  "time, with the same results and files, more slowly"))
+        emit(
+            Note(
+                f"{config.student.arch} cannot be stacked with vmap ({reason}); its runs train one member at a "
+                "time, with the same results and files, more slowly"
+            )
+        )
     return reason is None
 
 
@@ -178,8 +260,12 @@ def _group_limit(config: ExperimentConfig, data: Dataset, device: torch.device) 
     spec = config.student
     probe = build_model(spec, data.input_shape, data.num_classes).to(device)
     slots = {"sgd": 1, "adam": 2, "adamw": 2}[spec.optimizer]
-    return max_group_size(member_bytes(probe, data.train_x[: config.student_batch_size()], slots), 0, device,
-                          config.train.max_group_size)
+    return max_group_size(
+        member_bytes(probe, data.train_x[: config.student_batch_size()], slots),
+        0,
+        device,
+        config.train.max_group_size,
+    )
 
 
 # --- training a group ------------------------------------------------------------------------------
@@ -249,10 +335,15 @@ def _train_members(state: SweepState, members: list[tuple[RunSpec, dict | None]]
     generation = runs[0].generation
     signal = state.signal if generation == 1 else parent_signal(state, runs)
     with caller_rng_kept():  # the group seeds each member's init itself; a hint's shape probe draws too
-        group = StudentGroup(lambda: build_model(spec, data.input_shape, data.num_classes),
-                             [member_for(run, spec.epochs, spe) for run in runs], data, signal,
-                             loop_settings(config, spec, seeds[0], state.device),
-                             generation_hint(state, generation), stackable=state.stackable)
+        group = StudentGroup(
+            lambda: build_model(spec, data.input_shape, data.num_classes),
+            [member_for(run, spec.epochs, spe) for run in runs],
+            data,
+            signal,
+            loop_settings(config, spec, seeds[0], state.device),
+            generation_hint(state, generation),
+            stackable=state.stackable,
+        )
     if members[0][1] is not None:
         group.load_member_states([resume["member"] for _, resume in members])
     description = f"{label}: {len(runs)} runs at once (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
@@ -272,8 +363,9 @@ def _train_members(state: SweepState, members: list[tuple[RunSpec, dict | None]]
     emit(Progress("runs", "runs", state.done, state.pending))
 
 
-def _record_epoch(state: SweepState, group: StudentGroup, runs: list[RunSpec], event: EpochDone,
-                  loggers: list[RunLogger]) -> None:
+def _record_epoch(
+    state: SweepState, group: StudentGroup, runs: list[RunSpec], event: EpochDone, loggers: list[RunLogger]
+) -> None:
     """Append each member's row (and log it), then its checkpoint; at the last epoch its weights, then summary.json."""
     epochs = state.student_spec.epochs
     for k, run in enumerate(runs):
@@ -281,22 +373,34 @@ def _record_epoch(state: SweepState, group: StudentGroup, runs: list[RunSpec], e
         if k in event.failures:
             files.checkpoint.unlink(missing_ok=True)
             reason = divergence_reason(event.failures[k], state.config, not run.is_baseline)
-            R.write_summary(files, run_summary(state, run, files, Status.FAILED, len(runs),
-                                            reason=reason, failed_epoch=event.epoch))
+            R.write_summary(
+                files,
+                run_summary(
+                    state, run, files, Status.FAILED, len(runs), reason=reason, failed_epoch=event.epoch
+                ),
+            )
             state.failed.append((run.run_id, reason))
             continue
         row = event.metrics[k]
         if row is None:
             continue
-        line = {**run.columns(), **row, "t0": run.t0, "temperature": None if run.is_baseline else row["temperature"]}
+        line = {
+            **run.columns(),
+            **row,
+            "t0": run.t0,
+            "temperature": None if run.is_baseline else row["temperature"],
+        }
         R.append_csv_row(files.metrics, line, R.STUDENT_COLUMNS)
         _log_epoch(loggers[k], line, group.members[k], event.epoch, epochs)
         member = group.member_state(k)
         if event.epoch + 1 < epochs:
-            R.atomic_torch_save({"format": STUDENT_FORMAT, "run_id": run.run_id, "member": member}, files.checkpoint)
+            R.atomic_torch_save(
+                {"format": STUDENT_FORMAT, "run_id": run.run_id, "member": member}, files.checkpoint
+            )
             continue
-        R.atomic_torch_save({"format": STUDENT_FORMAT, "run_id": run.run_id, "state_dict": member["model"]},
-                            files.model)
+        R.atomic_torch_save(
+            {"format": STUDENT_FORMAT, "run_id": run.run_id, "state_dict": member["model"]}, files.model
+        )
         R.write_summary(files, run_summary(state, run, files, Status.COMPLETED, len(runs)))
         files.checkpoint.unlink(missing_ok=True)
         state.completed += 1
@@ -311,7 +415,9 @@ def _log_epoch(logger: RunLogger, line: dict, member: Member, epoch: int, epochs
     logger.log_epoch(line, epoch)
     if member.distills and member.learnable is None:
         steps = len(member.temperatures) // epochs
-        logger.log_temperatures(member.temperatures[epoch * steps:(epoch + 1) * steps].tolist(), epoch * steps)
+        logger.log_temperatures(
+            member.temperatures[epoch * steps : (epoch + 1) * steps].tolist(), epoch * steps
+        )
 
 
 def divergence_reason(reason: str, config: ExperimentConfig, distills: bool = True) -> str:

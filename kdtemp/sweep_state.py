@@ -61,21 +61,34 @@ def _teachers_record(state: SweepState, run: RunSpec) -> list[dict]:
     return [{"id": run.parent, "test_acc": parent.final.get("test_acc") if parent is not None else None}]
 
 
-def run_summary(state: SweepState, run: RunSpec, files: R.RunFiles, status: Status, group_size: int,
-                **extra) -> RunSummary:
+def run_summary(
+    state: SweepState, run: RunSpec, files: R.RunFiles, status: Status, group_size: int, **extra
+) -> RunSummary:
     """The run's summary.json, from its metrics.csv as written: `final` is its last row, cell by cell."""
     rows = R.read_csv_rows(files.metrics) if files.metrics.exists() else []
     final = {key: _number(value) for key, value in rows[-1].items()} if rows else {}
     accuracies = [float(row["test_acc"]) for row in rows if row.get("test_acc")]
     best = max(range(len(accuracies)), key=accuracies.__getitem__) if accuracies else None
     return RunSummary(
-        run_id=run.run_id, status=status, schedule=run.schedule_label, t0=run.t0, alpha=run.alpha,
-        seed=run.seed, generation=run.generation, parent=run.parent, epochs=state.student_spec.epochs,
-        epochs_done=len(rows), final=final,
-        best_test_acc=accuracies[best] if best is not None else None, best_epoch=best,
+        run_id=run.run_id,
+        status=status,
+        schedule=run.schedule_label,
+        t0=run.t0,
+        alpha=run.alpha,
+        seed=run.seed,
+        generation=run.generation,
+        parent=run.parent,
+        epochs=state.student_spec.epochs,
+        epochs_done=len(rows),
+        final=final,
+        best_test_acc=accuracies[best] if best is not None else None,
+        best_epoch=best,
         wall_seconds=sum(float(row["epoch_seconds"]) for row in rows if row.get("epoch_seconds")),
-        device=str(state.device), group_size=group_size, teachers=_teachers_record(state, run),
-        **state.sizes, **extra,
+        device=str(state.device),
+        group_size=group_size,
+        teachers=_teachers_record(state, run),
+        **state.sizes,
+        **extra,
     )
 
 

@@ -7,8 +7,8 @@ gets its seed's row.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Sequence
 
 import torch
 
@@ -19,9 +19,15 @@ from kdtemp.hints import FeatureCapture
 class TeacherBatches:
     """A step's (indices, inputs) -> (logits, features), (n, B, ...) or per member (K, n, B, ...)."""
 
-    def __init__(self, teacher: TeacherSignal, settings: LoopSettings, seeds: Sequence[int],
-                 seed_rows: Sequence[int], member_rows: torch.Tensor | None,
-                 feature_captures: Callable[[], list[FeatureCapture]] | None):
+    def __init__(
+        self,
+        teacher: TeacherSignal,
+        settings: LoopSettings,
+        seeds: Sequence[int],
+        seed_rows: Sequence[int],
+        member_rows: torch.Tensor | None,
+        feature_captures: Callable[[], list[FeatureCapture]] | None,
+    ):
         self.teacher, self.settings = teacher, settings
         self.seeds, self.seed_rows, self.member_rows = list(seeds), list(seed_rows), member_rows
         self.feature_captures = feature_captures
@@ -41,8 +47,9 @@ class TeacherBatches:
             return cached[self._rows, :, indices[self.member_rows]].movedim(2, 1)
         return cached[:, indices].movedim(1, 0)[self.member_rows]  # (n, S, B, ...) -> (K, n, B, ...)
 
-    def __call__(self, indices: torch.Tensor,
-                 inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(
+        self, indices: torch.Tensor, inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The teacher's logits (and hint features) for this step's batch: (n, B, ...), or (K, n, B, ...)
         per member.
 

@@ -58,17 +58,29 @@ def read_weights(path: Path) -> tuple[dict, str, nn.Module | None]:
         data = R.load_checkpoint(path, "teacher.checkpoint")
         nested = data.get("state_dict")
         if isinstance(nested, dict):
-            return nested, KDTEMP if str(data.get("format", "")).startswith("kdtemp-teacher") else STATE_DICT, None
+            return (
+                nested,
+                KDTEMP if str(data.get("format", "")).startswith("kdtemp-teacher") else STATE_DICT,
+                None,
+            )
         if not all(isinstance(value, torch.Tensor) for value in data.values()):
-            raise CheckpointError(f"teacher.checkpoint {path} is a dict but not a state dict (name -> tensor); "
-                                  "save model.state_dict(), a TorchScript file or a torch.export program")
+            raise CheckpointError(
+                f"teacher.checkpoint {path} is a dict but not a state dict (name -> tensor); "
+                "save model.state_dict(), a TorchScript file or a torch.export program"
+            )
         return data, STATE_DICT, None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.jit.load(str(path), map_location="cpu") if kind == TORCHSCRIPT else torch.export.load(str(path))
+            program = (
+                torch.jit.load(str(path), map_location="cpu")
+                if kind == TORCHSCRIPT
+                else torch.export.load(str(path))
+            )
     except Exception as exc:  # both loaders raise many kinds of errors for damaged archives
-        raise CheckpointError(f"cannot read teacher.checkpoint {path} as {kind} ({first_line(exc)}); re-save it") from None
+        raise CheckpointError(
+            f"cannot read teacher.checkpoint {path} as {kind} ({first_line(exc)}); re-save it"
+        ) from None
     example = None
     if kind == EXPORT:
         example = program.example_inputs
@@ -95,13 +107,17 @@ def import_teacher(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
     """The spec's network with the checkpoint's weights, refused when they do not fit it (naming which keys)."""
     path = Path(spec.checkpoint)
     if not path.is_file():
-        raise CheckpointError(f"teacher.checkpoint not found: {path}; give the path of a trained teacher's file")
+        raise CheckpointError(
+            f"teacher.checkpoint not found: {path}; give the path of a trained teacher's file"
+        )
     state, kind, program = read_weights(path)
     model = build_model(spec, input_shape, num_classes)
     problem = state_dict_mismatch(model, state)
     if problem:
-        raise CheckpointError(f"teacher.checkpoint {path} does not fit a {spec.arch} with {num_classes} classes: {problem}; "
-                              "give the arch (and kwargs) it was trained as")
+        raise CheckpointError(
+            f"teacher.checkpoint {path} does not fit a {spec.arch} with {num_classes} classes: {problem}; "
+            "give the arch (and kwargs) it was trained as"
+        )
     model.load_state_dict(state)
     source = {"path": str(path.resolve()), "sha256": R.file_sha256(path), "format": kind}
     return ImportedTeacher(model.eval(), source, program)
@@ -112,8 +128,11 @@ def state_dict_mismatch(model: nn.Module, state: dict) -> str:
     own = model.state_dict()
     missing = [key for key in own if key not in state]
     unexpected = [key for key in state if key not in own]
-    shapes = [f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}" for key in own
-              if key in state and tuple(state[key].shape) != tuple(own[key].shape)]
+    shapes = [
+        f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}"
+        for key in own
+        if key in state and tuple(state[key].shape) != tuple(own[key].shape)
+    ]
     parts = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
         if keys:
@@ -132,12 +151,15 @@ def check_same_logits(imported: ImportedTeacher, inputs: torch.Tensor, arch: str
         try:
             expected = imported.program(example)
         except Exception as exc:
-            raise CheckpointError(f"cannot run teacher.checkpoint on a batch of the data ({first_line(exc)}); "
-                                  "export it for inputs of this dataset's shape") from None
+            raise CheckpointError(
+                f"cannot run teacher.checkpoint on a batch of the data ({first_line(exc)}); "
+                "export it for inputs of this dataset's shape"
+            ) from None
         model = imported.model.cpu()
         got = model(example)
     if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4):
         gap = float((got - expected).abs().max())
-        raise CheckpointError(f"teacher.checkpoint's program computes other logits than {arch} with its weights "
-                              f"(max difference {gap:.3g}); give the arch it was saved from, in eval mode")
-
+        raise CheckpointError(
+            f"teacher.checkpoint's program computes other logits than {arch} with its weights "
+            f"(max difference {gap:.3g}); give the arch it was saved from, in eval mode"
+        )

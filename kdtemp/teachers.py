@@ -30,15 +30,24 @@ from kdtemp.hints import predict_features
 from kdtemp.loggers import RunLogger, check_loggers, run_loggers
 from kdtemp.losses import soft_target_log_probs
 from kdtemp.models import build_model, count_parameters
-from kdtemp.prepare import StopCheck, config_flag, data_on, environment_record, loop_settings, wants_channels_last
+from kdtemp.prepare import (
+    StopCheck,
+    config_flag,
+    data_on,
+    environment_record,
+    loop_settings,
+    wants_channels_last,
+)
 from kdtemp.randomness import keeps_global_rng, seeded
 from kdtemp.teacher_import import ImportedTeacher, check_same_logits, import_teacher
 
 TEACHER_FORMAT = "kdtemp-teacher/1"
 LOGITS_FORMAT = "kdtemp-teacher-logits/2"
 """/2: computed in float32 without autocast (/1 caches made on CUDA held bf16-rounded logits); others are recomputed."""
-RETRAIN = ("to keep it, give this experiment its own name: `--name <new>` on train-teacher, sweep and report; "
-           "or `kdtemp train-teacher --force` overwrites it (and its students are retrained)")
+RETRAIN = (
+    "to keep it, give this experiment its own name: `--name <new>` on train-teacher, sweep and report; "
+    "or `kdtemp train-teacher --force` overwrites it (and its students are retrained)"
+)
 """The fix for a teacher made for other data: a new name first, so two experiments never share a folder."""
 
 
@@ -49,8 +58,9 @@ def teacher_label(index: int, count: int) -> str:
 # --- training ------------------------------------------------------------------------------------
 
 
-def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None,
-                  emit: Emit = ignore) -> list[TeacherResult | EnsembleResult]:
+def train_teacher(
+    config: ExperimentConfig, force: bool = False, should_stop: StopCheck = None, emit: Emit = ignore
+) -> list[TeacherResult | EnsembleResult]:
     """Train, evaluate each epoch and checkpoint the teacher (or each teacher of `teachers:`).
 
     Reports progress through `emit`; returns a TeacherResult per teacher and, for an ensemble, an EnsembleResult.
@@ -65,15 +75,23 @@ def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: St
         path = layout.teacher_files(index, count).model
         if path.exists() and not force:
             existing = R.load_checkpoint(path, "teacher checkpoint")
-            if existing.get("architecture") != architecture_of(spec) or existing.get("dataset") != config.data.dataset:
+            if (
+                existing.get("architecture") != architecture_of(spec)
+                or existing.get("dataset") != config.data.dataset
+            ):
                 raise CheckpointError(
                     f"{path} holds a {existing.get('architecture', {}).get('arch')} teacher for {existing.get('dataset')}, "
-                    f"but the config asks for {spec.arch} on {config.data.dataset}; {RETRAIN}")
+                    f"but the config asks for {spec.arch} on {config.data.dataset}; {RETRAIN}"
+                )
             check_source_unchanged(existing, spec, path)
             if "source" not in existing and existing.get("epochs") != spec.epochs:
-                emit(Note(f"{teacher_label(index, count)} was trained for {existing.get('epochs')} epochs, kept as it is "
-                          f"(this config asks for {spec.epochs}): `--force` retrains it, `--name <new>` trains another",
-                          "warning"))
+                emit(
+                    Note(
+                        f"{teacher_label(index, count)} was trained for {existing.get('epochs')} epochs, kept as it is "
+                        f"(this config asks for {spec.epochs}): `--force` retrains it, `--name <new>` trains another",
+                        "warning",
+                    )
+                )
             finished[index] = existing
     data = None
     imported: dict[int, ImportedTeacher] = {}
@@ -87,21 +105,34 @@ def train_teacher(config: ExperimentConfig, force: bool = False, should_stop: St
         directory = layout.teacher_dir_of(index, count)
         if index in finished:
             existing = finished[index]
-            results.append(TeacherResult(R.RunFiles(directory).model, float(existing["test_acc"]), int(existing["parameters"]),
-                                         int(existing["epochs"]), 0.0, already_trained=True, label=label,
-                                         imported="source" in existing))
+            results.append(
+                TeacherResult(
+                    R.RunFiles(directory).model,
+                    float(existing["test_acc"]),
+                    int(existing["parameters"]),
+                    int(existing["epochs"]),
+                    0.0,
+                    already_trained=True,
+                    label=label,
+                    imported="source" in existing,
+                )
+            )
         elif index in imported:
             results.append(_record_imported(config, spec, imported[index], directory, label, data, device))
         else:
             with run_loggers(config, [layout.tensorboard_dir(label)]) as (logger,):
-                results.append(_train_one(config, spec, directory, label, data, device, force, should_stop, logger, emit))
+                results.append(
+                    _train_one(config, spec, directory, label, data, device, force, should_stop, logger, emit)
+                )
     if count > 1:
         results.append(_record_ensemble(config, layout, data, device))
     return results
 
 
 @keeps_global_rng
-def _check_networks(config: ExperimentConfig, specs: list[ModelSpec], finished: dict, data: Dataset) -> dict[int, ImportedTeacher]:
+def _check_networks(
+    config: ExperimentConfig, specs: list[ModelSpec], finished: dict, data: Dataset
+) -> dict[int, ImportedTeacher]:
     """Build every network the job will need, so a bad arch or checkpoint is refused before a file is written.
 
     The student is built too: a typo in it is found now, not after the teacher has trained for hours.
@@ -126,12 +157,21 @@ def check_source_unchanged(record: dict, spec: ModelSpec, path: Path) -> None:
         return
     source = record.get("source") or {}
     if source.get("sha256") != R.file_sha256(Path(spec.checkpoint)):
-        raise CheckpointError(f"{path} was not imported from the current teacher.checkpoint {spec.checkpoint} (its content "
-                              "differs); run `kdtemp train-teacher --force` to import it (its students will be retrained)")
+        raise CheckpointError(
+            f"{path} was not imported from the current teacher.checkpoint {spec.checkpoint} (its content "
+            "differs); run `kdtemp train-teacher --force` to import it (its students will be retrained)"
+        )
 
 
-def _record_imported(config: ExperimentConfig, spec: ModelSpec, teacher: ImportedTeacher, directory: Path, label: str,
-                     data: Dataset, device: torch.device) -> TeacherResult:
+def _record_imported(
+    config: ExperimentConfig,
+    spec: ModelSpec,
+    teacher: ImportedTeacher,
+    directory: Path,
+    label: str,
+    data: Dataset,
+    device: torch.device,
+) -> TeacherResult:
     """Evaluate an imported teacher and write teacher/model.pt as train-teacher would, plus where it came from."""
     started = time.perf_counter()
     model = teacher.model.to(device)
@@ -140,22 +180,45 @@ def _record_imported(config: ExperimentConfig, spec: ModelSpec, teacher: Importe
     _write_teacher_config(config, spec, directory, device)
     files = R.RunFiles(directory)
     model_path = files.model
-    record = _teacher_record(spec, model, data, device, accuracy, float(F.cross_entropy(logits, data.test_y)), epochs=0)
+    record = _teacher_record(
+        spec, model, data, device, accuracy, float(F.cross_entropy(logits, data.test_y)), epochs=0
+    )
     R.atomic_torch_save({**record, "source": teacher.source}, model_path)
     for stale in (files.checkpoint, files.metrics):
         stale.unlink(missing_ok=True)
-    return TeacherResult(model_path, accuracy, record["parameters"], 0, time.perf_counter() - started, label=label,
-                         imported=True)
+    return TeacherResult(
+        model_path,
+        accuracy,
+        record["parameters"],
+        0,
+        time.perf_counter() - started,
+        label=label,
+        imported=True,
+    )
 
 
-def _write_teacher_config(config: ExperimentConfig, spec: ModelSpec, directory: Path, device: torch.device) -> None:
-    R.atomic_write_yaml(R.RunFiles(directory).config, {"teacher": spec.model_dump(mode="json"),
-                                                    "experiment": config_to_dict(config),
-                                                    "environment": environment_record(device)})
+def _write_teacher_config(
+    config: ExperimentConfig, spec: ModelSpec, directory: Path, device: torch.device
+) -> None:
+    R.atomic_write_yaml(
+        R.RunFiles(directory).config,
+        {
+            "teacher": spec.model_dump(mode="json"),
+            "experiment": config_to_dict(config),
+            "environment": environment_record(device),
+        },
+    )
 
 
-def _teacher_record(spec: ModelSpec, model: nn.Module, data: Dataset, device: torch.device, test_acc: float,
-                    test_loss: float, epochs: int) -> dict:
+def _teacher_record(
+    spec: ModelSpec,
+    model: nn.Module,
+    data: Dataset,
+    device: torch.device,
+    test_acc: float,
+    test_loss: float,
+    epochs: int,
+) -> dict:
     """teacher/model.pt's contents, trained or imported: what check_teacher_matches and the report read."""
     return {
         "format": TEACHER_FORMAT,
@@ -173,16 +236,30 @@ def _teacher_record(spec: ModelSpec, model: nn.Module, data: Dataset, device: to
     }
 
 
-def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label: str, data: Dataset,
-               device: torch.device, force: bool, should_stop: StopCheck, logger: RunLogger, emit: Emit) -> TeacherResult:
+def _train_one(
+    config: ExperimentConfig,
+    spec: ModelSpec,
+    directory: Path,
+    label: str,
+    data: Dataset,
+    device: torch.device,
+    force: bool,
+    should_stop: StopCheck,
+    logger: RunLogger,
+    emit: Emit,
+) -> TeacherResult:
     with seeded(spec.seed):  # the init its seed gives, the caller's RNG left as it was
         model = build_model(spec, data.input_shape, data.num_classes)
     trainer = NetworkTrainer(model, data, loop_settings(config, spec, spec.seed, device, model))
     files = R.RunFiles(directory)
     checkpoint_path, metrics_path, model_path = files.checkpoint, files.metrics, files.model
     # the data's fingerprint too: a teacher cut off on one image folder or array file must not resume on another
-    identity = {"architecture": architecture_of(spec), "training": training_identity(spec), "dataset": config.data.dataset,
-                "data": data.fingerprint()}
+    identity = {
+        "architecture": architecture_of(spec),
+        "training": training_identity(spec),
+        "dataset": config.data.dataset,
+        "data": data.fingerprint(),
+    }
     if force:
         for stale in (checkpoint_path, metrics_path, model_path):
             stale.unlink(missing_ok=True)
@@ -200,7 +277,11 @@ def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label
         R.keep_epochs_before(metrics_path, trainer.completed_epochs, R.TEACHER_COLUMNS)
     _write_teacher_config(config, spec, directory, device)
     parameters = count_parameters(trainer.model)
-    emit(Note(f"{label} {spec.arch}: {parameters:,} parameters, {spec.epochs} epochs on {device}, seed {spec.seed}"))
+    emit(
+        Note(
+            f"{label} {spec.arch}: {parameters:,} parameters, {spec.epochs} epochs on {device}, seed {spec.seed}"
+        )
+    )
     started = time.perf_counter()
     last: dict = {}
     description = f"{label} {spec.arch}"
@@ -210,34 +291,74 @@ def _train_one(config: ExperimentConfig, spec: ModelSpec, directory: Path, label
             emit(Progress("batches", f"epoch {event.epoch + 1}", event.step, event.steps_per_epoch))
         elif isinstance(event, EpochDone):
             if event.failures:
-                raise CheckpointError(f"{label} training diverged: {event.failures[0]}; lower its lr or set train.clip_grad_norm")
+                raise CheckpointError(
+                    f"{label} training diverged: {event.failures[0]}; lower its lr or set train.clip_grad_norm"
+                )
             last = event.metrics[0]
             R.append_csv_row(metrics_path, last, R.TEACHER_COLUMNS)
             logger.log_epoch({column: last.get(column) for column in R.TEACHER_COLUMNS}, event.epoch)
             R.atomic_torch_save({"identity": identity, "trainer": trainer.state()}, checkpoint_path)
-            emit(Progress("batches", f"epoch {event.epoch + 1}", trainer.steps_per_epoch, trainer.steps_per_epoch))
-            emit(Progress("epochs", f"{description}  test acc {100 * last['test_acc']:.1f}%", event.epoch + 1, spec.epochs))
+            emit(
+                Progress(
+                    "batches", f"epoch {event.epoch + 1}", trainer.steps_per_epoch, trainer.steps_per_epoch
+                )
+            )
+            emit(
+                Progress(
+                    "epochs",
+                    f"{description}  test acc {100 * last['test_acc']:.1f}%",
+                    event.epoch + 1,
+                    spec.epochs,
+                )
+            )
     if not last:  # resumed after the final epoch had already been checkpointed
         last = trainer.evaluate()
-    R.atomic_torch_save(_teacher_record(spec, trainer.model, data, device, float(last["test_acc"]),
-                                        float(last["test_loss"]), spec.epochs), model_path)
+    R.atomic_torch_save(
+        _teacher_record(
+            spec, trainer.model, data, device, float(last["test_acc"]), float(last["test_loss"]), spec.epochs
+        ),
+        model_path,
+    )
     checkpoint_path.unlink(missing_ok=True)
-    return TeacherResult(model_path, float(last["test_acc"]), parameters, spec.epochs, time.perf_counter() - started,
-                         label=label)
+    return TeacherResult(
+        model_path,
+        float(last["test_acc"]),
+        parameters,
+        spec.epochs,
+        time.perf_counter() - started,
+        label=label,
+    )
 
 
-def _record_ensemble(config: ExperimentConfig, layout: R.ExperimentLayout, data: Dataset, device: torch.device) -> EnsembleResult:
+def _record_ensemble(
+    config: ExperimentConfig, layout: R.ExperimentLayout, data: Dataset, device: torch.device
+) -> EnsembleResult:
     """Evaluate the ensemble on the test set and write teacher/ensemble.json."""
     teachers = load_teachers(config, data, device)
-    test_logits = torch.stack([predict_logits(t.model, data.test_x, config.data.eval_batch_size, device) for t in teachers])
-    combined = soft_target_log_probs(test_logits, 1.0, ensemble=config.kd.ensemble, weights=ensemble_weights(config, device))
-    accuracy = int((combined.argmax(-1) == data.test_y).sum()) / len(data.test_y)  # a count over N, not a float32 mean
+    test_logits = torch.stack(
+        [predict_logits(t.model, data.test_x, config.data.eval_batch_size, device) for t in teachers]
+    )
+    combined = soft_target_log_probs(
+        test_logits, 1.0, ensemble=config.kd.ensemble, weights=ensemble_weights(config, device)
+    )
+    accuracy = int((combined.argmax(-1) == data.test_y).sum()) / len(
+        data.test_y
+    )  # a count over N, not a float32 mean
     record = {
-        "ensemble": config.kd.ensemble, "weights": config.kd.teacher_weights, "test_acc": accuracy,
+        "ensemble": config.kd.ensemble,
+        "weights": config.kd.teacher_weights,
+        "test_acc": accuracy,
         "parameters": sum(int(t.checkpoint["parameters"]) for t in teachers),
         "num_classes": data.num_classes,
-        "teachers": [{"id": t.label, "test_acc": float(t.checkpoint["test_acc"]), "parameters": int(t.checkpoint["parameters"]),
-                      "fingerprint": t.fingerprint} for t in teachers],
+        "teachers": [
+            {
+                "id": t.label,
+                "test_acc": float(t.checkpoint["test_acc"]),
+                "parameters": int(t.checkpoint["parameters"]),
+                "fingerprint": t.fingerprint,
+            }
+            for t in teachers
+        ],
     }
     R.atomic_write_json(layout.ensemble_record, record)
     return EnsembleResult(accuracy, config.kd.ensemble, len(teachers), layout.ensemble_record)
@@ -257,7 +378,11 @@ class LoadedTeacher:
     @property
     def record(self) -> dict:
         """How summary.json names a teacher a run distilled from."""
-        return {"id": self.label, "test_acc": float(self.checkpoint["test_acc"]), "fingerprint": self.fingerprint}
+        return {
+            "id": self.label,
+            "test_acc": float(self.checkpoint["test_acc"]),
+            "fingerprint": self.fingerprint,
+        }
 
 
 @keeps_global_rng
@@ -265,34 +390,55 @@ def load_teachers(config: ExperimentConfig, data: Dataset, device: torch.device)
     """The experiment's trained teacher(s), refused when made for other data or another network."""
     specs = config.teacher_specs()
     teachers = []
-    for index, (spec, path) in enumerate(zip(specs, teacher_paths(config))):
+    for index, (spec, path) in enumerate(zip(specs, teacher_paths(config), strict=False)):
         checkpoint = R.load_checkpoint(path, "teacher checkpoint")
         if checkpoint.get("format") != TEACHER_FORMAT or "state_dict" not in checkpoint:
-            raise CheckpointError(f"{path} is not a kdtemp teacher checkpoint; retrain it with `kdtemp train-teacher --force`")
+            raise CheckpointError(
+                f"{path} is not a kdtemp teacher checkpoint; retrain it with `kdtemp train-teacher --force`"
+            )
         check_teacher_matches(checkpoint, spec, data, path)
         model = build_model(spec, data.input_shape, data.num_classes)
         try:
             model.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as exc:
-            raise CheckpointError(f"{path}: weights do not fit a {spec.arch} ({str(exc).splitlines()[0]}); {RETRAIN}") from None
-        teachers.append(LoadedTeacher(model.to(device).eval(), checkpoint, R.file_fingerprint(path), path,
-                                      teacher_label(index, len(specs))))
+            raise CheckpointError(
+                f"{path}: weights do not fit a {spec.arch} ({str(exc).splitlines()[0]}); {RETRAIN}"
+            ) from None
+        teachers.append(
+            LoadedTeacher(
+                model.to(device).eval(),
+                checkpoint,
+                R.file_fingerprint(path),
+                path,
+                teacher_label(index, len(specs)),
+            )
+        )
     return teachers
 
 
 def check_teacher_matches(checkpoint: dict, spec: ModelSpec, data: Dataset, path: Path) -> None:
     if checkpoint.get("dataset") != data.name:
-        raise CheckpointError(f"teacher {path} was trained on {checkpoint.get('dataset')}, this config uses {data.name}; {RETRAIN}")
+        raise CheckpointError(
+            f"teacher {path} was trained on {checkpoint.get('dataset')}, this config uses {data.name}; {RETRAIN}"
+        )
     if checkpoint.get("num_classes") != data.num_classes:
-        raise CheckpointError(f"teacher {path} predicts {checkpoint.get('num_classes')} classes, {data.name} has {data.num_classes}; {RETRAIN}")
+        raise CheckpointError(
+            f"teacher {path} predicts {checkpoint.get('num_classes')} classes, {data.name} has {data.num_classes}; {RETRAIN}"
+        )
     if list(checkpoint.get("input_shape", [])) != list(data.input_shape):
-        raise CheckpointError(f"teacher {path} takes inputs of shape {checkpoint.get('input_shape')}, {data.name} gives {list(data.input_shape)}; {RETRAIN}")
+        raise CheckpointError(
+            f"teacher {path} takes inputs of shape {checkpoint.get('input_shape')}, {data.name} gives {list(data.input_shape)}; {RETRAIN}"
+        )
     wanted = architecture_of(spec)
     if checkpoint.get("architecture") != wanted:
-        raise CheckpointError(f"teacher {path} is a {checkpoint.get('architecture')}, the config asks for {wanted}; {RETRAIN}")
+        raise CheckpointError(
+            f"teacher {path} is a {checkpoint.get('architecture')}, the config asks for {wanted}; {RETRAIN}"
+        )
     check_source_unchanged(checkpoint, spec, path)
     if checkpoint.get("data_fingerprint") not in (None, data.fingerprint()):
-        raise CheckpointError(f"teacher {path} was trained on different {data.name} data (content differs); {RETRAIN}")
+        raise CheckpointError(
+            f"teacher {path} was trained on different {data.name} data (content differs); {RETRAIN}"
+        )
 
 
 def teachers_fingerprint(fingerprints: list[str], config: ExperimentConfig) -> str:
@@ -309,7 +455,9 @@ def teacher_paths(config: ExperimentConfig) -> list[Path]:
     paths = layout.teacher_models(len(config.teacher_specs()))
     for path in paths:
         if not path.exists():
-            raise CheckpointError(f"no teacher at {path}; run `kdtemp train-teacher{config_flag(config)}` first")
+            raise CheckpointError(
+                f"no teacher at {path}; run `kdtemp train-teacher{config_flag(config)}` first"
+            )
     return paths
 
 
@@ -321,8 +469,9 @@ def ensemble_weights(config: ExperimentConfig, device: torch.device) -> torch.Te
 # --- soft targets ----------------------------------------------------------------------------------
 
 
-def teacher_logits(teacher: LoadedTeacher, data: Dataset, config: ExperimentConfig, device: torch.device,
-                   emit: Emit = ignore) -> tuple[torch.Tensor | None, torch.Tensor]:
+def teacher_logits(
+    teacher: LoadedTeacher, data: Dataset, config: ExperimentConfig, device: torch.device, emit: Emit = ignore
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(train logits or None, test logits): one eval pass over each split, cached on disk.
 
     With augmentation the training inputs change every epoch, so only test logits are cached and
@@ -337,33 +486,63 @@ def teacher_logits(teacher: LoadedTeacher, data: Dataset, config: ExperimentConf
         return _cached_teacher_logits(teacher, data, config, device, path, emit)
 
 
-def _cached_teacher_logits(teacher: LoadedTeacher, data: Dataset, config: ExperimentConfig, device: torch.device,
-                           path: Path, emit: Emit) -> tuple[torch.Tensor | None, torch.Tensor]:
+def _cached_teacher_logits(
+    teacher: LoadedTeacher,
+    data: Dataset,
+    config: ExperimentConfig,
+    device: torch.device,
+    path: Path,
+    emit: Emit,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     data_fingerprint = data.fingerprint()
     channels_last = wants_channels_last(teacher.model, device)
     if path.exists():
         try:
             cached = R.load_checkpoint(path, "teacher-logits cache")
-            if (cached.get("format") == LOGITS_FORMAT and cached.get("data_fingerprint") == data_fingerprint
-                    and cached["test"].shape == (len(data.test_y), data.num_classes)):
+            if (
+                cached.get("format") == LOGITS_FORMAT
+                and cached.get("data_fingerprint") == data_fingerprint
+                and cached["test"].shape == (len(data.test_y), data.num_classes)
+            ):
                 emit(Note(f"{teacher.label} logits read from cache {path.name}"))
                 train = cached.get("train")
                 return (train.to(device) if train is not None else None, cached["test"].to(device))
         except (CheckpointError, KeyError, AttributeError):
             pass
-        emit(Note(f"teacher-logits cache {path.name} does not fit this data or is of an older format; recomputing",
-                  "warning"))
+        emit(
+            Note(
+                f"teacher-logits cache {path.name} does not fit this data or is of an older format; recomputing",
+                "warning",
+            )
+        )
     emit(Note(f"computing {teacher.label} logits on the training set (once for the whole grid)"))
     batch = config.data.eval_batch_size
-    train = None if config.data.augment else predict_logits(teacher.model, data.train_x, batch, device, channels_last)
+    train = (
+        None
+        if config.data.augment
+        else predict_logits(teacher.model, data.train_x, batch, device, channels_last)
+    )
     test = predict_logits(teacher.model, data.test_x, batch, device, channels_last)
-    R.atomic_torch_save({"format": LOGITS_FORMAT, "dtype": str(test.dtype), "data_fingerprint": data_fingerprint,
-                         "train": None if train is None else train.cpu(), "test": test.cpu()}, path)
+    R.atomic_torch_save(
+        {
+            "format": LOGITS_FORMAT,
+            "dtype": str(test.dtype),
+            "data_fingerprint": data_fingerprint,
+            "train": None if train is None else train.cpu(),
+            "test": test.cpu(),
+        },
+        path,
+    )
     return (train, test)
 
 
-def all_teacher_logits(teachers: list[LoadedTeacher], data: Dataset, config: ExperimentConfig, device: torch.device,
-                       emit: Emit = ignore) -> tuple[torch.Tensor | None, torch.Tensor]:
+def all_teacher_logits(
+    teachers: list[LoadedTeacher],
+    data: Dataset,
+    config: ExperimentConfig,
+    device: torch.device,
+    emit: Emit = ignore,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Every teacher's logits stacked on a teacher axis: (train (n, N, C) or None, test (n, N_test, C))."""
     trains, tests = [], []
     for teacher in teachers:
@@ -374,12 +553,17 @@ def all_teacher_logits(teachers: list[LoadedTeacher], data: Dataset, config: Exp
     return train, torch.stack(tests)
 
 
-def teacher_features(models: list[nn.Module], layer: str | None, data: Dataset, config: ExperimentConfig,
-                     device: torch.device) -> torch.Tensor:
+def teacher_features(
+    models: list[nn.Module], layer: str | None, data: Dataset, config: ExperimentConfig, device: torch.device
+) -> torch.Tensor:
     """Hint targets: each model's feature at `layer` for every training input, stacked: (n, N, *F)."""
-    features = [predict_features(model, layer, data.train_x, config.data.eval_batch_size, device) for model in models]
+    features = [
+        predict_features(model, layer, data.train_x, config.data.eval_batch_size, device) for model in models
+    ]
     shapes = {tuple(f.shape[1:]) for f in features}
     if len(shapes) > 1:
-        raise CheckpointError(f"the teachers' hint features differ in shape {sorted(shapes)}; "
-                              "set kd.feature_layers.teacher to a layer of one shape in every teacher")
+        raise CheckpointError(
+            f"the teachers' hint features differ in shape {sorted(shapes)}; "
+            "set kd.feature_layers.teacher to a layer of one shape in every teacher"
+        )
     return torch.stack(features)

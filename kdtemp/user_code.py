@@ -10,7 +10,8 @@ import importlib
 import os
 import re
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kdtemp.errors import ConfigError, first_line
 
@@ -28,8 +29,10 @@ def import_callable(reference: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # a user's module may fail to import in any way: report it, not a traceback
-        raise ConfigError(f"{reference}: cannot import {module_name!r} ({type(exc).__name__}: "
-                          f"{first_line(exc)}); put it in the working directory or on PYTHONPATH") from None
+        raise ConfigError(
+            f"{reference}: cannot import {module_name!r} ({type(exc).__name__}: "
+            f"{first_line(exc)}); put it in the working directory or on PYTHONPATH"
+        ) from None
     finally:
         if added:
             sys.path.remove(cwd)

@@ -45,8 +45,10 @@ def load_image_folder(config: DataConfig) -> Dataset:
     train, test = scan_split(root, "train"), scan_split(root, "val")
     if list(train) != list(test):
         only_train, only_val = sorted(set(train) - set(test)), sorted(set(test) - set(train))
-        raise DataError(f"{root}: train/ and val/ hold different classes (only in train: {only_train or 'none'}, "
-                        f"only in val: {only_val or 'none'}); give both the same class folders")
+        raise DataError(
+            f"{root}: train/ and val/ hold different classes (only in train: {only_train or 'none'}, "
+            f"only in val: {only_val or 'none'}); give both the same class folders"
+        )
     cache = root / CACHE_DIR / f"image-folder-{folder_key(root, train, test, config.image_size)}.pt"
     arrays = read_image_cache(cache)
     if arrays is None:
@@ -55,7 +57,9 @@ def load_image_folder(config: DataConfig) -> Dataset:
             atomic_torch_save({"format": CACHE_FORMAT, **arrays}, cache)
             source = f"{root}, decoded at {config.image_size}x{config.image_size} and cached in {cache}"
         except OSError:
-            source = f"{root}, decoded at {config.image_size}x{config.image_size} (root not writable: not cached)"
+            source = (
+                f"{root}, decoded at {config.image_size}x{config.image_size} (root not writable: not cached)"
+            )
     else:
         source = f"{root}, cached at {config.image_size}x{config.image_size} in {cache}"
     return images_dataset("image-folder", arrays, tuple(train), source)
@@ -71,10 +75,15 @@ def scan_split(root: Path, split: str) -> dict[str, list[Path]]:
         raise DataError(f"{directory} has no class subfolders; {IMAGE_FOLDER_LAYOUT}")
     files = {}
     for name in classes:
-        files[name] = sorted(path for path in (directory / name).rglob("*")
-                             if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS)
+        files[name] = sorted(
+            path
+            for path in (directory / name).rglob("*")
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+        )
         if not files[name]:
-            raise DataError(f"{directory / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); add some or remove the folder")
+            raise DataError(
+                f"{directory / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); add some or remove the folder"
+            )
     return files
 
 
@@ -97,12 +106,15 @@ def read_image_cache(path: Path) -> dict[str, torch.Tensor] | None:
         return None
     keys = ("train_x", "train_y", "test_x", "test_y")
     if cached.get("format") != CACHE_FORMAT or not all(
-            isinstance(cached.get(key), torch.Tensor) for key in keys):
+        isinstance(cached.get(key), torch.Tensor) for key in keys
+    ):
         return None
     return {key: cached[key] for key in keys}
 
 
-def decode_folder(train: dict[str, list[Path]], test: dict[str, list[Path]], size: int) -> dict[str, torch.Tensor]:
+def decode_folder(
+    train: dict[str, list[Path]], test: dict[str, list[Path]], size: int
+) -> dict[str, torch.Tensor]:
     """Every image as uint8 (N, C, size, size): RGB, or one channel when every image of both splits is grayscale."""
     arrays, grayscale = {}, True
     for split, files in (("train", train), ("test", test)):
@@ -116,7 +128,10 @@ def decode_folder(train: dict[str, list[Path]], test: dict[str, list[Path]], siz
         arrays[f"{split}_x"] = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
         arrays[f"{split}_y"] = torch.tensor(labels, dtype=torch.int64)
     if grayscale:
-        arrays["train_x"], arrays["test_x"] = arrays["train_x"][:, :1].clone(), arrays["test_x"][:, :1].clone()
+        arrays["train_x"], arrays["test_x"] = (
+            arrays["train_x"][:, :1].clone(),
+            arrays["test_x"][:, :1].clone(),
+        )
     return arrays
 
 
@@ -143,14 +158,24 @@ def decode_image(path: Path, size: int) -> tuple[np.ndarray, bool]:
     return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8), is_gray
 
 
-def images_dataset(name: str, arrays: dict[str, torch.Tensor], classes: tuple[str, ...], source: str) -> Dataset:
+def images_dataset(
+    name: str, arrays: dict[str, torch.Tensor], classes: tuple[str, ...], source: str
+) -> Dataset:
     """uint8 images scaled to [0, 1] and standardised with the TRAIN split's per-channel mean and std.
 
     The test split uses the train statistics too, as torchvision's Normalize with published values does;
     a constant channel (std 0) is only centred.
     """
-    return standardised_images(name, arrays["train_x"].numpy(), arrays["train_y"], arrays["test_x"].numpy(), arrays["test_y"],
-                               classes, source, channel_statistics(arrays["train_x"]))
+    return standardised_images(
+        name,
+        arrays["train_x"].numpy(),
+        arrays["train_y"],
+        arrays["test_x"].numpy(),
+        arrays["test_y"],
+        classes,
+        source,
+        channel_statistics(arrays["train_x"]),
+    )
 
 
 def channel_statistics(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -176,44 +201,63 @@ def load_tensors(config: DataConfig) -> Dataset:
     arrays = read_arrays(path)
     missing = [key for key in TENSOR_ARRAYS if key not in arrays]
     if missing:
-        raise DataError(f"{path} lacks {', '.join(missing)} (it holds {', '.join(sorted(arrays)) or 'nothing'}); "
-                        f"save {', '.join(TENSOR_ARRAYS)}")
+        raise DataError(
+            f"{path} lacks {', '.join(missing)} (it holds {', '.join(sorted(arrays)) or 'nothing'}); "
+            f"save {', '.join(TENSOR_ARRAYS)}"
+        )
     for split in ("train", "test"):
         check_split(path, split, arrays[f"x_{split}"], arrays[f"y_{split}"])
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise DataError(f"{path}: x_train samples have shape {arrays['x_train'].shape[1:]}, x_test {arrays['x_test'].shape[1:]}; "
-                        "both splits need the same sample shape")
+        raise DataError(
+            f"{path}: x_train samples have shape {arrays['x_train'].shape[1:]}, x_test {arrays['x_test'].shape[1:]}; "
+            "both splits need the same sample shape"
+        )
     if (arrays["x_train"].dtype == np.uint8) != (arrays["x_test"].dtype == np.uint8):
-        raise DataError(f"{path}: x_train is {arrays['x_train'].dtype}, x_test {arrays['x_test'].dtype}; "
-                        "store both as uint8 pixels or both as floats")
+        raise DataError(
+            f"{path}: x_train is {arrays['x_train'].dtype}, x_test {arrays['x_test'].dtype}; "
+            "store both as uint8 pixels or both as floats"
+        )
     largest = int(max(arrays["y_train"].max(), arrays["y_test"].max()))
     classes = class_names(path, arrays.get("classes"), largest)
     labels = {key: torch.from_numpy(arrays[key].astype(np.int64)) for key in ("y_train", "y_test")}
     source = f"{path} (sha256 {file_fingerprint(path)})"
     if arrays["x_train"].dtype == np.uint8:
-        images = {"train_x": _channels_first(arrays["x_train"]), "test_x": _channels_first(arrays["x_test"]),
-                  "train_y": labels["y_train"], "test_y": labels["y_test"]}
+        images = {
+            "train_x": _channels_first(arrays["x_train"]),
+            "test_x": _channels_first(arrays["x_test"]),
+            "train_y": labels["y_train"],
+            "test_y": labels["y_test"],
+        }
         dataset = images_dataset("tensors", images, classes, source)
         shape = arrays["x_train"].shape[1:]
-        return replace(dataset, train_x=dataset.train_x.reshape(-1, *shape), test_x=dataset.test_x.reshape(-1, *shape))
+        return replace(
+            dataset, train_x=dataset.train_x.reshape(-1, *shape), test_x=dataset.test_x.reshape(-1, *shape)
+        )
     return Dataset(
         name="tensors",
-        train_x=torch.from_numpy(arrays["x_train"].astype(np.float32)), train_y=labels["y_train"],
-        test_x=torch.from_numpy(arrays["x_test"].astype(np.float32)), test_y=labels["y_test"],
-        classes=classes, source=source,
+        train_x=torch.from_numpy(arrays["x_train"].astype(np.float32)),
+        train_y=labels["y_train"],
+        test_x=torch.from_numpy(arrays["x_test"].astype(np.float32)),
+        test_y=labels["y_test"],
+        classes=classes,
+        source=source,
     )
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
     """The named arrays of an .npz (numpy.load, no pickles) or a .pt dict (torch.load, weights_only)."""
     if not path.is_file():
-        raise DataError(f"tensors file {path} not found; set data.root to an .npz or .pt file holding {', '.join(TENSOR_ARRAYS)}")
+        raise DataError(
+            f"tensors file {path} not found; set data.root to an .npz or .pt file holding {', '.join(TENSOR_ARRAYS)}"
+        )
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return _read_npz(path)
     if suffix == ".pt":
         return _read_pt(path)
-    raise DataError(f"{path}: tensors reads .npz or .pt files; save the arrays with numpy.savez or torch.save")
+    raise DataError(
+        f"{path}: tensors reads .npz or .pt files; save the arrays with numpy.savez or torch.save"
+    )
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -222,7 +266,9 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             return {key: archive[key] for key in archive.files}
     except ValueError as exc:
         if "allow_pickle" in str(exc):
-            raise DataError(f"{path} holds object arrays, which would need pickle; store numbers (and classes as strings)") from None
+            raise DataError(
+                f"{path} holds object arrays, which would need pickle; store numbers (and classes as strings)"
+            ) from None
         raise DataError(f"{path}: not a readable .npz file ({exc}); save it again with numpy.savez") from None
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc}); save it again with numpy.savez") from None
@@ -232,31 +278,52 @@ def _read_pt(path: Path) -> dict[str, np.ndarray]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise DataError(f"refused to load {path}: it holds Python objects beyond tensors and plain data; "
-                        "save a dict of tensors with torch.save") from None
+        raise DataError(
+            f"refused to load {path}: it holds Python objects beyond tensors and plain data; "
+            "save a dict of tensors with torch.save"
+        ) from None
     except (OSError, RuntimeError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .pt file ({first_line(exc)}); save a dict of tensors with torch.save") from None
+        raise DataError(
+            f"{path}: not a readable .pt file ({first_line(exc)}); save a dict of tensors with torch.save"
+        ) from None
     if not isinstance(loaded, dict):
-        raise DataError(f"{path} holds a {type(loaded).__name__}, not a dict; save {{'x_train': ..., 'y_train': ..., ...}} with torch.save")
-    return {str(key): value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value) for key, value in loaded.items()}
+        raise DataError(
+            f"{path} holds a {type(loaded).__name__}, not a dict; save {{'x_train': ..., 'y_train': ..., ...}} with torch.save"
+        )
+    return {
+        str(key): value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        for key, value in loaded.items()
+    }
 
 
 def check_split(path: Path, split: str, x: np.ndarray, y: np.ndarray) -> None:
     """Refuse, in one line, arrays a classifier cannot train or be evaluated on."""
     if x.ndim < 2 or len(x) == 0:
-        raise DataError(f"{path}: x_{split} has shape {x.shape}; it needs one row per sample, (N, features...) with N > 0")
+        raise DataError(
+            f"{path}: x_{split} has shape {x.shape}; it needs one row per sample, (N, features...) with N > 0"
+        )
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
-        raise DataError(f"{path}: x_{split} is {x.dtype}; store inputs as float (used as given) or uint8 (pixels 0..255)")
+        raise DataError(
+            f"{path}: x_{split} is {x.dtype}; store inputs as float (used as given) or uint8 (pixels 0..255)"
+        )
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{path}: y_{split} is {y.dtype} of shape {y.shape}; labels must be one integer 0..C-1 per sample")
+        raise DataError(
+            f"{path}: y_{split} is {y.dtype} of shape {y.shape}; labels must be one integer 0..C-1 per sample"
+        )
     if len(x) != len(y):
-        raise DataError(f"{path}: x_{split} holds {len(x)} samples but y_{split} {len(y)} labels; they must pair up")
+        raise DataError(
+            f"{path}: x_{split} holds {len(x)} samples but y_{split} {len(y)} labels; they must pair up"
+        )
     if y.min() < 0:
-        raise DataError(f"{path}: y_{split} has negative labels (smallest {int(y.min())}); labels must be 0..C-1")
+        raise DataError(
+            f"{path}: y_{split} has negative labels (smallest {int(y.min())}); labels must be 0..C-1"
+        )
     if x.dtype != np.uint8:
         bad = int(np.count_nonzero(~np.isfinite(x)))
         if bad:
-            raise DataError(f"{path}: x_{split} holds {bad} NaN or infinite values; replace them before training")
+            raise DataError(
+                f"{path}: x_{split} holds {bad} NaN or infinite values; replace them before training"
+            )
 
 
 def class_names(path: Path, names: np.ndarray | None, largest_label: int) -> tuple[str, ...]:
@@ -268,8 +335,10 @@ def class_names(path: Path, names: np.ndarray | None, largest_label: int) -> tup
         return tuple(str(label) for label in range(count))
     names = np.atleast_1d(names)
     if names.ndim != 1 or len(names) <= largest_label:
-        raise DataError(f"{path}: classes names {names.size} classes but the labels go up to {largest_label}; "
-                        f"give one name per class 0..{largest_label}")
+        raise DataError(
+            f"{path}: classes names {names.size} classes but the labels go up to {largest_label}; "
+            f"give one name per class 0..{largest_label}"
+        )
     return tuple(str(name) for name in names.tolist())
 
 

@@ -13,7 +13,8 @@ import hashlib
 import inspect
 import math
 import numbers
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from pydantic import ConfigDict, field_validator
 
@@ -89,8 +90,10 @@ class UserSchedule(ScheduleBase):
         try:
             instance = target(**params)
         except Exception as exc:
-            raise self._refusal(f"building it with {sorted(params)} failed ({type(exc).__name__}: "
-                                f"{first_line(exc)}); fix its keys in kd.schedules") from None
+            raise self._refusal(
+                f"building it with {sorted(params)} failed ({type(exc).__name__}: "
+                f"{first_line(exc)}); fix its keys in kd.schedules"
+            ) from None
         method = getattr(instance, "temperature", None)
         if not callable(method):
             raise self._refusal("a class needs a method temperature(self, t0, progress, epoch)")
@@ -101,8 +104,10 @@ class UserSchedule(ScheduleBase):
         try:
             value = formula(t0, p, epoch)
         except Exception as exc:
-            raise self._refusal(f"raised {type(exc).__name__} ({first_line(exc)}) {where}; "
-                                "fix the function or its keys in kd.schedules") from None
+            raise self._refusal(
+                f"raised {type(exc).__name__} ({first_line(exc)}) {where}; "
+                "fix the function or its keys in kd.schedules"
+            ) from None
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise self._refusal(f"returned a {type(value).__name__} {where}; return a float > 0")
         if not math.isfinite(value) or value <= 0:

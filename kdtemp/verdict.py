@@ -22,8 +22,17 @@ from kdtemp.records import BASELINE
 GRID_KEYS = ["schedule", "alpha", "t0", "generation"]
 CONSTANT = "constant"
 SIGNIFICANCE = 0.05
-TEST_COLUMNS = [*GRID_KEYS, "n", "mean", "delta_vs_baseline", "p_value", "holm_p_value", "p_vs_best", "p_vs_constant",
-                "best"]
+TEST_COLUMNS = [
+    *GRID_KEYS,
+    "n",
+    "mean",
+    "delta_vs_baseline",
+    "p_value",
+    "holm_p_value",
+    "p_vs_best",
+    "p_vs_constant",
+    "best",
+]
 SUMMARY_TEST_COLUMNS = ("delta_vs_baseline", "p_value", "holm_p_value", "p_vs_best", "p_vs_constant")
 """What summary.csv takes from cell_tests, so each test is computed once."""
 MORE_NAMES = 4
@@ -66,22 +75,28 @@ def cell_tests(final: pd.DataFrame, column: str, higher_better: bool) -> pd.Data
     return frame
 
 
-def _cell_row(key: tuple, part: pd.DataFrame, cells: dict, best: tuple, baseline: pd.DataFrame, column: str) -> dict:
-    row = dict(zip(GRID_KEYS, key), n=len(part), mean=stats.mean(part[column].tolist()))
+def _cell_row(
+    key: tuple, part: pd.DataFrame, cells: dict, best: tuple, baseline: pd.DataFrame, column: str
+) -> dict:
+    row = dict(zip(GRID_KEYS, key, strict=False), n=len(part), mean=stats.mean(part[column].tolist()))
     if not baseline.empty:
-        treated, control = paired_values(part, baseline, column, ["baseline_setting", "seed"] if "baseline_setting" in part else ["seed"])
-        row["delta_vs_baseline"] = stats.mean([a - b for a, b in zip(treated, control)])
+        treated, control = paired_values(
+            part, baseline, column, ["baseline_setting", "seed"] if "baseline_setting" in part else ["seed"]
+        )
+        row["delta_vs_baseline"] = stats.mean([a - b for a, b in zip(treated, control, strict=False)])
         row["p_value"] = stats.paired_t_test(treated, control)
     if key != best:
         row["p_vs_best"] = stats.paired_t_test(*paired_values(part, cells[best], column, _pairing(part)))
     constant = (CONSTANT, *key[1:])
     if key[0] != CONSTANT and constant in cells:
-        row["p_vs_constant"] = stats.paired_t_test(*paired_values(part, cells[constant], column, _pairing(part)))
+        row["p_vs_constant"] = stats.paired_t_test(
+            *paired_values(part, cells[constant], column, _pairing(part))
+        )
     return row
 
 
 def significant(row, higher_better: bool) -> str:
-    """"better" or "worse" than no-KD at Holm-adjusted p < 0.05, else ""."""
+    """ "better" or "worse" than no-KD at Holm-adjusted p < 0.05, else ""."""
     p, delta = row["holm_p_value"], row["delta_vs_baseline"]
     if pd.isna(p) or p >= SIGNIFICANCE or pd.isna(delta) or delta == 0:
         return ""
@@ -108,8 +123,11 @@ class Wording:
         """`constant T=10`; just `T=5` beside a best cell of the same schedule, alpha and generation, when the
         table has one schedule (with several, `T=2` alone would not say whose)."""
         temperature = "" if pd.isna(row["t0"]) else f"T={row['t0']:g}"
-        same = relative_to is not None and not self.several_schedules and all(
-            row[k] == relative_to[k] for k in ("schedule", "alpha", "generation"))
+        same = (
+            relative_to is not None
+            and not self.several_schedules
+            and all(row[k] == relative_to[k] for k in ("schedule", "alpha", "generation"))
+        )
         parts = [] if same and temperature else [str(row["schedule"])]
         parts.append(temperature)
         if self.several_alphas and not same:
@@ -162,13 +180,27 @@ def clauses(tests: pd.DataFrame, baseline_mean: float, wording: Wording) -> list
     parts = []
     unknown = untested(tests, wording)
     if len(tied):
-        parts.append("tied with " + names_text([f"{wording.name(row, best)} ({wording.value(row['mean'])}, "
-                                                f"{p_text(row['p_vs_best'])})" for _, row in tied.iterrows()]))
+        parts.append(
+            "tied with "
+            + names_text(
+                [
+                    f"{wording.name(row, best)} ({wording.value(row['mean'])}, {p_text(row['p_vs_best'])})"
+                    for _, row in tied.iterrows()
+                ]
+            )
+        )
     elif len(tests) > len(unknown) + 1:
         parts.append(f"ahead of every other cell tested (paired p < {SIGNIFICANCE:g} against each)")
     if len(unknown):
-        parts.append("not tested against " + names_text([f"{wording.name(row, best)} ({wording.value(row['mean'])}: "
-                                                         f"{untested_reason(row)})" for _, row in unknown.iterrows()]))
+        parts.append(
+            "not tested against "
+            + names_text(
+                [
+                    f"{wording.name(row, best)} ({wording.value(row['mean'])}: {untested_reason(row)})"
+                    for _, row in unknown.iterrows()
+                ]
+            )
+        )
     if not math.isnan(baseline_mean):
         parts.append(_versus_no_kd(pd.concat([best.to_frame().T, tied]), best, wording))
         hurt = _hurt(tests, best, baseline_mean, wording)
@@ -189,17 +221,23 @@ def _versus_no_kd(group: pd.DataFrame, best, wording: Wording) -> str:
         by_outcome.setdefault(significant(row, wording.higher_better), []).append(row)
     if len(by_outcome) == 1:
         return _all_alike(next(iter(by_outcome)), group)
-    return "; ".join(f"{names_text([wording.name(row, best) for row in rows])} "
-                     f"{(singular if len(rows) == 1 else plural)[outcome]} "
-                     f"({', '.join(p_text(row['holm_p_value'], 'adjusted p') for row in rows)})"
-                     for outcome, rows in by_outcome.items())
+    return "; ".join(
+        f"{names_text([wording.name(row, best) for row in rows])} "
+        f"{(singular if len(rows) == 1 else plural)[outcome]} "
+        f"({', '.join(p_text(row['holm_p_value'], 'adjusted p') for row in rows)})"
+        for outcome, rows in by_outcome.items()
+    )
 
 
 def _all_alike(outcome: str, group: pd.DataFrame) -> str:
-    """"both beat no-KD (adjusted p < 0.05)", "neither is distinguishable from no-KD (adjusted p n/a)", ..."""
+    """ "both beat no-KD (adjusted p < 0.05)", "neither is distinguishable from no-KD (adjusted p n/a)", ..."""
     untested = group["holm_p_value"].isna()
     if not outcome:
-        threshold = "adjusted p n/a" if untested.all() else f"adjusted p >= {SIGNIFICANCE:g}" + (" or n/a" if untested.any() else "")
+        threshold = (
+            "adjusted p n/a"
+            if untested.all()
+            else f"adjusted p >= {SIGNIFICANCE:g}" + (" or n/a" if untested.any() else "")
+        )
         every = "neither is" if len(group) == 2 else f"none of the {len(group)} is"
         return f"{every} distinguishable from no-KD ({threshold})"
     every = "both" if len(group) == 2 else f"all {len(group)}"
@@ -207,14 +245,24 @@ def _all_alike(outcome: str, group: pd.DataFrame) -> str:
 
 
 def _hurt(tests: pd.DataFrame, best, baseline_mean: float, wording: Wording) -> str | None:
-    """"KD hurt: ..." when even the best cell falls short of no-KD, or some cells fall significantly below it."""
-    worse = [row for _, row in ranked(tests, wording).iterrows() if significant(row, wording.higher_better) == "worse"]
-    named = names_text([f"{wording.name(row, best)} ({wording.value(row['mean'])})" for row in worse]) if worse else ""
+    """ "KD hurt: ..." when even the best cell falls short of no-KD, or some cells fall significantly below it."""
+    worse = [
+        row
+        for _, row in ranked(tests, wording).iterrows()
+        if significant(row, wording.higher_better) == "worse"
+    ]
+    named = (
+        names_text([f"{wording.name(row, best)} ({wording.value(row['mean'])})" for row in worse])
+        if worse
+        else ""
+    )
     if (best["mean"] < baseline_mean) == wording.higher_better and best["mean"] != baseline_mean:
         below = f"; significantly below it (adjusted p < {SIGNIFICANCE:g}): {named}" if worse else ""
         return f"KD hurt: every cell falls short of no-KD's {wording.value(baseline_mean)}{below}"
     if worse:
-        return f"KD hurt: {named} below no-KD's {wording.value(baseline_mean)} (adjusted p < {SIGNIFICANCE:g})"
+        return (
+            f"KD hurt: {named} below no-KD's {wording.value(baseline_mean)} (adjusted p < {SIGNIFICANCE:g})"
+        )
     return None
 
 
@@ -231,16 +279,22 @@ def separation_line(final: pd.DataFrame, column: str, tests: pd.DataFrame, wordi
     if not pd.isna(second["p_vs_best"]) and second["p_vs_best"] < SIGNIFICANCE:
         return None
     cells = {cell_key(*key): part for key, part in final.groupby(GRID_KEYS, dropna=False, sort=False)}
-    a, b = paired_values(cells[cell_key(*first[GRID_KEYS])], cells[cell_key(*second[GRID_KEYS])], column, _pairing(final))
-    differences = [x - y for x, y in zip(a, b)]
+    a, b = paired_values(
+        cells[cell_key(*first[GRID_KEYS])], cells[cell_key(*second[GRID_KEYS])], column, _pairing(final)
+    )
+    differences = [x - y for x, y in zip(a, b, strict=False)]
     pair = f"{wording.name(first)} from {wording.name(second, first)}"
     needed = stats.seeds_needed(differences)
     if needed is not None:
         if needed <= len(differences):
-            return (f"{len(differences)} seeds should already separate {pair} at the observed spread (power 0.8), "
-                    "so their tie may be chance; more seeds would tell")
-        return (f"{needed - len(differences)} more seeds would separate {pair} at the observed spread "
-                "(paired t-test, alpha 0.05, power 0.8, noncentral t)")
+            return (
+                f"{len(differences)} seeds should already separate {pair} at the observed spread (power 0.8), "
+                "so their tie may be chance; more seeds would tell"
+            )
+        return (
+            f"{needed - len(differences)} more seeds would separate {pair} at the observed spread "
+            "(paired t-test, alpha 0.05, power 0.8, noncentral t)"
+        )
     if len(differences) < 2:
         return f"cannot say how many seeds would separate {pair}: a spread needs at least 2 seeds they share"
     if abs(stats.mean(differences)) <= stats.TIE_TOLERANCE:

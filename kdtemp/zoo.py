@@ -17,10 +17,14 @@ from kdtemp.config import ResNetSpec
 from kdtemp.models import he_normal_convolutions, image_channels, register_model
 
 
-def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+def conv_bn(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1
+) -> nn.Sequential:
     """Convolution without bias ('same' padding) followed by batch norm: the unit every net here repeats."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
+        nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False
+        ),
         nn.BatchNorm2d(out_channels),
     )
 
@@ -76,7 +80,11 @@ class WideResNet(PooledClassifier):
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)]
         for stage, planes in enumerate(widths[1:]):
             for block in range(blocks_per_stage):
-                layers.append(PreActBlock(widths[stage] if block == 0 else planes, planes, 2 if stage > 0 and block == 0 else 1))
+                layers.append(
+                    PreActBlock(
+                        widths[stage] if block == 0 else planes, planes, 2 if stage > 0 and block == 0 else 1
+                    )
+                )
         layers += [nn.BatchNorm2d(widths[-1]), nn.ReLU()]
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(widths[-1], num_classes)
@@ -139,8 +147,10 @@ class InvertedResidual(nn.Module):
         hidden = in_planes * expansion
         self.residual = stride == 1 and in_planes == planes
         self.conv = nn.Sequential(
-            conv_bn(in_planes, hidden, 1), nn.ReLU(),
-            conv_bn(hidden, hidden, 3, stride, groups=hidden), nn.ReLU(),
+            conv_bn(in_planes, hidden, 1),
+            nn.ReLU(),
+            conv_bn(hidden, hidden, 3, stride, groups=hidden),
+            nn.ReLU(),
             conv_bn(hidden, planes, 1),
         )
 
@@ -149,7 +159,15 @@ class InvertedResidual(nn.Module):
         return x + out if self.residual else out
 
 
-MOBILENETV2_STAGES = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+MOBILENETV2_STAGES = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 """(expansion, width, blocks, first stride) per stage: ImageNet's table with the 24-wide stage at stride 1."""
 
 
@@ -162,7 +180,9 @@ class MobileNetV2(PooledClassifier):
         layers: list[nn.Module] = [conv_bn(in_channels, planes, 3, stride=2), nn.ReLU()]
         for expansion, channels, blocks, stride in MOBILENETV2_STAGES:
             for block in range(blocks):
-                layers.append(InvertedResidual(planes, int(channels * width), stride if block == 0 else 1, expansion))
+                layers.append(
+                    InvertedResidual(planes, int(channels * width), stride if block == 0 else 1, expansion)
+                )
                 planes = int(channels * width)
         last = int(1280 * width) if width > 1.0 else 1280
         layers += [conv_bn(planes, last, 1), nn.ReLU()]
@@ -189,7 +209,9 @@ class ShuffleUnit(nn.Module):
         self.stride = stride
         branch = out_planes - in_planes if stride == 2 else out_planes
         bottleneck = branch // 4
-        self.first_groups = 1 if in_planes == 24 else groups  # the stem's 24 channels do not split into groups
+        self.first_groups = (
+            1 if in_planes == 24 else groups
+        )  # the stem's 24 channels do not split into groups
         self.reduce = conv_bn(in_planes, bottleneck, 1, groups=self.first_groups)
         self.depthwise = conv_bn(bottleneck, bottleneck, 3, stride, groups=bottleneck)
         self.expand = conv_bn(bottleneck, branch, 1, groups=groups)
@@ -205,11 +227,18 @@ class ShuffleUnit(nn.Module):
 class ShuffleNetV1(PooledClassifier):
     """1x1 stem to 24 channels (no downsampling at 32x32), then stages of 240, 480, 960 channels."""
 
-    def __init__(self, widths: tuple[int, ...], blocks: tuple[int, ...], groups: int, in_channels: int, num_classes: int):
+    def __init__(
+        self,
+        widths: tuple[int, ...],
+        blocks: tuple[int, ...],
+        groups: int,
+        in_channels: int,
+        num_classes: int,
+    ):
         super().__init__()
         layers: list[nn.Module] = [conv_bn(in_channels, 24, 1), nn.ReLU()]
         planes = 24
-        for width, count in zip(widths, blocks):
+        for width, count in zip(widths, blocks, strict=False):
             for block in range(count):
                 layers.append(ShuffleUnit(planes, width, 2 if block == 0 else 1, groups))
                 planes = width
@@ -231,8 +260,13 @@ class ShuffleV2Unit(nn.Module):
     def __init__(self, planes: int):
         super().__init__()
         half = planes // 2
-        self.branch = nn.Sequential(conv_bn(half, half, 1), nn.ReLU(), conv_bn(half, half, 3, groups=half),
-                                    conv_bn(half, half, 1), nn.ReLU())
+        self.branch = nn.Sequential(
+            conv_bn(half, half, 1),
+            nn.ReLU(),
+            conv_bn(half, half, 3, groups=half),
+            conv_bn(half, half, 1),
+            nn.ReLU(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kept, transformed = x.chunk(2, dim=1)
@@ -245,9 +279,16 @@ class ShuffleV2Down(nn.Module):
     def __init__(self, in_planes: int, planes: int):
         super().__init__()
         half = planes // 2
-        self.left = nn.Sequential(conv_bn(in_planes, in_planes, 3, 2, groups=in_planes), conv_bn(in_planes, half, 1), nn.ReLU())
-        self.right = nn.Sequential(conv_bn(in_planes, half, 1), nn.ReLU(), conv_bn(half, half, 3, 2, groups=half),
-                                   conv_bn(half, half, 1), nn.ReLU())
+        self.left = nn.Sequential(
+            conv_bn(in_planes, in_planes, 3, 2, groups=in_planes), conv_bn(in_planes, half, 1), nn.ReLU()
+        )
+        self.right = nn.Sequential(
+            conv_bn(in_planes, half, 1),
+            nn.ReLU(),
+            conv_bn(half, half, 3, 2, groups=half),
+            conv_bn(half, half, 1),
+            nn.ReLU(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return channel_shuffle(torch.cat([self.left(x), self.right(x)], 1), 2)
@@ -256,11 +297,13 @@ class ShuffleV2Down(nn.Module):
 class ShuffleNetV2(PooledClassifier):
     """1x1 stem to 24 channels, three stages (a stride-2 unit, then `blocks` units), 1x1 conv to `last`."""
 
-    def __init__(self, widths: tuple[int, ...], blocks: tuple[int, ...], last: int, in_channels: int, num_classes: int):
+    def __init__(
+        self, widths: tuple[int, ...], blocks: tuple[int, ...], last: int, in_channels: int, num_classes: int
+    ):
         super().__init__()
         layers: list[nn.Module] = [conv_bn(in_channels, 24, 1), nn.ReLU()]
         planes = 24
-        for width, count in zip(widths, blocks):
+        for width, count in zip(widths, blocks, strict=False):
             layers.append(ShuffleV2Down(planes, width))
             layers += [ShuffleV2Unit(width) for _ in range(count)]
             planes = width
@@ -282,11 +325,18 @@ class Bottleneck(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int):
         super().__init__()
-        self.body = nn.Sequential(conv_bn(in_planes, planes, 1), nn.ReLU(), conv_bn(planes, planes, 3, stride), nn.ReLU(),
-                                  conv_bn(planes, 4 * planes, 1))
+        self.body = nn.Sequential(
+            conv_bn(in_planes, planes, 1),
+            nn.ReLU(),
+            conv_bn(planes, planes, 3, stride),
+            nn.ReLU(),
+            conv_bn(planes, 4 * planes, 1),
+        )
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != 4 * planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, 4 * planes, 1, stride, bias=False), nn.BatchNorm2d(4 * planes))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, 4 * planes, 1, stride, bias=False), nn.BatchNorm2d(4 * planes)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(x) + self.shortcut(x))
@@ -312,4 +362,3 @@ class BottleneckResNet(PooledClassifier):
 @register_model("resnet50")
 def build_resnet50(spec: ResNetSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return BottleneckResNet((3, 4, 6, 3), image_channels(spec, input_shape), num_classes)
-

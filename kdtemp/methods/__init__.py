@@ -12,7 +12,7 @@ order is the order in which temperatures pass through methods and terms are adde
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from kdtemp.errors import ConfigError
 from kdtemp.methods.base import GroupSetting, KDMethod, Step, Terms

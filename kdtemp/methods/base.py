@@ -12,8 +12,9 @@ them through `hooks()`, a context manager the group enters with its `with` block
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, ContextManager, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, ContextManager
 
 import torch
 from torch import nn
@@ -33,10 +34,10 @@ class GroupSetting:
     """What a method may read of its group when it is built."""
 
     build_student: Callable[[], nn.Module]
-    data: "Dataset"
-    teacher: "TeacherSignal"
-    settings: "LoopSettings"
-    hint: "Hint | None" = None
+    data: Dataset
+    teacher: TeacherSignal
+    settings: LoopSettings
+    hint: Hint | None = None
 
     @property
     def device(self) -> torch.device:
@@ -83,23 +84,23 @@ class KDMethod:
     captures_features: ClassVar[bool] = False
     """True for a method whose hooks capture features (`student_capture`, `teacher_captures`)."""
 
-    def __init__(self, members: Sequence["Member"], group: GroupSetting):
+    def __init__(self, members: Sequence[Member], group: GroupSetting):
         self.members = list(members)
         self.group = group
 
     @classmethod
-    def uses(cls, member: "Member") -> bool:
+    def uses(cls, member: Member) -> bool:
         """Whether `member` trains with this method: by default, when it names it in `Member.methods`."""
         return cls.name in member.methods
 
     @classmethod
-    def for_group(cls, members: Sequence["Member"], group: GroupSetting) -> "KDMethod | None":
+    def for_group(cls, members: Sequence[Member], group: GroupSetting) -> KDMethod | None:
         """The method for a group, or None when no member uses it (so no member pays for it)."""
         return cls(members, group) if any(cls.uses(m) for m in members) else None
 
     # -- building the group --
 
-    def member_built(self, member: "Member") -> None:
+    def member_built(self, member: Member) -> None:
         """Called right after each member's student is initialised, under that member's seed."""
 
     def bind(self, student: nn.Module, stack: Stacker) -> None:
@@ -110,12 +111,12 @@ class KDMethod:
         return contextlib.nullcontext()
 
     @property
-    def student_capture(self) -> "FeatureCapture | None":
+    def student_capture(self) -> FeatureCapture | None:
         """A capture the students' forward fills with a feature (FitNets hints), else None."""
         return None
 
     @property
-    def teacher_captures(self) -> "list[FeatureCapture] | None":
+    def teacher_captures(self) -> list[FeatureCapture] | None:
         """Captures the teacher networks' forward fills, else None."""
         return None
 

@@ -9,12 +9,13 @@ Members without a learnable schedule keep their scheduled temperature.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from kdtemp.schedules import LearnableSchedule
 from kdtemp.methods.base import KDMethod, OptimizerSlice, RestoreOptimizer, Step, Terms
+from kdtemp.schedules import LearnableSchedule
 
 # --- the math, as pure functions ---------------------------------------------------------------
 
@@ -32,8 +33,9 @@ def initial_theta(schedule: LearnableSchedule, t0: float) -> float:
     return math.log(fraction / (1 - fraction))
 
 
-def learned_temperature(theta: torch.Tensor, t_min: torch.Tensor | float,
-                        t_range: torch.Tensor | float) -> torch.Tensor:
+def learned_temperature(
+    theta: torch.Tensor, t_min: torch.Tensor | float, t_range: torch.Tensor | float
+) -> torch.Tensor:
     return t_min + t_range * torch.sigmoid(theta)
 
 
@@ -73,8 +75,10 @@ class LearnableTemperature(KDMethod):
         self.t_max = column(lambda s: s.t_max if s.t_max is not None else math.inf, math.inf)
         self.penalty = column(lambda s: s.penalty, 0.0)
         self.t_target = column(lambda s: s.t_target or 1.0, 1.0)
-        reversal = [[reversal_weight(m.learnable, e) if m.learnable is not None else 0.0
-                     for e in range(epochs)] for m in self.members]
+        reversal = [
+            [reversal_weight(m.learnable, e) if m.learnable is not None else 0.0 for e in range(epochs)]
+            for m in self.members
+        ]
         self.reversal = torch.tensor(reversal, dtype=torch.float32, device=device)
         """Gradient-reversal weight per member and epoch, shape (K, epochs)."""
 
@@ -103,11 +107,16 @@ class LearnableTemperature(KDMethod):
         """A member whose checkpoint has no theta (it trained in a group without CTKD) keeps its initial
         theta and zero optimizer moments: exactly its state, since its theta never had a gradient."""
         with torch.no_grad():
-            self.theta.copy_(torch.stack([s.get("theta", self.theta[k].detach().cpu())
-                                          for k, s in enumerate(states)]).to(self.theta.device))
+            self.theta.copy_(
+                torch.stack([s.get("theta", self.theta[k].detach().cpu()) for k, s in enumerate(states)]).to(
+                    self.theta.device
+                )
+            )
         slices = [s.get("theta_optimizer") or {} for s in states]
         present = next((s for s in slices if s), None)
         if present is not None:
-            blank = {key: value.clone() if key == "step" else torch.zeros_like(value)
-                     for key, value in present.items()}
+            blank = {
+                key: value.clone() if key == "step" else torch.zeros_like(value)
+                for key, value in present.items()
+            }
             restore(self.theta, [s or blank for s in slices])

@@ -9,8 +9,9 @@ The no-KD baseline takes no hint (weight 0), but gets a regressor like every mem
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,13 +41,20 @@ class HintCaptures:
     features). So hooks are registered on enter and removed, their lists cleared, on exit.
     """
 
-    def __init__(self, student: nn.Module, student_layer: str | None, teachers: Sequence[nn.Module],
-                 teacher_layer: str | None):
-        self._targets = [(student, student_layer, "student"),
-                         *((t, teacher_layer, "teacher") for t in teachers)]
+    def __init__(
+        self,
+        student: nn.Module,
+        student_layer: str | None,
+        teachers: Sequence[nn.Module],
+        teacher_layer: str | None,
+    ):
+        self._targets = [
+            (student, student_layer, "student"),
+            *((t, teacher_layer, "teacher") for t in teachers),
+        ]
         self._captures: list[FeatureCapture] = []
 
-    def __enter__(self) -> "HintCaptures":
+    def __enter__(self) -> HintCaptures:
         self._captures = [FeatureCapture(model, layer, role) for model, layer, role in self._targets]
         return self
 
@@ -78,7 +86,7 @@ class Hints(KDMethod):
         return member.distills
 
     @classmethod
-    def for_group(cls, members, group) -> "Hints | None":
+    def for_group(cls, members, group) -> Hints | None:
         return cls(members, group) if group.hint is not None else None
 
     def __init__(self, members, group):
@@ -87,8 +95,9 @@ class Hints(KDMethod):
         example = group.data.train_x[:2].cpu()
         self.student_shape = feature_shape(group.build_student(), self.hint.student_layer, example, "student")
         self.regressors: list[nn.Module] = []
-        self.weight = torch.tensor([self.hint.weight if self.uses(m) else 0.0 for m in self.members],
-                                   device=group.device)
+        self.weight = torch.tensor(
+            [self.hint.weight if self.uses(m) else 0.0 for m in self.members], device=group.device
+        )
         self.params: dict[str, torch.Tensor] = {}
         """The members' regressors, stacked: (K, ...) per parameter."""
 

@@ -36,8 +36,9 @@ class LogitStandardization(KDMethod):
         """
         teacher = self.group.teacher
         with torch.no_grad():
-            spread = standardized_logit_std(step.teacher_logits.float(), ensemble=teacher.ensemble,
-                                            weights=teacher.weights).mean(dim=-1)
+            spread = standardized_logit_std(
+                step.teacher_logits.float(), ensemble=teacher.ensemble, weights=teacher.weights
+            ).mean(dim=-1)
             effective = step.temperature * spread
         return Terms(logged={"effective": effective})
 

@@ -24,13 +24,16 @@ class SoftTargets(KDMethod):
         return member.distills
 
     @classmethod
-    def for_group(cls, members, group) -> "SoftTargets":
+    def for_group(cls, members, group) -> SoftTargets:
         return cls(members, group)
 
     def terms(self, step: Step) -> Terms:
         teacher = self.group.teacher
         target_log_probs = soft_target_log_probs(
-            step.teacher_logits.float(), step.temperature, ensemble=teacher.ensemble, weights=teacher.weights,
+            step.teacher_logits.float(),
+            step.temperature,
+            ensemble=teacher.ensemble,
+            weights=teacher.weights,
             standardize=step.standardize,
         )
         terms = kd_terms(step.logits, target_log_probs, step.targets, step.temperature, step.standardize)
