@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
     Discriminator,
@@ -180,8 +180,9 @@ def _spec_tag(value: Any) -> str | None:
     return ARCH_SPEC.get(arch, arch) if isinstance(arch, str) else None
 
 
+_TAGGED_SPECS = tuple(Annotated[cls, Tag(cls.__name__)] for cls in (*BUILT_IN_SPECS, CustomSpec))
 ModelSpec = Annotated[
-    tuple(Annotated[cls, Tag(cls.__name__)] for cls in (*BUILT_IN_SPECS, CustomSpec)),  # type: ignore[valid-type]
+    Union[_TAGGED_SPECS],  # type: ignore[valid-type]  # noqa: UP007 (a union built at runtime)
     Discriminator(_spec_tag, custom_error_type="unknown_arch", custom_error_message="unknown arch"),
 ]
 

@@ -9,7 +9,7 @@ A run's status and the baseline's schedule name are one constant each, here.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Union
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -26,7 +26,7 @@ BASELINE = "none"
 TEACHER = "teacher"
 """The schedule column of the teacher's row in summary.csv."""
 
-Number = Union[StrictInt, StrictFloat]
+Number = StrictInt | StrictFloat
 """A JSON number kept as written (an int stays an int, a float a float): a summary round-trips byte for byte."""
 
 
