@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
     Discriminator,
@@ -180,11 +180,14 @@ def _spec_tag(value: Any) -> str | None:
     return ARCH_SPEC.get(arch, arch) if isinstance(arch, str) else None
 
 
-_TAGGED_SPECS = tuple(Annotated[cls, Tag(cls.__name__)] for cls in (*BUILT_IN_SPECS, CustomSpec))
-ModelSpec = Annotated[
-    Union[_TAGGED_SPECS],  # type: ignore[valid-type]  # noqa: UP007 (a union built at runtime)
-    Discriminator(_spec_tag, custom_error_type="unknown_arch", custom_error_message="unknown arch"),
-]
+if TYPE_CHECKING:  # what the runtime union below is, for the type checker
+    ModelSpec = MLPSpec | CNNSpec | ResNetSpec | CustomSpec
+else:
+    _TAGGED_SPECS = tuple(Annotated[cls, Tag(cls.__name__)] for cls in (*BUILT_IN_SPECS, CustomSpec))
+    ModelSpec = Annotated[
+        Union[_TAGGED_SPECS],  # noqa: UP007 (a union built at runtime)
+        Discriminator(_spec_tag, custom_error_type="unknown_arch", custom_error_message="unknown arch"),
+    ]
 
 
 def architecture_of(spec: ModelSpec) -> dict:

@@ -77,6 +77,8 @@ def student_and_teacher(
     for role, models in roles.items():
         for name, value in _sizes(models, batch).items():
             fields[f"{role}_{name}"] = value
-    for role, latency in zip(roles, interleaved_latency_ms(list(roles.values()), batch, device), strict=False):
+    for role, latency in zip(
+        roles, interleaved_latency_ms(list(roles.values()), batch, device), strict=False
+    ):
         fields[f"{role}_latency_ms"] = latency
     return fields

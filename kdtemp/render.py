@@ -184,7 +184,12 @@ def table_markdown(table: TemperatureTable) -> str:
         texts = [text.replace("*", r"\*") for text, _ in cells]  # the marker, not emphasis
         lines.append(
             "| "
-            + " | ".join([label, *(f"**{text}**" if best else text for text, (_, best) in zip(texts, cells, strict=False))])
+            + " | ".join(
+                [
+                    label,
+                    *(f"**{text}**" if best else text for text, (_, best) in zip(texts, cells, strict=False)),
+                ]
+            )
             + " |"
         )
     return "\n".join(lines)

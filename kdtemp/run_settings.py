@@ -171,7 +171,9 @@ def split_by_setting(results: ExperimentResults) -> list[tuple[str | None, Exper
 def _members(results: ExperimentResults) -> list[tuple[str, str]]:
     """(run id, schedule) of every completed and failed run."""
     completed = (
-        list(zip(results.final["run_id"], results.final["schedule"], strict=False)) if not results.final.empty else []
+        list(zip(results.final["run_id"], results.final["schedule"], strict=False))
+        if not results.final.empty
+        else []
     )
     return completed + [(run_id, results.failed_cells[run_id][0]) for run_id, _ in results.failed]
 
@@ -198,7 +200,10 @@ def _restrict(results: ExperimentResults, setting: RunSetting) -> ExperimentResu
     final, curves = results.final, results.curves
     if not final.empty:
         final = final[
-            [_belongs(results.settings[r], s, setting) for r, s in zip(final["run_id"], final["schedule"], strict=False)]
+            [
+                _belongs(results.settings[r], s, setting)
+                for r, s in zip(final["run_id"], final["schedule"], strict=False)
+            ]
         ]
         curves = curves[curves["run_id"].isin(final["run_id"])]
     failed = [

@@ -77,7 +77,12 @@ def each_member(function: Callable, in_dims: tuple[int | None, ...]) -> Callable
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
             outputs.append(
-                function(*(a if dim is None else _member_slice(a, k) for a, dim in zip(args, in_dims, strict=False)))
+                function(
+                    *(
+                        a if dim is None else _member_slice(a, k)
+                        for a, dim in zip(args, in_dims, strict=False)
+                    )
+                )
             )
         if isinstance(outputs[0], tuple):
             return tuple(torch.stack(parts) for parts in zip(*outputs, strict=False))
