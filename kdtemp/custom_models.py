@@ -18,7 +18,8 @@ from kdtemp.user_code import import_callable
 
 
 def build_custom(spec: CustomSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build a user's network for inputs of `input_shape` and `num_classes` classes, checked by a dry forward."""
+    """Build a user's network for inputs of `input_shape` and `num_classes` classes, checked by a
+    dry forward."""
     source, _, name = spec.arch.partition(":")
     if source == "torchvision":
         model = torchvision_model(name, spec.weights, num_classes, spec.kwargs)
@@ -46,7 +47,8 @@ def torchvision_model(name: str, weights: str | None, num_classes: int, kwargs: 
 
 
 def user_model(arch: str, kwargs: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Call the user's builder with `kwargs`, plus num_classes and input_shape when its signature takes them."""
+    """Call the user's builder with `kwargs`, plus num_classes and input_shape when its signature
+    takes them."""
     builder = import_callable(arch)
     arguments = dict(kwargs)
     for key, value in (("num_classes", num_classes), ("input_shape", tuple(input_shape))):
@@ -73,7 +75,8 @@ def _accepts(builder, name: str) -> bool:
 
 
 def check_logits_shape(model: nn.Module, arch: str, input_shape: tuple[int, ...], num_classes: int) -> None:
-    """One eval-mode forward on a zero example must give (1, num_classes) logits; the state is restored after."""
+    """One eval-mode forward on a zero example must give (1, num_classes) logits; the state is
+    restored after."""
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     was_training = model.training
     model.eval()

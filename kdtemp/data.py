@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -180,7 +181,7 @@ def _save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
     from kdtemp.runs import atomic_write_bytes
 
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **cast(dict[str, Any], arrays))  # numpy's stub matches **kwargs to allow_pickle
     try:
         atomic_write_bytes(path, buffer.getvalue())
     except OSError:
@@ -206,7 +207,8 @@ def read_idx(path: Path) -> np.ndarray:
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
         raise DataError(
-            f"{path}: holds {len(raw) - header} bytes of data, its header promises {expected}; the file is truncated"
+            f"{path}: holds {len(raw) - header} bytes of data, its header promises {expected}; "
+            "the file is truncated"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
@@ -226,7 +228,8 @@ def _idx_file(directory: Path, stem: str) -> Path | None:
 
 
 def _images_from_idx(name: str, directory: Path, classes: tuple[str, ...]) -> Dataset:
-    arrays = {key: read_idx(_idx_file(directory, stem)) for key, stem in IDX_FILES.items()}
+    # _find_idx_dir chose a directory holding every file
+    arrays = {key: read_idx(cast(Path, _idx_file(directory, stem))) for key, stem in IDX_FILES.items()}
     for split in ("train", "test"):
         if len(arrays[f"{split}_x"]) != len(arrays[f"{split}_y"]):
             raise DataError(
@@ -356,7 +359,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: CIFAR batches hold only arrays")
 
 
-def read_cifar_batch(path: Path) -> dict[str, object]:
+def read_cifar_batch(path: Path) -> dict[str, Any]:
     """One CIFAR python batch as a dict with str keys."""
     try:
         with open(path, "rb") as handle:
@@ -389,7 +392,10 @@ def _load_cifar(name: str, config: DataConfig) -> Dataset:
     folder, train_files, test_files, label_key, meta_file, names_key = CIFAR_LAYOUT[name]
     root = Path(config.root)
     directory = root / folder
-    how = f"run once on a machine with internet (torchvision downloads it into {root}), or copy the extracted {folder}/ folder there"
+    how = (
+        f"run once on a machine with internet (torchvision downloads it into {root}), "
+        f"or copy the extracted {folder}/ folder there"
+    )
     needed = [*train_files, *test_files]
     if not all((directory / file).is_file() for file in needed):
         from torchvision.datasets import CIFAR10, CIFAR100
@@ -398,6 +404,8 @@ def _load_cifar(name: str, config: DataConfig) -> Dataset:
         _download(name, config, lambda: dataset_class(str(root), download=True), how)
 
     def read(files: list[str]) -> tuple[np.ndarray, torch.Tensor]:
+        images: list[np.ndarray]
+        labels: list[int]
         images, labels = [], []
         for file in files:
             entry = read_cifar_batch(directory / file)
@@ -445,7 +453,8 @@ def load_cifar100(config: DataConfig) -> Dataset:
 
 @dataclass(frozen=True)
 class EpochAugmentation:
-    """Crop offsets and flips for every training sample of one epoch, drawn up front (no per-step host work)."""
+    """Crop offsets and flips for every training sample of one epoch, drawn up front (no per-step
+    host work)."""
 
     offsets: torch.Tensor  # (N, 2) int64, in [0, 2 * padding]
     flips: torch.Tensor  # (N,) bool
@@ -467,7 +476,8 @@ def draw_augmentation(
 
 
 def augment_batch(images: torch.Tensor, indices: torch.Tensor, plan: EpochAugmentation) -> torch.Tensor:
-    """Random crop (padded with black in pixel space, as torchvision does) and horizontal flip of a (B, C, H, W) batch."""
+    """Random crop (padded with black in pixel space, as torchvision does) and horizontal flip of a
+    (B, C, H, W) batch."""
     batch, channels, height, width = images.shape
     pad = plan.padding
     padded = images.new_empty(batch, channels, height + 2 * pad, width + 2 * pad)
@@ -484,4 +494,4 @@ def augment_batch(images: torch.Tensor, indices: torch.Tensor, plan: EpochAugmen
 
 
 # Users' own data registers itself here, after the registry above exists.
-from kdtemp import user_data  # noqa: F401
+from kdtemp import user_data  # noqa: E402, F401

@@ -42,7 +42,8 @@ class LoopSettings:
     batch_size: int
     eval_batch_size: int
     seed: int
-    """The single network's seed (batch order, augmentation, dropout); a student group uses its members' seeds."""
+    """The single network's seed (batch order, augmentation, dropout); a student group uses its
+    members' seeds."""
     device: torch.device
     augment: bool = False
     amp: bool = False
@@ -123,7 +124,8 @@ class StopRequested(Exception):
 
 
 def epoch_order(seed: int, epoch: int, num_samples: int) -> torch.Tensor:
-    """The batch order of one epoch, a function of (seed, epoch) alone: a resumed run sees the same batches."""
+    """The batch order of one epoch, a function of (seed, epoch) alone: a resumed run sees the same
+    batches."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(num_samples, generator=generator)
 
@@ -145,7 +147,8 @@ def autocast(device: torch.device, enabled: bool):
 
 
 def to_memory_format(inputs: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """Image batches (B, C, H, W) in channels_last layout when asked (conv nets on CUDA); anything else as is."""
+    """Image batches (B, C, H, W) in channels_last layout when asked (conv nets on CUDA); anything
+    else as is."""
     if channels_last and inputs.dim() == 4:
         return inputs.contiguous(memory_format=torch.channels_last)
     return inputs

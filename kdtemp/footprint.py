@@ -19,7 +19,8 @@ WARMUP, REPEATS = 3, 15
 
 
 def forward_flops(model: nn.Module, batch: torch.Tensor) -> int | None:
-    """Forward FLOPs per sample, counted by torch's FlopCounterMode (matmuls and convolutions); None if it cannot."""
+    """Forward FLOPs per sample, counted by torch's FlopCounterMode (matmuls and convolutions);
+    None if it cannot."""
     try:
         from torch.utils.flop_counter import FlopCounterMode
 

@@ -7,6 +7,8 @@ start, and gives them their parents as teachers (logits, hint features, or netwo
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -24,9 +26,11 @@ from kdtemp.sweep_state import SweepState, run_summary
 
 
 def with_finished_parents(state: SweepState, runs: list[RunSpec]) -> list[RunSpec]:
-    """The runs whose parent finished; a run whose parent failed fails too, one whose parent is unfinished waits."""
+    """The runs whose parent finished; a run whose parent failed fails too, one whose parent is
+    unfinished waits."""
     ready = []
     for run in runs:
+        assert run.parent is not None  # generations 2..N, made by plan.born_again with their parent
         summary = R.read_summary(state.layout.run_dir(run.parent))
         if summary is not None and summary.status == Status.COMPLETED:
             ready.append(run)
@@ -39,7 +43,8 @@ def with_finished_parents(state: SweepState, runs: list[RunSpec]) -> list[RunSpe
             state.busy.append(run.run_id)
             state.emit(
                 Note(
-                    f"{run.run_id} waits for its parent {run.parent}, not finished yet; run the sweep again later"
+                    f"{run.run_id} waits for its parent {run.parent}, not finished yet; "
+                    "run the sweep again later"
                 )
             )
     return ready
@@ -55,10 +60,14 @@ def _load_student(state: SweepState, run_id: str) -> nn.Module:
 @keeps_global_rng
 def parent_signal(state: SweepState, runs: list[RunSpec]) -> TeacherSignal:
     """Each member distils from its own parent: per-member logits (and features), or per-member networks."""
-    parents = [_load_student(state, run.parent) for run in runs]
+    parents = [_load_student(state, cast(str, run.parent)) for run in runs]  # generation 2..N: parent set
     layer = state.hint.student_layer if state.hint is not None else None
     data, batch = state.data, state.config.data.eval_batch_size
-    common = {"test_logits": state.signal.test_logits, "per_member": True, "feature_layer": layer}
+    common: dict[str, Any] = {
+        "test_logits": state.signal.test_logits,
+        "per_member": True,
+        "feature_layer": layer,
+    }
     if state.config.data.augment:
         networks, channels_last = per_batch_teachers(parents, state.device)
         return TeacherSignal(networks=networks, channels_last=channels_last, **common)

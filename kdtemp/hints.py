@@ -15,7 +15,8 @@ from kdtemp.errors import ConfigError
 
 
 def feature_module(model: nn.Module, layer: str | None, role: str) -> tuple[nn.Module, bool]:
-    """(module, capture its input?): the final linear layer's input for the default, else the named module's output."""
+    """(module, capture its input?): the final linear layer's input for the default, else the named
+    module's output."""
     if layer is None:
         return final_linear(model, role), True
     modules = dict(model.named_modules())

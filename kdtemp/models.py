@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -19,12 +20,15 @@ from kdtemp.errors import ConfigError
 
 Builder = Callable[[ModelSpec, tuple[int, ...], int], nn.Module]
 _BUILDERS: dict[str, Builder] = {}
+_Spec = TypeVar("_Spec", bound="ModelSpec")
+_SpecBuilder = Callable[[_Spec, tuple[int, ...], int], nn.Module]
 
 
-def register_model(*names: str) -> Callable[[Builder], Builder]:
-    def decorate(builder: Builder) -> Builder:
+def register_model(*names: str) -> Callable[[_SpecBuilder[_Spec]], _SpecBuilder[_Spec]]:
+    def decorate(builder: _SpecBuilder[_Spec]) -> _SpecBuilder[_Spec]:
         for name in names:
-            _BUILDERS[name] = builder
+            # a builder takes its own spec class: build_model calls it for the arch names it registered
+            _BUILDERS[name] = cast(Builder, builder)
         return builder
 
     return decorate
@@ -123,7 +127,8 @@ class CNN(nn.Module):
             spatial = [size // 2 for size in spatial]
         if min(spatial) < 1:
             raise ConfigError(
-                f"cnn with {len(channels)} pooling blocks shrinks inputs of shape {input_shape} to nothing; use fewer channels entries"
+                f"cnn with {len(channels)} pooling blocks shrinks inputs of shape {input_shape} to nothing; "
+                "use fewer channels entries"
             )
         layers += [
             nn.Flatten(),
@@ -211,14 +216,16 @@ def image_channels(spec: ResNetSpec, input_shape: tuple[int, ...]) -> int:
     """Channels of (C, H, W) inputs: the CIFAR ResNets and the zoo are made of 2-d convolutions."""
     if len(input_shape) != 3:
         raise ConfigError(
-            f"{spec.arch} needs image inputs (C, H, W), got shape {input_shape}; use arch cnn or mlp for sequences"
+            f"{spec.arch} needs image inputs (C, H, W), got shape {input_shape}; "
+            "use arch cnn or mlp for sequences"
         )
     return input_shape[0]
 
 
 def he_normal_convolutions(model: nn.Module) -> None:
-    """Convolutions drawn from N(0, 2 / (k*k*out)) with zero biases (He et al. 2015, fan-out), as RepDistiller
-    initialises its ResNets, WRN, VGG, MobileNetV2 and ResNet-50; the ShuffleNets keep PyTorch's default init there."""
+    """Convolutions drawn from N(0, 2 / (k*k*out)) with zero biases (He et al. 2015, fan-out), as
+    RepDistiller initialises its ResNets, WRN, VGG, MobileNetV2 and ResNet-50; the ShuffleNets keep
+    PyTorch's default init there."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -226,4 +233,4 @@ def he_normal_convolutions(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
-from kdtemp import zoo  # noqa: F401  (registers the CIFAR KD zoo; it imports register_model from here)
+from kdtemp import zoo  # noqa: E402, F401  (registers the CIFAR KD zoo; it imports register_model from here)

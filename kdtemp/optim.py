@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 
@@ -49,7 +50,8 @@ class _MemberwiseOptimizer(torch.optim.Optimizer):
                     self._param_step(group, param)
 
     def _init_state(self, params: list[torch.Tensor]) -> None:
-        """Create what a parameter's first step needs (nothing for SGD: its momentum starts from the gradient)."""
+        """Create what a parameter's first step needs (nothing for SGD: its momentum starts from the
+        gradient)."""
 
     def _param_step(self, group: dict, param: torch.Tensor) -> None:
         raise NotImplementedError
@@ -80,7 +82,7 @@ class MemberwiseSGD(_MemberwiseOptimizer):
 
     def _param_step(self, group: dict, param: torch.Tensor) -> None:
         lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
-        update = param.grad.clone()
+        update = cast(torch.Tensor, param.grad).clone()  # step() passes only parameters with a gradient
         if decay:
             update.add_(param * decay)
         if momentum:
@@ -97,10 +99,11 @@ class MemberwiseSGD(_MemberwiseOptimizer):
     def _foreach_step(self, group: dict, params: list[torch.Tensor]) -> None:
         """`_param_step`'s operations, in its order, each over every parameter at once."""
         lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
-        updates = [param.grad for param in params]
+        grads = [cast(torch.Tensor, param.grad) for param in params]  # step() passes only those with one
+        updates: list[torch.Tensor] | tuple[torch.Tensor, ...] = grads
         if decay:
             updates = torch._foreach_mul(params, decay)
-            torch._foreach_add_(updates, [param.grad for param in params])  # grad + param * decay, as above
+            torch._foreach_add_(updates, grads)  # grad + param * decay, as above
         if momentum:
             states = [self.state[param] for param in params]
             started = [index for index, state in enumerate(states) if "momentum_buffer" in state]
@@ -151,7 +154,7 @@ class MemberwiseAdam(_MemberwiseOptimizer):
 
     def _param_step(self, group: dict, param: torch.Tensor) -> None:
         lr, decay, (beta1, beta2), eps = group["lr"], group["weight_decay"], group["betas"], group["eps"]
-        gradient, state = param.grad, self.state[param]
+        gradient, state = cast(torch.Tensor, param.grad), self.state[param]
         state["step"] += 1
         step = float(state["step"])
         if decay and group["decoupled"]:
@@ -170,7 +173,8 @@ class MemberwiseAdam(_MemberwiseOptimizer):
         counters = [state["step"] for state in states]  # on the CPU, as torch's Adam keeps them
         torch._foreach_add_(counters, 1)
         steps = torch.stack(counters).tolist()
-        gradients = [param.grad for param in params]
+        gradients: list[torch.Tensor] | tuple[torch.Tensor, ...]
+        gradients = [cast(torch.Tensor, param.grad) for param in params]
         if decay and group["decoupled"]:
             torch._foreach_mul_(params, 1 - lr * decay)
         elif decay:

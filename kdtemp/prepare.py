@@ -46,12 +46,14 @@ def data_on(device: torch.device, config: ExperimentConfig, emit: Emit = ignore)
     data = load_dataset(config.data)
     emit(
         Note(
-            f"{data.name}: {len(data.train_y)} train / {len(data.test_y)} test, {data.num_classes} classes, from {data.source}"
+            f"{data.name}: {len(data.train_y)} train / {len(data.test_y)} test, {data.num_classes} classes, "
+            f"from {data.source}"
         )
     )
     if config.data.augment and not data.is_image:
         raise ConfigError(
-            f"data.augment crops and flips images; {data.name} holds sequences {data.input_shape}: set augment: false"
+            f"data.augment crops and flips images; {data.name} holds sequences {data.input_shape}: "
+            "set augment: false"
         )
     return data.to(device)
 
@@ -66,7 +68,8 @@ def wants_channels_last(model: nn.Module | None, device: torch.device) -> bool:
 def per_batch_teachers(
     networks: Sequence[nn.Module], device: torch.device
 ) -> tuple[tuple[nn.Module, ...], bool]:
-    """Teacher networks that run on every batch (augmented inputs), and whether they take channels_last batches.
+    """Teacher networks that run on every batch (augmented inputs), and whether they take
+    channels_last batches.
 
     The group's own settings are built without a model, so they never ask for channels_last; the
     teachers' conv layers on CUDA still want it, as their cached-logit pass gets it.

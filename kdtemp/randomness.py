@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar, cast
 
 import torch
 
@@ -79,7 +79,8 @@ class DropoutStream:
         caller_cuda = torch.cuda.get_rng_state(self.cuda) if self.cuda is not None else None
         torch.set_rng_state(self.cpu_state)
         if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda_state, self.cuda)
+            # both CUDA states are set exactly when self.cuda is
+            torch.cuda.set_rng_state(cast(torch.Tensor, self.cuda_state), self.cuda)
         try:
             yield
         finally:
@@ -87,4 +88,4 @@ class DropoutStream:
             torch.set_rng_state(caller_cpu)
             if self.cuda is not None:
                 self.cuda_state = torch.cuda.get_rng_state(self.cuda)
-                torch.cuda.set_rng_state(caller_cuda, self.cuda)
+                torch.cuda.set_rng_state(cast(torch.Tensor, caller_cuda), self.cuda)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -22,7 +23,8 @@ def stack_modules(modules: list[nn.Module], device: torch.device) -> tuple[nn.Mo
     template = copy.deepcopy(modules[0]).to("meta")
     for module in template.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.forward = batch_norm_in_float32(module.forward)
+            # replaces this instance's bound forward (mypy refuses assigning to a method)
+            cast(Any, module).forward = batch_norm_in_float32(module.forward)
     params, buffers = stack_module_state(modules)
     params = {name: p.detach().to(device).requires_grad_() for name, p in params.items()}
     return template, params, {name: b.to(device) for name, b in buffers.items()}
@@ -46,7 +48,8 @@ def batch_norm_in_float32(
 
 
 def _member_slice(stacked, k: int):
-    """Member k of a stacked tensor or of a dict of them: views, so in-place buffer updates reach the stack."""
+    """Member k of a stacked tensor or of a dict of them: views, so in-place buffer updates reach the
+    stack."""
     if isinstance(stacked, dict):
         return {name: tensor[k] for name, tensor in stacked.items()}
     return stacked[k]

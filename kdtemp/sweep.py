@@ -9,8 +9,10 @@ another, each distilled from the previous generation's students (kdtemp.generati
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import torch
+from torch import nn
 
 from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig, config_to_dict
@@ -28,7 +30,7 @@ from kdtemp.plan import RunSpec, group_runs, learnable_schedule, plan_runs, uses
 from kdtemp.prepare import StopCheck, data_on, environment_record, loop_settings, per_batch_teachers
 from kdtemp.randomness import caller_rng_kept, keeps_global_rng
 from kdtemp.records import Status
-from kdtemp.schedules import LOW_TEMPERATURE, lowest_temperature, temperature_table
+from kdtemp.schedules import LOW_TEMPERATURE, ScheduleBase, lowest_temperature, temperature_table
 from kdtemp.stacking import vmap_failure
 from kdtemp.student_group import Hint, StudentGroup
 from kdtemp.sweep_state import SweepState, run_summary
@@ -54,7 +56,11 @@ def plan_sweep(config: ExperimentConfig, data: Dataset, fingerprint: str) -> tup
             run.schedule_label
             for run in runs
             if not run.is_baseline
-            and lowest_temperature(run.schedule, run.t0, config.student.epochs, spe) < LOW_TEMPERATURE
+            # a distilled run has a schedule and a t0 (plan.plan_runs)
+            and lowest_temperature(
+                cast(ScheduleBase, run.schedule), cast(float, run.t0), config.student.epochs, spe
+            )
+            < LOW_TEMPERATURE
         }
     )
     notes = []
@@ -78,6 +84,7 @@ def planned_runs(config: ExperimentConfig) -> list[RunSpec]:
 def member_for(run: RunSpec, epochs: int, spe: int) -> Member:
     if run.is_baseline:
         return Member(seed=run.seed, alpha=0.0, temperatures=torch.ones(epochs * spe), distills=False)
+    assert run.schedule is not None and run.t0 is not None  # a distilled run has both (plan.plan_runs)
     return Member(
         seed=run.seed,
         alpha=run.alpha,
@@ -189,7 +196,8 @@ def sweep(
 
 @keeps_global_rng
 def _hint(config: ExperimentConfig, data: Dataset, teachers: list[LoadedTeacher]) -> Hint | None:
-    """The hint settings, with both layers resolved and the regressor's shapes checked before anything runs."""
+    """The hint settings, with both layers resolved and the regressor's shapes checked before
+    anything runs."""
     if config.kd.feature_weight <= 0:
         return None
     layers = config.kd.feature_layers
@@ -213,6 +221,7 @@ def _teacher_signal(
     """Generation 1's teacher signal: cached logits (and hint features), or networks run on each batch."""
     train, test = all_teacher_logits(teachers, data, config, device, emit)
     teacher_layer = config.kd.feature_layers.teacher if config.kd.feature_layers else None
+    networks: tuple[nn.Module, ...]
     features, networks, channels_last = None, (), False
     if train is not None and hint is not None:
         emit(Note("computing the teachers' hint features on the training set"))
@@ -242,7 +251,8 @@ def _stackable(config: ExperimentConfig, data: Dataset, device: torch.device, em
     if reason is not None:
         emit(
             Note(
-                f"{config.student.arch} cannot be stacked with vmap ({reason}); its runs train one member at a "
+                f"{config.student.arch} cannot be stacked with vmap ({reason}); "
+                "its runs train one member at a "
                 "time, with the same results and files, more slowly"
             )
         )
@@ -345,8 +355,12 @@ def _train_members(state: SweepState, members: list[tuple[RunSpec, dict | None]]
             stackable=state.stackable,
         )
     if members[0][1] is not None:
-        group.load_member_states([resume["member"] for _, resume in members])
-    description = f"{label}: {len(runs)} runs at once (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+        # one group resumes from one epoch: its members all have a checkpoint, or none has
+        group.load_member_states([cast(dict, resume)["member"] for _, resume in members])
+    description = (
+        f"{label}: {len(runs)} runs at once "
+        f"(seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+    )
     emit(Progress("runs", "runs", state.done, state.pending))
     emit(Progress("epochs", description, group.completed_epochs, spec.epochs))
     directories = [state.layout.tensorboard_dir(run.run_id) for run in runs]
@@ -366,7 +380,8 @@ def _train_members(state: SweepState, members: list[tuple[RunSpec, dict | None]]
 def _record_epoch(
     state: SweepState, group: StudentGroup, runs: list[RunSpec], event: EpochDone, loggers: list[RunLogger]
 ) -> None:
-    """Append each member's row (and log it), then its checkpoint; at the last epoch its weights, then summary.json."""
+    """Append each member's row (and log it), then its checkpoint; at the last epoch its weights,
+    then summary.json."""
     epochs = state.student_spec.epochs
     for k, run in enumerate(runs):
         files = state.layout.run_files(run.run_id)
@@ -421,8 +436,9 @@ def _log_epoch(logger: RunLogger, line: dict, member: Member, epoch: int, epochs
 
 
 def divergence_reason(reason: str, config: ExperimentConfig, distills: bool = True) -> str:
-    """A diverged run's reason with the likely fixes. The KD term's gradient grows like T (T² times the
-    1/T of d softmax(z/T)/dz, Hinton et al. 2015), so a learning rate that suits T = 1 can blow up at T = 10."""
+    """A diverged run's reason with the likely fixes. The KD term's gradient grows like T (T² times
+    the 1/T of d softmax(z/T)/dz, Hinton et al. 2015), so a learning rate that suits T = 1 can blow
+    up at T = 10."""
     fixes = [] if config.train.clip_grad_norm is not None else ["set train.clip_grad_norm (e.g. 1.0)"]
     fixes.append(f"lower student.lr (now {config.student.lr:g})")
     why = "; the KD gradient grows like T" if distills else ""

@@ -57,6 +57,7 @@ class SweepState:
 def _teachers_record(state: SweepState, run: RunSpec) -> list[dict]:
     if run.generation == 1:
         return [] if run.is_baseline else [t.record for t in state.teachers]
+    assert run.parent is not None  # generations 2..N, made by plan.born_again with their parent
     parent = R.read_summary(state.layout.run_dir(run.parent))
     return [{"id": run.parent, "test_acc": parent.final.get("test_acc") if parent is not None else None}]
 

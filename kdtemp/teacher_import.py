@@ -14,6 +14,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -86,7 +87,7 @@ def read_weights(path: Path) -> tuple[dict, str, nn.Module | None]:
         example = program.example_inputs
         program = program.module()
     state = {name: tensor.detach() for name, tensor in program.state_dict().items()}
-    return state, kind, _Program(program, example)
+    return state, kind, _Program(cast(nn.Module, program), example)  # an export program's module() above
 
 
 class _Program(nn.Module):
@@ -104,8 +105,9 @@ class _Program(nn.Module):
 
 
 def import_teacher(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> ImportedTeacher:
-    """The spec's network with the checkpoint's weights, refused when they do not fit it (naming which keys)."""
-    path = Path(spec.checkpoint)
+    """The spec's network with the checkpoint's weights, refused when they do not fit it (naming
+    which keys)."""
+    path = Path(cast(Path, spec.checkpoint))  # called for teachers given a checkpoint only
     if not path.is_file():
         raise CheckpointError(
             f"teacher.checkpoint not found: {path}; give the path of a trained teacher's file"
@@ -142,7 +144,8 @@ def state_dict_mismatch(model: nn.Module, state: dict) -> str:
 
 
 def check_same_logits(imported: ImportedTeacher, inputs: torch.Tensor, arch: str) -> None:
-    """A program's logits must be the named network's with its weights: else the arch is not what was saved."""
+    """A program's logits must be the named network's with its weights: else the arch is not what
+    was saved."""
     if imported.program is None:
         return
     batch = imported.program.batch or min(8, len(inputs))

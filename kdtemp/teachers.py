@@ -1,7 +1,8 @@
 """The teacher: training it (or an ensemble of them), loading it safely, and its soft targets.
 
 `train_teacher` is the `kdtemp train-teacher` job. A finished teacher is kept, an interrupted one
-resumes, one given as `teacher.checkpoint` is only evaluated and recorded (kdtemp.teacher_import); a checkpoint made for other data or another network is refused with a message saying which.
+resumes, one given as `teacher.checkpoint` is only evaluated and recorded (kdtemp.teacher_import);
+a checkpoint made for other data or another network is refused with a message saying which.
 The teacher's logits on the training set are computed once and cached, keyed by the checkpoint's
 content, the dataset and the input transform, so every sweep after the first reuses them.
 """
@@ -13,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +45,8 @@ from kdtemp.teacher_import import ImportedTeacher, check_same_logits, import_tea
 
 TEACHER_FORMAT = "kdtemp-teacher/1"
 LOGITS_FORMAT = "kdtemp-teacher-logits/2"
-"""/2: computed in float32 without autocast (/1 caches made on CUDA held bf16-rounded logits); others are recomputed."""
+"""/2: computed in float32 without autocast (/1 caches made on CUDA held bf16-rounded logits); others
+are recomputed."""
 RETRAIN = (
     "to keep it, give this experiment its own name: `--name <new>` on train-teacher, sweep and report; "
     "or `kdtemp train-teacher --force` overwrites it (and its students are retrained)"
@@ -63,7 +66,8 @@ def train_teacher(
 ) -> list[TeacherResult | EnsembleResult]:
     """Train, evaluate each epoch and checkpoint the teacher (or each teacher of `teachers:`).
 
-    Reports progress through `emit`; returns a TeacherResult per teacher and, for an ensemble, an EnsembleResult.
+    Reports progress through `emit`; returns a TeacherResult per teacher and, for an ensemble, an
+    EnsembleResult.
     """
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     device = set_up_device(config.device, config.train.deterministic)
@@ -80,15 +84,17 @@ def train_teacher(
                 or existing.get("dataset") != config.data.dataset
             ):
                 raise CheckpointError(
-                    f"{path} holds a {existing.get('architecture', {}).get('arch')} teacher for {existing.get('dataset')}, "
+                    f"{path} holds a {existing.get('architecture', {}).get('arch')} teacher "
+                    f"for {existing.get('dataset')}, "
                     f"but the config asks for {spec.arch} on {config.data.dataset}; {RETRAIN}"
                 )
             check_source_unchanged(existing, spec, path)
             if "source" not in existing and existing.get("epochs") != spec.epochs:
                 emit(
                     Note(
-                        f"{teacher_label(index, count)} was trained for {existing.get('epochs')} epochs, kept as it is "
-                        f"(this config asks for {spec.epochs}): `--force` retrains it, `--name <new>` trains another",
+                        f"{teacher_label(index, count)} was trained for {existing.get('epochs')} epochs, "
+                        f"kept as it is (this config asks for {spec.epochs}): "
+                        "`--force` retrains it, `--name <new>` trains another",
                         "warning",
                     )
                 )
@@ -118,13 +124,16 @@ def train_teacher(
                 )
             )
         elif index in imported:
+            assert data is not None  # loaded above: not every teacher is finished
             results.append(_record_imported(config, spec, imported[index], directory, label, data, device))
         else:
+            assert data is not None  # loaded above: not every teacher is finished
             with run_loggers(config, [layout.tensorboard_dir(label)]) as (logger,):
                 results.append(
                     _train_one(config, spec, directory, label, data, device, force, should_stop, logger, emit)
                 )
     if count > 1:
+        assert data is not None  # loaded above for an ensemble
         results.append(_record_ensemble(config, layout, data, device))
     return results
 
@@ -172,7 +181,8 @@ def _record_imported(
     data: Dataset,
     device: torch.device,
 ) -> TeacherResult:
-    """Evaluate an imported teacher and write teacher/model.pt as train-teacher would, plus where it came from."""
+    """Evaluate an imported teacher and write teacher/model.pt as train-teacher would, plus where it
+    came from."""
     started = time.perf_counter()
     model = teacher.model.to(device)
     logits = predict_logits(model, data.test_x, config.data.eval_batch_size, device)
@@ -253,7 +263,8 @@ def _train_one(
     trainer = NetworkTrainer(model, data, loop_settings(config, spec, spec.seed, device, model))
     files = R.RunFiles(directory)
     checkpoint_path, metrics_path, model_path = files.checkpoint, files.metrics, files.model
-    # the data's fingerprint too: a teacher cut off on one image folder or array file must not resume on another
+    # the data's fingerprint too: a teacher cut off on one image folder or array file must not resume
+    # on another
     identity = {
         "architecture": architecture_of(spec),
         "training": training_identity(spec),
@@ -279,7 +290,8 @@ def _train_one(
     parameters = count_parameters(trainer.model)
     emit(
         Note(
-            f"{label} {spec.arch}: {parameters:,} parameters, {spec.epochs} epochs on {device}, seed {spec.seed}"
+            f"{label} {spec.arch}: {parameters:,} parameters, {spec.epochs} epochs on {device}, "
+            f"seed {spec.seed}"
         )
     )
     started = time.perf_counter()
@@ -292,9 +304,10 @@ def _train_one(
         elif isinstance(event, EpochDone):
             if event.failures:
                 raise CheckpointError(
-                    f"{label} training diverged: {event.failures[0]}; lower its lr or set train.clip_grad_norm"
+                    f"{label} training diverged: {event.failures[0]}; "
+                    "lower its lr or set train.clip_grad_norm"
                 )
-            last = event.metrics[0]
+            last = cast(dict, event.metrics[0])  # not failed (that raised above): the network's row
             R.append_csv_row(metrics_path, last, R.TEACHER_COLUMNS)
             logger.log_epoch({column: last.get(column) for column in R.TEACHER_COLUMNS}, event.epoch)
             R.atomic_torch_save({"identity": identity, "trainer": trainer.state()}, checkpoint_path)
@@ -419,15 +432,18 @@ def load_teachers(config: ExperimentConfig, data: Dataset, device: torch.device)
 def check_teacher_matches(checkpoint: dict, spec: ModelSpec, data: Dataset, path: Path) -> None:
     if checkpoint.get("dataset") != data.name:
         raise CheckpointError(
-            f"teacher {path} was trained on {checkpoint.get('dataset')}, this config uses {data.name}; {RETRAIN}"
+            f"teacher {path} was trained on {checkpoint.get('dataset')}, "
+            f"this config uses {data.name}; {RETRAIN}"
         )
     if checkpoint.get("num_classes") != data.num_classes:
         raise CheckpointError(
-            f"teacher {path} predicts {checkpoint.get('num_classes')} classes, {data.name} has {data.num_classes}; {RETRAIN}"
+            f"teacher {path} predicts {checkpoint.get('num_classes')} classes, "
+            f"{data.name} has {data.num_classes}; {RETRAIN}"
         )
     if list(checkpoint.get("input_shape", [])) != list(data.input_shape):
         raise CheckpointError(
-            f"teacher {path} takes inputs of shape {checkpoint.get('input_shape')}, {data.name} gives {list(data.input_shape)}; {RETRAIN}"
+            f"teacher {path} takes inputs of shape {checkpoint.get('input_shape')}, "
+            f"{data.name} gives {list(data.input_shape)}; {RETRAIN}"
         )
     wanted = architecture_of(spec)
     if checkpoint.get("architecture") != wanted:
@@ -511,7 +527,8 @@ def _cached_teacher_logits(
             pass
         emit(
             Note(
-                f"teacher-logits cache {path.name} does not fit this data or is of an older format; recomputing",
+                f"teacher-logits cache {path.name} does not fit this data or is of an older format; "
+                "recomputing",
                 "warning",
             )
         )
@@ -549,7 +566,8 @@ def all_teacher_logits(
         train, test = teacher_logits(teacher, data, config, device, emit)
         trains.append(train)
         tests.append(test)
-    train = None if trains[0] is None else torch.stack(trains)
+    # with augmentation no teacher has cached train logits, else every one has
+    train = None if trains[0] is None else torch.stack(cast(list[torch.Tensor], trains))
     return train, torch.stack(tests)
 
 

@@ -82,7 +82,8 @@ def scan_split(root: Path, split: str) -> dict[str, list[Path]]:
         )
         if not files[name]:
             raise DataError(
-                f"{directory / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); add some or remove the folder"
+                f"{directory / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                "add some or remove the folder"
             )
     return files
 
@@ -115,7 +116,8 @@ def read_image_cache(path: Path) -> dict[str, torch.Tensor] | None:
 def decode_folder(
     train: dict[str, list[Path]], test: dict[str, list[Path]], size: int
 ) -> dict[str, torch.Tensor]:
-    """Every image as uint8 (N, C, size, size): RGB, or one channel when every image of both splits is grayscale."""
+    """Every image as uint8 (N, C, size, size): RGB, or one channel when every image of both splits
+    is grayscale."""
     arrays, grayscale = {}, True
     for split, files in (("train", train), ("test", test)):
         images, labels = [], []
@@ -209,7 +211,8 @@ def load_tensors(config: DataConfig) -> Dataset:
         check_split(path, split, arrays[f"x_{split}"], arrays[f"y_{split}"])
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(
-            f"{path}: x_train samples have shape {arrays['x_train'].shape[1:]}, x_test {arrays['x_test'].shape[1:]}; "
+            f"{path}: x_train samples have shape {arrays['x_train'].shape[1:]}, "
+            f"x_test {arrays['x_test'].shape[1:]}; "
             "both splits need the same sample shape"
         )
     if (arrays["x_train"].dtype == np.uint8) != (arrays["x_test"].dtype == np.uint8):
@@ -248,7 +251,8 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
     """The named arrays of an .npz (numpy.load, no pickles) or a .pt dict (torch.load, weights_only)."""
     if not path.is_file():
         raise DataError(
-            f"tensors file {path} not found; set data.root to an .npz or .pt file holding {', '.join(TENSOR_ARRAYS)}"
+            f"tensors file {path} not found; "
+            f"set data.root to an .npz or .pt file holding {', '.join(TENSOR_ARRAYS)}"
         )
     suffix = path.suffix.lower()
     if suffix == ".npz":
@@ -288,7 +292,8 @@ def _read_pt(path: Path) -> dict[str, np.ndarray]:
         ) from None
     if not isinstance(loaded, dict):
         raise DataError(
-            f"{path} holds a {type(loaded).__name__}, not a dict; save {{'x_train': ..., 'y_train': ..., ...}} with torch.save"
+            f"{path} holds a {type(loaded).__name__}, not a dict; "
+            "save {'x_train': ..., 'y_train': ..., ...} with torch.save"
         )
     return {
         str(key): value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)

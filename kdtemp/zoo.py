@@ -30,7 +30,8 @@ def conv_bn(
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """ShuffleNet's channel shuffle (Zhang et al. 2018): (g, C/g) channels read as (C/g, g). A view, not an in-place op."""
+    """ShuffleNet's channel shuffle (Zhang et al. 2018): (g, C/g) channels read as (C/g, g). A view,
+    not an in-place op."""
     return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
 
 
@@ -172,7 +173,8 @@ MOBILENETV2_STAGES = [
 
 
 class MobileNetV2(PooledClassifier):
-    """MobileNetV2 at width multiplier 0.5 with a full 1280-wide last conv, stem at stride 2 (RepDistiller)."""
+    """MobileNetV2 at width multiplier 0.5 with a full 1280-wide last conv, stem at stride 2
+    (RepDistiller)."""
 
     def __init__(self, width: float, in_channels: int, num_classes: int):
         super().__init__()

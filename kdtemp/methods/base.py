@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, ContextManager
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -106,7 +106,7 @@ class KDMethod:
     def bind(self, student: nn.Module, stack: Stacker) -> None:
         """Called once the students are stacked: their template module and the group's stacker."""
 
-    def hooks(self) -> ContextManager:
+    def hooks(self) -> contextlib.AbstractContextManager:
         """Hooks this method needs on networks, installed on enter and removed on exit."""
         return contextlib.nullcontext()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,8 +19,19 @@ from torch.func import functional_call
 
 from kdtemp.hints import FeatureCapture, build_regressor, feature_shape
 from kdtemp.losses import hint_loss
-from kdtemp.methods.base import KDMethod, OptimizerSlice, RestoreOptimizer, Stacker, Step, Terms
+from kdtemp.methods.base import (
+    GroupSetting,
+    KDMethod,
+    OptimizerSlice,
+    RestoreOptimizer,
+    Stacker,
+    Step,
+    Terms,
+)
 from kdtemp.stacking import stack_modules
+
+if TYPE_CHECKING:
+    from kdtemp.engine import Member
 
 
 @dataclass(frozen=True)
@@ -89,8 +100,9 @@ class Hints(KDMethod):
     def for_group(cls, members, group) -> Hints | None:
         return cls(members, group) if group.hint is not None else None
 
-    def __init__(self, members, group):
+    def __init__(self, members: Sequence[Member], group: GroupSetting) -> None:
         super().__init__(members, group)
+        assert group.hint is not None  # for_group builds Hints only for a group with a hint
         self.hint: Hint = group.hint
         example = group.data.train_x[:2].cpu()
         self.student_shape = feature_shape(group.build_student(), self.hint.student_layer, example, "student")
