@@ -6,7 +6,7 @@ import signal
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -23,17 +23,23 @@ from kdtemp.launch import run_sweep
 from kdtemp.overrides import LAUNCH, parse_name_list
 from kdtemp.teachers import train_teacher
 
-try:  # typer >= 0.20 vendors its own copy of click
+if TYPE_CHECKING:  # one definition for mypy: the installed typer's
     from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_errors
+else:
+    try:  # typer >= 0.20 vendors its own copy of click
+        from typer._click import exceptions as click_errors
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import exceptions as click_errors
 
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
-    help="Knowledge-distillation temperature studies: train a teacher, sweep students over temperatures, report.",
+    help=(
+        "Knowledge-distillation temperature studies: train a teacher, sweep students over temperatures, "
+        "report."
+    ),
 )
 # Piped output gets a wide console so tables are not cropped to 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -76,7 +82,7 @@ class ProgressView:
     The bars start with the first Progress event, so a job refused up front prints only its error.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         columns = [
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -126,7 +132,8 @@ Result = TypeVar("Result")
 
 
 def run_job(job: Callable[[Interrupt, E.Emit], Result]) -> Result:
-    """Run `job(interrupt, emit)` with its progress shown; a refusal becomes one error line, Ctrl-C a resumable stop."""
+    """Run `job(interrupt, emit)` with its progress shown; a refusal becomes one error line, Ctrl-C a
+    resumable stop."""
     interrupt = Interrupt()
     try:
         with interrupt.installed(), ProgressView() as view:  # the bars stop before an error is printed
@@ -135,9 +142,10 @@ def run_job(job: Callable[[Interrupt, E.Emit], Result]) -> Result:
         fail(str(exc))
     except (StopRequested, KeyboardInterrupt):
         err.print(
-            "[yellow]interrupted: every finished epoch is saved; run the same command again to resume.[/yellow]"
+            "[yellow]interrupted: every finished epoch is saved; "
+            "run the same command again to resume.[/yellow]"
         )
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -186,7 +194,8 @@ def train_teacher_command(
             )
         elif isinstance(result, E.EnsembleResult):
             out.print(
-                f"ensemble of {result.teachers} ({result.mode}): test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
+                f"ensemble of {result.teachers} ({result.mode}): "
+                f"test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
                 f"-> {result.path}",
                 highlight=False,
             )
@@ -246,13 +255,16 @@ def report_command(
     partial: bool = typer.Option(
         False,
         "--partial",
-        help="While a sweep runs: tabulate every run's latest completed epoch (printed only, no files written).",
+        help=(
+            "While a sweep runs: tabulate every run's latest completed epoch "
+            "(printed only, no files written)."
+        ),
     ),
 ):
     """Aggregate the sweep's CSVs: accuracy-vs-temperature table, statistics, plots, report.md and report.html.
 
     [bold]Example:[/bold] kdtemp report --config configs/fashion-mnist.yaml --metric agreement
-    """
+    """  # noqa: E501 - the first line is the command's one-line summary in `kdtemp --help`: kept whole
     from kdtemp import render, report  # pandas, scipy and matplotlib load only when a report is asked for
 
     try:
@@ -326,14 +338,16 @@ def export_command(
 
     [bold]Example:[/bold] kdtemp export --format pt2
     """
-    from kdtemp.export import FILE_NAMES, export_student
+    from kdtemp.export import FILE_NAMES, Format, export_student
     from kdtemp.runs import ExperimentLayout, read_summary
 
     if format not in FILE_NAMES:
         fail(f"--format: {format!r} is not a format; choose pt2 or torchscript")
     try:
         settings = experiment.settings()
-        chosen, path = export_student(ExperimentLayout.of(settings.runs_dir, settings.name), run_id, format)
+        chosen, path = export_student(
+            ExperimentLayout.of(settings.runs_dir, settings.name), run_id, cast(Format, format)
+        )
     except KDTempError as exc:
         fail(str(exc))
     loader = "torch.jit.load(path)" if format == "torchscript" else "torch.export.load(path).module()"
@@ -344,8 +358,8 @@ def export_command(
         accuracy = summary.test_acc if summary is not None else None
         shown = f", {100 * accuracy:.1f}%" if accuracy is not None else ""
         out.print(
-            f"chosen as the completed run with the highest last-epoch test accuracy{shown}; the report's cells "
-            "average seeds: give a RUN_ID to export another",
+            f"chosen as the completed run with the highest last-epoch test accuracy{shown}; "
+            "the report's cells average seeds: give a RUN_ID to export another",
             highlight=False,
         )
 
@@ -373,7 +387,7 @@ def main() -> None:
         code = app(standalone_mode=False)
     except click_errors.NoArgsIsHelpError as exc:
         out.print(exc.ctx.get_help(), highlight=False)
-        raise SystemExit(0)
+        raise SystemExit(0) from None
     except click_errors.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "kdtemp"
         err.print(
@@ -381,10 +395,10 @@ def main() -> None:
             highlight=False,
             soft_wrap=True,
         )
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     except typer.Exit as exc:
-        raise SystemExit(exc.exit_code)
+        raise SystemExit(exc.exit_code) from None
     except typer.Abort:
         err.print("[yellow]aborted[/yellow]")
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     raise SystemExit(code if isinstance(code, int) else 0)

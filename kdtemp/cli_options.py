@@ -116,7 +116,7 @@ def experiment_options(*flags: str):
             return command(experiment=chosen, **values)
 
         # Typer reads the options from the signature: the shared ones first, then the command's own
-        with_experiment.__signature__ = signature.replace(parameters=shared + own)  # type: ignore
+        with_experiment.__signature__ = signature.replace(parameters=shared + own)
         return with_experiment
 
     return decorate

@@ -98,7 +98,8 @@ class TrainingSettings(StrictModel):
     lr: PositiveFloat = 0.05
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = True
-    """sgd with momentum > 0: Nesterov momentum, or plain (heavy-ball) momentum as RepDistiller uses when false."""
+    """sgd with momentum > 0: Nesterov momentum, or plain (heavy-ball) momentum as RepDistiller uses when
+    false."""
     weight_decay: NonNegativeFloat = 5e-4
     batch_size: PositiveInt | None = None
     """None takes data.batch_size."""
@@ -230,7 +231,8 @@ class FeatureLayers(StrictModel):
 
 class KDConfig(StrictModel):
     alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
-    """Weight of the distillation term: (1 - alpha) * CE + alpha * T^2 * KL. (torchdistill's alpha is the CE weight.)"""
+    """Weight of the distillation term: (1 - alpha) * CE + alpha * T^2 * KL. (torchdistill's alpha is the CE
+    weight.)"""
     temperatures: Annotated[list[PositiveFloat], Field(min_length=1)] = [1.0, 2.0, 4.0, 8.0]
     seeds: Annotated[list[NonNegativeInt], Field(min_length=1)] = [0, 1, 2]
     schedules: Annotated[list[ScheduleSpec], Field(min_length=1)] = [ConstantSchedule()]
@@ -238,13 +240,15 @@ class KDConfig(StrictModel):
     baseline: bool = True
     """Also train one no-KD student per seed (schedule 'none', alpha 0)."""
     ensemble: Literal["mean_probs", "mean_logits", "weighted"] = "mean_probs"
-    """How several teachers' soft targets combine: mean of softmax(t_i/T), softmax(mean t_i / T), or weighted mean."""
+    """How several teachers' soft targets combine: mean of softmax(t_i/T), softmax(mean t_i / T), or
+    weighted mean."""
     teacher_weights: list[PositiveFloat] | None = None
     """One weight per teacher, for ensemble: weighted."""
     feature_weight: NonNegativeFloat = 0.0
     """Weight of the FitNets hint term MSE(regressor(student feature), teacher feature); 0 = off."""
     feature_layers: FeatureLayers | None = None
-    """Layers the hint matches; default: the penultimate features (the input of `classifier`, else of the last nn.Linear)."""
+    """Layers the hint matches; default: the penultimate features (the input of `classifier`, else of the
+    last nn.Linear)."""
     generations: PositiveInt = 1
     """Born-again generations: generation k+1 is distilled from generation k's student."""
 
@@ -271,7 +275,8 @@ class TrainConfig(StrictModel):
     """bf16 autocast for forward passes; None = on for CUDA, off for CPU."""
     clip_grad_norm: PositiveFloat | None = None
     deterministic: bool = False
-    """torch.use_deterministic_algorithms: repeated CUDA runs give the same bits, more slowly (no cuDNN autotuning)."""
+    """torch.use_deterministic_algorithms: repeated CUDA runs give the same bits, more slowly (no cuDNN
+    autotuning)."""
 
 
 # --- where the sweep runs ----------------------------------------------------------------------
@@ -311,7 +316,8 @@ class LoggingConfig(StrictModel):
     """Viewers a run's metrics are also sent to (kdtemp/loggers.py); metrics.csv is written either way."""
 
     tensorboard: bool = False
-    """Scalars under runs/<name>/tensorboard/<run_id>/; needs the tensorboard extra (pip install 'kdtemp[tensorboard]')."""
+    """Scalars under runs/<name>/tensorboard/<run_id>/; needs the tensorboard extra (pip install
+    'kdtemp[tensorboard]')."""
 
 
 # --- the whole experiment ----------------------------------------------------------------------
@@ -378,7 +384,8 @@ class ExperimentConfig(StrictModel):
             raise ValueError("students take their seeds from kd.seeds; remove student.seed")
         if isinstance(value, dict) and value.get("checkpoint") is not None:
             raise ValueError(
-                "the sweep trains the students; remove student.checkpoint (a trained teacher goes in teacher.checkpoint)"
+                "the sweep trains the students; remove student.checkpoint "
+                "(a trained teacher goes in teacher.checkpoint)"
             )
         return value
 

@@ -1,4 +1,5 @@
-"""Export a trained student for use without kdtemp: TorchScript (torch.jit) or an ExportedProgram (torch.export).
+"""Export a trained student for use without kdtemp: TorchScript (torch.jit) or an ExportedProgram
+(torch.export).
 
 Both are PyTorch's own formats: `torch.jit.load(path)` or `torch.export.load(path).module()` gives
 back a callable model, checked here to reproduce the student's outputs before the file is kept.

@@ -80,7 +80,8 @@ def combine(results: list[SweepResult], planned: int, seconds: float, experiment
 
 
 def worker_devices(config: ExperimentConfig) -> list[str]:
-    """One device per worker: the listed ones ('all' = every GPU), else `workers` copies of the sweep's device."""
+    """One device per worker: the listed ones ('all' = every GPU), else `workers` copies of the sweep's
+    device."""
     launcher = config.launcher
     if launcher.devices:
         if launcher.devices == ["all"]:
@@ -122,7 +123,8 @@ def launch_local(
     threads = threads_per_worker(os.cpu_count() or 1, len(devices))
     emit(
         Note(
-            f"{len(units)} units of work over {len(devices)} workers ({', '.join(devices)}), {threads} CPU thread(s) each"
+            f"{len(units)} units of work over {len(devices)} workers ({', '.join(devices)}), "
+            f"{threads} CPU thread(s) each"
         )
     )
     context = multiprocessing.get_context("spawn")
@@ -238,7 +240,8 @@ def _worker_main(
 
 
 class UnitJob:
-    """One Slurm array task: `sweep(config, only=run_ids)`. Requeued (and resumed) on pre-emption or timeout."""
+    """One Slurm array task: `sweep(config, only=run_ids)`. Requeued (and resumed) on pre-emption or
+    timeout."""
 
     def __init__(self, config_tree: dict, run_ids: list[str], force: bool):
         self.config_tree, self.run_ids, self.force = config_tree, run_ids, force
@@ -302,7 +305,8 @@ def _executor(config: ExperimentConfig):
 def launch_slurm(
     config: ExperimentConfig, force: bool = False, wait: bool = True, emit: Emit = ignore
 ) -> SweepResult | None:
-    """Submit one array task per unit of work (emitting Submitted); wait and show progress unless `wait` is False.
+    """Submit one array task per unit of work (emitting Submitted); wait and show progress unless `wait` is
+    False.
 
     Returns the whole sweep's result once every task has left the queue; None when not waiting.
     """
@@ -333,7 +337,8 @@ def launch_slurm(
                 jobs.append(executor.submit(UnitJob(tree, unit, force)))
     except Exception as exc:  # sbatch missing, rejected, or no controller
         raise KDTempError(
-            f"submitting to Slurm failed ({str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}); "
+            "submitting to Slurm failed "
+            f"({str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__}); "
             "check `sinfo` and --slurm-partition"
         ) from None
     array_id = jobs[0].job_id.split("_")[0]

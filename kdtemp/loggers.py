@@ -85,7 +85,8 @@ def numeric_cells(row: dict) -> dict[str, float]:
 
 
 def summary_writer_class():
-    """torch.utils.tensorboard.SummaryWriter, imported only when asked for (tensorboard is an optional extra)."""
+    """torch.utils.tensorboard.SummaryWriter, imported only when asked for (tensorboard is an optional
+    extra)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:

@@ -6,8 +6,13 @@ student group. Sums (not means) let chunks of a test set be added before one div
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from kdtemp.losses import Ensemble
 
 CALIBRATION_BINS = 15
 
@@ -63,7 +68,7 @@ def expected_calibration_error(bins: torch.Tensor) -> torch.Tensor:
 def soft_target_statistics(
     teacher_logits: torch.Tensor,
     temperature: float,
-    ensemble: str = "mean_probs",
+    ensemble: Ensemble = "mean_probs",
     weights: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """Mean entropy (nats) and mean top-class probability of the soft targets at T: how soft they are.

@@ -31,7 +31,8 @@ def _temperature_axis(axis, temperatures: list[float]) -> None:
 
 
 def accuracy_vs_temperature(summary: pd.DataFrame, name: str, path: Path) -> Path:
-    """Mean test accuracy against t0 (log x), a line per schedule with 95% CI bars, baseline and teacher as lines."""
+    """Mean test accuracy against t0 (log x), a line per schedule with 95% CI bars, baseline and teacher as
+    lines."""
     figure = Figure(figsize=(7.5, 4.8), layout="constrained")
     axis = figure.add_subplot()
     grid = summary[~summary["schedule"].isin([BASELINE, TEACHER]) & (summary["n"] > 0)]

@@ -8,7 +8,8 @@ A run's status and the baseline's schedule name are one constant each, here.
 
 from __future__ import annotations
 
-from enum import StrEnum
+import sys
+from enum import Enum
 from typing import Any
 
 from pydantic import (
@@ -26,8 +27,23 @@ BASELINE = "none"
 TEACHER = "teacher"
 """The schedule column of the teacher's row in summary.csv."""
 
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # Python 3.10 (requires-python >= 3.10) has no enum.StrEnum: the same behaviour, as 3.11 defines it
+
+    class StrEnum(str, Enum):
+        """Members are strings, and str() and format() give the value (not `Status.COMPLETED`)."""
+
+        def __str__(self) -> str:
+            return str.__str__(self)
+
+        def __format__(self, format_spec: str) -> str:
+            return str.__format__(self, format_spec)
+
+
 Number = StrictInt | StrictFloat
-"""A JSON number kept as written (an int stays an int, a float a float): a summary round-trips byte for byte."""
+"""A JSON number kept as written (an int stays an int, a float a float): a summary round-trips byte for
+byte."""
 
 
 class Status(StrEnum):

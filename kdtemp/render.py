@@ -1,4 +1,5 @@
-"""Write a report to files: summary.csv, entropy.csv, the figures, report.md and a self-contained report.html."""
+"""Write a report to files: summary.csv, entropy.csv, the figures, report.md and a self-contained
+report.html."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ FIGURES = {
 
 
 def caption(table: TemperatureTable) -> str:
-    """What the table's cells hold and what its marks mean: the same for every setting's table of one metric."""
+    """What the table's cells hold and what its marks mean: the same for every setting's table of one
+    metric."""
     return f"{table.heading}; {LEGEND}"
 
 
@@ -113,7 +115,12 @@ def footprint_rows(report: SettingReport) -> list[tuple[str, str, str, str]]:
     ):
         student, teacher = sizes.get(f"student_{key}"), sizes.get(f"teacher_{key}")
         if student and teacher:
-            fmt = (lambda v: f"{v:.3f}{unit}") if key == "latency_ms" else (lambda v: f"{int(v):,}{unit}")
+            # `unit` bound as a default (B023), though fmt is only called in the iteration that makes it
+            fmt = (
+                (lambda v, unit=unit: f"{v:.3f}{unit}")
+                if key == "latency_ms"
+                else (lambda v, unit=unit: f"{int(v):,}{unit}")
+            )
             rows.append((label, fmt(student), fmt(teacher), f"{teacher / student:.1f}x"))
     return rows
 
@@ -203,7 +210,8 @@ def entropy_markdown(entropy: pd.DataFrame) -> str:
     for row in entropy.itertuples():
         mark = " (grid)" if row.in_grid else ""
         lines.append(
-            f"| {row.temperature:g}{mark} | {row.mean_entropy:.3f} | {100 * row.mean_max_prob:.1f}% | {row.relative_entropy:.2f} |"
+            f"| {row.temperature:g}{mark} | {row.mean_entropy:.3f} | {100 * row.mean_max_prob:.1f}% "
+            f"| {row.relative_entropy:.2f} |"
         )
     return "\n".join(lines)
 
@@ -355,7 +363,10 @@ def table_html(table: TemperatureTable) -> str:
             for text, best in cells
         )
         rows.append(f"<tr><td{kind}>{_esc(label)}</td>{tds}</tr>")
-    return f'<table class="temperature-table"><thead><tr><th>schedule</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return (
+        f'<table class="temperature-table"><thead><tr><th>schedule</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def frame_html(frame: pd.DataFrame, columns: list[str], text) -> str:
@@ -379,14 +390,18 @@ def _entropy_text(column: str, value) -> str:
 
 def image_html(path: Path, alt: str) -> str:
     encoded = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img alt="{_esc(alt)}" src="data:image/png;base64,{encoded}"><figcaption class="caption">{_esc(alt)}</figcaption></figure>'
+    return (
+        f'<figure><img alt="{_esc(alt)}" src="data:image/png;base64,{encoded}">'
+        f'<figcaption class="caption">{_esc(alt)}</figcaption></figure>'
+    )
 
 
 def html_section(report: Report, figures: dict[str, Path]) -> str:
     results = report.results
     parts = [
         f"<h2>{_esc(results.name)}</h2>",
-        f'<p class="caption">Metric <code>{_esc(report.metric)}</code>: {_esc(caption(report.settings[0].table))}.</p>',
+        f'<p class="caption">Metric <code>{_esc(report.metric)}</code>: '
+        f"{_esc(caption(report.settings[0].table))}.</p>",
     ]
     for index, section in enumerate(report.settings, start=1):
         suffix = f"-{index}" if len(report.settings) > 1 else ""
@@ -427,7 +442,8 @@ def _setting_html(section: SettingReport, accuracy_figure: Path | None) -> list[
         body = "".join("<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in row) + "</tr>" for row in rows)
         parts += [
             f"<h3>{_esc(titled('What the student saves', section))}</h3>",
-            f"<table><thead><tr><th></th><th>student</th><th>teacher</th><th>teacher / student</th></tr></thead>"
+            "<table><thead><tr><th></th><th>student</th><th>teacher</th><th>teacher / student</th>"
+            "</tr></thead>"
             f"<tbody>{body}</tbody></table>",
         ]
     if accuracy_figure is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -20,6 +21,9 @@ from kdtemp.errors import RunsError
 from kdtemp.metrics import soft_target_statistics
 from kdtemp.records import BASELINE, TEACHER
 from kdtemp.results import ExperimentResults, cached_teacher_logits, load_results
+
+if TYPE_CHECKING:
+    from kdtemp.losses import Ensemble
 
 METRICS = {
     # --metric name: (column in the per-run table, shown as percent, higher is better)
@@ -63,7 +67,7 @@ SUMMARY_COLUMNS = [
 def entropy_table(
     teacher_logits: torch.Tensor,
     grid_temperatures: list[float],
-    ensemble: str = "mean_probs",
+    ensemble: Ensemble = "mean_probs",
     weights: torch.Tensor | None = None,
 ) -> pd.DataFrame:
     """Mean entropy (nats) and top-class probability of the teacher's soft targets per temperature.
@@ -170,7 +174,8 @@ def _summary_row(key: tuple, cell: pd.DataFrame, baseline: pd.DataFrame, results
 
 def _gap_closed(cell: pd.DataFrame, baseline: pd.DataFrame, teacher: float | None) -> float:
     """(cell mean - baseline mean) / (teacher - baseline mean), both means over exactly the seeds with a run
-    in the cell and a no-KD baseline of the same setting (as delta_vs_baseline and p_value, verdict.cell_tests)."""
+    in the cell and a no-KD baseline of the same setting (as delta_vs_baseline and p_value,
+    verdict.cell_tests)."""
     treated, control = verdict.paired_values(cell, baseline, "test_acc", ["baseline_setting", "seed"])
     base = stats.mean(control)
     if not treated or teacher is None or teacher == base:
@@ -186,7 +191,8 @@ def _mean_of(cell: pd.DataFrame, column: str) -> float:
 
 
 def cells_matching(frame: pd.DataFrame, cell) -> pd.DataFrame:
-    """The rows of `frame` of one grid cell (schedule, alpha, t0, generation); a missing t0 matches a missing t0."""
+    """The rows of `frame` of one grid cell (schedule, alpha, t0, generation); a missing t0 matches a
+    missing t0."""
     t0 = frame["t0"].isna() if pd.isna(cell["t0"]) else frame["t0"] == cell["t0"]
     return frame[
         (frame["schedule"] == cell["schedule"])
@@ -217,7 +223,8 @@ class Cell:
 
 @dataclass
 class TemperatureTable:
-    """Rows = schedule (x alpha x generation), columns = t0, cells = mean, sd and n of one metric over seeds."""
+    """Rows = schedule (x alpha x generation), columns = t0, cells = mean, sd and n of one metric over
+    seeds."""
 
     metric: str
     percent: bool
@@ -248,7 +255,8 @@ def check_metric(metric: str) -> None:
 def temperature_table(
     results: ExperimentResults, metric: str = "test_acc", tests: pd.DataFrame | None = None
 ) -> TemperatureTable:
-    """`metric`'s table; `tests` (verdict.cell_tests on that metric) marks cells better or worse than no-KD."""
+    """`metric`'s table; `tests` (verdict.cell_tests on that metric) marks cells better or worse than
+    no-KD."""
     check_metric(metric)
     column, percent, higher_better = METRICS[metric]
     final = results.final
@@ -380,7 +388,8 @@ class Report:
         """The table of a one-setting experiment; with several, each setting's is in `settings`."""
         if len(self.settings) > 1:
             raise ValueError(
-                f"{self.results.name} holds {len(self.settings)} settings: take each one's table from .settings"
+                f"{self.results.name} holds {len(self.settings)} settings: "
+                "take each one's table from .settings"
             )
         return self.settings[0].table
 

@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 import torch
@@ -46,7 +47,8 @@ class ExperimentResults:
     setting_sizes: dict[str, dict] = field(default_factory=dict)
     """setting key -> the sizes its first completed run recorded."""
     partial: dict[str, int] = field(default_factory=dict)
-    """With load_results(partial=True): unfinished run id -> epochs it completed (its `final` row, the latest)."""
+    """With load_results(partial=True): unfinished run id -> epochs it completed (its `final` row, the
+    latest)."""
 
     @property
     def cells_failed(self) -> dict[tuple, int]:
@@ -240,5 +242,5 @@ def cached_teacher_logits(results: ExperimentResults):
                 logits = None
             stacked.append(logits)
         if stacked and all(logits is not None for logits in stacked):
-            return torch.stack(stacked), split
+            return torch.stack(cast("list[torch.Tensor]", stacked)), split
     return None, None

@@ -75,7 +75,8 @@ def atomic_write_yaml(path: Path, data: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save with every tensor on the CPU, so a file written on a GPU loads anywhere without map_location."""
+    """torch.save with every tensor on the CPU, so a file written on a GPU loads anywhere without
+    map_location."""
     buffer = io.BytesIO()
     torch.save(on_cpu(obj), buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -119,7 +120,8 @@ def check_writable(directory: Path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise RunsError(
-            f"cannot write to runs directory {directory} ({exc.strerror or exc}); choose another with --runs-dir"
+            f"cannot write to runs directory {directory} ({exc.strerror or exc}); "
+            "choose another with --runs-dir"
         ) from None
 
 
@@ -250,12 +252,14 @@ def load_checkpoint(path: Path, what: str = "checkpoint") -> dict:
         global_name = re.search(r"GLOBAL ([\w.]+)", str(exc))
         detail = f" (it asks for {global_name.group(1)})" if global_name else ""
         raise CheckpointError(
-            f"refused to load {what} {path}: it holds Python objects beyond tensors and plain data, which could run code"
+            f"refused to load {what} {path}: "
+            "it holds Python objects beyond tensors and plain data, which could run code"
             f"{detail}; delete it and recreate it with kdtemp"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(
-            f"cannot read {what} {path} ({first_line(exc, 160)}); it is truncated or not a checkpoint: delete it and recreate it"
+            f"cannot read {what} {path} ({first_line(exc, 160)}); "
+            "it is truncated or not a checkpoint: delete it and recreate it"
         ) from None
     if not isinstance(data, dict):
         raise CheckpointError(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, cast
 
 import torch
 from pydantic import (
@@ -152,7 +152,7 @@ S = TypeVar("S", bound=type[ScheduleBase])
 
 def register_schedule(cls: S) -> S:
     """Class decorator: make the class's default `name` a kd.schedules name."""
-    field = cls.model_fields.get("name")
+    field = cast("type[ScheduleBase]", cls).model_fields.get("name")
     name = field.default if field is not None else None
     if not isinstance(name, str) or not name or ":" in name:
         raise TypeError(f"{cls.__name__} needs name: Literal['x'] = 'x' (no ':') to be registered")

@@ -67,7 +67,7 @@ def cell_tests(final: pd.DataFrame, column: str, higher_better: bool) -> pd.Data
     if not cells:
         return pd.DataFrame(columns=TEST_COLUMNS)
     means = {key: stats.mean(part[column].tolist()) for key, part in cells.items()}
-    best = (max if higher_better else min)(means, key=means.get)
+    best = (max if higher_better else min)(means, key=means.__getitem__)
     rows = [_cell_row(key, part, cells, best, baseline, column) for key, part in cells.items()]
     frame = pd.DataFrame(rows, columns=TEST_COLUMNS)
     frame["holm_p_value"] = stats.holm(frame["p_value"].tolist())
@@ -168,7 +168,8 @@ def ties(tests: pd.DataFrame, wording: Wording) -> pd.DataFrame:
 
 
 def untested(tests: pd.DataFrame, wording: Wording) -> pd.DataFrame:
-    """Cells with no paired test against the best: one seed, or the same difference on every seed (t undefined)."""
+    """Cells with no paired test against the best: one seed, or the same difference on every seed
+    (t undefined)."""
     others = ranked(tests, wording)
     return others[~others["best"] & others["p_vs_best"].isna()]
 
@@ -230,7 +231,8 @@ def _versus_no_kd(group: pd.DataFrame, best, wording: Wording) -> str:
 
 
 def _all_alike(outcome: str, group: pd.DataFrame) -> str:
-    """ "both beat no-KD (adjusted p < 0.05)", "neither is distinguishable from no-KD (adjusted p n/a)", ..."""
+    """ "both beat no-KD (adjusted p < 0.05)", "neither is distinguishable from no-KD (adjusted p n/a)",
+    ..."""
     untested = group["holm_p_value"].isna()
     if not outcome:
         threshold = (
@@ -245,7 +247,8 @@ def _all_alike(outcome: str, group: pd.DataFrame) -> str:
 
 
 def _hurt(tests: pd.DataFrame, best, baseline_mean: float, wording: Wording) -> str | None:
-    """ "KD hurt: ..." when even the best cell falls short of no-KD, or some cells fall significantly below it."""
+    """ "KD hurt: ..." when even the best cell falls short of no-KD, or some cells fall significantly below
+    it."""
     worse = [
         row
         for _, row in ranked(tests, wording).iterrows()
@@ -288,7 +291,8 @@ def separation_line(final: pd.DataFrame, column: str, tests: pd.DataFrame, wordi
     if needed is not None:
         if needed <= len(differences):
             return (
-                f"{len(differences)} seeds should already separate {pair} at the observed spread (power 0.8), "
+                f"{len(differences)} seeds should already separate {pair} at the observed spread "
+                "(power 0.8), "
                 "so their tie may be chance; more seeds would tell"
             )
         return (
