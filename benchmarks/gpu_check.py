@@ -75,7 +75,8 @@ from kdtemp.prepare import loop_settings, wants_channels_last
 from kdtemp.records import Status
 from kdtemp.student_group import Hint, StudentGroup
 from kdtemp.sweep import sweep
-from kdtemp.teachers import LoadedTeacher, teacher_logits, train_teacher
+from kdtemp.teachers import train_teacher
+from kdtemp.trained_teachers import LoadedTeacher, teacher_logits
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -265,7 +265,8 @@ def report_command(
 
     [bold]Example:[/bold] kdtemp report --config configs/fashion-mnist.yaml --metric agreement
     """  # noqa: E501 - the first line is the command's one-line summary in `kdtemp --help`: kept whole
-    from kdtemp import render, report  # pandas, scipy and matplotlib load only when a report is asked for
+    # pandas, scipy and matplotlib load only when a report is asked for
+    from kdtemp import render, report, report_text
 
     try:
         settings = experiment.settings(with_name=False)  # --name here may list several experiments
@@ -281,13 +282,13 @@ def report_command(
         fail(str(exc))
     for built in reports:
         for section in built.settings:  # one table per setting: runs of different settings never mix
-            title = render.titled(built.results.name, section)
+            title = report_text.titled(built.results.name, section)
             if partial:
                 out.print(tables.temperature_table(title, section.table, tables.PARTIAL_EPOCH))
                 out.print(tables.partial_footer(section.results), highlight=False)
             else:
                 out.print(tables.temperature_table(title, section.table))
-                out.print(render.footer(section), highlight=False)
+                out.print(report_text.footer(section), highlight=False)
         for line in report.problem_lines(built.results):
             err.print(f"[yellow]{line}[/yellow]", highlight=False)
     if paths is None:

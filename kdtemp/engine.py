@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdtemp import metrics as M
+from kdtemp.augmentation import augment_batch, draw_augmentation
 from kdtemp.config import TrainingSettings
-from kdtemp.data import Dataset, augment_batch, draw_augmentation
+from kdtemp.data import Dataset
 from kdtemp.device import full_float32
 from kdtemp.losses import Ensemble, soft_target_log_probs
 from kdtemp.optim import build_optimizer, learning_rate, set_learning_rate

@@ -358,7 +358,8 @@ class SettingReport:
     summary: pd.DataFrame
     table: TemperatureTable
     tests: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=verdict.TEST_COLUMNS))
-    """verdict.cell_tests on the table's metric: what the markers and the verdict (render.headline) say."""
+    """verdict.cell_tests on the table's metric: what the markers and the verdict
+    (report_text.headline) say."""
 
 
 @dataclass

@@ -18,23 +18,22 @@ from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig, config_to_dict
 from kdtemp.data import Dataset
 from kdtemp.device import max_group_size, member_bytes, set_up_device
-from kdtemp.engine import EpochDone, Member, StepsDone, TeacherSignal, inference_module, steps_per_epoch
+from kdtemp.engine import Member, StepsDone, TeacherSignal, inference_module, steps_per_epoch
 from kdtemp.errors import CheckpointError
 from kdtemp.events import Emit, Note, Progress, SweepResult, ignore
 from kdtemp.footprint import student_and_teacher
 from kdtemp.generations import generation_hint, parent_signal, with_finished_parents
 from kdtemp.hints import build_regressor, feature_shape
-from kdtemp.loggers import RunLogger, check_loggers, run_loggers
+from kdtemp.loggers import check_loggers, run_loggers
 from kdtemp.models import build_model, has_dropout
 from kdtemp.plan import RunSpec, group_runs, learnable_schedule, plan_runs, uses_standardized_logits
 from kdtemp.prepare import StopCheck, data_on, environment_record, loop_settings, per_batch_teachers
 from kdtemp.randomness import caller_rng_kept, keeps_global_rng
-from kdtemp.records import Status
 from kdtemp.schedules import LOW_TEMPERATURE, ScheduleBase, lowest_temperature, temperature_table
 from kdtemp.stacking import vmap_failure
 from kdtemp.student_group import Hint, StudentGroup
-from kdtemp.sweep_state import SweepState, run_summary
-from kdtemp.teachers import (
+from kdtemp.sweep_state import STUDENT_FORMAT, SweepState, record_epoch
+from kdtemp.trained_teachers import (
     LoadedTeacher,
     all_teacher_logits,
     ensemble_weights,
@@ -43,8 +42,6 @@ from kdtemp.teachers import (
     teacher_paths,
     teachers_fingerprint,
 )
-
-STUDENT_FORMAT = "kdtemp-student/1"
 
 
 def plan_sweep(config: ExperimentConfig, data: Dataset, fingerprint: str) -> tuple[list[RunSpec], list[Note]]:
@@ -370,76 +367,8 @@ def _train_members(state: SweepState, members: list[tuple[RunSpec, dict | None]]
             if isinstance(event, StepsDone):
                 emit(Progress("batches", f"epoch {event.epoch + 1}", event.step, event.steps_per_epoch))
                 continue
-            _record_epoch(state, group, runs, event, loggers)
+            record_epoch(state, group, runs, event, loggers)
             emit(Progress("batches", f"epoch {event.epoch + 1}", spe, spe))
             emit(Progress("epochs", description, event.epoch + 1, spec.epochs))
     state.done += len(runs)
     emit(Progress("runs", "runs", state.done, state.pending))
-
-
-def _record_epoch(
-    state: SweepState, group: StudentGroup, runs: list[RunSpec], event: EpochDone, loggers: list[RunLogger]
-) -> None:
-    """Append each member's row (and log it), then its checkpoint; at the last epoch its weights,
-    then summary.json."""
-    epochs = state.student_spec.epochs
-    for k, run in enumerate(runs):
-        files = state.layout.run_files(run.run_id)
-        if k in event.failures:
-            files.checkpoint.unlink(missing_ok=True)
-            reason = divergence_reason(event.failures[k], state.config, not run.is_baseline)
-            R.write_summary(
-                files,
-                run_summary(
-                    state, run, files, Status.FAILED, len(runs), reason=reason, failed_epoch=event.epoch
-                ),
-            )
-            state.failed.append((run.run_id, reason))
-            continue
-        row = event.metrics[k]
-        if row is None:
-            continue
-        line = {
-            **run.columns(),
-            **row,
-            "t0": run.t0,
-            "temperature": None if run.is_baseline else row["temperature"],
-        }
-        R.append_csv_row(files.metrics, line, R.STUDENT_COLUMNS)
-        _log_epoch(loggers[k], line, group.members[k], event.epoch, epochs)
-        member = group.member_state(k)
-        if event.epoch + 1 < epochs:
-            R.atomic_torch_save(
-                {"format": STUDENT_FORMAT, "run_id": run.run_id, "member": member}, files.checkpoint
-            )
-            continue
-        R.atomic_torch_save(
-            {"format": STUDENT_FORMAT, "run_id": run.run_id, "state_dict": member["model"]}, files.model
-        )
-        R.write_summary(files, run_summary(state, run, files, Status.COMPLETED, len(runs)))
-        files.checkpoint.unlink(missing_ok=True)
-        state.completed += 1
-
-
-def _log_epoch(logger: RunLogger, line: dict, member: Member, epoch: int, epochs: int) -> None:
-    """The row, and T at each step of the epoch from the run's temperature table.
-
-    A learnable (CTKD) temperature is trained on the device and reaches the host only as the epoch's
-    mean, the `temperature` scalar, so it has no per-step series; nor has the baseline, which does not distil.
-    """
-    logger.log_epoch(line, epoch)
-    if member.distills and member.learnable is None:
-        steps = len(member.temperatures) // epochs
-        logger.log_temperatures(
-            member.temperatures[epoch * steps : (epoch + 1) * steps].tolist(), epoch * steps
-        )
-
-
-def divergence_reason(reason: str, config: ExperimentConfig, distills: bool = True) -> str:
-    """A diverged run's reason with the likely fixes. The KD term's gradient grows like T (T² times
-    the 1/T of d softmax(z/T)/dz, Hinton et al. 2015), so a learning rate that suits T = 1 can blow
-    up at T = 10."""
-    fixes = [] if config.train.clip_grad_norm is not None else ["set train.clip_grad_norm (e.g. 1.0)"]
-    fixes.append(f"lower student.lr (now {config.student.lr:g})")
-    why = "; the KD gradient grows like T" if distills else ""
-    return f"{reason}{why}: {' or '.join(fixes)}"

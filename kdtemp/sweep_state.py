@@ -1,4 +1,5 @@
-"""What every group of one sweep shares (SweepState), and the summary.json it writes for each run.
+"""What every group of one sweep shares (SweepState), and how a run's epochs and end are recorded:
+its metrics rows, checkpoints, weights and summary.json.
 
 The born-again generations (kdtemp.generations) and the group training (kdtemp.sweep) both record
 a run's end here, so a finished and a failed run's summary.json have one writer.
@@ -13,13 +14,16 @@ import torch
 from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig
 from kdtemp.data import Dataset
-from kdtemp.engine import TeacherSignal
+from kdtemp.engine import EpochDone, Member, TeacherSignal
 from kdtemp.events import Emit, ignore
+from kdtemp.loggers import RunLogger
 from kdtemp.plan import RunSpec
 from kdtemp.prepare import StopCheck
 from kdtemp.records import RunSummary, Status
-from kdtemp.student_group import Hint
-from kdtemp.teachers import LoadedTeacher
+from kdtemp.student_group import Hint, StudentGroup
+from kdtemp.trained_teachers import LoadedTeacher
+
+STUDENT_FORMAT = "kdtemp-student/1"
 
 
 @dataclass
@@ -103,3 +107,71 @@ def _number(text: str):
         except ValueError:
             pass
     return text
+
+
+def record_epoch(
+    state: SweepState, group: StudentGroup, runs: list[RunSpec], event: EpochDone, loggers: list[RunLogger]
+) -> None:
+    """Append each member's row (and log it), then its checkpoint; at the last epoch its weights,
+    then summary.json."""
+    epochs = state.student_spec.epochs
+    for k, run in enumerate(runs):
+        files = state.layout.run_files(run.run_id)
+        if k in event.failures:
+            files.checkpoint.unlink(missing_ok=True)
+            reason = divergence_reason(event.failures[k], state.config, not run.is_baseline)
+            R.write_summary(
+                files,
+                run_summary(
+                    state, run, files, Status.FAILED, len(runs), reason=reason, failed_epoch=event.epoch
+                ),
+            )
+            state.failed.append((run.run_id, reason))
+            continue
+        row = event.metrics[k]
+        if row is None:
+            continue
+        line = {
+            **run.columns(),
+            **row,
+            "t0": run.t0,
+            "temperature": None if run.is_baseline else row["temperature"],
+        }
+        R.append_csv_row(files.metrics, line, R.STUDENT_COLUMNS)
+        _log_epoch(loggers[k], line, group.members[k], event.epoch, epochs)
+        member = group.member_state(k)
+        if event.epoch + 1 < epochs:
+            R.atomic_torch_save(
+                {"format": STUDENT_FORMAT, "run_id": run.run_id, "member": member}, files.checkpoint
+            )
+            continue
+        R.atomic_torch_save(
+            {"format": STUDENT_FORMAT, "run_id": run.run_id, "state_dict": member["model"]}, files.model
+        )
+        R.write_summary(files, run_summary(state, run, files, Status.COMPLETED, len(runs)))
+        files.checkpoint.unlink(missing_ok=True)
+        state.completed += 1
+
+
+def _log_epoch(logger: RunLogger, line: dict, member: Member, epoch: int, epochs: int) -> None:
+    """The row, and T at each step of the epoch from the run's temperature table.
+
+    A learnable (CTKD) temperature is trained on the device and reaches the host only as the epoch's
+    mean, the `temperature` scalar, so it has no per-step series; nor has the baseline, which does not distil.
+    """
+    logger.log_epoch(line, epoch)
+    if member.distills and member.learnable is None:
+        steps = len(member.temperatures) // epochs
+        logger.log_temperatures(
+            member.temperatures[epoch * steps : (epoch + 1) * steps].tolist(), epoch * steps
+        )
+
+
+def divergence_reason(reason: str, config: ExperimentConfig, distills: bool = True) -> str:
+    """A diverged run's reason with the likely fixes. The KD term's gradient grows like T (T² times
+    the 1/T of d softmax(z/T)/dz, Hinton et al. 2015), so a learning rate that suits T = 1 can blow
+    up at T = 10."""
+    fixes = [] if config.train.clip_grad_norm is not None else ["set train.clip_grad_norm (e.g. 1.0)"]
+    fixes.append(f"lower student.lr (now {config.student.lr:g})")
+    why = "; the KD gradient grows like T" if distills else ""
+    return f"{reason}{why}: {' or '.join(fixes)}"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdtemp import augmentation
 from kdtemp import data as D
 from kdtemp.config import DataConfig
 from kdtemp.errors import DataError
@@ -193,9 +194,9 @@ def test_augmentation_matches_per_sample_reference():
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(10, 3, 8, 8, generator=generator)
     pad_value = (-1.0, -2.0, -3.0)
-    plan = D.draw_augmentation(10, generator, torch.device("cpu"), pad_value)
+    plan = augmentation.draw_augmentation(10, generator, torch.device("cpu"), pad_value)
     indices = torch.tensor([3, 0, 9, 9, 5])
-    ours = D.augment_batch(images[indices], indices, plan)
+    ours = augmentation.augment_batch(images[indices], indices, plan)
     expected = reference_augment(images[indices], plan.offsets[indices], plan.flips[indices], pad_value)
     assert torch.equal(ours, expected)
     assert plan.flips.any() and (~plan.flips).any()

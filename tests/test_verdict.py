@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as scipy_stats
 from test_report import write_run
 
-from kdtemp import render, report, stats, verdict
+from kdtemp import render, report, report_text, stats, verdict
 
 
 def holm_by_hand(p_values):
@@ -140,7 +140,7 @@ def test_verdict_names_the_tie_the_no_kd_test_and_where_kd_hurt(tied):
     tie = expected_p(TIED, ("constant", 5.0), ("constant", 10.0))
     assert tie > 0.05
     percent = {key: f"{100 * np.mean(values):.1f}%" for key, values in TIED.items()}
-    verdict_line = render.headline(section).splitlines()[0]
+    verdict_line = report_text.headline(section).splitlines()[0]
     assert verdict_line == (f"best: constant T=10, {percent[('constant', 10.0)]}; tied with constant T=5 ({percent[('constant', 5.0)]}, "
                             f"p = {tie:.2g}); both beat no-KD (adjusted p < 0.05); KD hurt: constant T=1 ({percent[('constant', 1.0)]}) "
                             f"below no-KD's {percent[('none', None)]} (adjusted p < 0.05)")
@@ -154,7 +154,7 @@ def test_the_tie_says_how_many_more_seeds_would_separate_the_top_two(tied):
     differences = np.subtract(TIED[("constant", 10.0)], TIED[("constant", 5.0)])
     effect_size = differences.mean() / differences.std(ddof=1)
     needed = next(n for n in range(2, 10_000) if power_by_scipy(effect_size, n) >= 0.8)
-    assert render.headline(section).splitlines()[1].startswith(
+    assert report_text.headline(section).splitlines()[1].startswith(
         f"{needed - 4} more seeds would separate constant T=10 from constant T=5 at the observed spread")
 
 
@@ -175,15 +175,15 @@ def test_separation_cannot_be_estimated_for_identical_means_or_one_seed(tmp_path
     same = write_runs(tmp_path / "runs" / "same", {
         ("constant", 4.0): [0.70, 0.72, 0.71, 0.73], ("constant", 8.0): [0.72, 0.70, 0.73, 0.71],
         ("none", None): [0.60, 0.61, 0.60, 0.62]})
-    line = render.headline(report.build_report(same).settings[0]).splitlines()[1]
+    line = report_text.headline(report.build_report(same).settings[0]).splitlines()[1]
     assert line.endswith(": identical means") and "separate constant T=" in line
     shifted = write_runs(tmp_path / "runs" / "shifted", {
         ("constant", 4.0): [0.70, 0.72], ("constant", 8.0): [0.73, 0.75], ("none", None): [0.60, 0.61]})
-    assert "not tested against T=4 (71.0%: the same difference on every seed, so no t-test)" in render.headline(
+    assert "not tested against T=4 (71.0%: the same difference on every seed, so no t-test)" in report_text.headline(
         report.build_report(shifted).settings[0])
     single = write_runs(tmp_path / "runs" / "single", {("constant", 4.0): [0.70], ("constant", 8.0): [0.72],
                                                         ("none", None): [0.60]})
-    text = render.headline(report.build_report(single).settings[0])
+    text = report_text.headline(report.build_report(single).settings[0])
     assert "not tested against T=4 (70.0%: one seed); not distinguishable from no-KD (adjusted p n/a)" in text
     assert text.splitlines()[1].endswith("a spread needs at least 2 seeds they share")
 
@@ -192,7 +192,7 @@ def test_kd_hurt_everywhere_is_said_in_words_and_marked_worse(tmp_path):
     worse = {("constant", 1.0): [0.60, 0.61, 0.60, 0.62], ("constant", 4.0): [0.65, 0.66, 0.64, 0.66],
              ("none", None): [0.70, 0.72, 0.71, 0.73]}
     section = report.build_report(write_runs(tmp_path / "runs" / "worse", worse)).settings[0]
-    text = render.headline(section)
+    text = report_text.headline(section)
     percent = {key: f"{100 * np.mean(values):.1f}%" for key, values in worse.items()}
     assert text.startswith(f"best: constant T=4, {percent[('constant', 4.0)]}")
     assert (f"KD hurt: every cell falls short of no-KD's {percent[('none', None)]}; significantly below it (adjusted p < 0.05): "
@@ -211,7 +211,7 @@ def test_each_metric_has_its_title_markers_and_own_report_file(tied, no_figures)
     assert loss.table.heading == "test_loss, mean ± sd (n seeds), last epoch"
     constant = loss.table.rows["constant"]  # test_loss = 1.5 - test_acc: lower is better, so the same marks
     assert report.format_cell(constant[10.0], False).endswith(" *") and report.format_cell(constant[1.0], False).endswith(" †")
-    assert render.headline(loss).startswith("best: constant T=10, 0.756; tied with constant T=5 (0.760")
+    assert report_text.headline(loss).startswith("best: constant T=10, 0.756; tied with constant T=5 (0.760")
     assert "* / † = better / worse than the no-KD baseline" in (out / "report-test_loss.md").read_text()
 
 
