@@ -251,6 +251,9 @@ class KDConfig(StrictModel):
     last nn.Linear)."""
     generations: PositiveInt = 1
     """Born-again generations: generation k+1 is distilled from generation k's student."""
+    methods: list[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]] = []
+    """Your own KD methods (`module:Class`, a kdtemp.methods.KDMethod subclass) every distilled run also
+    trains with; kdtemp imports and registers each (kdtemp.methods.resolve_methods)."""
 
     @field_validator("schedules", mode="before")
     @classmethod

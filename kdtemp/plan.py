@@ -15,6 +15,7 @@ from itertools import groupby
 from typing import Any, cast
 
 from kdtemp.config import ExperimentConfig, training_identity
+from kdtemp.methods import resolve_methods, source_digest
 from kdtemp.records import BASELINE
 from kdtemp.schedules import CTKD, LOGIT_STD, LearnableSchedule, ScheduleBase
 
@@ -22,7 +23,7 @@ RUN_FORMAT = 1
 GRID_AXES = ("schedule", "t0", "alpha", "seed", "generation", "parent")
 """Identity keys that place a run in the grid; the rest of its identity is its setting (what the report
 may average over seeds and compare across temperatures)."""
-KD_ONLY = ("hint",)
+KD_ONLY = ("hint", "methods")
 """Identity keys only distilled runs carry: the no-KD baseline trains without them, so a baseline pairs
 with every distilled run whose setting differs from its own in these keys alone."""
 
@@ -102,7 +103,7 @@ def shared_identity(config: ExperimentConfig, teacher_fingerprint: str) -> dict[
 
     Method switches enter only when on, so turning none of them on keeps plain-KD run ids stable.
     """
-    identity = {
+    identity: dict[str, Any] = {
         "format": RUN_FORMAT,
         "dataset": config.data.dataset,
         "augment": config.data.augment,
@@ -115,6 +116,11 @@ def shared_identity(config: ExperimentConfig, teacher_fingerprint: str) -> dict[
     if config.kd.feature_weight > 0:
         layers = config.kd.feature_layers.model_dump() if config.kd.feature_layers else None
         identity["hint"] = {"weight": config.kd.feature_weight, "layers": layers}
+    if config.kd.methods:
+        identity["methods"] = [
+            {"name": method.name, "source_sha256": source_digest(method)}
+            for method in resolve_methods(config.kd.methods)
+        ]
     return identity
 
 

@@ -172,7 +172,9 @@ def keep_epochs_before(path: Path, epoch: int, columns: list[str]) -> None:
     rows = [
         row for row in read_csv_rows(path) if row.get("epoch", "").isdigit() and int(row["epoch"]) < epoch
     ]
-    write_csv(path, rows, columns)
+    with open(path, encoding="utf-8", newline="") as handle:  # keep a user's method's extra columns
+        header = next(csv.reader(handle), [])
+    write_csv(path, rows, columns + [column for column in header if column not in columns])
 
 
 # --- summaries ---------------------------------------------------------------------------------

@@ -89,6 +89,7 @@ def member_for(run: RunSpec, epochs: int, spe: int) -> Member:
         t0=run.t0,
         standardize=uses_standardized_logits(run),
         learnable=learnable_schedule(run),
+        methods=tuple(method["name"] for method in run.identity.get("methods", [])),
     )
 
 

@@ -137,7 +137,9 @@ def record_epoch(
             "t0": run.t0,
             "temperature": None if run.is_baseline else row["temperature"],
         }
-        R.append_csv_row(files.metrics, line, R.STUDENT_COLUMNS)
+        # a user's KD method adds its own fields after the built-in columns
+        columns = R.STUDENT_COLUMNS + [key for key in line if key not in R.STUDENT_COLUMNS]
+        R.append_csv_row(files.metrics, line, columns)
         _log_epoch(loggers[k], line, group.members[k], event.epoch, epochs)
         member = group.member_state(k)
         if event.epoch + 1 < epochs:

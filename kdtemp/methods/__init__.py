@@ -12,6 +12,8 @@ order is the order in which temperatures pass through methods and terms are adde
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from collections.abc import Sequence
 
 from kdtemp.errors import ConfigError
@@ -33,10 +35,56 @@ def register_method(method: type[KDMethod]) -> type[KDMethod]:
     return method
 
 
+def resolve_methods(references: Sequence[str]) -> list[type[KDMethod]]:
+    """The `module:Class` KD methods of kd.methods, imported and registered (once), in the given order.
+
+    Refused in one line: a module that does not import, a name that is not a KDMethod subclass, or a
+    method whose `name` another registered method already has."""
+    from kdtemp.user_code import import_callable  # the same module:callable rule as archs and schedules
+
+    resolved = []
+    for reference in references:
+        try:
+            target = import_callable(reference)
+        except ConfigError as exc:
+            raise ConfigError(f"kd.methods: {exc}") from None
+        if not (isinstance(target, type) and issubclass(target, KDMethod)) or not hasattr(target, "name"):
+            raise ConfigError(
+                f"kd.methods: {reference} is not a KD method; give a subclass of kdtemp.methods.KDMethod "
+                "with a `name`"
+            )
+        if target not in METHODS:
+            register_method(target)
+        resolved.append(target)
+    return resolved
+
+
+def source_digest(method: type[KDMethod]) -> str:
+    """sha256 of the method class's source: run ids hash it, so an edited method trains new runs."""
+    try:
+        source = inspect.getsource(method)
+    except (OSError, TypeError) as exc:
+        raise ConfigError(
+            f"kd.methods: cannot read the source of {method.__name__} ({exc}); define it in a .py file"
+        ) from None
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
 def methods_for(members: Sequence, group: GroupSetting) -> list[KDMethod]:
     """The methods a group of `members` trains with, in registry order (those no member uses are left out)."""
     built = (method.for_group(members, group) for method in METHODS)
     return [method for method in built if method is not None]
 
 
-__all__ = ["METHODS", "GroupSetting", "Hint", "KDMethod", "Step", "Terms", "methods_for", "register_method"]
+__all__ = [
+    "METHODS",
+    "GroupSetting",
+    "Hint",
+    "KDMethod",
+    "Step",
+    "Terms",
+    "methods_for",
+    "register_method",
+    "resolve_methods",
+    "source_digest",
+]
