@@ -25,8 +25,8 @@ from pydantic import (
 
 from kdtemp.schedules import ConstantSchedule, ScheduleSpec
 from kdtemp.strict import StrictModel
+from kdtemp.user_code import CALLABLE_REFERENCE
 
-DATASETS = ("mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100")
 RESNET_ARCHS = (
     "resnet8",
     "resnet14",
@@ -53,7 +53,6 @@ ZOO_ARCHS = (
 CIFAR_ARCHS = RESNET_ARCHS + ZOO_ARCHS
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-CUSTOM_ARCH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def check_safe_name(value: str, what: str) -> str:
@@ -150,7 +149,7 @@ class CustomSpec(TrainingSettings):
     @field_validator("arch")
     @classmethod
     def _module_and_callable(cls, value):
-        if not CUSTOM_ARCH.match(value):
+        if not CALLABLE_REFERENCE.match(value):
             raise ValueError(
                 "a custom arch is torchvision:NAME or module:callable (a dotted module, one callable name)"
             )
@@ -251,7 +250,7 @@ class KDConfig(StrictModel):
     last nn.Linear)."""
     generations: PositiveInt = 1
     """Born-again generations: generation k+1 is distilled from generation k's student."""
-    methods: list[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]] = []
+    methods: list[Annotated[str, Field(pattern=CALLABLE_REFERENCE.pattern)]] = []
     """Your own KD methods (`module:Class`, a kdtemp.methods.KDMethod subclass) every distilled run also
     trains with; kdtemp imports and registers each (kdtemp.methods.resolve_methods)."""
 
@@ -405,11 +404,12 @@ class ExperimentConfig(StrictModel):
             for index, spec in enumerate(self.teachers)
         ]
 
-    def teacher_batch_size(self, spec: ModelSpec | None = None) -> int:
-        return (spec or self.teacher).batch_size or self.data.batch_size
+    def batch_size(self, spec: ModelSpec) -> int:
+        """A network's training batch: its own batch_size, else data.batch_size."""
+        return spec.batch_size or self.data.batch_size
 
     def student_batch_size(self) -> int:
-        return self.student.batch_size or self.data.batch_size
+        return self.batch_size(self.student)
 
 
 # --- writing ------------------------------------------------------------------------------------

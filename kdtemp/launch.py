@@ -35,9 +35,13 @@ from kdtemp.sweep import planned_runs, sweep
 POLL_SECONDS = 1.0
 
 
-def work_units(config: ExperimentConfig, force: bool = False, at_least: int = 1) -> list[list[str]]:
-    """Run ids per unit of work, for the runs still to train; split further until there are `at_least`."""
-    runs = planned_runs(config)
+def work_units(
+    config: ExperimentConfig, force: bool = False, at_least: int = 1, runs: list[RunSpec] | None = None
+) -> list[list[str]]:
+    """Run ids per unit of work, for the runs still to train; split further until there are `at_least`.
+
+    `runs`: the planned runs when the caller has them (planning hashes every teacher checkpoint)."""
+    runs = planned_runs(config) if runs is None else runs
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
     by_id = {run.run_id: run for run in runs}
 
@@ -112,8 +116,9 @@ def launch_local(
     started = time.perf_counter()
     devices = worker_devices(config)
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
-    planned = len(planned_runs(config))
-    units = work_units(config, force, at_least=len(devices))
+    runs = planned_runs(config)
+    planned = len(runs)
+    units = work_units(config, force, at_least=len(devices), runs=runs)
     if not units:
         emit(Note(f"{planned} runs planned: all complete"))
         return SweepResult(
@@ -313,8 +318,9 @@ def launch_slurm(
     started = time.perf_counter()
     tree = job_config_tree(config)
     layout = R.ExperimentLayout.of(config.runs_dir, config.name)
-    planned = len(planned_runs(config))
-    units = work_units(config, force)
+    runs = planned_runs(config)
+    planned = len(runs)
+    units = work_units(config, force, runs=runs)
     if not units:
         emit(Note(f"{planned} runs planned: all complete"))
         return SweepResult(

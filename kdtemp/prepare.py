@@ -86,7 +86,7 @@ def loop_settings(
     """Engine settings for training `spec`."""
     return LoopSettings(
         training=spec,
-        batch_size=spec.batch_size or config.data.batch_size,
+        batch_size=config.batch_size(spec),
         eval_batch_size=config.data.eval_batch_size,
         seed=seed,
         device=device,

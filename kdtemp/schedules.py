@@ -130,7 +130,12 @@ class ScheduleBase(StrictModel):
         return list(temperatures)
 
     def revision(self, epochs: int) -> int:
-        """2 where its temperatures differ from the first release's, else 1 (see `formula_revision`)."""
+        """2 where its temperatures differ from the first release's, else 1.
+
+        Run ids hash it (plan.py) only when it is 2, so runs trained with the old temperatures are never
+        taken for finished runs of the new ones, while every unaffected run keeps its id. Revision 2 fixed
+        epoch-based formulas at step granularity (they lagged the real epoch) and the default step
+        milestones of one- and two-epoch runs (they repeated, or fell on epoch 0)."""
         return 1
 
     def identity(self, epochs: int) -> dict[str, Any]:
@@ -341,25 +346,6 @@ class LogitStdSchedule(ScheduleBase):
 # --- a run's temperatures ------------------------------------------------------------------------
 
 
-def formula_revision(schedule: ScheduleBase, epochs: int) -> int:
-    """2 where this schedule's temperatures differ from the first release's, else 1.
-
-    Run ids hash it (plan.py) only when it is 2, so runs trained with the old temperatures are never
-    taken for finished runs of the new ones, while every unaffected run keeps its id. Revision 2 fixed
-    epoch-based formulas at step granularity (they lagged the real epoch) and the default step
-    milestones of one- and two-epoch runs (they repeated, or fell on epoch 0).
-    """
-    return schedule.revision(epochs)
-
-
-def scheduled_temperature(schedule: ScheduleBase, t0: float, p: float, epoch: float, epochs: int) -> float:
-    """T at progress p (and the matching possibly fractional epoch) of `epochs`, clamps applied.
-
-    For `learnable` this is the starting temperature; the trained value lives in the engine.
-    """
-    return schedule.curve(t0, [(p, epoch)], epochs)[0]
-
-
 def temperature_table(schedule: ScheduleBase, t0: float, epochs: int, steps_per_epoch: int) -> torch.Tensor:
     """The temperature for every optimisation step of a run, shape (epochs * steps_per_epoch,).
 
@@ -381,7 +367,3 @@ def temperature_table(schedule: ScheduleBase, t0: float, epochs: int, steps_per_
 def epoch_temperatures(schedule: ScheduleBase, t0: float, epochs: int) -> list[float]:
     """T per epoch at epoch granularity: what a reader checks the CSV against."""
     return schedule.curve(t0, [(progress(e, epochs), e) for e in range(epochs)], epochs)
-
-
-def lowest_temperature(schedule: ScheduleBase, t0: float, epochs: int, steps_per_epoch: int) -> float:
-    return schedule.lowest(t0, epochs, steps_per_epoch)

@@ -29,7 +29,7 @@ from kdtemp.models import build_model, has_dropout
 from kdtemp.plan import RunSpec, group_runs, learnable_schedule, plan_runs, uses_standardized_logits
 from kdtemp.prepare import StopCheck, data_on, environment_record, loop_settings, per_batch_teachers
 from kdtemp.randomness import caller_rng_kept, keeps_global_rng
-from kdtemp.schedules import LOW_TEMPERATURE, ScheduleBase, lowest_temperature, temperature_table
+from kdtemp.schedules import LOW_TEMPERATURE, ScheduleBase, temperature_table
 from kdtemp.stacking import vmap_failure
 from kdtemp.student_group import Hint, StudentGroup
 from kdtemp.sweep_state import STUDENT_FORMAT, SweepState, record_epoch
@@ -48,15 +48,14 @@ def plan_sweep(config: ExperimentConfig, data: Dataset, fingerprint: str) -> tup
     """The grid's runs, and a warning when any schedule goes below T = 0.5."""
     runs = plan_runs(config, fingerprint)
     spe = steps_per_epoch(len(data.train_y), config.student_batch_size())
+    # each distinct schedule and t0 once: seeds and generations share their temperatures
+    cells = {(run.schedule_label, run.t0): run.schedule for run in runs if not run.is_baseline}
     low = sorted(
         {
-            run.schedule_label
-            for run in runs
-            if not run.is_baseline
+            label
+            for (label, t0), schedule in cells.items()
             # a distilled run has a schedule and a t0 (plan.plan_runs)
-            and lowest_temperature(
-                cast(ScheduleBase, run.schedule), cast(float, run.t0), config.student.epochs, spe
-            )
+            if cast(ScheduleBase, schedule).lowest(cast(float, t0), config.student.epochs, spe)
             < LOW_TEMPERATURE
         }
     )

@@ -24,6 +24,7 @@ from kdtemp.errors import CheckpointError
 from kdtemp.events import Emit, EnsembleResult, Note, Progress, TeacherResult, ignore
 from kdtemp.loggers import RunLogger, check_loggers, run_loggers
 from kdtemp.losses import soft_target_log_probs
+from kdtemp.metrics import correct_count
 from kdtemp.models import build_model, count_parameters
 from kdtemp.prepare import (
     StopCheck,
@@ -158,7 +159,7 @@ def _record_imported(
     started = time.perf_counter()
     model = teacher.model.to(device)
     logits = predict_logits(model, data.test_x, config.data.eval_batch_size, device)
-    accuracy = int((logits.argmax(-1) == data.test_y).sum()) / len(data.test_y)
+    accuracy = int(correct_count(logits, data.test_y)) / len(data.test_y)  # a count over N, exact
     _write_teacher_config(config, spec, directory, device)
     files = R.RunFiles(directory)
     model_path = files.model
@@ -326,9 +327,7 @@ def _record_ensemble(
     combined = soft_target_log_probs(
         test_logits, 1.0, ensemble=config.kd.ensemble, weights=ensemble_weights(config, device)
     )
-    accuracy = int((combined.argmax(-1) == data.test_y).sum()) / len(
-        data.test_y
-    )  # a count over N, not a float32 mean
+    accuracy = int(correct_count(combined, data.test_y)) / len(data.test_y)  # a count over N, exact
     record = {
         "ensemble": config.kd.ensemble,
         "weights": config.kd.teacher_weights,

@@ -53,7 +53,7 @@ class UserSchedule(ScheduleBase):
         return dict(self.model_extra or {})
 
     def temperature(self, t0: float, progress: float, epoch: float, epochs: int) -> float:
-        return self._evaluate(self._formula(), t0, progress, epoch)
+        raise NotImplementedError("a user schedule is evaluated through curve(), one formula per run")
 
     def curve(self, t0: float, points: Sequence[Point], epochs: int) -> list[float]:
         formula = self._formula()  # one per run: a class form's state starts afresh
