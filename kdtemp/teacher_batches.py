@@ -12,7 +12,7 @@ from functools import partial
 
 import torch
 
-from kdtemp.engine import LoopSettings, TeacherSignal, autocast, to_memory_format
+from kdtemp.engine import LoopSettings, TeacherSignal, to_memory_format
 from kdtemp.hints import FeatureCapture
 
 
@@ -91,7 +91,8 @@ class TeacherBatches:
         teacher with CUDA's cast policy; a float32 classifier alone only brought that to 9.6e-2). On CUDA
         its matmuls and convolutions may use TF32 (device.configure_backends); one pass serves the group."""
         networks = self.teacher.networks
-        with torch.no_grad(), autocast(self.settings.device, False):
+        # autocast off even inside a caller's autocast region (engine.autocast(..., False) is a no-op)
+        with torch.no_grad(), torch.autocast(self.settings.device.type, enabled=False):
             pairs = zip(networks, batches, strict=True)
             logits = torch.stack([network(batch).float() for network, batch in pairs])
         features = None

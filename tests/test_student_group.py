@@ -314,7 +314,8 @@ def test_per_batch_teacher_computes_in_float32_under_autocast(cuda_convolution_p
     spec = MLPSpec(hidden=[8], epochs=1)
     group = StudentGroup(lambda: build_model(spec, data.input_shape, 10), [Member(0, 0.9, torch.full((1,), 1.0))],
                          data, signal, LoopSettings(spec, 128, 128, 0, torch.device("cpu"), amp=True))
-    logits = group.teacher_batch(torch.arange(128), data.train_x)[0][0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as if called inside the students' autocast
+        logits = group.teacher_batch(torch.arange(128), data.train_x)[0][0]
     with torch.no_grad():
         reference = copy.deepcopy(teacher).double()(data.train_x[:128].double())
         with torch.autocast("cpu", dtype=torch.bfloat16):
