@@ -43,6 +43,7 @@ from kdtemp.engine import (
     finish_evaluation,
     steps_per_epoch,
 )
+from kdtemp.errors import ConfigError
 from kdtemp.losses import combine_terms
 from kdtemp.methods import GroupSetting, Hint, KDMethod, Step, Terms, methods_for
 from kdtemp.models import has_dropout, vmap_rounds_by_group
@@ -82,6 +83,7 @@ class StudentGroup:
         setting = GroupSetting(build_student, data, teacher, settings, hint)
         with caller_rng_kept():  # a method may build a throwaway student to probe shapes
             self.methods: list[KDMethod] = methods_for(self.members, setting)
+        self._term_names_checked = False
         modules = []
         for member in self.members:
             with seeded(member.seed):  # the init each member would get alone; the caller's RNG left as it was
@@ -188,8 +190,11 @@ class StudentGroup:
         terms = Terms()
         for method in self.methods:
             found = method.terms(step)
+            if not self._term_names_checked:
+                _check_new_names(method, terms, found)
             terms.added.update(found.added)
             terms.logged.update(found.logged)
+        self._term_names_checked = True
         return terms, (step.logits.argmax(-1) == targets).sum(-1)
 
     # -- state for checkpoints --
@@ -367,3 +372,19 @@ class _EpochSums:
         sums = dict(zip(self.names, self.weighted.unbind(), strict=False))
         on_device = {**sums, "correct": self.correct, "finite": torch.isfinite(sums["loss"])}
         return {name: value.cpu().tolist() for name, value in on_device.items()}
+
+
+GROUP_FIELDS = frozenset({"loss", "temperature"})
+"""Epoch sums the group logs itself, beside its methods' terms."""
+
+
+def _check_new_names(method: KDMethod, terms: Terms, found: Terms) -> None:
+    """A method's terms must not replace another method's (or the group's) under the same name."""
+    taken = (found.added.keys() & terms.added.keys()) | (
+        found.logged.keys() & (terms.logged.keys() | GROUP_FIELDS)
+    )
+    if taken:
+        raise ConfigError(
+            f"KD method {method.name!r} names its term(s) {sorted(taken)}, already used by another method or "
+            "the group; give them other names"
+        )

@@ -103,6 +103,27 @@ def test_a_method_name_is_registered_once(registry):
         register_method(Again)
 
 
+@pytest.mark.parametrize("added, logged", [("kd", "l2"), ("l2", "loss")])
+def test_a_method_may_not_take_another_terms_name(registry, added, logged):
+    """A term named like plain KD's (or a logged field like the group's own loss) would replace it silently."""
+
+    class Clash(LogitPenalty):
+        name = "clash"
+
+        def terms(self, step: Step) -> Terms:
+            squared = step.logits.pow(2).sum(-1).mean(-1)
+            return Terms(added={added: self.weight * squared}, logged={logged: squared})
+
+    register_method(Clash)
+    data, signal = tiny_setting()
+    spec = MLPSpec(hidden=[8], epochs=1)
+    group = StudentGroup(lambda: build_model(spec, data.input_shape, 5),
+                         [Member(0, ALPHA, torch.full((1,), T0), t0=T0, methods=("clash",))], data, signal,
+                         LoopSettings(spec, len(data.train_y), 16, 0, torch.device("cpu")))
+    with group, pytest.raises(ConfigError, match=r"KD method 'clash' names its term\(s\) \['(kd|loss)'\]"):
+        list(group.run())
+
+
 def test_a_group_builds_only_the_methods_its_members_use():
     data, signal = tiny_setting()
     spec = MLPSpec(hidden=[8], epochs=1)
