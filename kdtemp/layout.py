@@ -123,15 +123,7 @@ class RunFiles:
         return self.dir / "owner.json"
 
     @property
-    def _layout(self) -> ExperimentLayout:
-        return ExperimentLayout(self.dir.parent.parent)
-
-    @property
     def lock(self) -> Path:
-        """A student run's lock, held by the one process that trains it (under the experiment's locks/)."""
-        return self._layout.lock_path(self.dir.name)
-
-    @property
-    def tensorboard(self) -> Path:
-        """A student run's TensorBoard events (logging.tensorboard), under the experiment's tensorboard/."""
-        return self._layout.tensorboard_dir(self.dir.name)
+        """A student run's lock (students/<run_id>/ only), held by the one process that trains it, under
+        the experiment's locks/."""
+        return ExperimentLayout(self.dir.parent.parent).lock_path(self.dir.name)

@@ -95,17 +95,20 @@ def entropy_table(
 # --- summaries ---------------------------------------------------------------------------------
 
 
-def summarize(results: ExperimentResults) -> pd.DataFrame:
+def summarize(results: ExperimentResults, accuracy_tests: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per schedule x alpha x t0 x generation, the baseline row(s), and the teacher row.
 
     The tests are on test_acc, the headline metric, whatever `--metric` the table shows: p_value against
-    no-KD and its Holm adjustment over the setting's cells, p_vs_best and p_vs_constant (kdtemp.verdict)."""
+    no-KD and its Holm adjustment over the setting's cells, p_vs_best and p_vs_constant (kdtemp.verdict);
+    `accuracy_tests`: verdict.cell_tests on test_acc when the caller has them already."""
     rows = []
     final = results.final
     baseline = final[final["schedule"] == BASELINE] if not final.empty else pd.DataFrame()
     tests = {
         verdict.cell_key(*row[verdict.GRID_KEYS]): row
-        for _, row in verdict.cell_tests(final, "test_acc", True).iterrows()
+        for _, row in (
+            accuracy_tests if accuracy_tests is not None else verdict.cell_tests(final, "test_acc", True)
+        ).iterrows()
     }
     seen = set()
     if not final.empty:
@@ -176,7 +179,7 @@ def _gap_closed(cell: pd.DataFrame, baseline: pd.DataFrame, teacher: float | Non
     """(cell mean - baseline mean) / (teacher - baseline mean), both means over exactly the seeds with a run
     in the cell and a no-KD baseline of the same setting (as delta_vs_baseline and p_value,
     verdict.cell_tests)."""
-    treated, control = verdict.paired_values(cell, baseline, "test_acc", ["baseline_setting", "seed"])
+    treated, control = verdict.paired_values(cell, baseline, "test_acc", verdict.baseline_pairing(cell))
     base = stats.mean(control)
     if not treated or teacher is None or teacher == base:
         return math.nan
@@ -400,9 +403,12 @@ def build_report(root: Path, metric: str = "test_acc", partial: bool = False) ->
     results = load_results(root, partial)
     settings = []
     for label, part in S.split_by_setting(results):
-        summary = summarize(part)
+        accuracy_tests = verdict.cell_tests(part.final, "test_acc", True)
         column, _, higher_better = METRICS[metric]
-        tests = verdict.cell_tests(part.final, column, higher_better)
+        tests = (
+            accuracy_tests if column == "test_acc" else verdict.cell_tests(part.final, column, higher_better)
+        )
+        summary = summarize(part, accuracy_tests)
         settings.append(SettingReport(label, part, summary, temperature_table(part, metric, tests), tests))
     logits, split = cached_teacher_logits(results)
     entropy = None

@@ -166,15 +166,16 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 def keep_epochs_before(path: Path, epoch: int, columns: list[str]) -> None:
-    """Drop rows of `epoch` and later, so a resumed run never shows an epoch twice."""
+    """Drop rows of `epoch` and later, so a resumed run never shows an epoch twice.
+
+    The file's own header decides the columns (a user's KD method adds its fields after `columns`)."""
     if not path.exists():
         return
-    rows = [
-        row for row in read_csv_rows(path) if row.get("epoch", "").isdigit() and int(row["epoch"]) < epoch
-    ]
-    with open(path, encoding="utf-8", newline="") as handle:  # keep a user's method's extra columns
-        header = next(csv.reader(handle), [])
-    write_csv(path, rows, columns + [column for column in header if column not in columns])
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        rows = [row for row in reader if row.get("epoch", "").isdigit() and int(row["epoch"]) < epoch]
+        header = list(reader.fieldnames or columns)
+    write_csv(path, rows, header)
 
 
 # --- summaries ---------------------------------------------------------------------------------

@@ -56,6 +56,11 @@ def _pairing(frame: pd.DataFrame) -> list[str]:
     return ["setting", "seed"] if "setting" in frame else ["seed"]
 
 
+def baseline_pairing(frame: pd.DataFrame) -> list[str]:
+    """A cell pairs with the no-KD runs of its own baseline setting, seed by seed."""
+    return ["baseline_setting", "seed"] if "baseline_setting" in frame else ["seed"]
+
+
 def cell_tests(final: pd.DataFrame, column: str, higher_better: bool) -> pd.DataFrame:
     """One row per grid cell of one setting: n, mean, delta_vs_baseline, p_value (paired, against no-KD),
     holm_p_value (over the table), p_vs_best, p_vs_constant (same alpha, t0 and generation) and `best`."""
@@ -80,9 +85,7 @@ def _cell_row(
 ) -> dict:
     row = dict(zip(GRID_KEYS, key, strict=False), n=len(part), mean=stats.mean(part[column].tolist()))
     if not baseline.empty:
-        treated, control = paired_values(
-            part, baseline, column, ["baseline_setting", "seed"] if "baseline_setting" in part else ["seed"]
-        )
+        treated, control = paired_values(part, baseline, column, baseline_pairing(part))
         row["delta_vs_baseline"] = stats.mean([a - b for a, b in zip(treated, control, strict=False)])
         row["p_value"] = stats.paired_t_test(treated, control)
     if key != best:

@@ -224,7 +224,6 @@ def test_run_files_name_every_file_of_a_run_and_of_a_teacher(tmp_path):
     assert (
         files.lock == tmp_path / "exp" / "locks" / "constant-T4-s0.lock" == layout.lock_path("constant-T4-s0")
     )
-    assert files.tensorboard == tmp_path / "exp" / "tensorboard" / "constant-T4-s0"
     assert (
         layout.teacher_files(0, 1).model == layout.teacher_model == tmp_path / "exp" / "teacher" / "model.pt"
     )
