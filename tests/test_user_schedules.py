@@ -54,6 +54,10 @@ def negative(t0, progress, epoch):
     return -t0
 
 
+def ending(t0, progress, epoch):
+    return t0 * (1 - progress)  # fine until the last step, where it reaches 0
+
+
 def infinite(t0, progress, epoch):
     return math.inf
 
@@ -135,6 +139,8 @@ REFUSALS = [
                             r"at t0=1, progress=0, epoch=0; fix the function"),
     ("my_schedules:negative", r"my_schedules:negative returned -1.0 at t0=1, progress=0, epoch=0; "
                               r"return a finite temperature > 0"),
+    ("my_schedules:ending", r"my_schedules:ending returned 0.0 at t0=1, progress=1, .*; "
+                            r"return a finite temperature > 0"),
     ("my_schedules:infinite", r"my_schedules:infinite returned inf at .*; return a finite temperature > 0"),
     ("my_schedules:words", r"my_schedules:words returned a str at .*; return a float > 0"),
     ("my_schedules:NoMethod", r"my_schedules:NoMethod a class needs a method temperature\(self, t0, "),
@@ -215,3 +221,22 @@ def test_a_malformed_name_and_bad_params_are_refused(my_schedules):
         plan_runs(config, "fp")
     with pytest.raises(ConfigError, match=r"Halving building it with \['rate'\] failed \(TypeError"):
         plan_runs(grid({"name": "my_schedules:Halving", "rate": 2}), "fp")
+
+
+def test_report_refuses_to_pair_two_versions_of_an_edited_schedule(
+        tmp_path, my_schedules, data_root, run_cli, wide_output):
+    """README: after an edit, old and new runs share a label; the report names both instead of mixing them."""
+    config = write_experiment(tmp_path, data_root, student={"hidden": [8], "epochs": 1}, kd={
+        "temperatures": [4], "seeds": [0], "baseline": False,
+        "schedules": [{"name": "my_schedules:warm_restart", "period": 2}]})
+    assert run_cli("train-teacher", "--config", config).code == 0
+    assert run_cli("sweep", "--config", config).code == 0
+    (first,) = [run.name for run in (experiment(config) / "students").iterdir()]
+    write_module(my_schedules, "my_schedules", MY_SCHEDULES.replace("(1 - progress / 2)", "(1 - progress / 3)"))
+    sys.modules.pop("my_schedules")
+    assert run_cli("sweep", "--config", config).code == 0
+    (second,) = {run.name for run in (experiment(config) / "students").iterdir()} - {first}
+    result = run_cli("report", "--config", config)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.code == 2 and len(errors) == 1
+    assert first in errors[0] and second in errors[0] and "runs of one schedule (warm_restart)" in errors[0]
