@@ -59,7 +59,7 @@ from synthetic import write_cifar100_folder
 import kdtemp
 from kdtemp import engine, student_group
 from kdtemp import sweep as sweep_module
-from kdtemp import runs as R
+from kdtemp.runs import ExperimentLayout, RunFiles, load_checkpoint, read_csv_rows, read_summary
 from kdtemp.config import ExperimentConfig
 from kdtemp.config_loading import load_config
 from kdtemp.data import SYSTEM_FASHION_MNIST_DIRS, Dataset, load_dataset
@@ -156,18 +156,18 @@ class Bench:
         if self._teacher_file is None:
             config = self.config("teacher-source")
             train_teacher(config)
-            self._teacher_file = R.ExperimentLayout.of(config.runs_dir, config.name).teacher_model
+            self._teacher_file = ExperimentLayout.of(config.runs_dir, config.name).teacher_model
         return self._teacher_file
 
     def place_teacher(self, config: ExperimentConfig) -> None:
-        layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+        layout = ExperimentLayout.of(config.runs_dir, config.name)
         layout.teacher_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(self.teacher_file(), layout.teacher_model)
 
     def teacher_model(self) -> nn.Module:
         config = self.config("probe")
         model = build_model(config.teacher, self.data.input_shape, self.data.num_classes)
-        model.load_state_dict(R.load_checkpoint(self.teacher_file(), "teacher")["state_dict"])
+        model.load_state_dict(load_checkpoint(self.teacher_file(), "teacher")["state_dict"])
         return model.to(self.device).eval()
 
     def test_logits(self, teacher: nn.Module, config: ExperimentConfig) -> torch.Tensor:
@@ -190,8 +190,8 @@ class Bench:
         result = sweep(config, force=True)
         if result.failed:
             raise RuntimeError(f"runs failed: {result.failed}")
-        layout = R.ExperimentLayout.of(config.runs_dir, config.name)
-        frames = [pd.read_csv(R.RunFiles(d).metrics) for d in layout.run_dirs()]
+        layout = ExperimentLayout.of(config.runs_dir, config.name)
+        frames = [pd.read_csv(RunFiles(d).metrics) for d in layout.run_dirs()]
         return (pd.concat(frames, ignore_index=True).drop(columns=["epoch_seconds"])
                 .sort_values(["run_id", "epoch"]).reset_index(drop=True))
 
@@ -643,14 +643,14 @@ def check_sweep_interrupt_resume(bench: Bench) -> Outcome:
     path = bench.config_file("end-to-end", student={"epochs": epochs})
     config = load_config(path)
     bench.place_teacher(config)
-    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    layout = ExperimentLayout.of(config.runs_dir, config.name)
     args = ["sweep", "--config", str(path), "--device", str(bench.device)]
     first = run_kdtemp(bench, args, interrupt_when=lambda: any(layout.students_dir.glob("*/checkpoint.pt")))
     checkpoints = sorted(p.parent.name for p in layout.students_dir.glob("*/checkpoint.pt"))
     second = run_kdtemp(bench, args)
     run_dirs = layout.run_dirs()
-    statuses = {d.name: getattr(R.read_summary(d), "status", None) for d in run_dirs}
-    epochs_seen = {d.name: [int(row["epoch"]) for row in R.read_csv_rows(R.RunFiles(d).metrics)] for d in run_dirs}
+    statuses = {d.name: getattr(read_summary(d), "status", None) for d in run_dirs}
+    epochs_seen = {d.name: [int(row["epoch"]) for row in read_csv_rows(RunFiles(d).metrics)] for d in run_dirs}
     resumed = re.search(r"(\d+) resumed", second.output)
     resumed_count = int(resumed[1]) if resumed else 0
     bench.results["end_to_end"] = path if all(s == Status.COMPLETED for s in statuses.values()) else None
@@ -668,7 +668,7 @@ def load_on_cpu(config_path: str, student_path: str, teacher_path: str) -> dict:
     config = load_config(Path(config_path))
     result = {"cuda_visible": torch.cuda.is_available()}
     for role, path, spec in (("student", student_path, config.student), ("teacher", teacher_path, config.teacher)):
-        checkpoint = R.load_checkpoint(Path(path), f"{role} model")
+        checkpoint = load_checkpoint(Path(path), f"{role} model")
         model = build_model(spec, (3, 32, 32), 100)
         model.load_state_dict(checkpoint["state_dict"])
         with torch.no_grad():
@@ -682,7 +682,7 @@ def check_model_pt_on_cpu(bench: Bench) -> Outcome:
     if path is None:
         raise Skip("needs the end-to-end sweep's model.pt files (that check did not complete)")
     config = load_config(path)
-    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    layout = ExperimentLayout.of(config.runs_dir, config.name)
     student = layout.run_dirs()[0] / "model.pt"
     stored = sorted({str(t.device) for t in torch.load(student, weights_only=True)["state_dict"].values()})
     arguments = [str(path), str(student), str(layout.teacher_model)]
@@ -716,8 +716,8 @@ def check_fashion_mnist(bench: Bench) -> Outcome:
     config = load_config(path)
     teacher = [r for r in train_teacher(config) if isinstance(r, TeacherResult)][-1]
     result = sweep(config)
-    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
-    finals = {d.name: float(R.read_csv_rows(R.RunFiles(d).metrics)[-1]["test_acc"]) for d in layout.run_dirs()}
+    layout = ExperimentLayout.of(config.runs_dir, config.name)
+    finals = {d.name: float(read_csv_rows(RunFiles(d).metrics)[-1]["test_acc"]) for d in layout.run_dirs()}
     ok = teacher.test_acc > 0.8 and not result.failed and min(finals.values()) > 0.7
     return verdict(ok, f"teacher {teacher.test_acc:.1%}, students {', '.join(f'{a:.1%}' for a in finals.values())}",
                    teacher_acc=teacher.test_acc, students=finals)

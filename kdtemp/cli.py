@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from kdtemp import cli_tables as tables
-from kdtemp import events as E
+from kdtemp import events
 from kdtemp.cli_options import Experiment, experiment_options
 from kdtemp.config import ExperimentConfig, check_safe_name
 from kdtemp.engine import StopRequested
@@ -92,23 +92,23 @@ class ProgressView:
         self.progress = Progress(*columns, console=err, transient=False)
         self.tasks: dict[str, TaskID] = {}
 
-    def emit(self, event: E.Event) -> None:
-        if isinstance(event, E.Progress):
+    def emit(self, event: events.Event) -> None:
+        if isinstance(event, events.Progress):
             self._advance(event)
-        elif isinstance(event, E.Note):
+        elif isinstance(event, events.Note):
             style = "yellow" if event.level == "warning" else "dim"
             prefix = "warning: " if event.level == "warning" else ""
             self.progress.console.print(
                 f"[{style}]{prefix}{event.text}[/{style}]", highlight=False, soft_wrap=True
             )
-        elif isinstance(event, E.Submitted):
+        elif isinstance(event, events.Submitted):
             out.print(
                 f"submitted Slurm job array {event.array_id}: {event.tasks} tasks, {event.runs} runs; "
                 f"logs in {event.folder}; follow with `kdtemp status`",
                 highlight=False,
             )
 
-    def _advance(self, event: E.Progress) -> None:
+    def _advance(self, event: events.Progress) -> None:
         if not self.tasks:
             self.progress.start()
         if event.task not in self.tasks:
@@ -131,7 +131,7 @@ class ProgressView:
 Result = TypeVar("Result")
 
 
-def run_job(job: Callable[[Interrupt, E.Emit], Result]) -> Result:
+def run_job(job: Callable[[Interrupt, events.Emit], Result]) -> Result:
     """Run `job(interrupt, emit)` with its progress shown; a refusal becomes one error line, Ctrl-C a
     resumable stop."""
     interrupt = Interrupt()
@@ -184,7 +184,7 @@ def train_teacher_command(
         return train_teacher(experiment.settings(), force=force, should_stop=interrupt, emit=emit)
 
     for result in run_job(job):
-        if isinstance(result, E.TeacherResult):
+        if isinstance(result, events.TeacherResult):
             done = "imported" if result.imported else "trained"
             verb = f"already {done}" if result.already_trained else f"{done} in {result.seconds:.1f}s"
             out.print(
@@ -192,7 +192,7 @@ def train_teacher_command(
                 f"({result.parameters:,} parameters) -> {result.path}",
                 highlight=False,
             )
-        elif isinstance(result, E.EnsembleResult):
+        elif isinstance(result, events.EnsembleResult):
             out.print(
                 f"ensemble of {result.teachers} ({result.mode}): "
                 f"test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
@@ -224,7 +224,7 @@ def sweep_command(
         return run_sweep(experiment.settings(), force=force, should_stop=interrupt, wait=wait, emit=emit)
 
     result = run_job(job)
-    if isinstance(result, E.SweepResult):  # None: handed to Slurm without waiting, the view said where
+    if isinstance(result, events.SweepResult):  # None: handed to Slurm without waiting, the view said where
         out.print(
             f"{result.planned} runs: {result.skipped} skipped (complete), {result.resumed} resumed, "
             f"{result.started} started, {result.completed} completed, {len(result.failed)} failed "

@@ -17,12 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdtemp import metrics as M
 from kdtemp.augmentation import augment_batch, draw_augmentation
 from kdtemp.config import TrainingSettings
 from kdtemp.data import Dataset
 from kdtemp.device import full_float32
 from kdtemp.losses import Ensemble, soft_target_log_probs
+from kdtemp.metrics import (
+    agreement_count,
+    calibration_bins,
+    correct_count,
+    cross_entropy_sum,
+    expected_calibration_error,
+    teacher_kl_sum,
+)
 from kdtemp.optim import build_optimizer, learning_rate, set_learning_rate
 from kdtemp.randomness import DropoutStream
 from kdtemp.schedules import LearnableSchedule
@@ -212,20 +219,20 @@ def evaluation_sums(
 ) -> dict[str, torch.Tensor]:
     """Sums over one chunk; accuracy and agreement stay integer counts, exact however many chunks add up."""
     sums = {
-        "test_loss": M.cross_entropy_sum(logits, targets),
-        "test_acc": M.correct_count(logits, targets),
-        "calibration": M.calibration_bins(logits, targets),
+        "test_loss": cross_entropy_sum(logits, targets),
+        "test_acc": correct_count(logits, targets),
+        "calibration": calibration_bins(logits, targets),
     }
     if teacher_log_probs is not None:
-        sums["agreement"] = M.agreement_count(logits, teacher_log_probs)
-        sums["test_kl"] = M.teacher_kl_sum(logits, teacher_log_probs)
+        sums["agreement"] = agreement_count(logits, teacher_log_probs)
+        sums["test_kl"] = teacher_kl_sum(logits, teacher_log_probs)
     return sums
 
 
 def finish_evaluation(totals: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
     """Means over the test set, divided in float64: 709 correct of 1000 is 0.709, not float32's 0.70899999."""
     result = {name: value.double() / count for name, value in totals.items() if name != "calibration"}
-    result["test_ece"] = M.expected_calibration_error(totals["calibration"])
+    result["test_ece"] = expected_calibration_error(totals["calibration"])
     return result
 
 

@@ -16,21 +16,21 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig
 from kdtemp.errors import CheckpointError, RunsError
 from kdtemp.models import build_model
 from kdtemp.records import Status
+from kdtemp.runs import ExperimentLayout, RunFiles, atomic_write_bytes, load_checkpoint, read_summary
 
 Format = Literal["torchscript", "pt2"]
 FILE_NAMES = {"torchscript": "student.torchscript.pt", "pt2": "student.pt2"}
 
 
-def best_run(layout: R.ExperimentLayout) -> str:
+def best_run(layout: ExperimentLayout) -> str:
     """The completed run with the highest last-epoch test accuracy."""
     best, best_accuracy = None, -1.0
     for run_dir in layout.run_dirs():
-        summary = R.read_summary(run_dir)
+        summary = read_summary(run_dir)
         if summary is not None and summary.status == Status.COMPLETED:
             accuracy = summary.test_acc or 0.0
             if accuracy > best_accuracy:
@@ -42,7 +42,7 @@ def best_run(layout: R.ExperimentLayout) -> str:
 
 def load_student(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """A completed run's student, rebuilt from the config recorded beside it, and its input shape."""
-    files = R.RunFiles(run_dir)
+    files = RunFiles(run_dir)
     if not (files.summary.exists() and files.model.exists()):
         raise RunsError(f"{run_dir.name} has no finished student (no model.pt); let its sweep complete first")
     record = yaml.safe_load(files.config.read_text())
@@ -53,11 +53,11 @@ def load_student(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...]]:
             f"{files.config}: the recorded config does not validate "
             f"({str(exc).splitlines()[0]}); rerun the sweep with --force"
         ) from None
-    layout = R.ExperimentLayout(run_dir.parent.parent)
-    teacher = R.load_checkpoint(layout.teacher_models(len(config.teacher_specs()))[0], "teacher checkpoint")
+    layout = ExperimentLayout(run_dir.parent.parent)
+    teacher = load_checkpoint(layout.teacher_models(len(config.teacher_specs()))[0], "teacher checkpoint")
     input_shape = tuple(teacher["input_shape"])
     model = build_model(config.student, input_shape, int(teacher["num_classes"]))
-    checkpoint = R.load_checkpoint(files.model, "student model")
+    checkpoint = load_checkpoint(files.model, "student model")
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except (KeyError, RuntimeError) as exc:
@@ -67,9 +67,7 @@ def load_student(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...]]:
     return model.eval(), input_shape
 
 
-def export_student(
-    layout: R.ExperimentLayout, run_id: str | None, format: Format = "pt2"
-) -> tuple[str, Path]:
+def export_student(layout: ExperimentLayout, run_id: str | None, format: Format = "pt2") -> tuple[str, Path]:
     """Write the student of `run_id` (default: the best run) as `format` beside its files; (run_id, path)."""
     run_id = run_id or best_run(layout)
     run_dir = layout.run_dir(run_id)
@@ -100,5 +98,5 @@ def export_student(
                 f"{'pt2' if format == 'torchscript' else 'torchscript'}"
             )
     path = run_dir / FILE_NAMES[format]
-    R.atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
     return run_id, path

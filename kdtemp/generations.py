@@ -12,7 +12,6 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from kdtemp import runs as R
 from kdtemp.engine import TeacherSignal, predict_logits
 from kdtemp.events import Note
 from kdtemp.hints import feature_shape, predict_features
@@ -21,6 +20,7 @@ from kdtemp.plan import RunSpec
 from kdtemp.prepare import per_batch_teachers
 from kdtemp.randomness import keeps_global_rng
 from kdtemp.records import Status
+from kdtemp.runs import load_checkpoint, read_summary, write_summary
 from kdtemp.student_group import Hint
 from kdtemp.sweep_state import SweepState, run_summary
 
@@ -31,13 +31,13 @@ def with_finished_parents(state: SweepState, runs: list[RunSpec]) -> list[RunSpe
     ready = []
     for run in runs:
         assert run.parent is not None  # generations 2..N, made by plan.born_again with their parent
-        summary = R.read_summary(state.layout.run_dir(run.parent))
+        summary = read_summary(state.layout.run_dir(run.parent))
         if summary is not None and summary.status == Status.COMPLETED:
             ready.append(run)
         elif summary is not None and summary.status == Status.FAILED:
             reason = f"its parent {run.parent} failed ({summary.reason})"
             files = state.layout.run_files(run.run_id)
-            R.write_summary(files, run_summary(state, run, files, Status.FAILED, 0, reason=reason))
+            write_summary(files, run_summary(state, run, files, Status.FAILED, 0, reason=reason))
             state.failed.append((run.run_id, reason))
         else:
             state.busy.append(run.run_id)
@@ -51,7 +51,7 @@ def with_finished_parents(state: SweepState, runs: list[RunSpec]) -> list[RunSpe
 
 
 def _load_student(state: SweepState, run_id: str) -> nn.Module:
-    checkpoint = R.load_checkpoint(state.layout.run_files(run_id).model, "student model")
+    checkpoint = load_checkpoint(state.layout.run_files(run_id).model, "student model")
     model = build_model(state.student_spec, state.data.input_shape, state.data.num_classes)
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(state.device).eval()

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig, config_to_dict
 from kdtemp.device import resolve_device
 from kdtemp.errors import ConfigError, KDTempError, first_line
@@ -30,6 +29,7 @@ from kdtemp.events import Emit, Event, Note, Progress, Submitted, SweepResult, i
 from kdtemp.plan import RunSpec, group_runs
 from kdtemp.prepare import StopCheck
 from kdtemp.records import FINISHED
+from kdtemp.runs import ExperimentLayout, check_writable, is_completed, read_summary
 from kdtemp.sweep import planned_runs, sweep
 
 POLL_SECONDS = 1.0
@@ -42,7 +42,7 @@ def work_units(
 
     `runs`: the planned runs when the caller has them (planning hashes every teacher checkpoint)."""
     runs = planned_runs(config) if runs is None else runs
-    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    layout = ExperimentLayout.of(config.runs_dir, config.name)
     by_id = {run.run_id: run for run in runs}
 
     def root(run: RunSpec) -> RunSpec:
@@ -52,7 +52,7 @@ def work_units(
 
     lineages: dict[str, list[RunSpec]] = {}
     for run in runs:
-        if force or not R.is_completed(layout.run_dir(run.run_id)):
+        if force or not is_completed(layout.run_dir(run.run_id)):
             lineages.setdefault(root(run).run_id, []).append(run)
     groups = group_runs(
         [by_id[root_id] for root_id in lineages], config.train.max_group_size, across_seeds=False
@@ -115,7 +115,7 @@ def launch_local(
     """
     started = time.perf_counter()
     devices = worker_devices(config)
-    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    layout = ExperimentLayout.of(config.runs_dir, config.name)
     runs = planned_runs(config)
     planned = len(runs)
     units = work_units(config, force, at_least=len(devices), runs=runs)
@@ -124,7 +124,7 @@ def launch_local(
         return SweepResult(
             planned, planned, 0, 0, 0, seconds=time.perf_counter() - started, experiment_dir=layout.root
         )
-    R.check_writable(layout.root)
+    check_writable(layout.root)
     threads = threads_per_worker(os.cpu_count() or 1, len(devices))
     emit(
         Note(
@@ -289,7 +289,7 @@ def _executor(config: ExperimentConfig):
         raise ConfigError("--launcher slurm needs submitit: pip install 'kdtemp[slurm]'") from None
     logging.getLogger("submitit").setLevel(logging.ERROR)  # its sacct warnings are noise without accounting
     launcher = config.launcher
-    folder = R.ExperimentLayout.of(config.runs_dir, config.name).root / "slurm"
+    folder = ExperimentLayout.of(config.runs_dir, config.name).root / "slurm"
     executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
     parameters = {
         "timeout_min": launcher.slurm_time,
@@ -317,7 +317,7 @@ def launch_slurm(
     """
     started = time.perf_counter()
     tree = job_config_tree(config)
-    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    layout = ExperimentLayout.of(config.runs_dir, config.name)
     runs = planned_runs(config)
     planned = len(runs)
     units = work_units(config, force, runs=runs)
@@ -326,7 +326,7 @@ def launch_slurm(
         return SweepResult(
             planned, planned, 0, 0, 0, seconds=time.perf_counter() - started, experiment_dir=layout.root
         )
-    R.check_writable(layout.root)
+    check_writable(layout.root)
     if config.device == "auto" and not config.launcher.slurm_gpus_per_job:
         cores = config.launcher.slurm_cpus_per_job
         emit(
@@ -375,8 +375,8 @@ def launch_slurm(
     return combine(results, planned, time.perf_counter() - started, layout.root)
 
 
-def _finished(layout: R.ExperimentLayout, run_id: str) -> bool:
-    summary = R.read_summary(layout.run_dir(run_id))
+def _finished(layout: ExperimentLayout, run_id: str) -> bool:
+    summary = read_summary(layout.run_dir(run_id))
     return summary is not None and summary.status in FINISHED
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pandas as pd
 
 from kdtemp import plots
-from kdtemp import runs as R
 from kdtemp.records import BASELINE, TEACHER
 from kdtemp.report import (
     Report,
@@ -21,6 +20,7 @@ from kdtemp.report import (
     table_rows,
 )
 from kdtemp.report_text import caption, footer, footprint_rows, titled
+from kdtemp.runs import ExperimentLayout, atomic_write_text
 
 FIGURES = {
     "accuracy_vs_temperature": "Test accuracy against the grid temperature",
@@ -71,17 +71,17 @@ def figure_caption(report: Report, key: str) -> str:
 
 def write_report(report: Report, out: Path | None = None) -> dict[str, Path]:
     """Every report file under runs/<name>/report/ (or `out`), each written atomically."""
-    out = out or R.ExperimentLayout(report.results.root).report_dir
+    out = out or ExperimentLayout(report.results.root).report_dir
     stem = report_stem(report.metric)
     paths = {"summary": out / "summary.csv", "markdown": out / f"{stem}.md", "html": out / f"{stem}.html"}
-    R.atomic_write_text(paths["summary"], report.summary.to_csv(index=False))
+    atomic_write_text(paths["summary"], report.summary.to_csv(index=False))
     if report.entropy is not None:
         paths["entropy"] = out / "entropy.csv"
-        R.atomic_write_text(paths["entropy"], report.entropy.to_csv(index=False))
+        atomic_write_text(paths["entropy"], report.entropy.to_csv(index=False))
     figures = write_figures(report, out)
     paths.update(figures)
-    R.atomic_write_text(paths["markdown"], markdown(report, figures))
-    R.atomic_write_text(
+    atomic_write_text(paths["markdown"], markdown(report, figures))
+    atomic_write_text(
         paths["html"], html_page(f"kdtemp report: {report.results.name}", [html_section(report, figures)])
     )
     return paths
@@ -376,7 +376,7 @@ def write_comparison(reports: list[Report], out: Path) -> dict[str, Path]:
     frames = [r.summary.assign(experiment=r.results.name) for r in reports]
     combined = pd.concat(frames, ignore_index=True)
     combined = combined[["experiment", *[c for c in combined.columns if c != "experiment"]]]
-    R.atomic_write_text(paths["summary"], combined.to_csv(index=False))
+    atomic_write_text(paths["summary"], combined.to_csv(index=False))
     sections, markdown_parts = (
         [],
         [
@@ -398,6 +398,6 @@ def write_comparison(reports: list[Report], out: Path) -> dict[str, Path]:
                 footer(section),
                 "",
             ]
-    R.atomic_write_text(paths["markdown"], "\n".join(markdown_parts))
-    R.atomic_write_text(paths["html"], html_page("kdtemp comparison", sections))
+    atomic_write_text(paths["markdown"], "\n".join(markdown_parts))
+    atomic_write_text(paths["html"], html_page("kdtemp comparison", sections))
     return paths

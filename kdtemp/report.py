@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from kdtemp import run_settings as S
 from kdtemp import stats, verdict
 from kdtemp.errors import RunsError
 from kdtemp.metrics import soft_target_statistics
 from kdtemp.records import BASELINE, TEACHER
 from kdtemp.results import ExperimentResults, cached_teacher_logits, load_results
+from kdtemp.run_settings import split_by_setting
 
 if TYPE_CHECKING:
     from kdtemp.losses import Ensemble
@@ -402,7 +402,7 @@ def build_report(root: Path, metric: str = "test_acc", partial: bool = False) ->
     check_metric(metric)
     results = load_results(root, partial)
     settings = []
-    for label, part in S.split_by_setting(results):
+    for label, part in split_by_setting(results):
         accuracy_tests = verdict.cell_tests(part.final, "test_acc", True)
         column, _, higher_better = METRICS[metric]
         tests = (

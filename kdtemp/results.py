@@ -16,10 +16,10 @@ from typing import cast
 import pandas as pd
 import torch
 
-from kdtemp import run_settings as S
-from kdtemp import runs as R
 from kdtemp.errors import KDTempError, RunsError
 from kdtemp.records import BASELINE, Status
+from kdtemp.run_settings import RunSetting, read_run_setting
+from kdtemp.runs import ExperimentLayout, RunFiles, file_fingerprint, load_checkpoint, load_summary
 
 NUMERIC_COLUMNS = ["t0", "alpha", "seed", "epoch", "test_acc", "test_loss"]
 
@@ -40,7 +40,7 @@ class ExperimentResults:
     failed: list[tuple[str, str]] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
-    settings: dict[str, S.RunSetting] = field(default_factory=dict)
+    settings: dict[str, RunSetting] = field(default_factory=dict)
     """run id -> its setting (kdtemp.run_settings), for every run with a summary."""
     failed_cells: dict[str, tuple] = field(default_factory=dict)
     """failed run id -> its (schedule, alpha, t0, generation)."""
@@ -106,7 +106,7 @@ def load_results(root: Path, partial: bool = False) -> ExperimentResults:
     partial: a run still training (no summary.json, >= 1 metrics row) enters `final` with its latest
     completed epoch and is listed in `results.partial`, so tables of a running sweep say what they hold.
     """
-    layout = R.ExperimentLayout(Path(root))
+    layout = ExperimentLayout(Path(root))
     run_dirs = layout.run_dirs()
     if not run_dirs:
         raise RunsError(f"no runs under {layout.students_dir}; run `kdtemp sweep` first")
@@ -130,12 +130,12 @@ def _load_run(run_dir: Path, results: ExperimentResults, partial: bool) -> tuple
     """One run's last row and curve, when it completed (or, with `partial`, has an epoch); else it is listed
     in `results` as failed, unfinished or unreadable."""
     try:
-        summary = R.load_summary(run_dir)
+        summary = load_summary(run_dir)
     except RunsError as exc:
         results.unreadable.append((run_dir.name, str(exc)))
         return None
     if summary is not None:
-        results.settings[run_dir.name] = S.read_run_setting(run_dir, summary)
+        results.settings[run_dir.name] = read_run_setting(run_dir, summary)
     if summary is not None and summary.status == Status.FAILED:
         results.failed.append((run_dir.name, summary.reason or str(Status.FAILED)))
         results.failed_cells[run_dir.name] = (summary.schedule, summary.alpha, summary.t0, summary.generation)
@@ -144,12 +144,12 @@ def _load_run(run_dir: Path, results: ExperimentResults, partial: bool) -> tuple
         results.unfinished.append(run_dir.name)
         return None
     try:
-        frame = read_metrics(R.RunFiles(run_dir).metrics)
+        frame = read_metrics(RunFiles(run_dir).metrics)
     except RunsError as exc:
         results.unreadable.append((run_dir.name, str(exc)))
         return None
     if summary is None:
-        results.settings[run_dir.name] = S.read_run_setting(run_dir, None)
+        results.settings[run_dir.name] = read_run_setting(run_dir, None)
         results.partial[run_dir.name] = len(frame)
     elif len(frame) != summary.epochs:
         results.unreadable.append(
@@ -175,7 +175,7 @@ def _load_run(run_dir: Path, results: ExperimentResults, partial: bool) -> tuple
 def _has_epochs(run_dir: Path) -> bool:
     """A metrics.csv with a header and at least one row: a run that completed an epoch."""
     try:
-        with open(R.RunFiles(run_dir).metrics, "rb") as handle:
+        with open(RunFiles(run_dir).metrics, "rb") as handle:
             return len(handle.read().splitlines()) >= 2
     except OSError:
         return False
@@ -204,7 +204,7 @@ def check_one_run_per_seed(final: pd.DataFrame) -> None:
             )
 
 
-def _teacher_info(layout: R.ExperimentLayout) -> dict | None:
+def _teacher_info(layout: ExperimentLayout) -> dict | None:
     """Accuracy, size and fingerprints of the teacher, or of the ensemble (teacher/ensemble.json)."""
     if layout.ensemble_record.exists():
         try:
@@ -215,14 +215,14 @@ def _teacher_info(layout: R.ExperimentLayout) -> dict | None:
     if not layout.teacher_model.exists():
         return None
     try:
-        checkpoint = R.load_checkpoint(layout.teacher_model, "teacher checkpoint")
+        checkpoint = load_checkpoint(layout.teacher_model, "teacher checkpoint")
     except KDTempError:
         return None
     info = {
         key: checkpoint.get(key)
         for key in ("test_acc", "test_loss", "parameters", "architecture", "dataset", "epochs", "num_classes")
     }
-    info["fingerprints"] = [R.file_fingerprint(layout.teacher_model)]
+    info["fingerprints"] = [file_fingerprint(layout.teacher_model)]
     return info
 
 
@@ -231,13 +231,13 @@ def cached_teacher_logits(results: ExperimentResults):
     (logits, split)."""
     if not results.teacher:
         return None, None
-    layout = R.ExperimentLayout(results.root)
+    layout = ExperimentLayout(results.root)
     for transform, split in (("none", "train"), ("augment", "test")):
         stacked = []
         for fingerprint in results.teacher["fingerprints"]:
             path = layout.teacher_logits_cache(fingerprint, transform)
             try:
-                logits = R.load_checkpoint(path, "teacher-logits cache").get(split) if path.exists() else None
+                logits = load_checkpoint(path, "teacher-logits cache").get(split) if path.exists() else None
             except KDTempError:
                 logits = None
             stacked.append(logits)

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from kdtemp import plan
-from kdtemp import runs as R
 from kdtemp.records import BASELINE, RunSummary
+from kdtemp.runs import RunFiles, read_summary
 
 if TYPE_CHECKING:
     from kdtemp.results import ExperimentResults
@@ -73,13 +73,13 @@ def read_run_setting(run_dir: Path, summary: RunSummary | None, depth: int = 0) 
     if identity is None and isinstance(parent, str) and depth < 64:
         parent_dir = run_dir.parent / parent
         if parent_dir.parent == run_dir.parent and parent_dir != run_dir:
-            return read_run_setting(parent_dir, R.read_summary(parent_dir), depth + 1)
+            return read_run_setting(parent_dir, read_summary(parent_dir), depth + 1)
     return from_identity(identity)
 
 
 def _recorded_identity(run_dir: Path) -> dict | None:
     try:
-        record = yaml.safe_load(R.RunFiles(run_dir).config.read_text())
+        record = yaml.safe_load(RunFiles(run_dir).config.read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return None
     identity = record.get("identity") if isinstance(record, dict) else None

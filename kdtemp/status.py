@@ -17,10 +17,17 @@ from pathlib import Path
 
 import yaml
 
-from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig
 from kdtemp.errors import RunsError
 from kdtemp.records import RunSummary, Status
+from kdtemp.runs import (
+    ExperimentLayout,
+    RunFiles,
+    is_locked_elsewhere,
+    load_summary,
+    read_csv_rows,
+    summary_is_complete,
+)
 from kdtemp.sweep import planned_runs
 
 STATES = tuple(Status)
@@ -39,7 +46,7 @@ class RunStatus:
     """False for a run the config plans that no sweep has started."""
 
 
-def _owner(files: R.RunFiles) -> str:
+def _owner(files: RunFiles) -> str:
     try:
         owner = json.loads(files.owner.read_text())
     except (OSError, ValueError):
@@ -55,7 +62,7 @@ def _owner(files: R.RunFiles) -> str:
 
 def sweep_status(config: ExperimentConfig) -> list[RunStatus]:
     """Every run on disk (in natural order of run id), then each run the config plans that is not on disk."""
-    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    layout = ExperimentLayout.of(config.runs_dir, config.name)
     on_disk = sorted(layout.run_dirs(), key=lambda run_dir: _natural(run_dir.name))
     swept = [run_status(run_dir, config.student.epochs) for run_dir in on_disk]
     names = {run_dir.name for run_dir in on_disk}
@@ -69,11 +76,11 @@ def sweep_status(config: ExperimentConfig) -> list[RunStatus]:
 
 def run_status(run_dir: Path, default_epochs: int) -> RunStatus:
     """One run's state from its files and lock."""
-    files = R.RunFiles(run_dir)
-    rows = R.read_csv_rows(files.metrics) if files.metrics.exists() else []
+    files = RunFiles(run_dir)
+    rows = read_csv_rows(files.metrics) if files.metrics.exists() else []
     accuracy = _float(rows[-1].get("test_acc")) if rows else None
     try:
-        summary, problem = R.load_summary(files.dir), ""
+        summary, problem = load_summary(files.dir), ""
     except RunsError as exc:
         summary, problem = None, str(exc)
     state, detail = _state(files, summary, rows, problem)
@@ -81,14 +88,14 @@ def run_status(run_dir: Path, default_epochs: int) -> RunStatus:
     return RunStatus(run_dir.name, state, len(rows), epochs, accuracy, detail)
 
 
-def _state(files: R.RunFiles, summary: RunSummary | None, rows: list, problem: str) -> tuple[Status, str]:
+def _state(files: RunFiles, summary: RunSummary | None, rows: list, problem: str) -> tuple[Status, str]:
     """(state, detail) of a run: what its summary says, else whether a process holds it, else how far it got.
     An unreadable summary.json is named in the detail: the next sweep retrains the run."""
-    if summary is not None and R.summary_is_complete(files, summary):
+    if summary is not None and summary_is_complete(files, summary):
         return Status.COMPLETED, ""
     if summary is not None and summary.status == Status.FAILED:
         return Status.FAILED, summary.reason or ""
-    if R.is_locked_elsewhere(files.lock):
+    if is_locked_elsewhere(files.lock):
         return Status.RUNNING, _owner(files)
     if problem:
         return Status.INTERRUPTED, problem
@@ -97,7 +104,7 @@ def _state(files: R.RunFiles, summary: RunSummary | None, rows: list, problem: s
     return Status.PENDING, ""
 
 
-def _recorded_epochs(files: R.RunFiles) -> int | None:
+def _recorded_epochs(files: RunFiles) -> int | None:
     """The student epochs the run's config.yaml records (the sweep's --epochs), if readable."""
     try:
         record = yaml.safe_load(files.config.read_text())

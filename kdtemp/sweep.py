@@ -14,7 +14,6 @@ from typing import cast
 import torch
 from torch import nn
 
-from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig, config_to_dict
 from kdtemp.data import Dataset
 from kdtemp.device import max_group_size, member_bytes, set_up_device
@@ -29,6 +28,19 @@ from kdtemp.models import build_model, has_dropout
 from kdtemp.plan import RunSpec, group_runs, learnable_schedule, plan_runs, uses_standardized_logits
 from kdtemp.prepare import StopCheck, data_on, environment_record, loop_settings, per_batch_teachers
 from kdtemp.randomness import caller_rng_kept, keeps_global_rng
+from kdtemp.runs import (
+    STUDENT_COLUMNS,
+    ExperimentLayout,
+    RunLock,
+    atomic_write_json,
+    atomic_write_yaml,
+    check_writable,
+    file_fingerprint,
+    is_completed,
+    keep_epochs_before,
+    load_checkpoint,
+    owner_record,
+)
 from kdtemp.schedules import LOW_TEMPERATURE, ScheduleBase, temperature_table
 from kdtemp.stacking import vmap_failure
 from kdtemp.student_group import Hint, StudentGroup
@@ -73,7 +85,7 @@ def plan_sweep(config: ExperimentConfig, data: Dataset, fingerprint: str) -> tup
 
 def planned_runs(config: ExperimentConfig) -> list[RunSpec]:
     """The grid's runs from the config and the teachers' checkpoint files alone: no data, no models."""
-    fingerprints = [R.file_fingerprint(path) for path in teacher_paths(config)]
+    fingerprints = [file_fingerprint(path) for path in teacher_paths(config)]
     return plan_runs(config, teachers_fingerprint(fingerprints, config))
 
 
@@ -121,7 +133,7 @@ def sweep(
 ) -> SweepResult:
     """Train the grid's runs (only those in `only` when given), reporting progress through `emit`."""
     started_at = time.perf_counter()
-    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    layout = ExperimentLayout.of(config.runs_dir, config.name)
     device = set_up_device(config.device, config.train.deterministic)
     teacher_paths(config)
     check_loggers(config)
@@ -136,14 +148,14 @@ def sweep(
         emit(note)
     if only is not None:
         runs = [run for run in runs if run.run_id in only]
-    pending = [run for run in runs if force or not R.is_completed(layout.run_dir(run.run_id))]
+    pending = [run for run in runs if force or not is_completed(layout.run_dir(run.run_id))]
     skipped = len(runs) - len(pending)
     emit(Note(f"{len(runs)} runs planned: {skipped} already complete, {len(pending)} to train"))
     if not pending:
         return SweepResult(
             len(runs), skipped, 0, 0, 0, seconds=time.perf_counter() - started_at, experiment_dir=layout.root
         )
-    R.check_writable(layout.root)
+    check_writable(layout.root)
     signal = _teacher_signal(config, data, device, teachers, hint, emit)
     stackable = _stackable(config, data, device, emit)
     with caller_rng_kept():  # a forward pass of the student, dropout and all
@@ -284,7 +296,7 @@ def _prepare_run(state: SweepState, run: RunSpec) -> dict | None:
     resume = None
     if not state.force and files.checkpoint.exists():
         try:
-            resume = R.load_checkpoint(files.checkpoint, "student checkpoint")
+            resume = load_checkpoint(files.checkpoint, "student checkpoint")
             if resume.get("format") != STUDENT_FORMAT or resume.get("run_id") != run.run_id:
                 resume = None
         except CheckpointError as exc:
@@ -296,8 +308,8 @@ def _prepare_run(state: SweepState, run: RunSpec) -> dict | None:
         files.checkpoint.unlink(missing_ok=True)
         files.metrics.unlink(missing_ok=True)
     else:
-        R.keep_epochs_before(files.metrics, int(resume["member"]["epoch"]), R.STUDENT_COLUMNS)
-    R.atomic_write_yaml(files.config, run_config_record(run, state.config, state.device))
+        keep_epochs_before(files.metrics, int(resume["member"]["epoch"]), STUDENT_COLUMNS)
+    atomic_write_yaml(files.config, run_config_record(run, state.config, state.device))
     return resume
 
 
@@ -306,16 +318,16 @@ def _train_group(state: SweepState, group: list[RunSpec], label: str) -> None:
     try:
         mine = []
         for run in group:
-            lock = R.RunLock(state.layout.lock_path(run.run_id))
+            lock = RunLock(state.layout.lock_path(run.run_id))
             if not lock.acquire():
                 state.busy.append(run.run_id)
                 state.emit(Note(f"{run.run_id} is being trained by another process; leaving it to that one"))
                 continue
-            if not state.force and R.is_completed(state.layout.run_dir(run.run_id)):
+            if not state.force and is_completed(state.layout.run_dir(run.run_id)):
                 lock.release()  # finished by another process since we planned
                 continue
             # say who holds it at once, so `kdtemp status` can name the worker or job
-            R.atomic_write_json(state.layout.run_files(run.run_id).owner, R.owner_record(state.worker))
+            atomic_write_json(state.layout.run_files(run.run_id).owner, owner_record(state.worker))
             locks[run.run_id] = lock
             mine.append(run)
         by_epoch: dict[int, list] = {}

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig
 from kdtemp.data import Dataset
 from kdtemp.engine import EpochDone, Member, TeacherSignal
@@ -20,6 +19,16 @@ from kdtemp.loggers import RunLogger
 from kdtemp.plan import RunSpec
 from kdtemp.prepare import StopCheck
 from kdtemp.records import RunSummary, Status
+from kdtemp.runs import (
+    STUDENT_COLUMNS,
+    ExperimentLayout,
+    RunFiles,
+    append_csv_row,
+    atomic_torch_save,
+    read_csv_rows,
+    read_summary,
+    write_summary,
+)
 from kdtemp.student_group import Hint, StudentGroup
 from kdtemp.trained_teachers import LoadedTeacher
 
@@ -31,7 +40,7 @@ class SweepState:
     """What every group of one sweep shares, and its running counts."""
 
     config: ExperimentConfig
-    layout: R.ExperimentLayout
+    layout: ExperimentLayout
     data: Dataset
     device: torch.device
     teachers: list[LoadedTeacher]
@@ -62,15 +71,15 @@ def _teachers_record(state: SweepState, run: RunSpec) -> list[dict]:
     if run.generation == 1:
         return [] if run.is_baseline else [t.record for t in state.teachers]
     assert run.parent is not None  # generations 2..N, made by plan.born_again with their parent
-    parent = R.read_summary(state.layout.run_dir(run.parent))
+    parent = read_summary(state.layout.run_dir(run.parent))
     return [{"id": run.parent, "test_acc": parent.final.get("test_acc") if parent is not None else None}]
 
 
 def run_summary(
-    state: SweepState, run: RunSpec, files: R.RunFiles, status: Status, group_size: int, **extra
+    state: SweepState, run: RunSpec, files: RunFiles, status: Status, group_size: int, **extra
 ) -> RunSummary:
     """The run's summary.json, from its metrics.csv as written: `final` is its last row, cell by cell."""
-    rows = R.read_csv_rows(files.metrics) if files.metrics.exists() else []
+    rows = read_csv_rows(files.metrics) if files.metrics.exists() else []
     final = {key: _number(value) for key, value in rows[-1].items()} if rows else {}
     accuracies = [float(row["test_acc"]) for row in rows if row.get("test_acc")]
     best = max(range(len(accuracies)), key=accuracies.__getitem__) if accuracies else None
@@ -120,7 +129,7 @@ def record_epoch(
         if k in event.failures:
             files.checkpoint.unlink(missing_ok=True)
             reason = divergence_reason(event.failures[k], state.config, not run.is_baseline)
-            R.write_summary(
+            write_summary(
                 files,
                 run_summary(
                     state, run, files, Status.FAILED, len(runs), reason=reason, failed_epoch=event.epoch
@@ -138,19 +147,19 @@ def record_epoch(
             "temperature": None if run.is_baseline else row["temperature"],
         }
         # a user's KD method adds its own fields after the built-in columns
-        columns = R.STUDENT_COLUMNS + [key for key in line if key not in R.STUDENT_COLUMNS]
-        R.append_csv_row(files.metrics, line, columns)
+        columns = STUDENT_COLUMNS + [key for key in line if key not in STUDENT_COLUMNS]
+        append_csv_row(files.metrics, line, columns)
         _log_epoch(loggers[k], line, group.members[k], event.epoch, epochs)
         member = group.member_state(k)
         if event.epoch + 1 < epochs:
-            R.atomic_torch_save(
+            atomic_torch_save(
                 {"format": STUDENT_FORMAT, "run_id": run.run_id, "member": member}, files.checkpoint
             )
             continue
-        R.atomic_torch_save(
+        atomic_torch_save(
             {"format": STUDENT_FORMAT, "run_id": run.run_id, "state_dict": member["model"]}, files.model
         )
-        R.write_summary(files, run_summary(state, run, files, Status.COMPLETED, len(runs)))
+        write_summary(files, run_summary(state, run, files, Status.COMPLETED, len(runs)))
         files.checkpoint.unlink(missing_ok=True)
         state.completed += 1
 

@@ -19,10 +19,10 @@ from typing import cast
 import torch
 from torch import nn
 
-from kdtemp import runs as R
 from kdtemp.config import ModelSpec
 from kdtemp.errors import CheckpointError, first_line
 from kdtemp.models import build_model
+from kdtemp.runs import file_sha256, load_checkpoint
 
 STATE_DICT, KDTEMP, TORCHSCRIPT, EXPORT = "state_dict", "kdtemp", "torchscript", "torch.export"
 SHOWN_KEYS = 3
@@ -56,7 +56,7 @@ def read_weights(path: Path) -> tuple[dict, str, nn.Module | None]:
     """(state dict, format, program or None) of a teacher checkpoint file."""
     kind = checkpoint_format(path)
     if kind == STATE_DICT:
-        data = R.load_checkpoint(path, "teacher.checkpoint")
+        data = load_checkpoint(path, "teacher.checkpoint")
         nested = data.get("state_dict")
         if isinstance(nested, dict):
             return (
@@ -121,7 +121,7 @@ def import_teacher(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
             "give the arch (and kwargs) it was trained as"
         )
     model.load_state_dict(state)
-    source = {"path": str(path.resolve()), "sha256": R.file_sha256(path), "format": kind}
+    source = {"path": str(path.resolve()), "sha256": file_sha256(path), "format": kind}
     return ImportedTeacher(model.eval(), source, program)
 
 

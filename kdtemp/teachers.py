@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig, ModelSpec, architecture_of, config_to_dict, training_identity
 from kdtemp.data import Dataset
 from kdtemp.device import set_up_device
@@ -33,6 +32,18 @@ from kdtemp.prepare import (
     loop_settings,
 )
 from kdtemp.randomness import keeps_global_rng, seeded
+from kdtemp.runs import (
+    TEACHER_COLUMNS,
+    ExperimentLayout,
+    RunFiles,
+    append_csv_row,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_yaml,
+    check_writable,
+    keep_epochs_before,
+    load_checkpoint,
+)
 from kdtemp.teacher_import import ImportedTeacher, check_same_logits, import_teacher
 from kdtemp.trained_teachers import (
     RETRAIN,
@@ -54,7 +65,7 @@ def train_teacher(
     Reports progress through `emit`; returns a TeacherResult per teacher and, for an ensemble, an
     EnsembleResult.
     """
-    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    layout = ExperimentLayout.of(config.runs_dir, config.name)
     device = set_up_device(config.device, config.train.deterministic)
     check_loggers(config)
     specs = config.teacher_specs()
@@ -63,7 +74,7 @@ def train_teacher(
     for index, spec in enumerate(specs):
         path = layout.teacher_files(index, count).model
         if path.exists() and not force:
-            existing = R.load_checkpoint(path, "teacher checkpoint")
+            existing = load_checkpoint(path, "teacher checkpoint")
             if (
                 existing.get("architecture") != architecture_of(spec)
                 or existing.get("dataset") != config.data.dataset
@@ -89,7 +100,7 @@ def train_teacher(
     if len(finished) < count or count > 1:
         data = data_on(device, config, emit)
         imported = _check_networks(config, specs, finished, data)
-        R.check_writable(config.runs_dir)
+        check_writable(config.runs_dir)
     results: list[TeacherResult | EnsembleResult] = []
     for index, spec in enumerate(specs):
         label = teacher_label(index, count)
@@ -98,7 +109,7 @@ def train_teacher(
             existing = finished[index]
             results.append(
                 TeacherResult(
-                    R.RunFiles(directory).model,
+                    RunFiles(directory).model,
                     float(existing["test_acc"]),
                     int(existing["parameters"]),
                     int(existing["epochs"]),
@@ -161,12 +172,12 @@ def _record_imported(
     logits = predict_logits(model, data.test_x, config.data.eval_batch_size, device)
     accuracy = int(correct_count(logits, data.test_y)) / len(data.test_y)  # a count over N, exact
     _write_teacher_config(config, spec, directory, device)
-    files = R.RunFiles(directory)
+    files = RunFiles(directory)
     model_path = files.model
     record = _teacher_record(
         spec, model, data, device, accuracy, float(F.cross_entropy(logits, data.test_y)), epochs=0
     )
-    R.atomic_torch_save({**record, "source": teacher.source}, model_path)
+    atomic_torch_save({**record, "source": teacher.source}, model_path)
     for stale in (files.checkpoint, files.metrics):
         stale.unlink(missing_ok=True)
     return TeacherResult(
@@ -183,8 +194,8 @@ def _record_imported(
 def _write_teacher_config(
     config: ExperimentConfig, spec: ModelSpec, directory: Path, device: torch.device
 ) -> None:
-    R.atomic_write_yaml(
-        R.RunFiles(directory).config,
+    atomic_write_yaml(
+        RunFiles(directory).config,
         {
             "teacher": spec.model_dump(mode="json"),
             "experiment": config_to_dict(config),
@@ -234,7 +245,7 @@ def _train_one(
     with seeded(spec.seed):  # the init its seed gives, the caller's RNG left as it was
         model = build_model(spec, data.input_shape, data.num_classes)
     trainer = NetworkTrainer(model, data, loop_settings(config, spec, spec.seed, device, model))
-    files = R.RunFiles(directory)
+    files = RunFiles(directory)
     checkpoint_path, metrics_path, model_path = files.checkpoint, files.metrics, files.model
     # the data's fingerprint too: a teacher cut off on one image folder or array file must not resume
     # on another
@@ -249,7 +260,7 @@ def _train_one(
             stale.unlink(missing_ok=True)
     elif checkpoint_path.exists():
         try:
-            state = R.load_checkpoint(checkpoint_path, "teacher checkpoint")
+            state = load_checkpoint(checkpoint_path, "teacher checkpoint")
             if state.get("identity") == identity:
                 trainer.load_state(state["trainer"])
                 emit(Note(f"resuming {label} from epoch {trainer.completed_epochs}"))
@@ -258,7 +269,7 @@ def _train_one(
     if trainer.completed_epochs == 0:
         metrics_path.unlink(missing_ok=True)
     else:
-        R.keep_epochs_before(metrics_path, trainer.completed_epochs, R.TEACHER_COLUMNS)
+        keep_epochs_before(metrics_path, trainer.completed_epochs, TEACHER_COLUMNS)
     _write_teacher_config(config, spec, directory, device)
     parameters = count_parameters(trainer.model)
     emit(
@@ -281,9 +292,9 @@ def _train_one(
                     "lower its lr or set train.clip_grad_norm"
                 )
             last = cast(dict, event.metrics[0])  # not failed (that raised above): the network's row
-            R.append_csv_row(metrics_path, last, R.TEACHER_COLUMNS)
-            logger.log_epoch({column: last.get(column) for column in R.TEACHER_COLUMNS}, event.epoch)
-            R.atomic_torch_save({"identity": identity, "trainer": trainer.state()}, checkpoint_path)
+            append_csv_row(metrics_path, last, TEACHER_COLUMNS)
+            logger.log_epoch({column: last.get(column) for column in TEACHER_COLUMNS}, event.epoch)
+            atomic_torch_save({"identity": identity, "trainer": trainer.state()}, checkpoint_path)
             emit(
                 Progress(
                     "batches", f"epoch {event.epoch + 1}", trainer.steps_per_epoch, trainer.steps_per_epoch
@@ -299,7 +310,7 @@ def _train_one(
             )
     if not last:  # resumed after the final epoch had already been checkpointed
         last = trainer.evaluate()
-    R.atomic_torch_save(
+    atomic_torch_save(
         _teacher_record(
             spec, trainer.model, data, device, float(last["test_acc"]), float(last["test_loss"]), spec.epochs
         ),
@@ -317,7 +328,7 @@ def _train_one(
 
 
 def _record_ensemble(
-    config: ExperimentConfig, layout: R.ExperimentLayout, data: Dataset, device: torch.device
+    config: ExperimentConfig, layout: ExperimentLayout, data: Dataset, device: torch.device
 ) -> EnsembleResult:
     """Evaluate the ensemble on the test set and write teacher/ensemble.json."""
     teachers = load_teachers(config, data, device)
@@ -344,5 +355,5 @@ def _record_ensemble(
             for t in teachers
         ],
     }
-    R.atomic_write_json(layout.ensemble_record, record)
+    atomic_write_json(layout.ensemble_record, record)
     return EnsembleResult(accuracy, config.kd.ensemble, len(teachers), layout.ensemble_record)

@@ -17,7 +17,6 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from kdtemp import runs as R
 from kdtemp.config import ExperimentConfig, ModelSpec, architecture_of
 from kdtemp.data import Dataset
 from kdtemp.engine import predict_logits
@@ -30,6 +29,7 @@ from kdtemp.prepare import (
     wants_channels_last,
 )
 from kdtemp.randomness import keeps_global_rng
+from kdtemp.runs import ExperimentLayout, atomic_torch_save, file_fingerprint, file_sha256, load_checkpoint
 
 TEACHER_FORMAT = "kdtemp-teacher/1"
 LOGITS_FORMAT = "kdtemp-teacher-logits/2"
@@ -54,7 +54,7 @@ def check_source_unchanged(record: dict, spec: ModelSpec, path: Path) -> None:
     if spec.checkpoint is None or not Path(spec.checkpoint).is_file():
         return
     source = record.get("source") or {}
-    if source.get("sha256") != R.file_sha256(Path(spec.checkpoint)):
+    if source.get("sha256") != file_sha256(Path(spec.checkpoint)):
         raise CheckpointError(
             f"{path} was not imported from the current teacher.checkpoint {spec.checkpoint} (its content "
             "differs); run `kdtemp train-teacher --force` to import it (its students will be retrained)"
@@ -85,7 +85,7 @@ def load_teachers(config: ExperimentConfig, data: Dataset, device: torch.device)
     specs = config.teacher_specs()
     teachers = []
     for index, (spec, path) in enumerate(zip(specs, teacher_paths(config), strict=False)):
-        checkpoint = R.load_checkpoint(path, "teacher checkpoint")
+        checkpoint = load_checkpoint(path, "teacher checkpoint")
         if checkpoint.get("format") != TEACHER_FORMAT or "state_dict" not in checkpoint:
             raise CheckpointError(
                 f"{path} is not a kdtemp teacher checkpoint; retrain it with `kdtemp train-teacher --force`"
@@ -102,7 +102,7 @@ def load_teachers(config: ExperimentConfig, data: Dataset, device: torch.device)
             LoadedTeacher(
                 model.to(device).eval(),
                 checkpoint,
-                R.file_fingerprint(path),
+                file_fingerprint(path),
                 path,
                 teacher_label(index, len(specs)),
             )
@@ -148,7 +148,7 @@ def teachers_fingerprint(fingerprints: list[str], config: ExperimentConfig) -> s
 
 def teacher_paths(config: ExperimentConfig) -> list[Path]:
     """The experiment's teacher checkpoints, refused with the command to run when one is missing."""
-    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    layout = ExperimentLayout.of(config.runs_dir, config.name)
     paths = layout.teacher_models(len(config.teacher_specs()))
     for path in paths:
         if not path.exists():
@@ -174,7 +174,7 @@ def teacher_logits(
     With augmentation the training inputs change every epoch, so only test logits are cached and
     the teacher runs on each batch instead.
     """
-    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    layout = ExperimentLayout.of(config.runs_dir, config.name)
     transform = "augment" if config.data.augment else "none"
     path = layout.teacher_logits_cache(teacher.fingerprint, transform)
     # several workers or jobs may start at once: one computes, the others wait and read its cache
@@ -195,7 +195,7 @@ def _cached_teacher_logits(
     channels_last = wants_channels_last(teacher.model, device)
     if path.exists():
         try:
-            cached = R.load_checkpoint(path, "teacher-logits cache")
+            cached = load_checkpoint(path, "teacher-logits cache")
             if (
                 cached.get("format") == LOGITS_FORMAT
                 and cached.get("data_fingerprint") == data_fingerprint
@@ -221,7 +221,7 @@ def _cached_teacher_logits(
         else predict_logits(teacher.model, data.train_x, batch, device, channels_last)
     )
     test = predict_logits(teacher.model, data.test_x, batch, device, channels_last)
-    R.atomic_torch_save(
+    atomic_torch_save(
         {
             "format": LOGITS_FORMAT,
             "dtype": str(test.dtype),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from kdtemp import runs as R
+from kdtemp.runs import ExperimentLayout, RunFiles
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,8 +59,8 @@ def job_events(job, *args, **kwargs) -> list:
 def final_metrics(root: Path) -> pd.DataFrame:
     """Every run's metrics.csv under experiment `root` (wall times dropped), checking no epoch is missing or doubled."""
     frames = []
-    for run_dir in R.ExperimentLayout(root).run_dirs():
-        frame = pd.read_csv(R.RunFiles(run_dir).metrics)
+    for run_dir in ExperimentLayout(root).run_dirs():
+        frame = pd.read_csv(RunFiles(run_dir).metrics)
         assert list(frame["epoch"]) == list(range(len(frame))), run_dir.name
         frames.append(frame.drop(columns=["epoch_seconds"]))
     return pd.concat(frames, ignore_index=True).sort_values(["run_id", "epoch"]).reset_index(drop=True)

@@ -4,7 +4,7 @@ import json
 
 from helpers import experiment
 
-from kdtemp import runs as R
+from kdtemp.runs import ExperimentLayout
 
 
 def test_a_diverged_run_names_clip_grad_norm_and_the_learning_rate(tiny_config, run_cli):
@@ -19,7 +19,7 @@ def test_a_diverged_run_names_clip_grad_norm_and_the_learning_rate(tiny_config, 
     for line in (distilled, baseline):
         assert "train.clip_grad_norm" in line and "lower student.lr (now 1e+12)" in line, line
     assert "grows like T" in distilled and "grows like T" not in baseline  # no KD term, no T in its gradient
-    run_dir = next(d for d in R.ExperimentLayout(experiment(config)).run_dirs() if d.name.startswith("constant-T10"))
+    run_dir = next(d for d in ExperimentLayout(experiment(config)).run_dirs() if d.name.startswith("constant-T10"))
     reason = json.loads((run_dir / "summary.json").read_text())["reason"]
     assert reason.startswith("training loss became") and "train.clip_grad_norm" in reason
 

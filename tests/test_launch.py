@@ -14,7 +14,7 @@ import pytest
 from helpers import REPO, experiment, final_metrics, kdtemp_command, kdtemp_env, train_experiment, write_experiment
 
 from kdtemp import launch
-from kdtemp import runs as R
+from kdtemp.runs import ExperimentLayout, RunFiles, RunLock, is_completed
 from kdtemp.config import config_to_dict
 from kdtemp.config_loading import load_config
 from kdtemp.errors import ConfigError
@@ -51,7 +51,7 @@ def test_units_are_per_seed_groups_with_their_generations(reference):
     assert work_units(config) == []  # all complete
     units = work_units(config, force=True)
     assert sorted(len(unit) for unit in units) == [4, 4]  # one per seed (max_group_size 4), never across seeds
-    layout = R.ExperimentLayout.of(config.runs_dir, config.name)
+    layout = ExperimentLayout.of(config.runs_dir, config.name)
     for unit in units:
         seeds = {pd.read_csv(layout.run_dir(run_id) / "metrics.csv")["seed"][0] for run_id in unit}
         assert len(seeds) == 1
@@ -65,7 +65,7 @@ def test_local_workers_match_the_sequential_sweep(reference, tmp_path, run_cli):
     assert "8 runs: 0 skipped (complete), 0 resumed, 8 started, 8 completed, 0 failed" in result.stdout
     assert "worker 0 (auto)" in result.stderr and "worker 1 (auto)" in result.stderr
     pd.testing.assert_frame_equal(final_metrics(experiment(config)), final_metrics(experiment(reference)))
-    owners = {R.RunFiles(d).owner.read_text() for d in R.ExperimentLayout(experiment(config)).run_dirs()}
+    owners = {RunFiles(d).owner.read_text() for d in ExperimentLayout(experiment(config)).run_dirs()}
     assert any("worker 0" in owner for owner in owners) and any("worker 1" in owner for owner in owners)
 
 
@@ -91,11 +91,11 @@ def test_bad_launcher_options_name_the_option(reference, tmp_path, run_cli, opti
 def test_status_lists_every_state(reference, tmp_path, run_cli):
     config = copy_of(reference, tmp_path, "states")
     shutil.copytree(experiment(reference) / "students", experiment(config) / "students")
-    run_dirs = R.ExperimentLayout(experiment(config)).run_dirs()
+    run_dirs = ExperimentLayout(experiment(config)).run_dirs()
     (run_dirs[0] / "summary.json").write_text('{"status": "failed", "reason": "training loss became nan in epoch 2"}')
     (run_dirs[1] / "summary.json").unlink()  # cut off after its metrics: interrupted
     shutil.rmtree(run_dirs[2])  # never started
-    lock = R.RunLock(R.ExperimentLayout(experiment(config)).lock_path(run_dirs[3].name))
+    lock = RunLock(ExperimentLayout(experiment(config)).lock_path(run_dirs[3].name))
     (run_dirs[3] / "summary.json").unlink()
     assert lock.acquire()
     try:
@@ -202,7 +202,7 @@ def test_slurm_array_matches_the_sequential_sweep(reference, tmp_path, cluster):
     assert re.search(r"submitted Slurm job array \d+: 2 tasks, 8 runs", result.stdout)
     assert "8 runs: 0 skipped (complete), 0 resumed, 8 started, 8 completed, 0 failed" in result.stdout
     pd.testing.assert_frame_equal(final_metrics(experiment(config)), final_metrics(experiment(reference)))
-    owners = [R.RunFiles(d).owner.read_text() for d in R.ExperimentLayout(experiment(config)).run_dirs()]
+    owners = [RunFiles(d).owner.read_text() for d in ExperimentLayout(experiment(config)).run_dirs()]
     assert all("slurm_array_job_id" in owner for owner in owners)
 
 
@@ -219,7 +219,7 @@ def test_a_cancelled_array_resumes_when_run_again(reference, tmp_path, cluster):
                        "--slurm-array-parallelism", "1", env=cluster)
     assert submitted.returncode == 0, submitted.stderr
     array = re.search(r"submitted Slurm job array (\d+)", submitted.stdout).group(1)
-    layout = R.ExperimentLayout(experiment(config))
+    layout = ExperimentLayout(experiment(config))
     deadline = time.monotonic() + 120
     running = []
     while time.monotonic() < deadline and not running:
@@ -241,5 +241,5 @@ def test_a_cancelled_array_resumes_when_run_again(reference, tmp_path, cluster):
     assert rerun.returncode == 0, rerun.stderr
     final = kdtemp("status", "--config", str(config), env=cluster)
     assert "8 completed, 0 running, 0 failed, 0 interrupted, 0 pending" in final.stdout
-    assert all(R.is_completed(d) for d in layout.run_dirs()) and len(layout.run_dirs()) == 8
+    assert all(is_completed(d) for d in layout.run_dirs()) and len(layout.run_dirs()) == 8
     pd.testing.assert_frame_equal(final_metrics(experiment(config)), final_metrics(experiment(reference)))

@@ -11,7 +11,7 @@ import pytest
 from helpers import experiment, write_experiment
 
 from kdtemp import cli
-from kdtemp import runs as R
+from kdtemp.runs import ExperimentLayout, RunFiles
 from kdtemp.config_loading import load_config
 from kdtemp.engine import StopRequested
 from kdtemp.events import Progress
@@ -30,7 +30,7 @@ TEACHER = {"channels": [8, 16], "hidden": 32, "epochs": 1}
 
 def logged(root, run: str) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series TensorBoard shows for a run of experiment `root`: {tag: [(step, value), ...]}."""
-    layout = R.ExperimentLayout(root)
+    layout = ExperimentLayout(root)
     accumulator = EventAccumulator(str(layout.tensorboard_dir(run)), size_guidance={"scalars": 0})
     accumulator.Reload()
     return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
@@ -84,15 +84,15 @@ def test_event_files_match_metrics_csv_and_temperature_tables(with_teacher):
                         logging={"tensorboard": True})
     config = load_config(path)
     run_all(sweep, config)
-    layout = R.ExperimentLayout(experiment(path))
+    layout = ExperimentLayout(experiment(path))
     epochs = config.student.epochs
     spe = math.ceil(TRAIN_SIZE / BATCH)
     schedules = {schedule.name: schedule for schedule in config.kd.schedules}
     kinds = set()
     for run_dir in layout.run_dirs():
         series = logged(layout.root, run_dir.name)
-        assert_matches_csv(series, R.RunFiles(run_dir).metrics)
-        label = pd.read_csv(R.RunFiles(run_dir).metrics)["schedule"][0]
+        assert_matches_csv(series, RunFiles(run_dir).metrics)
+        label = pd.read_csv(RunFiles(run_dir).metrics)["schedule"][0]
         kinds.add(label)
         if label == "linear":  # T per step: the run's whole temperature table
             steps, values = zip(*series[STEP_TEMPERATURE])
@@ -117,15 +117,15 @@ def test_a_resumed_sweep_logs_each_epoch_once(with_teacher):
 
     with pytest.raises(StopRequested):
         sweep(config, should_stop=lambda: stop["requested"], emit=emit)
-    (run_dir,) = R.ExperimentLayout(experiment(path)).run_dirs()
-    assert len(pd.read_csv(R.RunFiles(run_dir).metrics)) == 1
+    (run_dir,) = ExperimentLayout(experiment(path)).run_dirs()
+    assert len(pd.read_csv(RunFiles(run_dir).metrics)) == 1
     run_all(sweep, config)
     series = logged(experiment(path), run_dir.name)
     assert [step for step, _ in series["test_acc"]] == [0, 1]
     per_step = [step for step, _ in series[STEP_TEMPERATURE]]
     assert per_step == list(range(2 * math.ceil(TRAIN_SIZE / BATCH)))
-    assert len(list((R.ExperimentLayout(experiment(path)).tensorboard_dir(run_dir.name)).glob("events.out.tfevents.*"))) == 2
-    assert_matches_csv(series, R.RunFiles(run_dir).metrics)
+    assert len(list((ExperimentLayout(experiment(path)).tensorboard_dir(run_dir.name)).glob("events.out.tfevents.*"))) == 2
+    assert_matches_csv(series, RunFiles(run_dir).metrics)
 
 
 @pytest.fixture

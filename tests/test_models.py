@@ -11,7 +11,7 @@ from helpers import REPO
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from kdtemp import student_group as SG
+import kdtemp.student_group
 from kdtemp.config import (
     RESNET_ARCHS,
     ZOO_ARCHS,
@@ -151,7 +151,7 @@ def test_zoo_students_train_as_a_vmapped_group(arch, monkeypatch):
     """A 2-member StudentGroup takes an SGD step vmapped, as on CUDA (on CPU conv members run one by one,
     which the forward test above covers); each member, loaded into a plain model, gives the test loss
     the group reports, and its classifier moved."""
-    monkeypatch.setattr(SG, "vmap_rounds_by_group", lambda model: False)
+    monkeypatch.setattr(kdtemp.student_group, "vmap_rounds_by_group", lambda model: False)
     generator = torch.Generator().manual_seed(0)
     data = Dataset("random", torch.randn(8, 3, 8, 8, generator=generator), torch.randint(0, 10, (8,), generator=generator),
                    torch.randn(4, 3, 8, 8, generator=generator), torch.randint(0, 10, (4,), generator=generator),

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from kdtemp import runs as R
+from kdtemp.runs import STUDENT_COLUMNS, atomic_write_yaml, write_csv
 from kdtemp.report import build_report
 
 IDENTITY = {"format": 1, "dataset": "mnist1d", "student": {"arch": "mlp", "epochs": 3}}
@@ -17,12 +17,12 @@ def write_run(root, run_id, schedule, t0, seed, accuracies, completed=True):
     run_dir.mkdir(parents=True)
     alpha = 0.0 if schedule == "none" else 0.9
     grid = {"schedule": None if schedule == "none" else {"name": schedule}, "t0": t0, "seed": seed, "alpha": alpha}
-    R.atomic_write_yaml(run_dir / "config.yaml", {"identity": {**IDENTITY, **grid}, "experiment": {"name": root.name}})
+    atomic_write_yaml(run_dir / "config.yaml", {"identity": {**IDENTITY, **grid}, "experiment": {"name": root.name}})
     rows = [{"run_id": run_id, "schedule": schedule, "t0": t0, "alpha": alpha, "seed": seed, "epoch": epoch,
              "temperature": t0, "lr": 0.1, "train_loss": 1.0, "train_ce": 1.0, "train_kd": None, "train_acc": 0.9,
              "test_loss": 1.5 - accuracy, "test_acc": accuracy, "agreement": accuracy, "epoch_seconds": 0.1}
             for epoch, accuracy in enumerate(accuracies)]
-    R.write_csv(run_dir / "metrics.csv", rows, R.STUDENT_COLUMNS)
+    write_csv(run_dir / "metrics.csv", rows, STUDENT_COLUMNS)
     if completed:
         (run_dir / "summary.json").write_text(json.dumps(
             {"run_id": run_id, "status": "completed", "schedule": schedule, "t0": t0, "alpha": alpha, "seed": seed,

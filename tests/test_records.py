@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from kdtemp import report, status
-from kdtemp import runs as R
+from kdtemp.runs import ExperimentLayout, RunFiles, TEACHER_COLUMNS, append_csv_row, is_completed, load_summary, write_summary
 from kdtemp.records import BASELINE, STUDENT_COLUMNS, Status
 from kdtemp.sweep_state import run_summary
 
@@ -29,7 +29,7 @@ TEACHERS = [{"id": "teacher", "test_acc": 0.9, "fingerprint": "0123456789abcdef"
 def sweep_state(root):
     """What `run_summary` reads of a sweep: the layout, epochs, device, footprint and teachers."""
     return SimpleNamespace(
-        layout=R.ExperimentLayout(root),
+        layout=ExperimentLayout(root),
         student_spec=SimpleNamespace(epochs=2),
         device="cpu",
         sizes=SIZES,
@@ -106,15 +106,15 @@ def old_summary(run, status, rows, group_size, **extra):
 def test_a_summary_round_trips_through_writer_and_reader_byte_for_byte(tmp_path, case):
     root = tmp_path / "exp"
     run = run_spec("baseline-s3", BASELINE, None, 0.0) if case == "baseline" else run_spec("constant-T4-s3")
-    files = R.RunFiles(root / "students" / run.run_id)
+    files = RunFiles(root / "students" / run.run_id)
     rows = [] if case == "failed before an epoch" else [metrics_row(run, 0, 0.625), metrics_row(run, 1, 0.75)]
     for row in rows:
-        R.append_csv_row(files.metrics, row, STUDENT_COLUMNS)
+        append_csv_row(files.metrics, row, STUDENT_COLUMNS)
     extra = (
         {} if case in ("completed", "baseline") else {"reason": "training loss became nan", "failed_epoch": 0}
     )
     state = Status.COMPLETED if not extra else Status.FAILED
-    R.write_summary(files, run_summary(sweep_state(root), run, files, state, 4, **extra))
+    write_summary(files, run_summary(sweep_state(root), run, files, state, 4, **extra))
 
     on_disk = json.loads(files.summary.read_text())
     expected = old_summary(run, str(state), rows, 4, **extra)
@@ -122,7 +122,7 @@ def test_a_summary_round_trips_through_writer_and_reader_byte_for_byte(tmp_path,
     assert (
         files.summary.read_text() == json.dumps(expected, indent=2, sort_keys=True) + "\n"
     )  # the same bytes
-    summary = R.load_summary(files.dir)
+    summary = load_summary(files.dir)
     assert summary.to_json() == on_disk and summary.status is state
     assert summary.test_acc == (0.75 if rows else None) and summary.sizes() == {
         k: v for k, v in SIZES.items() if v
@@ -134,9 +134,9 @@ def test_a_summary_round_trips_through_writer_and_reader_byte_for_byte(tmp_path,
 def write_run(root, run_id, schedule, t0, seed, summary_change):
     """A completed three-epoch run, its summary.json then changed by `summary_change`."""
     run = run_spec(run_id, schedule, t0, 0.0 if schedule == BASELINE else 0.9)
-    files = R.RunFiles(root / "students" / run_id)
+    files = RunFiles(root / "students" / run_id)
     for epoch in range(3):
-        R.append_csv_row(
+        append_csv_row(
             files.metrics, {**metrics_row(run, epoch, 0.5 + 0.1 * epoch), "seed": seed}, STUDENT_COLUMNS
         )
     summary = {
@@ -184,7 +184,7 @@ def test_a_summary_missing_a_key_or_of_a_wrong_type_is_unreadable_to_report_and_
         assert re.search(pattern, unreadable[run_id]), unreadable[run_id]
         state = status.run_status(run_dirs[run_id], 3)
         assert state.state == Status.INTERRUPTED and re.search(pattern, state.detail), state
-        assert not R.is_completed(run_dirs[run_id])  # and the sweep retrains it
+        assert not is_completed(run_dirs[run_id])  # and the sweep retrains it
     assert status.run_status(root / "students" / "constant-T4-s0", 3).state == Status.COMPLETED
 
 
@@ -210,7 +210,7 @@ def test_an_older_summary_without_newer_keys_reads_as_before(tmp_path):
 
 
 def test_run_files_name_every_file_of_a_run_and_of_a_teacher(tmp_path):
-    layout = R.ExperimentLayout.of(tmp_path, "exp")
+    layout = ExperimentLayout.of(tmp_path, "exp")
     files = layout.run_files("constant-T4-s0")
     run_dir = tmp_path / "exp" / "students" / "constant-T4-s0"
     assert files.dir == run_dir
@@ -245,6 +245,6 @@ def test_the_metrics_row_models_keep_the_csv_columns_in_order():
         "train_kd", "train_acc", "test_loss", "test_acc", "agreement", "epoch_seconds", "test_kl", "test_ece",
         "effective_temperature", "train_penalty", "train_feature", "generation",
     ]  # fmt: skip
-    assert R.TEACHER_COLUMNS == [
+    assert TEACHER_COLUMNS == [
         "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_ece", "epoch_seconds",
     ]  # fmt: skip

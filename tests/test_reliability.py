@@ -15,7 +15,7 @@ import torch
 
 from helpers import REPO, experiment, final_metrics, kdtemp_command, kdtemp_env, train_experiment, write_experiment
 
-from kdtemp import runs as R
+from kdtemp.runs import ExperimentLayout, RunFiles, is_completed
 
 SLOW_SWEEP = {"student": {"hidden": [64], "epochs": 8}, "kd": {"temperatures": [1, 2, 4], "seeds": [0, 1]},
               "train": {"max_group_size": 2}}
@@ -43,9 +43,9 @@ def wait_for(predicate, timeout=60.0):
 
 def rows_written(config: Path) -> int:
     total = 0
-    for run_dir in R.ExperimentLayout(experiment(config)).run_dirs():
-        if R.RunFiles(run_dir).metrics.exists():
-            total += max(0, len(R.RunFiles(run_dir).metrics.read_text().splitlines()) - 1)
+    for run_dir in ExperimentLayout(experiment(config)).run_dirs():
+        if RunFiles(run_dir).metrics.exists():
+            total += max(0, len(RunFiles(run_dir).metrics.read_text().splitlines()) - 1)
     return total
 
 
@@ -54,11 +54,11 @@ def finals(config: Path) -> pd.DataFrame:
 
 
 def assert_all_complete(config: Path, count: int):
-    run_dirs = R.ExperimentLayout(experiment(config)).run_dirs()
+    run_dirs = ExperimentLayout(experiment(config)).run_dirs()
     assert len(run_dirs) == count
     for run_dir in run_dirs:
-        assert R.is_completed(run_dir), run_dir.name
-        assert not R.RunFiles(run_dir).checkpoint.exists()
+        assert is_completed(run_dir), run_dir.name
+        assert not RunFiles(run_dir).checkpoint.exists()
 
 
 def counts(stdout: str) -> dict[str, int]:
@@ -144,7 +144,7 @@ def test_diverging_run_is_marked_failed_and_the_sweep_exits_1(tiny_config, run_c
     assert counts(result.stdout)["failed"] == 1 and counts(result.stdout)["completed"] == 2
     failed = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
     assert len(failed) == 1 and "constant-T1e30" in failed[0] and "training loss became" in failed[0]
-    run_dir = next(d for d in R.ExperimentLayout(experiment(config)).run_dirs() if d.name.startswith("constant-T1e30"))
+    run_dir = next(d for d in ExperimentLayout(experiment(config)).run_dirs() if d.name.startswith("constant-T1e30"))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["failed_epoch"] == 0 and "epoch 0" in summary["reason"]
     report = run_cli("report", "--config", config)
@@ -187,7 +187,7 @@ def test_a_teacher_checkpoint_that_would_run_code_is_refused(tiny_config, run_cl
 
 def test_a_student_checkpoint_that_would_run_code_is_discarded(run_cli, tmp_path, reference_copy):
     config = reference_copy
-    victim = R.ExperimentLayout(experiment(config)).run_dirs()[0]
+    victim = ExperimentLayout(experiment(config)).run_dirs()[0]
     (victim / "summary.json").unlink()
     marker = tmp_path / "pwned-student"
     torch.save({"format": "kdtemp-student/1", "member": _Payload(marker)}, victim / "checkpoint.pt")
@@ -230,8 +230,8 @@ def test_truncated_checkpoint_is_a_clear_error(tiny_config, run_cli):
 
 def test_truncated_metrics_are_skipped_by_report_and_rerun_by_sweep(reference_copy, run_cli):
     reference = reference_copy
-    victim = R.ExperimentLayout(experiment(reference)).run_dirs()[2]
-    metrics = R.RunFiles(victim).metrics
+    victim = ExperimentLayout(experiment(reference)).run_dirs()[2]
+    metrics = RunFiles(victim).metrics
     text = metrics.read_text()
     metrics.write_text(text[: len(text) // 2])
     report = run_cli("report", "--config", reference)
@@ -239,7 +239,7 @@ def test_truncated_metrics_are_skipped_by_report_and_rerun_by_sweep(reference_co
     assert "7 completed runs" in report.stdout
     rerun = run_cli("sweep", "--config", reference)
     assert rerun.code == 0 and counts(rerun.stdout)["started"] == 1 and counts(rerun.stdout)["skipped"] == 7
-    assert R.is_completed(victim)
+    assert is_completed(victim)
 
 
 def test_growing_the_grid_trains_only_new_cells_and_force_retrains(tiny_config, run_cli):
@@ -261,7 +261,7 @@ def test_unwritable_runs_dir_fails_up_front(tiny_config, run_cli, tmp_path):
 
 
 def test_run_config_records_what_reproduces_it(reference):
-    run_dir = R.ExperimentLayout(experiment(reference)).run_dirs()[0]
+    run_dir = ExperimentLayout(experiment(reference)).run_dirs()[0]
     import yaml
 
     record = yaml.safe_load((run_dir / "config.yaml").read_text())

@@ -17,7 +17,7 @@ from matplotlib.image import imread
 from scipy import stats as scipy_stats
 
 from kdtemp import render, report
-from kdtemp import runs as R
+from kdtemp.runs import ExperimentLayout, STUDENT_COLUMNS, atomic_torch_save, atomic_write_yaml, file_fingerprint, read_summary, write_csv
 from kdtemp.config_loading import load_config
 from kdtemp.errors import RunsError
 from kdtemp.sweep import sweep
@@ -40,7 +40,7 @@ def write_run(root, run_id, schedule, t0, seed, final_acc, epochs=3, status="com
     if identity is not None:
         grid = {"schedule": None if schedule == "none" else {"name": schedule}, "t0": t0, "seed": seed,
                 "alpha": 0.0 if schedule == "none" else alpha}
-        R.atomic_write_yaml(run_dir / "config.yaml", {"identity": {**identity, **grid}, "experiment": {"name": "x"}})
+        atomic_write_yaml(run_dir / "config.yaml", {"identity": {**identity, **grid}, "experiment": {"name": "x"}})
     rows = []
     for epoch in range(epochs):
         accuracy = final_acc - 0.05 * (epochs - 1 - epoch)
@@ -48,7 +48,7 @@ def write_run(root, run_id, schedule, t0, seed, final_acc, epochs=3, status="com
                      "seed": seed, "epoch": epoch, "temperature": t0, "lr": 0.1, "train_loss": 1.0, "train_ce": 1.0,
                      "train_kd": None, "train_acc": 0.9, "test_loss": 1.5 - accuracy, "test_acc": accuracy,
                      "agreement": accuracy + 0.01, "epoch_seconds": 0.1, "test_kl": 0.5, "test_ece": 0.05})
-    R.write_csv(run_dir / "metrics.csv", rows, R.STUDENT_COLUMNS)
+    write_csv(run_dir / "metrics.csv", rows, STUDENT_COLUMNS)
     summary = {"run_id": run_id, "status": status, "schedule": schedule, "t0": t0, "alpha": rows[0]["alpha"],
                "seed": seed, "epochs": epochs, "student_params": 1000}
     if status == "failed":
@@ -72,9 +72,9 @@ def experiment(tmp_path):
     unfinished.mkdir()
     (root / "teacher").mkdir(parents=True)
     torch.save({"test_acc": 0.93, "test_loss": 0.2, "parameters": 20000, "num_classes": 4}, root / "teacher" / "model.pt")
-    fingerprint = R.file_fingerprint(root / "teacher" / "model.pt")
+    fingerprint = file_fingerprint(root / "teacher" / "model.pt")
     logits = torch.randn(200, 4, generator=torch.Generator().manual_seed(0)) * 4
-    R.atomic_torch_save({"train": logits, "test": logits[:50]}, R.ExperimentLayout(root).teacher_logits_cache(fingerprint, "none"))
+    atomic_torch_save({"train": logits, "test": logits[:50]}, ExperimentLayout(root).teacher_logits_cache(fingerprint, "none"))
     return root
 
 
@@ -240,8 +240,8 @@ def test_html_renders_in_headless_chromium(experiment, tmp_path):
 def last_epochs(root) -> pd.DataFrame:
     """Each completed run's last metrics row, read straight from its CSV, with its recorded identity."""
     rows = []
-    for run_dir in R.ExperimentLayout(root).run_dirs():
-        if getattr(R.read_summary(run_dir), "status", None) != "completed":
+    for run_dir in ExperimentLayout(root).run_dirs():
+        if getattr(read_summary(run_dir), "status", None) != "completed":
             continue
         row = pd.read_csv(run_dir / "metrics.csv").iloc[-1].to_dict()
         config = run_dir / "config.yaml"

@@ -4,7 +4,7 @@ import re
 
 from helpers import experiment
 
-from kdtemp import runs as R
+from kdtemp.runs import ExperimentLayout
 from kdtemp.config_loading import load_config
 from kdtemp.sweep import planned_runs
 
@@ -18,7 +18,7 @@ def test_status_after_a_temps_sweep_shows_the_swept_runs_and_lists_missing_plann
     config = tiny_config("status-temps", student={"hidden": [16], "epochs": 1})  # plans T = 1, 4 over seeds 0, 1
     assert run_cli("train-teacher", "--config", config).code == 0
     assert run_cli("sweep", "--config", config, "--temps", "3,10", "--seeds", "0").code == 0
-    on_disk = sorted(d.name for d in R.ExperimentLayout(experiment(config)).run_dirs())
+    on_disk = sorted(d.name for d in ExperimentLayout(experiment(config)).run_dirs())
     assert len(on_disk) == 3  # T = 3 and 10 at seed 0, and the seed-0 baseline
 
     result = run_cli("status", "--config", config)

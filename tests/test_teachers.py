@@ -9,7 +9,7 @@ import torch
 from helpers import experiment, write_experiment
 
 from kdtemp import engine
-from kdtemp import runs as R
+from kdtemp.runs import ExperimentLayout, atomic_torch_save, load_checkpoint
 from kdtemp import trained_teachers
 from kdtemp.config_loading import load_config
 from kdtemp.data import load_dataset
@@ -55,7 +55,7 @@ def test_cached_logits_are_float32_even_with_amp(trained, tmp_path, data_root, m
     error = ((train.double() - reference).abs() / reference.abs().clamp_min(1.0)).max()
     assert error < 1e-4, f"cached logits are {error:.1e} off the float64 forward"
     cache = next(experiment(tmp_path / "fp32.yaml").joinpath("cache").glob("teacher-logits-*.pt"))
-    record = R.load_checkpoint(cache)
+    record = load_checkpoint(cache)
     assert record["dtype"] == "torch.float32" and record["format"] == trained_teachers.LOGITS_FORMAT
     assert torch.equal(record["train"], train) and torch.equal(record["test"], test)
 
@@ -66,12 +66,12 @@ def test_a_cache_of_the_older_format_is_recomputed(trained, tmp_path, data_root)
     device = torch.device("cpu")
     data = load_dataset(config.data)
     teacher = load_teachers(config, data, device)[0]
-    path = R.ExperimentLayout.of(config.runs_dir, config.name).teacher_logits_cache(teacher.fingerprint, "none")
+    path = ExperimentLayout.of(config.runs_dir, config.name).teacher_logits_cache(teacher.fingerprint, "none")
     stale = torch.zeros(len(data.train_y), data.num_classes)
-    R.atomic_torch_save({"data_fingerprint": data.fingerprint(), "train": stale,
+    atomic_torch_save({"data_fingerprint": data.fingerprint(), "train": stale,
                          "test": torch.zeros(len(data.test_y), data.num_classes)}, path)
     train, _ = teacher_logits(teacher, data, config, device)
     with torch.no_grad():
         reference = teacher.model.double()(data.train_x.double())
     assert torch.allclose(train.double(), reference, rtol=1e-4, atol=1e-4)
-    assert R.load_checkpoint(path)["format"] == trained_teachers.LOGITS_FORMAT
+    assert load_checkpoint(path)["format"] == trained_teachers.LOGITS_FORMAT

@@ -15,7 +15,7 @@ from PIL import Image
 from rich.console import Console
 
 from kdtemp import cli
-from kdtemp import user_data as U
+import kdtemp.user_data
 from kdtemp.config import DataConfig
 from kdtemp.config_loading import load_config
 from kdtemp.data import load_dataset
@@ -108,7 +108,7 @@ def test_grayscale_folder_keeps_one_channel_unless_any_image_has_colour(tmp_path
     mixed = load_dataset(DataConfig(dataset="image-folder", root=mixed_root, image_size=6))
     assert mixed.input_shape == (3, 6, 6)
     # a grayscale image in an RGB dataset is its gray level repeated in every channel
-    cached = torch.load(next((mixed_root / U.CACHE_DIR).glob("*.pt")), weights_only=True)
+    cached = torch.load(next((mixed_root / kdtemp.user_data.CACHE_DIR).glob("*.pt")), weights_only=True)
     assert torch.equal(cached["train_x"][:, 0], cached["train_x"][:, 1])
     assert torch.equal(cached["train_x"][:, 0], cached["train_x"][:, 2])
     assert not torch.equal(cached["test_x"][:, 0], cached["test_x"][:, 1])  # the colour image
@@ -118,17 +118,17 @@ def test_second_load_reads_the_cache_and_a_changed_folder_decodes_again(tmp_path
     root = write_image_folder(tmp_path / "images")
     config = DataConfig(dataset="image-folder", root=root, image_size=8)
     first = load_dataset(config)
-    assert len(list((root / U.CACHE_DIR).glob("*.pt"))) == 1
+    assert len(list((root / kdtemp.user_data.CACHE_DIR).glob("*.pt"))) == 1
 
     def no_decoding(path, size):
         raise AssertionError(f"decoded {path} again")
 
-    monkeypatch.setattr(U, "decode_image", no_decoding)
+    monkeypatch.setattr(kdtemp.user_data, "decode_image", no_decoding)
     second = load_dataset(config)
     assert "cached" in second.source
     for name in ("train_x", "train_y", "test_x", "test_y"):
         assert torch.equal(getattr(first, name), getattr(second, name))
-    assert torch.load(next((root / U.CACHE_DIR).glob("*.pt")), weights_only=True)["train_x"].dtype == torch.uint8
+    assert torch.load(next((root / kdtemp.user_data.CACHE_DIR).glob("*.pt")), weights_only=True)["train_x"].dtype == torch.uint8
 
     Image.new("RGB", (12, 12)).save(root / "train" / "kiwi" / "new.png")
     with pytest.raises(AssertionError, match="decoded"):
@@ -172,7 +172,7 @@ def test_bad_image_folders_are_refused_before_anything_is_written(tmp_path, run_
     damage(root)
     config = user_experiment(tmp_path, {"dataset": "image-folder", "root": str(root), "image_size": 8})
     assert_refused(run_cli("train-teacher", "--config", config), message, tmp_path / "runs")
-    assert not (root / U.CACHE_DIR).exists()
+    assert not (root / kdtemp.user_data.CACHE_DIR).exists()
 
 
 # --- tensors -------------------------------------------------------------------------------------
