@@ -50,33 +50,36 @@ from typing import Callable
 import pandas as pd
 import torch
 import yaml
-from torch import nn
-
 from checklist import SKIPPED, Checklist, Outcome, Skip, default_out, verdict
 from measuring import ALPHA, MiB, kd_member, peak_mib, reset_peak, synchronize
 from synthetic import write_cifar100_folder
+from torch import nn
 
 import kdtemp
-from kdtemp import engine, student_group
-from kdtemp import sweep as sweep_module
-from kdtemp.runs import ExperimentLayout, RunFiles, load_checkpoint, read_csv_rows, read_summary
-from kdtemp.config import ExperimentConfig
-from kdtemp.config_loading import load_config
-from kdtemp.data import SYSTEM_FASHION_MNIST_DIRS, Dataset, load_dataset
-from kdtemp.device import MEMORY_SHARE, member_bytes
-from kdtemp.engine import (
+import kdtemp.engine.loop as engine_loop
+import kdtemp.group.student_group as student_group
+import kdtemp.sweep.runner as sweep_runner
+from kdtemp.config.loading import load_config
+from kdtemp.config.schema import ExperimentConfig
+from kdtemp.data.builtin import SYSTEM_FASHION_MNIST_DIRS
+from kdtemp.data.dataset import Dataset
+from kdtemp.data.registry import load_dataset
+from kdtemp.engine.device import MEMORY_SHARE, member_bytes
+from kdtemp.engine.job_setup import loop_settings, wants_channels_last
+from kdtemp.engine.loop import (
     EpochDone, Member, NetworkTrainer, TeacherSignal, autocast, chunks, inference_module, predict_logits, to_memory_format,
 )
 from kdtemp.errors import ConfigError
 from kdtemp.events import TeacherResult
-from kdtemp.footprint import student_and_teacher
-from kdtemp.models import build_model
-from kdtemp.prepare import loop_settings, wants_channels_last
-from kdtemp.records import Status
-from kdtemp.student_group import Hint, StudentGroup
-from kdtemp.sweep import sweep
-from kdtemp.teachers import train_teacher
-from kdtemp.trained_teachers import LoadedTeacher, teacher_logits
+from kdtemp.group.student_group import Hint, StudentGroup
+from kdtemp.models.footprint import student_and_teacher
+from kdtemp.models.registry import build_model
+from kdtemp.store.files import load_checkpoint, read_csv_rows, read_summary
+from kdtemp.store.layout import ExperimentLayout, RunFiles
+from kdtemp.store.records import Status
+from kdtemp.sweep.runner import sweep
+from kdtemp.teachers.loading import LoadedTeacher, teacher_logits
+from kdtemp.teachers.training import train_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -309,7 +312,7 @@ def check_group_augment(bench: Bench, amp: bool) -> Outcome:
     """A group of 4 temperatures + the baseline, augmentation on, the teacher run on every batch."""
     config = bench.config(f"group-amp-{amp}", data={"augment": True}, train={"amp": amp})
     signal = bench.network_signal(bench.teacher_model(), config)
-    steps = config.student.epochs * engine.steps_per_epoch(len(bench.data.train_y), bench.sizes.batch)
+    steps = config.student.epochs * engine_loop.steps_per_epoch(len(bench.data.train_y), bench.sizes.batch)
     result = train_group(bench, config, members(bench.sizes.temperatures, 0, steps), signal)
     bench.results[f"group_amp_{amp}"] = result
     message = (f"K={len(result['rows'])}, amp {result['amp']}, {result['ms_per_step']:.1f} ms/step, "
@@ -331,7 +334,7 @@ def check_multi_seed(bench: Bench) -> Outcome:
     config = bench.config("multi-seed")
     teacher = bench.teacher_model()
     signal = bench.cached_signal(teacher, config)
-    steps = config.student.epochs * engine.steps_per_epoch(len(bench.data.train_y), bench.sizes.batch)
+    steps = config.student.epochs * engine_loop.steps_per_epoch(len(bench.data.train_y), bench.sizes.batch)
     seeds, temperatures = bench.sizes.seeds, bench.sizes.temperatures[-1:]
     chosen = [m for seed in seeds for m in members(temperatures, seed, steps)]
     grouped = train_group(bench, config, chosen, signal)
@@ -357,7 +360,7 @@ def check_hints_two_groups(bench: Bench) -> Outcome:
                           kd={"feature_weight": 1.0, "seeds": list(bench.sizes.seeds[:2]), "temperatures": [4], "baseline": False})
     bench.place_teacher(config)
     teachers: list[nn.Module] = []
-    original = sweep_module.load_teachers
+    original = sweep_runner.load_teachers
 
     def recording(*args, **kwargs):
         loaded = original(*args, **kwargs)
@@ -374,13 +377,13 @@ def check_hints_two_groups(bench: Bench) -> Outcome:
             marks[f"group {match[1]}"] = {"hooks": hook_count(teachers), "peak_mib_before": peak_mib(device)}
             reset_peak(device)
 
-    sweep_module.load_teachers = recording
+    sweep_runner.load_teachers = recording
     try:
         result = sweep(config, force=True, emit=mark_groups)
         if result.failed:
             raise RuntimeError(f"runs failed: {result.failed}")
     finally:
-        sweep_module.load_teachers = original
+        sweep_runner.load_teachers = original
     synchronize(device)
     after = hook_count(teachers)
     names = sorted(marks)
@@ -422,8 +425,8 @@ def sync_checked_batches():
     sync for the metrics is by design.
     """
     original = getattr(student_group, "EpochBatches", None)
-    if original is None or getattr(engine, "EpochBatches", None) is not original:
-        raise Skip("not available in this version (the loops no longer iterate engine.EpochBatches)")
+    if original is None or getattr(engine_loop, "EpochBatches", None) is not original:
+        raise Skip("not available in this version (the loops no longer iterate engine_loop.EpochBatches)")
 
     class SyncChecked(original):
         def __iter__(self):
@@ -435,11 +438,11 @@ def sync_checked_batches():
             finally:
                 torch.cuda.set_sync_debug_mode(0)
 
-    engine.EpochBatches = student_group.EpochBatches = SyncChecked
+    engine_loop.EpochBatches = student_group.EpochBatches = SyncChecked
     try:
         yield
     finally:
-        engine.EpochBatches = student_group.EpochBatches = original
+        engine_loop.EpochBatches = student_group.EpochBatches = original
         torch.cuda.set_sync_debug_mode(0)
 
 
@@ -460,7 +463,7 @@ def check_sync_free_steps(bench: Bench) -> Outcome:
     teacher = bench.teacher_model()
     augmented = bench.config("sync-augment", data={"augment": True})
     cached = bench.config("sync-cached")
-    spe = engine.steps_per_epoch(len(bench.data.train_y), bench.sizes.batch)
+    spe = engine_loop.steps_per_epoch(len(bench.data.train_y), bench.sizes.batch)
     hint_shape = (teacher.classifier.in_features,)
     loops = {}
     with sync_checked_batches():
@@ -520,7 +523,7 @@ def check_member_bytes(bench: Bench) -> Outcome:
     train = predict_logits(teacher, small.train_x, bench.sizes.batch, bench.device)
     test = predict_logits(teacher, small.test_x, bench.sizes.batch, bench.device)
     signal = TeacherSignal(test_logits=test[None], train_logits=train[None])
-    steps = engine.steps_per_epoch(len(small.train_y), bench.sizes.batch)
+    steps = engine_loop.steps_per_epoch(len(small.train_y), bench.sizes.batch)
     probe = build_model(config.student, data.input_shape, data.num_classes).to(bench.device)
     estimate = member_bytes(probe, data.train_x[:bench.sizes.batch], 1) / MiB
     del probe
@@ -606,7 +609,7 @@ def run_kdtemp(bench: Bench, args: list[str], interrupt_when: Callable[[], bool]
                     raise TimeoutError(f"kdtemp {' '.join(args)} ran past {timeout_s:.0f}s")
                 time.sleep(0.02)
         return Ran(process.returncode, log.read_text())
-    from kdtemp.cli import main
+    from kdtemp.cli.app import main
 
     done = threading.Event()
 

@@ -36,20 +36,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from torch import nn
-
 from checklist import PASS, Checklist, Outcome, Skip, default_out, verdict
 from measuring import ALPHA, kd_member, peak_mib, reset_peak, synchronize
 from synthetic import synthetic_cifar100
+from torch import nn
 
-from kdtemp.config import ExperimentConfig
-from kdtemp.config_loading import load_config
-from kdtemp.data import NORMALISATION, Dataset
-from kdtemp.engine import EpochDone, Member, TeacherSignal, predict_logits
-from kdtemp.models import build_model
-from kdtemp.prepare import loop_settings, wants_channels_last
-from kdtemp.student_group import StudentGroup
-
+from kdtemp.config.loading import load_config
+from kdtemp.config.schema import ExperimentConfig
+from kdtemp.data.builtin import NORMALISATION
+from kdtemp.data.dataset import Dataset
+from kdtemp.engine.job_setup import loop_settings, wants_channels_last
+from kdtemp.engine.loop import EpochDone, Member, TeacherSignal, predict_logits
+from kdtemp.group.student_group import StudentGroup
+from kdtemp.models.registry import build_model
 
 
 @dataclass(frozen=True)

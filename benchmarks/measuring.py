@@ -6,7 +6,7 @@ import gc
 
 import torch
 
-from kdtemp.engine import Member
+from kdtemp.engine.loop import Member
 
 ALPHA = 0.9
 MiB = 2**20

@@ -30,13 +30,14 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from kdtemp.sweep import sweep
-from kdtemp.teachers import train_teacher
-from kdtemp.config_loading import load_config
-from kdtemp.data import IDX_FILES, SYSTEM_FASHION_MNIST_DIRS, load_dataset
+from kdtemp.config.loading import load_config
+from kdtemp.data.builtin import IDX_FILES, SYSTEM_FASHION_MNIST_DIRS
+from kdtemp.data.registry import load_dataset
 from kdtemp.events import Note
-from kdtemp.models import build_model
-from kdtemp.runs import ExperimentLayout, load_checkpoint
+from kdtemp.models.registry import build_model
+from kdtemp.store.files import ExperimentLayout, load_checkpoint
+from kdtemp.sweep.runner import sweep
+from kdtemp.teachers.training import train_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "fashion-mnist.yaml"

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdtemp.data import NORMALISATION, Dataset, standardised_images
+from kdtemp.data.builtin import NORMALISATION
+from kdtemp.data.dataset import Dataset, standardised_images
 
 CLASSES = 100
 SHAPE = (3, 32, 32)

@@ -1,3 +1,3 @@
-from kdtemp.cli import main
+from kdtemp.cli.app import main
 
 main()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import write_experiment
 
-from kdtemp.cli import main
+from kdtemp.cli.app import main
 
 
 @pytest.fixture(autouse=True)

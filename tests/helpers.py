@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from kdtemp.runs import ExperimentLayout, RunFiles
+from kdtemp.store.files import ExperimentLayout, RunFiles
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,9 +40,9 @@ def experiment(config: Path) -> Path:
 
 def train_experiment(config: Path) -> Path:
     """train-teacher then sweep, in this process, through the library."""
-    from kdtemp.config_loading import load_config
-    from kdtemp.sweep import sweep
-    from kdtemp.teachers import train_teacher
+    from kdtemp.config.loading import load_config
+    from kdtemp.sweep.runner import sweep
+    from kdtemp.teachers.training import train_teacher
 
     for job in (train_teacher, sweep):
         job(load_config(config))

@@ -12,8 +12,8 @@ from rich.console import Console
 
 from helpers import experiment, write_experiment
 
-from kdtemp import cli
-from kdtemp.runs import STUDENT_COLUMNS
+from kdtemp.store.files import STUDENT_COLUMNS
+from kdtemp.cli import app
 
 FIRST_COLUMNS = ["run_id", "schedule", "t0", "alpha", "seed", "epoch", "temperature", "lr", "train_loss", "train_ce",
                  "train_kd", "train_acc", "test_loss", "test_acc", "agreement", "epoch_seconds"]
@@ -21,8 +21,8 @@ FIRST_COLUMNS = ["run_id", "schedule", "t0", "alpha", "seed", "epoch", "temperat
 
 @pytest.fixture
 def wide_output(monkeypatch):
-    monkeypatch.setattr(cli, "out", Console(width=200))
-    monkeypatch.setattr(cli, "err", Console(stderr=True, width=200))
+    monkeypatch.setattr(app, "out", Console(width=200))
+    monkeypatch.setattr(app, "err", Console(stderr=True, width=200))
 
 
 @pytest.fixture

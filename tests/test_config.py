@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from kdtemp.config import CNNSpec, ExperimentConfig, MLPSpec
-from kdtemp.config_loading import load_config
+from kdtemp.config.loading import load_config
+from kdtemp.config.overrides import parse_number_list
+from kdtemp.config.schema import CNNSpec, ExperimentConfig, MLPSpec
 from kdtemp.errors import ConfigError
-from kdtemp.overrides import parse_number_list
-from kdtemp.schedules import ConstantSchedule, LinearSchedule
+from kdtemp.temperature.schedules import ConstantSchedule, LinearSchedule
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -51,8 +51,8 @@ def test_default_nesterov_keeps_existing_run_ids():
     import hashlib
     import json
 
-    from kdtemp.config import training_identity
-    from kdtemp.plan import plan_runs
+    from kdtemp.config.schema import training_identity
+    from kdtemp.sweep.plan import plan_runs
 
     ids = [run.run_id for run in plan_runs(load_config(CONFIGS / "default.yaml"), "teacherfp")]
     assert ids[:3] == ["constant-T1-a0.9-s0-6b677839", "constant-T1-a0.9-s1-932c756e", "constant-T1-a0.9-s2-82e5204b"]
@@ -63,7 +63,8 @@ def test_default_nesterov_keeps_existing_run_ids():
 
 
 def test_fashion_config_matches_the_specified_networks():
-    from kdtemp.models import build_model, count_parameters
+    from kdtemp.models.footprint import count_parameters
+    from kdtemp.models.registry import build_model
 
     config = load_config(CONFIGS / "fashion-mnist.yaml")
     teacher = build_model(config.teacher, (1, 28, 28), 10)
@@ -199,7 +200,7 @@ def test_number_lists(text, message):
 
 def test_set_and_its_flag_are_one_override(tmp_path):
     """issue 15: a flag is a shorthand for --set: same key, same value, same validation."""
-    from kdtemp.overrides import command_line_overrides
+    from kdtemp.config.overrides import command_line_overrides
 
     path = write(tmp_path, "kd:\n  schedules: [constant, {name: linear, t_end: 2}]\n")
     by_flag = load_config(path, command_line_overrides({"temps": "3,1", "seeds": "4", "schedules": "linear"}))
@@ -212,7 +213,7 @@ def test_set_and_its_flag_are_one_override(tmp_path):
 
 
 def test_set_reaches_every_teacher_of_an_ensemble(tmp_path):
-    from kdtemp.overrides import command_line_overrides
+    from kdtemp.config.overrides import command_line_overrides
 
     path = write(tmp_path, "teachers:\n  - {epochs: 5}\n  - {arch: mlp, epochs: 6, seed: 9}\n")
     config = load_config(path, command_line_overrides({}, ["teacher.epochs=3"]))
@@ -224,7 +225,7 @@ def test_set_reaches_every_teacher_of_an_ensemble(tmp_path):
 
 @pytest.mark.parametrize("text", ["kd:\n  alpha: 0.5\n", ""])
 def test_a_key_below_a_value_is_refused_whether_the_file_or_the_defaults_hold_it(tmp_path, text):
-    from kdtemp.overrides import command_line_overrides
+    from kdtemp.config.overrides import command_line_overrides
 
     with pytest.raises(ConfigError, match=r"^--set kd.alpha.x=1: 'kd.alpha' holds a value, not a section"):
         load_config(write(tmp_path, text), command_line_overrides({}, ["kd.alpha.x=1"]))

@@ -13,11 +13,11 @@ import yaml
 from helpers import experiment, final_metrics, train_experiment, write_experiment
 from torch import nn
 
-from kdtemp.config import CustomSpec, DataConfig, MLPSpec
-from kdtemp.data import load_dataset
+from kdtemp.config.schema import CustomSpec, DataConfig, MLPSpec
+from kdtemp.data.registry import load_dataset
 from kdtemp.errors import ConfigError
-from kdtemp.hints import feature_module, feature_shape
-from kdtemp.models import build_model
+from kdtemp.models.features import feature_module, feature_shape
+from kdtemp.models.registry import build_model
 
 MY_MODELS = '''
 import torch
@@ -310,7 +310,7 @@ def test_torchvision_weights_that_cannot_be_downloaded_are_one_line(monkeypatch)
 
     import torchvision
 
-    from kdtemp.custom_models import torchvision_model
+    from kdtemp.models.custom import torchvision_model
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")

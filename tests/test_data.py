@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdtemp import augmentation
-import kdtemp.data
-from kdtemp.config import DataConfig
+import kdtemp.data.builtin
+from kdtemp.config.schema import DataConfig
+from kdtemp.data import augmentation
 from kdtemp.errors import DataError
 
 
@@ -30,18 +30,18 @@ def write_idx_set(directory, train_count=6, test_count=4, compress=True, seed=0)
         "train_x": rng.integers(0, 256, (train_count, 28, 28)), "train_y": rng.integers(0, 10, train_count),
         "test_x": rng.integers(0, 256, (test_count, 28, 28)), "test_y": rng.integers(0, 10, test_count),
     }
-    for key, stem in kdtemp.data.IDX_FILES.items():
+    for key, stem in kdtemp.data.builtin.IDX_FILES.items():
         write_idx(directory / (stem + (".gz" if compress else "")), arrays[key], compress)
     return arrays
 
 
 def test_mnist1d_reference_split_and_cache(data_root):
     config = DataConfig(root=data_root)
-    first = kdtemp.data.load_dataset(config)
+    first = kdtemp.data.registry.load_dataset(config)
     assert first.train_x.shape == (4000, 1, 40) and first.test_x.shape == (1000, 1, 40)
     assert first.num_classes == 10 and first.train_x.dtype == torch.float32
     assert sorted(first.train_y.unique().tolist()) == list(range(10))
-    second = kdtemp.data.load_dataset(config)
+    second = kdtemp.data.registry.load_dataset(config)
     assert "mnist1d-reference" in second.source  # read back from the cache
     assert torch.equal(first.train_x, second.train_x) and torch.equal(first.test_y, second.test_y)
 
@@ -50,7 +50,7 @@ def test_mnist1d_matches_the_package_reference(data_root):
     from mnist1d.data import get_dataset_args, make_dataset
 
     reference = make_dataset(get_dataset_args())
-    ours = kdtemp.data.load_dataset(DataConfig(root=data_root))
+    ours = kdtemp.data.registry.load_dataset(DataConfig(root=data_root))
     assert np.allclose(ours.train_x.squeeze(1).numpy(), reference["x"], atol=1e-6)
     assert np.array_equal(ours.test_y.numpy(), reference["y_test"])
 
@@ -59,20 +59,20 @@ def test_mnist1d_matches_the_package_reference(data_root):
 def test_read_idx(tmp_path, compress):
     array = np.arange(2 * 3 * 4).reshape(2, 3, 4)
     write_idx(tmp_path / "x", array, compress)
-    assert np.array_equal(kdtemp.data.read_idx(tmp_path / "x"), array)
+    assert np.array_equal(kdtemp.data.builtin.read_idx(tmp_path / "x"), array)
 
 
 def test_truncated_idx_is_refused(tmp_path):
     write_idx(tmp_path / "x", np.zeros((5, 4, 4)))
     (tmp_path / "x").write_bytes((tmp_path / "x").read_bytes()[:-7])
     with pytest.raises(DataError, match="truncated"):
-        kdtemp.data.read_idx(tmp_path / "x")
+        kdtemp.data.builtin.read_idx(tmp_path / "x")
 
 
 def test_fashion_mnist_from_the_data_root(tmp_path, monkeypatch):
-    monkeypatch.setattr(kdtemp.data, "SYSTEM_FASHION_MNIST_DIRS", [tmp_path / "absent"])
+    monkeypatch.setattr(kdtemp.data.builtin, "SYSTEM_FASHION_MNIST_DIRS", [tmp_path / "absent"])
     arrays = write_idx_set(tmp_path / "data" / "fashion-mnist")
-    dataset = kdtemp.data.load_dataset(DataConfig(dataset="fashion-mnist", root=tmp_path / "data"))
+    dataset = kdtemp.data.registry.load_dataset(DataConfig(dataset="fashion-mnist", root=tmp_path / "data"))
     assert dataset.train_x.shape == (6, 1, 28, 28) and dataset.test_x.shape == (4, 1, 28, 28)
     expected = (arrays["train_x"][2, 5, 7] / 255.0 - 0.2860) / 0.3530
     assert float(dataset.train_x[2, 0, 5, 7]) == pytest.approx(expected, abs=1e-5)
@@ -84,15 +84,15 @@ def test_fashion_mnist_system_directory_comes_first(tmp_path, monkeypatch):
     system = tmp_path / "system"
     write_idx_set(system, train_count=3, seed=1)
     write_idx_set(tmp_path / "data" / "fashion-mnist", train_count=5)
-    monkeypatch.setattr(kdtemp.data, "SYSTEM_FASHION_MNIST_DIRS", [system])
-    dataset = kdtemp.data.load_dataset(DataConfig(dataset="fashion-mnist", root=tmp_path / "data"))
+    monkeypatch.setattr(kdtemp.data.builtin, "SYSTEM_FASHION_MNIST_DIRS", [system])
+    dataset = kdtemp.data.registry.load_dataset(DataConfig(dataset="fashion-mnist", root=tmp_path / "data"))
     assert len(dataset.train_y) == 3 and dataset.source == str(system)
 
 
 def test_fashion_mnist_missing_offline_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(kdtemp.data, "SYSTEM_FASHION_MNIST_DIRS", [tmp_path / "absent"])
+    monkeypatch.setattr(kdtemp.data.builtin, "SYSTEM_FASHION_MNIST_DIRS", [tmp_path / "absent"])
     with pytest.raises(DataError) as excinfo:
-        kdtemp.data.load_dataset(DataConfig(dataset="fashion-mnist", root=tmp_path, download=False))
+        kdtemp.data.registry.load_dataset(DataConfig(dataset="fashion-mnist", root=tmp_path, download=False))
     assert "apt-get install dataset-fashion-mnist" in str(excinfo.value)
     assert "\n" not in str(excinfo.value)
 
@@ -103,28 +103,28 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(kdtemp.data, "SYSTEM_FASHION_MNIST_DIRS", [tmp_path / "absent"])
+    monkeypatch.setattr(kdtemp.data.builtin, "SYSTEM_FASHION_MNIST_DIRS", [tmp_path / "absent"])
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
     with pytest.raises(DataError, match=r"not found offline and the download failed \(.*name resolution.*\); install"):
-        kdtemp.data.load_dataset(DataConfig(dataset="fashion-mnist", root=tmp_path))
+        kdtemp.data.registry.load_dataset(DataConfig(dataset="fashion-mnist", root=tmp_path))
 
 
 def test_mnist_in_torchvision_layout(tmp_path):
     arrays = write_idx_set(tmp_path / "MNIST" / "raw", compress=False)
-    dataset = kdtemp.data.load_dataset(DataConfig(dataset="mnist", root=tmp_path, download=False))
+    dataset = kdtemp.data.registry.load_dataset(DataConfig(dataset="mnist", root=tmp_path, download=False))
     expected = (arrays["test_x"][1, 0, 3] / 255.0 - 0.1307) / 0.3081
     assert float(dataset.test_x[1, 0, 0, 3]) == pytest.approx(expected, abs=1e-5)
 
 
 def test_mnist_missing_offline(tmp_path):
     with pytest.raises(DataError, match=r"mnist not found offline; run once on a machine with internet"):
-        kdtemp.data.load_dataset(DataConfig(dataset="mnist", root=tmp_path, download=False))
+        kdtemp.data.registry.load_dataset(DataConfig(dataset="mnist", root=tmp_path, download=False))
 
 
 def write_cifar(root, name, count=4, seed=0):
     """Tiny CIFAR python batches as the official tarballs hold them (pickled dicts, uint8 rows)."""
     rng = np.random.default_rng(seed)
-    folder, train_files, test_files, label_key, meta_file, names_key = kdtemp.data.CIFAR_LAYOUT[name]
+    folder, train_files, test_files, label_key, meta_file, names_key = kdtemp.data.builtin.CIFAR_LAYOUT[name]
     directory = root / folder
     directory.mkdir(parents=True)
     classes = 10 if name == "cifar10" else 100
@@ -142,7 +142,7 @@ def write_cifar(root, name, count=4, seed=0):
 
 def test_cifar10_batches(tmp_path):
     written = write_cifar(tmp_path, "cifar10")
-    dataset = kdtemp.data.load_dataset(DataConfig(dataset="cifar10", root=tmp_path, download=False))
+    dataset = kdtemp.data.registry.load_dataset(DataConfig(dataset="cifar10", root=tmp_path, download=False))
     assert dataset.train_x.shape == (20, 3, 32, 32) and dataset.test_x.shape == (4, 3, 32, 32)
     first = written["data_batch_1"]
     # row layout: 1024 red, then 1024 green, then 1024 blue values, each row-major 32x32
@@ -154,7 +154,7 @@ def test_cifar10_batches(tmp_path):
 
 def test_cifar100_uses_fine_labels(tmp_path):
     written = write_cifar(tmp_path, "cifar100")
-    dataset = kdtemp.data.load_dataset(DataConfig(dataset="cifar100", root=tmp_path, download=False))
+    dataset = kdtemp.data.registry.load_dataset(DataConfig(dataset="cifar100", root=tmp_path, download=False))
     assert dataset.num_classes == 100
     assert dataset.test_y.tolist() == written["test"]["fine_labels"]
 
@@ -172,7 +172,7 @@ def test_cifar_pickle_that_would_run_code_is_refused(tmp_path):
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as handle:
         pickle.dump({"data": payload, "labels": [0]}, handle, protocol=2)
     with pytest.raises(DataError, match="refusing to load"):
-        kdtemp.data.load_dataset(DataConfig(dataset="cifar10", root=tmp_path, download=False))
+        kdtemp.data.registry.load_dataset(DataConfig(dataset="cifar10", root=tmp_path, download=False))
     assert not marker.exists()
 
 

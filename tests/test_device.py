@@ -9,10 +9,10 @@ import torch
 
 from helpers import experiment, final_metrics, train_experiment, write_experiment
 
-from kdtemp.config_loading import load_config
-from kdtemp.device import configure_backends, full_float32, set_up_device
-from kdtemp.plan import plan_runs
-from kdtemp.sweep import sweep
+from kdtemp.config.loading import load_config
+from kdtemp.engine.device import configure_backends, full_float32, set_up_device
+from kdtemp.sweep.plan import plan_runs
+from kdtemp.sweep.runner import sweep
 
 
 def backend_flags() -> dict:

@@ -4,7 +4,7 @@ import json
 
 from helpers import experiment
 
-from kdtemp.runs import ExperimentLayout
+from kdtemp.store.files import ExperimentLayout
 
 
 def test_a_diverged_run_names_clip_grad_norm_and_the_learning_rate(tiny_config, run_cli):

@@ -7,15 +7,22 @@ import math
 import pytest
 import torch
 
-from kdtemp.config import CNNSpec, DataConfig, MLPSpec, ResNetSpec
-from kdtemp.schedules import ConstantSchedule
-from kdtemp.data import Dataset, load_dataset
-from kdtemp.engine import EpochDone, LoopSettings, Member, TeacherSignal, epoch_order, steps_per_epoch
-from kdtemp.student_group import Hint, StudentGroup
+from kdtemp.config.schema import CNNSpec, DataConfig, MLPSpec, ResNetSpec
+from kdtemp.data.dataset import Dataset
+from kdtemp.data.registry import load_dataset
+from kdtemp.engine.loop import (
+    EpochDone,
+    LoopSettings,
+    Member,
+    TeacherSignal,
+    epoch_order,
+    steps_per_epoch,
+)
+from kdtemp.engine.optim import learning_rate
+from kdtemp.group.student_group import Hint, StudentGroup
 from kdtemp.losses import kd_loss
-from kdtemp.models import build_model
-from kdtemp.optim import learning_rate
-from kdtemp.schedules import temperature_table
+from kdtemp.models.registry import build_model
+from kdtemp.temperature.schedules import ConstantSchedule, temperature_table
 
 EPOCHS, BATCH = 2, 256
 SPEC = MLPSpec(hidden=[32], epochs=EPOCHS, weight_decay=5e-4, lr=0.05)
@@ -292,9 +299,9 @@ def test_dropout_students_of_different_seeds_are_not_grouped(setting):
 
 def test_channels_last_only_for_image_conv_nets_on_cuda():
     """The layout decision is made without CUDA present (torch.device('cuda') needs no GPU), so it is tested here."""
-    from kdtemp.config import CNNSpec
-    from kdtemp.engine import to_memory_format
-    from kdtemp.prepare import wants_channels_last
+    from kdtemp.config.schema import CNNSpec
+    from kdtemp.engine.job_setup import wants_channels_last
+    from kdtemp.engine.loop import to_memory_format
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     image_cnn = build_model(CNNSpec(channels=[4]), (1, 8, 8), 10)

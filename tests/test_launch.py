@@ -13,14 +13,14 @@ import pytest
 
 from helpers import REPO, experiment, final_metrics, kdtemp_command, kdtemp_env, train_experiment, write_experiment
 
-from kdtemp import launch
-from kdtemp.runs import ExperimentLayout, RunFiles, RunLock, is_completed
-from kdtemp.config import config_to_dict
-from kdtemp.config_loading import load_config
+from kdtemp.store.files import ExperimentLayout, RunFiles, RunLock, is_completed
+from kdtemp.config.schema import config_to_dict
+from kdtemp.config.loading import load_config
 from kdtemp.errors import ConfigError
 from kdtemp.events import SweepResult
-from kdtemp.launch import UnitJob, cuda_index, job_config_tree, threads_per_worker, work_units
-from kdtemp.plan import plan_runs
+from kdtemp.sweep.launch import UnitJob, cuda_index, job_config_tree, threads_per_worker, work_units
+from kdtemp.sweep.plan import plan_runs
+from kdtemp.sweep import launch
 
 GRID = {"student": {"hidden": [64], "epochs": 12}, "kd": {"temperatures": [1, 2, 4], "seeds": [0, 1]},
         "train": {"max_group_size": 4}, "launcher": {"slurm_cpus_per_job": 1, "slurm_time": 10}}
@@ -212,7 +212,7 @@ def test_a_cancelled_array_resumes_when_run_again(reference, tmp_path, cluster):
 
     Running the same command again finishes every run exactly once, with the sequential sweep's numbers.
     """
-    from kdtemp.status import sweep_status
+    from kdtemp.sweep.status import sweep_status
 
     config = copy_of(reference, tmp_path, "cancelled")
     submitted = kdtemp("sweep", "--config", str(config), "--launcher", "slurm", "--no-wait",

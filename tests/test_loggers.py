@@ -10,18 +10,18 @@ import pandas as pd
 import pytest
 from helpers import experiment, write_experiment
 
-from kdtemp import cli
-from kdtemp.runs import ExperimentLayout, RunFiles
-from kdtemp.config_loading import load_config
-from kdtemp.engine import StopRequested
+from kdtemp.store.files import ExperimentLayout, RunFiles
+from kdtemp.config.loading import load_config
+from kdtemp.engine.loop import StopRequested
 from kdtemp.events import Progress
-from kdtemp.loggers import MISSING_TENSORBOARD, STEP_TEMPERATURE
-from kdtemp.schedules import temperature_table
-from kdtemp.sweep import sweep
-from kdtemp.teachers import train_teacher
+from kdtemp.store.loggers import MISSING_TENSORBOARD, STEP_TEMPERATURE
+from kdtemp.temperature.schedules import temperature_table
+from kdtemp.sweep.runner import sweep
+from kdtemp.teachers.training import train_teacher
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from kdtemp.cli import app
 
 pytest.importorskip("tensorboard")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 TRAIN_SIZE = 4000  # MNIST-1D's reference split: 4000 training examples
 BATCH = 256  # tests/helpers.py's tiny experiments
@@ -160,7 +160,7 @@ def test_the_flag_sets_logging_tensorboard(tiny_config, run_cli, monkeypatch, co
         seen.append(config.logging.tensorboard)
         return iter(())
 
-    monkeypatch.setattr(cli, job, job_stub)
+    monkeypatch.setattr(app, job, job_stub)
     plain, on_in_yaml = tiny_config(), tiny_config("on", logging={"tensorboard": True})
     for args in (["--config", plain], ["--config", plain, "--tensorboard"], ["--config", on_in_yaml],
                  ["--config", on_in_yaml, "--no-tensorboard"]):

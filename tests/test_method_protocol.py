@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from kdtemp import methods
-from kdtemp.config import MLPSpec
-from kdtemp.schedules import LearnableSchedule
-from kdtemp.data import Dataset
-from kdtemp.engine import EpochDone, LoopSettings, Member, TeacherSignal
+from kdtemp.config.schema import MLPSpec
+from kdtemp.data.dataset import Dataset
+from kdtemp.engine.loop import EpochDone, LoopSettings, Member, TeacherSignal
 from kdtemp.errors import ConfigError
+from kdtemp.group.student_group import StudentGroup
 from kdtemp.methods import KDMethod, Step, Terms, register_method
-from kdtemp.models import build_model
-from kdtemp.student_group import StudentGroup
+from kdtemp.models.registry import build_model
+from kdtemp.temperature.schedules import LearnableSchedule
 
 WEIGHT, ALPHA, T0 = 0.05, 0.7, 3.0
 

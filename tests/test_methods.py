@@ -8,19 +8,27 @@ import torch
 import yaml
 from helpers import job_events
 
-import kdtemp.runs
-from kdtemp.config import DataConfig, MLPSpec
-from kdtemp.config_loading import load_config
-from kdtemp.data import load_dataset
-from kdtemp.engine import EpochDone, LoopSettings, Member, TeacherSignal, predict_logits, steps_per_epoch
+import kdtemp.data.builtin
+import kdtemp.store.files
+from kdtemp.config.loading import load_config
+from kdtemp.config.schema import DataConfig, MLPSpec
+from kdtemp.data.registry import load_dataset
+from kdtemp.engine.job_setup import loop_settings
+from kdtemp.engine.loop import (
+    EpochDone,
+    LoopSettings,
+    Member,
+    TeacherSignal,
+    predict_logits,
+    steps_per_epoch,
+)
 from kdtemp.errors import ConfigError
-from kdtemp.hints import FeatureCapture, build_regressor
-from kdtemp.models import build_model
-from kdtemp.prepare import loop_settings
-from kdtemp.schedules import temperature_table
-from kdtemp.student_group import Hint, StudentGroup
-from kdtemp.sweep import sweep
-from kdtemp.teachers import train_teacher
+from kdtemp.group.student_group import Hint, StudentGroup
+from kdtemp.models.features import FeatureCapture, build_regressor
+from kdtemp.models.registry import build_model
+from kdtemp.sweep.runner import sweep
+from kdtemp.teachers.training import train_teacher
+from kdtemp.temperature.schedules import temperature_table
 
 COMPOSED = {
     "teachers": [{"channels": [8, 16], "hidden": 32, "epochs": 2}, {"channels": [8], "hidden": 32, "epochs": 2}],
@@ -40,7 +48,7 @@ def composed(tmp_path_factory, data_root):
     config = load_config(path)
     teacher_events = job_events(train_teacher, config)
     sweep_events = job_events(sweep, config)
-    return config, kdtemp.runs.ExperimentLayout.of(config.runs_dir, config.name), teacher_events, sweep_events
+    return config, kdtemp.store.files.ExperimentLayout.of(config.runs_dir, config.name), teacher_events, sweep_events
 
 
 def summaries(layout):
@@ -245,10 +253,11 @@ def test_ensemble_config_checks():
 def test_augmented_images_run_the_teacher_per_batch(tmp_path, monkeypatch, run_cli):
     """Fashion-MNIST-format images with augmentation: no cached train logits, the teachers run on every
     augmented batch (hints captured there too), and generation 2 runs each member's own parent per batch."""
-    import kdtemp.data
     from test_data import write_idx_set
 
-    monkeypatch.setattr(kdtemp.data, "SYSTEM_FASHION_MNIST_DIRS", [tmp_path / "absent"])
+    import kdtemp.data.builtin
+
+    monkeypatch.setattr(kdtemp.data.builtin, "SYSTEM_FASHION_MNIST_DIRS", [tmp_path / "absent"])
     write_idx_set(tmp_path / "data" / "fashion-mnist", train_count=96, test_count=32)
     tree = {"runs_dir": str(tmp_path / "runs"),
             "data": {"dataset": "fashion-mnist", "root": str(tmp_path / "data"), "augment": True, "batch_size": 32},
@@ -261,7 +270,7 @@ def test_augmented_images_run_the_teacher_per_batch(tmp_path, monkeypatch, run_c
     result = run_cli("sweep", "--config", config)
     assert result.code == 0, result.stderr
     assert "6 runs: 0 skipped (complete), 0 resumed, 6 started, 6 completed, 0 failed" in result.stdout
-    layout = kdtemp.runs.ExperimentLayout(tmp_path / "runs" / "augmented")
+    layout = kdtemp.store.files.ExperimentLayout(tmp_path / "runs" / "augmented")
     cached = torch.load(next(layout.cache_dir.glob("teacher-logits-*-augment.pt")), weights_only=True)
     assert cached["train"] is None and cached["test"].shape == (32, 10)  # only test logits can be cached
     frames = [pd.read_csv(d / "metrics.csv") for d in layout.run_dirs()]
@@ -275,7 +284,7 @@ def test_a_failed_parent_fails_its_next_generation(tiny_config, run_cli):
     assert run_cli("train-teacher", "--config", config).code == 0
     result = run_cli("sweep", "--config", config)
     assert result.code == 1
-    layout = kdtemp.runs.ExperimentLayout(config.parent / "runs" / config.stem)
+    layout = kdtemp.store.files.ExperimentLayout(config.parent / "runs" / config.stem)
     summaries = {d.name: json.loads((d / "summary.json").read_text()) for d in layout.run_dirs()}
     parent = next(name for name in summaries if name.startswith("constant-T1e30") and "-g2-" not in name)
     child = next(name for name in summaries if name.startswith("constant-T1e30") and "-g2-" in name)
@@ -293,7 +302,7 @@ def test_student_and_teacher_latencies_are_timed_in_turns():
     import torch
     from torch import nn
 
-    from kdtemp.footprint import REPEATS, WARMUP, student_and_teacher
+    from kdtemp.models.footprint import REPEATS, WARMUP, student_and_teacher
 
     calls = []
 

@@ -11,8 +11,9 @@ from helpers import REPO
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-import kdtemp.student_group
-from kdtemp.config import (
+import kdtemp.group.student_group
+from kdtemp.config.loading import load_config
+from kdtemp.config.schema import (
     RESNET_ARCHS,
     ZOO_ARCHS,
     CNNSpec,
@@ -20,12 +21,12 @@ from kdtemp.config import (
     ModelSpec,
     ResNetSpec,
 )
-from kdtemp.config_loading import load_config
-from kdtemp.data import Dataset
-from kdtemp.engine import EpochDone, LoopSettings, Member, TeacherSignal
+from kdtemp.data.dataset import Dataset
+from kdtemp.engine.loop import EpochDone, LoopSettings, Member, TeacherSignal
 from kdtemp.errors import ConfigError
-from kdtemp.models import build_model, count_parameters, model_names
-from kdtemp.student_group import StudentGroup
+from kdtemp.group.student_group import StudentGroup
+from kdtemp.models.footprint import count_parameters
+from kdtemp.models.registry import build_model, model_names
 
 
 def test_registry_covers_every_arch_the_config_accepts():
@@ -105,7 +106,7 @@ def test_vgg8_is_repdistillers_vgg8_bn():
 
 def test_channel_shuffle_reads_groups_transposed():
     """Output channel i is input channel (i mod g) * C/g + i div g (Zhang et al. 2018, figure 1), by a hand loop."""
-    from kdtemp.zoo import channel_shuffle
+    from kdtemp.models.zoo import channel_shuffle
 
     x = torch.randn(2, 12, 3, 3)
     for groups in (2, 3, 4):
@@ -151,7 +152,7 @@ def test_zoo_students_train_as_a_vmapped_group(arch, monkeypatch):
     """A 2-member StudentGroup takes an SGD step vmapped, as on CUDA (on CPU conv members run one by one,
     which the forward test above covers); each member, loaded into a plain model, gives the test loss
     the group reports, and its classifier moved."""
-    monkeypatch.setattr(kdtemp.student_group, "vmap_rounds_by_group", lambda model: False)
+    monkeypatch.setattr(kdtemp.group.student_group, "vmap_rounds_by_group", lambda model: False)
     generator = torch.Generator().manual_seed(0)
     data = Dataset("random", torch.randn(8, 3, 8, 8, generator=generator), torch.randint(0, 10, (8,), generator=generator),
                    torch.randn(4, 3, 8, 8, generator=generator), torch.randint(0, 10, (4,), generator=generator),

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kdtemp.config import MLPSpec
-from kdtemp.optim import MemberwiseAdam, MemberwiseSGD, build_optimizer, learning_rate, use_foreach
+from kdtemp.config.schema import MLPSpec
+from kdtemp.engine.optim import MemberwiseAdam, MemberwiseSGD, build_optimizer, learning_rate, use_foreach
 
 CASES = [  # ours take `foreach` (None: per device), torch's do not
     (lambda p, **kw: MemberwiseSGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True, **kw),

@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from kdtemp.runs import STUDENT_COLUMNS, atomic_write_yaml, write_csv
-from kdtemp.report import build_report
+from kdtemp.store.files import STUDENT_COLUMNS, atomic_write_yaml, write_csv
+from kdtemp.report.tables import build_report
 
 IDENTITY = {"format": 1, "dataset": "mnist1d", "student": {"arch": "mlp", "epochs": 3}}
 

@@ -6,7 +6,7 @@ import matplotlib.colors as mcolors
 import pandas as pd
 import pytest
 
-from kdtemp import plots
+from kdtemp.report import plots
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from helpers import experiment, final_metrics, write_experiment
 
-from kdtemp.config_loading import load_config
-from kdtemp.randomness import DropoutStream, seeded
-from kdtemp.sweep import sweep
-from kdtemp.teachers import train_teacher
+from kdtemp.config.loading import load_config
+from kdtemp.engine.randomness import DropoutStream, seeded
+from kdtemp.sweep.runner import sweep
+from kdtemp.teachers.training import train_teacher
 
 SECTIONS = {"teacher": {"epochs": 1},  # the cnn teacher: dropout 0.5 by default
             "student": {"hidden": [16], "epochs": 2, "dropout": 0.2},

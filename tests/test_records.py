@@ -7,10 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from kdtemp import report, status
-from kdtemp.runs import ExperimentLayout, RunFiles, TEACHER_COLUMNS, append_csv_row, is_completed, load_summary, write_summary
-from kdtemp.records import BASELINE, STUDENT_COLUMNS, Status
-from kdtemp.sweep_state import run_summary
+from kdtemp.report.results import load_results
+from kdtemp.store.files import ExperimentLayout, RunFiles, TEACHER_COLUMNS, append_csv_row, is_completed, load_summary, write_summary
+from kdtemp.store.records import BASELINE, STUDENT_COLUMNS, Status
+from kdtemp.sweep.recording import run_summary
+from kdtemp.sweep import status
 
 SIZES = {
     "student_params": 1234,
@@ -173,7 +174,7 @@ def test_a_summary_missing_a_key_or_of_a_wrong_type_is_unreadable_to_report_and_
         run_id: write_run(root, run_id, "constant", 4.0, seed, change)
         for seed, (run_id, (change, _)) in enumerate(DAMAGE.items(), 1)
     }
-    results = report.load_results(root)
+    results = load_results(root)
     assert (
         list(results.final["run_id"]) == ["constant-T4-s0"] and not results.unfinished and not results.failed
     )
@@ -200,7 +201,7 @@ def test_an_older_summary_without_newer_keys_reads_as_before(tmp_path):
         0,
         lambda s: (s.clear(), s.update(status="failed", reason="training loss became nan in epoch 2")),
     )
-    results = report.load_results(root)
+    results = load_results(root)
     assert list(results.final["run_id"]) == ["constant-T4-s0"] and results.final["generation"].tolist() == [1]
     assert (
         results.failed == [("constant-T8-s0", "training loss became nan in epoch 2")]

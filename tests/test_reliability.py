@@ -15,7 +15,7 @@ import torch
 
 from helpers import REPO, experiment, final_metrics, kdtemp_command, kdtemp_env, train_experiment, write_experiment
 
-from kdtemp.runs import ExperimentLayout, RunFiles, is_completed
+from kdtemp.store.files import ExperimentLayout, RunFiles, is_completed
 
 SLOW_SWEEP = {"student": {"hidden": [64], "epochs": 8}, "kd": {"temperatures": [1, 2, 4], "seeds": [0, 1]},
               "train": {"max_group_size": 2}}

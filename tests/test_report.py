@@ -16,11 +16,12 @@ from helpers import train_experiment
 from matplotlib.image import imread
 from scipy import stats as scipy_stats
 
-from kdtemp import render, report
-from kdtemp.runs import ExperimentLayout, STUDENT_COLUMNS, atomic_torch_save, atomic_write_yaml, file_fingerprint, read_summary, write_csv
-from kdtemp.config_loading import load_config
+from kdtemp.report import tables
+from kdtemp.store.files import ExperimentLayout, STUDENT_COLUMNS, atomic_torch_save, atomic_write_yaml, file_fingerprint, read_summary, write_csv
+from kdtemp.config.loading import load_config
 from kdtemp.errors import RunsError
-from kdtemp.sweep import sweep
+from kdtemp.sweep.runner import sweep
+from kdtemp.report import render
 
 T_975_DF2 = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (from tables)
 
@@ -79,7 +80,7 @@ def experiment(tmp_path):
 
 
 def test_statistics_match_closed_forms(experiment):
-    built = report.build_report(experiment)
+    built = tables.build_report(experiment)
     summary = built.summary.set_index(["schedule", "t0"], drop=False)
     treated, control = np.array(ACCURACY[("constant", 4.0)]), np.array(ACCURACY[("none", None)])
     row = summary.loc[("constant", 4.0)]
@@ -98,7 +99,7 @@ def test_statistics_match_closed_forms(experiment):
 
 
 def test_single_seed_cells_have_no_spread_or_test(experiment):
-    summary = report.build_report(experiment).summary
+    summary = tables.build_report(experiment).summary
     single = summary[(summary["schedule"] == "linear")].iloc[0]
     assert single["n"] == 1 and single["mean_test_acc"] == pytest.approx(0.66)
     assert math.isnan(single["std_test_acc"]) and math.isnan(single["ci95_test_acc"]) and math.isnan(single["p_value"])
@@ -106,7 +107,7 @@ def test_single_seed_cells_have_no_spread_or_test(experiment):
 
 
 def test_failed_unfinished_and_unreadable_runs_are_listed_not_averaged(experiment):
-    built = report.build_report(experiment)
+    built = tables.build_report(experiment)
     results = built.results
     assert [run for run, _ in results.failed] == ["constant-T16-s0"]
     assert results.unfinished == ["constant-T8-s0"]
@@ -114,13 +115,13 @@ def test_failed_unfinished_and_unreadable_runs_are_listed_not_averaged(experimen
     failed_row = built.summary[built.summary["t0"] == 16.0].iloc[0]
     assert failed_row["n"] == 0 and failed_row["failed"] == 1
     assert len(results.final) == 10  # 3 + 3 + 1 + 3 baselines; the broken three are left out
-    lines = report.problem_lines(results)
+    lines = tables.problem_lines(results)
     assert any("failed: constant-T16-s0: training loss became nan" in line for line in lines)
     assert any("unreadable: constant-T4-s9" in line for line in lines)
 
 
 def test_baseline_and_teacher_rows(experiment):
-    summary = report.build_report(experiment).summary
+    summary = tables.build_report(experiment).summary
     baseline = summary[summary["schedule"] == "none"].iloc[0]
     assert baseline["mean_test_acc"] == pytest.approx(np.mean(ACCURACY[("none", None)]))
     assert math.isnan(baseline["p_value"])
@@ -129,18 +130,18 @@ def test_baseline_and_teacher_rows(experiment):
 
 
 def test_table_marks_best_and_significant_cells(experiment):
-    table = report.build_report(experiment).table
+    table = tables.build_report(experiment).table
     constant = table.rows["constant"]
     assert constant[4.0].best and not constant[1.0].best
-    assert report.format_cell(constant[4.0], True).startswith("72.0 ± 2.6 (3)")
+    assert tables.format_cell(constant[4.0], True).startswith("72.0 ± 2.6 (3)")
     cell = constant[1.0]
-    assert report.format_cell(cell, True).endswith("*") == (cell.p_value < 0.05)
+    assert tables.format_cell(cell, True).endswith("*") == (cell.p_value < 0.05)
     assert set(table.references) == {"baseline (no KD)", "teacher"}
 
 
 @pytest.mark.parametrize("metric, column", [("agreement", "agreement"), ("test_loss", "test_loss"), ("ece", "test_ece")])
 def test_metric_option_switches_the_column(experiment, metric, column):
-    built = report.build_report(experiment, metric)
+    built = tables.build_report(experiment, metric)
     expected = np.mean([a + 0.01 for a in ACCURACY[("constant", 4.0)]]) if metric == "agreement" else None
     if expected is not None:
         assert built.table.rows["constant"][4.0].mean == pytest.approx(expected)
@@ -148,8 +149,8 @@ def test_metric_option_switches_the_column(experiment, metric, column):
 
 
 def test_entropy_rises_with_temperature_and_stays_below_ln_classes(experiment):
-    entropy = report.build_report(experiment).entropy
-    assert set(report.ENTROPY_LADDER) | {1.0, 4.0} <= set(entropy["temperature"])
+    entropy = tables.build_report(experiment).entropy
+    assert set(tables.ENTROPY_LADDER) | {1.0, 4.0} <= set(entropy["temperature"])
     assert entropy["mean_entropy"].is_monotonic_increasing
     assert (entropy["mean_entropy"] < math.log(4)).all()
     assert entropy["mean_max_prob"].is_monotonic_decreasing
@@ -180,7 +181,7 @@ class _Collector(html.parser.HTMLParser):
 
 
 def test_files_plots_and_self_contained_html(experiment):
-    paths = render.write_report(report.build_report(experiment))
+    paths = render.write_report(tables.build_report(experiment))
     summary = pd.read_csv(paths["summary"])
     assert {"schedule", "alpha", "t0", "n", "mean_test_acc", "std_test_acc", "ci95_test_acc", "mean_best_test_acc",
             "delta_vs_baseline", "p_value", "mean_test_loss", "mean_agreement", "mean_kl_to_teacher", "mean_ece",
@@ -221,7 +222,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_html_renders_in_headless_chromium(experiment, tmp_path):
-    paths = render.write_report(report.build_report(experiment))
+    paths = render.write_report(tables.build_report(experiment))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}"]
@@ -267,7 +268,7 @@ def test_gap_closed_delta_and_p_use_only_the_paired_seeds(tmp_path):
     write_run(root, "constant-T4-s2", "constant", 4.0, 2, 0.1, status="failed")
     (root / "teacher").mkdir()
     torch.save({"test_acc": 0.93, "test_loss": 0.2}, root / "teacher" / "model.pt")
-    row = report.build_report(root).summary.set_index("schedule").loc["constant"]
+    row = tables.build_report(root).summary.set_index("schedule").loc["constant"]
     runs = last_epochs(root)
     expected = expected_versus_baseline(runs[runs["schedule"] == "constant"], runs[runs["schedule"] == "none"], 0.93)
     assert row["n"] == 2 and row["failed"] == 1 and expected["n_paired"] == 2
@@ -277,7 +278,7 @@ def test_gap_closed_delta_and_p_use_only_the_paired_seeds(tmp_path):
 
 
 def test_a_grid_cell_without_a_p_value_shows_n_a(experiment):
-    built = report.build_report(experiment)
+    built = tables.build_report(experiment)
     lines = render.summary_markdown(built.summary).splitlines()
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     rows = [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
@@ -297,7 +298,7 @@ def test_two_baselines_of_one_setting_and_seed_are_an_error_naming_both(tmp_path
     write_run(root, "baseline-s0-bbbb", "none", None, 0, 0.7, identity=identity)
     write_run(root, "constant-T4-s0", "constant", 4.0, 0, 0.8, identity=identity)
     with pytest.raises(RunsError, match="baseline-s0-aaaa and baseline-s0-bbbb are no-KD baselines"):
-        report.build_report(root)
+        tables.build_report(root)
 
 
 def test_hint_and_plain_kd_are_two_settings_sharing_one_baseline(tmp_path):
@@ -309,7 +310,7 @@ def test_hint_and_plain_kd_are_two_settings_sharing_one_baseline(tmp_path):
         write_run(root, f"baseline-s{seed}", "none", None, seed, accuracies["none"][seed], identity=plain)
         write_run(root, f"constant-s{seed}", "constant", 4.0, seed, accuracies["plain"][seed], identity=plain)
         write_run(root, f"hinted-s{seed}", "constant", 4.0, seed, accuracies["hinted"][seed], identity=hinted)
-    built = report.build_report(root)
+    built = tables.build_report(root)
     assert [s.label for s in built.settings] == ["kd.feature_weight = 0.5", "kd.feature_weight = off"]
     runs = last_epochs(root)
     baseline = runs[runs["schedule"] == "none"]
@@ -329,7 +330,7 @@ def test_two_sweeps_with_different_epochs_report_two_settings(tiny_config, run_c
                                           student={"hidden": [32], "epochs": 1}, kd=grid))
     sweep(load_config(config, {"student.epochs": (2, "--epochs")}))
     root = experiment_dir(config)
-    built = report.build_report(root)
+    built = tables.build_report(root)
     assert built.summary.loc[built.summary["schedule"] == "constant", "n"].tolist() == [2, 2]  # never 4 mixed runs
     assert [section.label for section in built.settings] == ["student.epochs = 1", "student.epochs = 2"]
     runs = last_epochs(root)

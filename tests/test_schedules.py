@@ -5,14 +5,25 @@ import math
 import pandas as pd
 import pytest
 import torch
-
 from helpers import experiment
 
 from kdtemp.losses import kd_terms, soft_target_log_probs, standardize_logits
-from kdtemp.methods.ctkd import initial_theta, learned_temperature, reversal_weight, scale_gradient
-from kdtemp.schedules import (
-    ConstantSchedule, CosineSchedule, ExpSchedule, LearnableSchedule, LinearSchedule, StagesSchedule,
-    StepSchedule, epoch_temperatures, temperature_table,
+from kdtemp.methods.ctkd import (
+    initial_theta,
+    learned_temperature,
+    reversal_weight,
+    scale_gradient,
+)
+from kdtemp.temperature.schedules import (
+    ConstantSchedule,
+    CosineSchedule,
+    ExpSchedule,
+    LearnableSchedule,
+    LinearSchedule,
+    StagesSchedule,
+    StepSchedule,
+    epoch_temperatures,
+    temperature_table,
 )
 
 
@@ -98,7 +109,7 @@ def test_step_milestones_fire_at_the_first_step_of_their_epoch():
 @pytest.fixture
 def schedule_registry():
     """The registry as it was, restored after a test registers its own schedules."""
-    from kdtemp.schedules import SCHEDULES
+    from kdtemp.temperature.schedules import SCHEDULES
 
     saved = dict(SCHEDULES)
     yield SCHEDULES
@@ -111,10 +122,10 @@ def test_a_new_schedule_is_one_class_and_one_decorator(schedule_registry):
 
     from pydantic import Field
 
-    from kdtemp.config_loading import load_config
+    from kdtemp.config.loading import load_config
     from kdtemp.errors import ConfigError
-    from kdtemp.plan import plan_runs, uses_standardized_logits
-    from kdtemp.schedules import LOGIT_STD, ScheduleBase, register_schedule
+    from kdtemp.sweep.plan import plan_runs, uses_standardized_logits
+    from kdtemp.temperature.schedules import LOGIT_STD, ScheduleBase, register_schedule
 
     @register_schedule
     class WarmupSchedule(ScheduleBase):
@@ -220,11 +231,11 @@ def test_logit_std_matches_float64_reference():
 
 
 def group_for(members, epochs=3, data_root=None):
-    from kdtemp.config import DataConfig, MLPSpec
-    from kdtemp.data import load_dataset
-    from kdtemp.engine import LoopSettings, TeacherSignal
-    from kdtemp.student_group import StudentGroup
-    from kdtemp.models import build_model
+    from kdtemp.config.schema import DataConfig, MLPSpec
+    from kdtemp.data.registry import load_dataset
+    from kdtemp.engine.loop import LoopSettings, TeacherSignal
+    from kdtemp.group.student_group import StudentGroup
+    from kdtemp.models.registry import build_model
 
     data = load_dataset(DataConfig(root=data_root))
     generator = torch.Generator().manual_seed(0)
@@ -237,7 +248,7 @@ def group_for(members, epochs=3, data_root=None):
 
 
 def test_learnable_temperature_moves_within_bounds(data_root):
-    from kdtemp.engine import EpochDone, Member
+    from kdtemp.engine.loop import EpochDone, Member
 
     schedule = LearnableSchedule(t_min=1.0, t_range=9.0, curriculum_epochs=2)
     epochs, steps = 4, 8
@@ -253,7 +264,7 @@ def test_learnable_temperature_moves_within_bounds(data_root):
 
 
 def test_learnable_penalty_pulls_towards_target(data_root):
-    from kdtemp.engine import EpochDone, Member
+    from kdtemp.engine.loop import EpochDone, Member
 
     schedule = LearnableSchedule(t_min=1.0, t_range=9.0, lambda_max=0.0, penalty=5.0, t_target=2.0)
     epochs, steps = 3, 8
@@ -271,7 +282,7 @@ ALL_SCHEDULES = [
 
 
 def test_cli_sweep_records_each_schedule_per_epoch(tiny_config, run_cli):
-    from kdtemp.config_loading import load_config
+    from kdtemp.config.loading import load_config
 
     config = tiny_config(kd={"temperatures": [4], "seeds": [0], "schedules": ALL_SCHEDULES},
                          student={"hidden": [32], "epochs": 4})
@@ -327,8 +338,8 @@ def test_runs_whose_temperatures_changed_get_new_ids_and_the_others_keep_theirs(
     """Ids as the code before the step-granularity and default-milestone fixes made them (commit f83a7f6):
     a run trained with the old temperatures must not pass for a finished run of the new ones, and every
     unaffected run keeps its id so it is still skipped."""
-    from kdtemp.config_loading import load_config
-    from kdtemp.plan import plan_runs
+    from kdtemp.config.loading import load_config
+    from kdtemp.sweep.plan import plan_runs
 
     schedules = [{"name": "linear"}, {"name": "cosine", "granularity": "step"}, {"name": "step"},
                  {"name": "step", "granularity": "step", "label": "stepS"},

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from kdtemp import stats
+from kdtemp.report import stats
 
 
 @pytest.mark.parametrize("seed", range(5))

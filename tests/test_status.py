@@ -4,9 +4,9 @@ import re
 
 from helpers import experiment
 
-from kdtemp.runs import ExperimentLayout
-from kdtemp.config_loading import load_config
-from kdtemp.sweep import planned_runs
+from kdtemp.store.files import ExperimentLayout
+from kdtemp.config.loading import load_config
+from kdtemp.sweep.runner import planned_runs
 
 
 def rows_of(stdout: str) -> list[tuple[str, str]]:

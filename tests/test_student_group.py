@@ -10,16 +10,19 @@ import torch
 import yaml
 from helpers import job_events
 
-import kdtemp.runs
-import kdtemp.student_group
-from kdtemp.config import CNNSpec, MLPSpec, ResNetSpec
-from kdtemp.config_loading import load_config
-from kdtemp.data import Dataset, load_dataset
-from kdtemp.engine import EpochDone, LoopSettings, Member, TeacherSignal
-from kdtemp.hints import FeatureCapture
-from kdtemp.models import build_model
-from kdtemp.prepare import per_batch_teachers
-from kdtemp.student_group import StudentGroup
+import kdtemp.data.builtin
+import kdtemp.group.student_group
+import kdtemp.store.files
+import kdtemp.sweep.runner
+from kdtemp.config.loading import load_config
+from kdtemp.config.schema import CNNSpec, MLPSpec, ResNetSpec
+from kdtemp.data.dataset import Dataset
+from kdtemp.data.registry import load_dataset
+from kdtemp.engine.job_setup import per_batch_teachers
+from kdtemp.engine.loop import EpochDone, LoopSettings, Member, TeacherSignal
+from kdtemp.group.student_group import StudentGroup
+from kdtemp.models.features import FeatureCapture
+from kdtemp.models.registry import build_model
 
 CLASSES = tuple("abcdefghij")
 
@@ -96,10 +99,11 @@ def image_sweep(tmp_path_factory):
     30 test samples: accuracies k/30 are not exact in float32, so a float32 path shows in the CSV.
     Returns the config, the teachers the sweep loaded, and every FeatureCapture made during it.
     """
-    import kdtemp.data
-    import kdtemp.sweep
-    from kdtemp.teachers import train_teacher
     from test_data import write_idx_set
+
+    import kdtemp.data.builtin
+    import kdtemp.sweep.runner
+    from kdtemp.teachers.training import train_teacher
 
     directory = tmp_path_factory.mktemp("image-sweep")
     write_idx_set(directory / "data" / "fashion-mnist", train_count=100, test_count=30)
@@ -112,7 +116,7 @@ def image_sweep(tmp_path_factory):
     path = directory / "images.yaml"
     path.write_text(yaml.safe_dump(tree))
     loaded, captures = [], []
-    original_load, original_init = kdtemp.sweep.load_teachers, FeatureCapture.__init__
+    original_load, original_init = kdtemp.sweep.runner.load_teachers, FeatureCapture.__init__
 
     def load_teachers(*args):
         loaded.extend(original_load(*args))
@@ -123,12 +127,12 @@ def image_sweep(tmp_path_factory):
         captures.append(self)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kdtemp.data, "SYSTEM_FASHION_MNIST_DIRS", [directory / "absent"])
-        patch.setattr(kdtemp.sweep, "load_teachers", load_teachers)
+        patch.setattr(kdtemp.data.builtin, "SYSTEM_FASHION_MNIST_DIRS", [directory / "absent"])
+        patch.setattr(kdtemp.sweep.runner, "load_teachers", load_teachers)
         patch.setattr(FeatureCapture, "__init__", init)
         config = load_config(path)
         train_teacher(config)
-        events = job_events(kdtemp.sweep.sweep, config)
+        events = job_events(kdtemp.sweep.runner.sweep, config)
         data = load_dataset(config.data)
     assert events[-1].completed == 2  # the KD run and the baseline, each its own group
     return config, data, loaded, captures
@@ -147,7 +151,7 @@ def test_hooks_end_with_their_group(image_sweep):
 def test_accuracies_are_exact_fractions_of_counts(image_sweep):
     """test_acc * N and train_acc * N are integers, and the final test_acc is model.pt's own recount."""
     config, data, _, _ = image_sweep
-    layout = kdtemp.runs.ExperimentLayout.of(config.runs_dir, config.name)
+    layout = kdtemp.store.files.ExperimentLayout.of(config.runs_dir, config.name)
     teacher = pd.read_csv(layout.teacher_dir / "metrics.csv")
     for run_dir in layout.run_dirs():
         frame = pd.read_csv(run_dir / "metrics.csv")
@@ -155,7 +159,7 @@ def test_accuracies_are_exact_fractions_of_counts(image_sweep):
             for value in [*frame[column], *(teacher[column] if column in teacher else [])]:
                 assert value * count == pytest.approx(round(value * count), abs=1e-9), (run_dir.name, column, value)
         model = build_model(config.student, data.input_shape, data.num_classes)
-        model.load_state_dict(kdtemp.runs.load_checkpoint(run_dir / "model.pt")["state_dict"])
+        model.load_state_dict(kdtemp.store.files.load_checkpoint(run_dir / "model.pt")["state_dict"])
         with torch.no_grad():
             correct = int((model.eval()(data.test_x).argmax(-1) == data.test_y).sum())
         assert frame["test_acc"].iloc[-1] == correct / len(data.test_y)
@@ -163,7 +167,7 @@ def test_accuracies_are_exact_fractions_of_counts(image_sweep):
 
 def test_saved_files_load_without_map_location(image_sweep):
     config, _, _, _ = image_sweep
-    files = list(kdtemp.runs.ExperimentLayout.of(config.runs_dir, config.name).root.rglob("*.pt"))
+    files = list(kdtemp.store.files.ExperimentLayout.of(config.runs_dir, config.name).root.rglob("*.pt"))
     assert len(files) >= 4  # the teacher, its logits cache, two students
     for path in files:
         tensors = [v for v in _leaves(torch.load(path, map_location=None, weights_only=True)) if isinstance(v, torch.Tensor)]
@@ -213,7 +217,7 @@ def test_checkpoints_are_saved_with_cpu_tensors(tmp_path):
     state = {"epoch": 1, "trainer": {"model": model.state_dict(), "optimizer": optimizer.state_dict()}}
     on_gpu = _on_cuda(state)
     assert on_gpu["trainer"]["model"]["weight"].device.type == "cuda"
-    kdtemp.runs.atomic_torch_save(on_gpu, tmp_path / "checkpoint.pt")
+    kdtemp.store.files.atomic_torch_save(on_gpu, tmp_path / "checkpoint.pt")
     loaded = torch.load(tmp_path / "checkpoint.pt", map_location=None, weights_only=True)
     expected, got = list(_leaves(state)), list(_leaves(loaded))
     assert len(got) == len(expected)
@@ -243,7 +247,7 @@ def cuda_convolution_policy(monkeypatch):
 
     library = torch.library.Library("aten", "IMPL")
     library.impl("convolution", convolution_in_bf16, "AutocastCPU")
-    monkeypatch.setattr(kdtemp.student_group, "autocast", lambda device, enabled: torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled))
+    monkeypatch.setattr(kdtemp.group.student_group, "autocast", lambda device, enabled: torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the policy is in force
         probe = torch.ops.aten.convolution.default(torch.randn(1, 1, 3, 3), torch.randn(1, 1, 1, 1), None,
                                                    [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
@@ -255,7 +259,7 @@ def cuda_convolution_policy(monkeypatch):
 def test_grouped_batchnorm_students_train_under_cuda_autocast(cuda_convolution_policy, monkeypatch):
     """resnet8 students stacked with vmap (as on CUDA; on CPU conv students run member by member) under bf16
     autocast: bf16 convolutions feed BatchNorm; a member matches its plain model."""
-    monkeypatch.setattr(kdtemp.student_group, "vmap_rounds_by_group", lambda model: False)
+    monkeypatch.setattr(kdtemp.group.student_group, "vmap_rounds_by_group", lambda model: False)
     data = random_dataset((3, 8, 8), train=64, test=32)
     spec = ResNetSpec(arch="resnet8", epochs=1)
     signal = TeacherSignal(test_logits=torch.randn(1, 32, 10), train_logits=torch.randn(1, 64, 10) * 3)

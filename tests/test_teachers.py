@@ -5,16 +5,15 @@ import shutil
 
 import pytest
 import torch
-
 from helpers import experiment, write_experiment
 
-from kdtemp import engine
-from kdtemp.runs import ExperimentLayout, atomic_torch_save, load_checkpoint
-from kdtemp import trained_teachers
-from kdtemp.config_loading import load_config
-from kdtemp.data import load_dataset
-from kdtemp.teachers import train_teacher
-from kdtemp.trained_teachers import load_teachers, teacher_logits
+from kdtemp.config.loading import load_config
+from kdtemp.data.registry import load_dataset
+from kdtemp.engine import loop
+from kdtemp.store.files import ExperimentLayout, atomic_torch_save, load_checkpoint
+from kdtemp.teachers import loading
+from kdtemp.teachers.loading import load_teachers, teacher_logits
+from kdtemp.teachers.training import train_teacher
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +39,8 @@ def cuda_like_autocast(device, enabled):
 def test_cached_logits_are_float32_even_with_amp(trained, tmp_path, data_root, monkeypatch):
     config = fresh_experiment(trained, tmp_path, data_root, "fp32")
     # CUDA's defaults, mimicked: amp on for the run, and autocast that really casts to bf16
-    monkeypatch.setattr(engine, "autocast", cuda_like_autocast)
-    monkeypatch.setattr(trained_teachers, "amp_enabled", lambda setting, device: True, raising=False)
+    monkeypatch.setattr(loop, "autocast", cuda_like_autocast)
+    monkeypatch.setattr(loading, "amp_enabled", lambda setting, device: True, raising=False)
     device = torch.device("cpu")
     data = load_dataset(config.data)
     teacher = load_teachers(config, data, device)[0]
@@ -56,7 +55,7 @@ def test_cached_logits_are_float32_even_with_amp(trained, tmp_path, data_root, m
     assert error < 1e-4, f"cached logits are {error:.1e} off the float64 forward"
     cache = next(experiment(tmp_path / "fp32.yaml").joinpath("cache").glob("teacher-logits-*.pt"))
     record = load_checkpoint(cache)
-    assert record["dtype"] == "torch.float32" and record["format"] == trained_teachers.LOGITS_FORMAT
+    assert record["dtype"] == "torch.float32" and record["format"] == loading.LOGITS_FORMAT
     assert torch.equal(record["train"], train) and torch.equal(record["test"], test)
 
 
@@ -74,4 +73,4 @@ def test_a_cache_of_the_older_format_is_recomputed(trained, tmp_path, data_root)
     with torch.no_grad():
         reference = teacher.model.double()(data.train_x.double())
     assert torch.allclose(train.double(), reference, rtol=1e-4, atol=1e-4)
-    assert load_checkpoint(path)["format"] == trained_teachers.LOGITS_FORMAT
+    assert load_checkpoint(path)["format"] == loading.LOGITS_FORMAT

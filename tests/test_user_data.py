@@ -14,21 +14,21 @@ from helpers import experiment, write_experiment
 from PIL import Image
 from rich.console import Console
 
-from kdtemp import cli
-import kdtemp.user_data
-from kdtemp.config import DataConfig
-from kdtemp.config_loading import load_config
-from kdtemp.data import load_dataset
+import kdtemp.data.custom
+from kdtemp.cli import app
+from kdtemp.config.loading import load_config
+from kdtemp.config.schema import DataConfig
+from kdtemp.data.registry import load_dataset
 from kdtemp.errors import DataError
-from kdtemp.sweep import planned_runs
+from kdtemp.sweep.runner import planned_runs
 
 CLASSES = ("apple", "kiwi", "plum")
 
 
 @pytest.fixture
 def wide_output(monkeypatch):
-    monkeypatch.setattr(cli, "out", Console(width=300))
-    monkeypatch.setattr(cli, "err", Console(stderr=True, width=300))
+    monkeypatch.setattr(app, "out", Console(width=300))
+    monkeypatch.setattr(app, "err", Console(stderr=True, width=300))
 
 
 def write_image_folder(root: Path, seed: int = 0, size: tuple[int, int] = (14, 12), mode: str = "RGB",
@@ -108,7 +108,7 @@ def test_grayscale_folder_keeps_one_channel_unless_any_image_has_colour(tmp_path
     mixed = load_dataset(DataConfig(dataset="image-folder", root=mixed_root, image_size=6))
     assert mixed.input_shape == (3, 6, 6)
     # a grayscale image in an RGB dataset is its gray level repeated in every channel
-    cached = torch.load(next((mixed_root / kdtemp.user_data.CACHE_DIR).glob("*.pt")), weights_only=True)
+    cached = torch.load(next((mixed_root / kdtemp.data.custom.CACHE_DIR).glob("*.pt")), weights_only=True)
     assert torch.equal(cached["train_x"][:, 0], cached["train_x"][:, 1])
     assert torch.equal(cached["train_x"][:, 0], cached["train_x"][:, 2])
     assert not torch.equal(cached["test_x"][:, 0], cached["test_x"][:, 1])  # the colour image
@@ -118,17 +118,17 @@ def test_second_load_reads_the_cache_and_a_changed_folder_decodes_again(tmp_path
     root = write_image_folder(tmp_path / "images")
     config = DataConfig(dataset="image-folder", root=root, image_size=8)
     first = load_dataset(config)
-    assert len(list((root / kdtemp.user_data.CACHE_DIR).glob("*.pt"))) == 1
+    assert len(list((root / kdtemp.data.custom.CACHE_DIR).glob("*.pt"))) == 1
 
     def no_decoding(path, size):
         raise AssertionError(f"decoded {path} again")
 
-    monkeypatch.setattr(kdtemp.user_data, "decode_image", no_decoding)
+    monkeypatch.setattr(kdtemp.data.custom, "decode_image", no_decoding)
     second = load_dataset(config)
     assert "cached" in second.source
     for name in ("train_x", "train_y", "test_x", "test_y"):
         assert torch.equal(getattr(first, name), getattr(second, name))
-    assert torch.load(next((root / kdtemp.user_data.CACHE_DIR).glob("*.pt")), weights_only=True)["train_x"].dtype == torch.uint8
+    assert torch.load(next((root / kdtemp.data.custom.CACHE_DIR).glob("*.pt")), weights_only=True)["train_x"].dtype == torch.uint8
 
     Image.new("RGB", (12, 12)).save(root / "train" / "kiwi" / "new.png")
     with pytest.raises(AssertionError, match="decoded"):
@@ -172,7 +172,7 @@ def test_bad_image_folders_are_refused_before_anything_is_written(tmp_path, run_
     damage(root)
     config = user_experiment(tmp_path, {"dataset": "image-folder", "root": str(root), "image_size": 8})
     assert_refused(run_cli("train-teacher", "--config", config), message, tmp_path / "runs")
-    assert not (root / kdtemp.user_data.CACHE_DIR).exists()
+    assert not (root / kdtemp.data.custom.CACHE_DIR).exists()
 
 
 # --- tensors -------------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def test_tensors_end_to_end_and_two_files_give_different_run_ids(tmp_path, run_c
 def test_a_teacher_cut_off_on_one_file_does_not_resume_on_another(tmp_path):
     """The teacher's epoch checkpoint records the data's fingerprint: same dataset name, other arrays -> from scratch."""
     from kdtemp.events import Note
-    from kdtemp.teachers import train_teacher
+    from kdtemp.teachers.training import train_teacher
 
     def notes(config: Path, stop_after: int | None) -> list[str]:
         checks = iter(range(10_000))

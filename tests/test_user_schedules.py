@@ -12,15 +12,15 @@ import pytest
 import torch
 from helpers import experiment, write_experiment
 
-from kdtemp import cli
-from kdtemp.config import DataConfig
-from kdtemp.config_loading import load_config
-from kdtemp.data import load_dataset
-from kdtemp.engine import steps_per_epoch
+from kdtemp.cli import app
+from kdtemp.config.loading import load_config
+from kdtemp.config.schema import DataConfig
+from kdtemp.data.registry import load_dataset
+from kdtemp.engine.loop import steps_per_epoch
 from kdtemp.errors import ConfigError
-from kdtemp.plan import plan_runs
-from kdtemp.schedules import temperature_table
-from kdtemp.user_schedules import UserSchedule
+from kdtemp.sweep.plan import plan_runs
+from kdtemp.temperature.custom import UserSchedule
+from kdtemp.temperature.schedules import temperature_table
 
 MY_SCHEDULES = '''
 import math
@@ -95,8 +95,8 @@ def my_schedules(tmp_path, monkeypatch):
 def wide_output(monkeypatch):
     from rich.console import Console
 
-    monkeypatch.setattr(cli, "out", Console(width=200))
-    monkeypatch.setattr(cli, "err", Console(stderr=True, width=200))
+    monkeypatch.setattr(app, "out", Console(width=200))
+    monkeypatch.setattr(app, "err", Console(stderr=True, width=200))
 
 
 def grid(*schedules, epochs=4):
@@ -150,7 +150,7 @@ REFUSALS = [
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory, data_root):
     """One trained teacher for every refusal: a refused sweep writes nothing, so they can share it."""
-    from kdtemp.teachers import train_teacher
+    from kdtemp.teachers.training import train_teacher
 
     directory = tmp_path_factory.mktemp("refusals")
     config = write_experiment(directory, data_root, student={"hidden": [8], "epochs": 2})

@@ -9,7 +9,8 @@ import pytest
 from scipy import stats as scipy_stats
 from test_report import write_run
 
-from kdtemp import render, report, report_text, stats, verdict
+from kdtemp.report import render, stats, tables, verdict
+from kdtemp.report import text as report_text
 
 
 def holm_by_hand(p_values):
@@ -119,7 +120,7 @@ def expected_p(accuracies, key, other):
 
 
 def test_summary_csv_holds_p_vs_best_p_vs_constant_and_holm(tied, no_figures):
-    paths = render.write_report(report.build_report(tied))
+    paths = render.write_report(tables.build_report(tied))
     summary = pd.read_csv(paths["summary"]).set_index(["schedule", "t0"])
     grid = [key for key in TIED if key[0] != "none"]
     versus_baseline = [expected_p(TIED, key, ("none", None)) for key in grid]
@@ -133,7 +134,7 @@ def test_summary_csv_holds_p_vs_best_p_vs_constant_and_holm(tied, no_figures):
 
 
 def test_verdict_names_the_tie_the_no_kd_test_and_where_kd_hurt(tied):
-    section = report.build_report(tied).settings[0]
+    section = tables.build_report(tied).settings[0]
     grid = [key for key in TIED if key[0] != "none"]
     holm = dict(zip(grid, holm_by_hand([expected_p(TIED, key, ("none", None)) for key in grid])))
     assert holm[("constant", 10.0)] < 0.05 and holm[("constant", 5.0)] < 0.05 and holm[("constant", 1.0)] < 0.05
@@ -145,12 +146,12 @@ def test_verdict_names_the_tie_the_no_kd_test_and_where_kd_hurt(tied):
                             f"p = {tie:.2g}); both beat no-KD (adjusted p < 0.05); KD hurt: constant T=1 ({percent[('constant', 1.0)]}) "
                             f"below no-KD's {percent[('none', None)]} (adjusted p < 0.05)")
     constant = section.table.rows["constant"]
-    assert report.format_cell(constant[10.0], True).endswith(" *") and report.format_cell(constant[5.0], True).endswith(" *")
-    assert report.format_cell(constant[1.0], True).endswith(" †")  # worse than no-KD: not the better-mark
+    assert tables.format_cell(constant[10.0], True).endswith(" *") and tables.format_cell(constant[5.0], True).endswith(" *")
+    assert tables.format_cell(constant[1.0], True).endswith(" †")  # worse than no-KD: not the better-mark
 
 
 def test_the_tie_says_how_many_more_seeds_would_separate_the_top_two(tied):
-    section = report.build_report(tied).settings[0]
+    section = tables.build_report(tied).settings[0]
     differences = np.subtract(TIED[("constant", 10.0)], TIED[("constant", 5.0)])
     effect_size = differences.mean() / differences.std(ddof=1)
     needed = next(n for n in range(2, 10_000) if power_by_scipy(effect_size, n) >= 0.8)
@@ -175,15 +176,15 @@ def test_separation_cannot_be_estimated_for_identical_means_or_one_seed(tmp_path
     same = write_runs(tmp_path / "runs" / "same", {
         ("constant", 4.0): [0.70, 0.72, 0.71, 0.73], ("constant", 8.0): [0.72, 0.70, 0.73, 0.71],
         ("none", None): [0.60, 0.61, 0.60, 0.62]})
-    line = report_text.headline(report.build_report(same).settings[0]).splitlines()[1]
+    line = report_text.headline(tables.build_report(same).settings[0]).splitlines()[1]
     assert line.endswith(": identical means") and "separate constant T=" in line
     shifted = write_runs(tmp_path / "runs" / "shifted", {
         ("constant", 4.0): [0.70, 0.72], ("constant", 8.0): [0.73, 0.75], ("none", None): [0.60, 0.61]})
     assert "not tested against T=4 (71.0%: the same difference on every seed, so no t-test)" in report_text.headline(
-        report.build_report(shifted).settings[0])
+        tables.build_report(shifted).settings[0])
     single = write_runs(tmp_path / "runs" / "single", {("constant", 4.0): [0.70], ("constant", 8.0): [0.72],
                                                         ("none", None): [0.60]})
-    text = report_text.headline(report.build_report(single).settings[0])
+    text = report_text.headline(tables.build_report(single).settings[0])
     assert "not tested against T=4 (70.0%: one seed); not distinguishable from no-KD (adjusted p n/a)" in text
     assert text.splitlines()[1].endswith("a spread needs at least 2 seeds they share")
 
@@ -191,26 +192,26 @@ def test_separation_cannot_be_estimated_for_identical_means_or_one_seed(tmp_path
 def test_kd_hurt_everywhere_is_said_in_words_and_marked_worse(tmp_path):
     worse = {("constant", 1.0): [0.60, 0.61, 0.60, 0.62], ("constant", 4.0): [0.65, 0.66, 0.64, 0.66],
              ("none", None): [0.70, 0.72, 0.71, 0.73]}
-    section = report.build_report(write_runs(tmp_path / "runs" / "worse", worse)).settings[0]
+    section = tables.build_report(write_runs(tmp_path / "runs" / "worse", worse)).settings[0]
     text = report_text.headline(section)
     percent = {key: f"{100 * np.mean(values):.1f}%" for key, values in worse.items()}
     assert text.startswith(f"best: constant T=4, {percent[('constant', 4.0)]}")
     assert (f"KD hurt: every cell falls short of no-KD's {percent[('none', None)]}; significantly below it (adjusted p < 0.05): "
             f"T=4 ({percent[('constant', 4.0)]}) and T=1 ({percent[('constant', 1.0)]})") in text
-    texts = [report.format_cell(cell, True) for cell in section.table.rows["constant"].values()]
+    texts = [tables.format_cell(cell, True) for cell in section.table.rows["constant"].values()]
     assert all(t.endswith(" †") for t in texts) and not any("*" in t for t in texts)
 
 
 def test_each_metric_has_its_title_markers_and_own_report_file(tied, no_figures):
     out = tied / "report"
-    written = {metric: render.write_report(report.build_report(tied, metric), out) for metric in ("test_acc", "test_loss", "best_test_acc")}
+    written = {metric: render.write_report(tables.build_report(tied, metric), out) for metric in ("test_acc", "test_loss", "best_test_acc")}
     assert written["test_acc"]["markdown"] == out / "report.md" and written["test_loss"]["html"] == out / "report-test_loss.html"
     assert "Metric `test_acc`: test_acc (%), mean ± sd (n seeds), last epoch" in (out / "report.md").read_text()
     assert "best_test_acc (%), mean ± sd (n seeds), each run's best epoch" in (out / "report-best_test_acc.md").read_text()
-    loss = report.build_report(tied, "test_loss").settings[0]
+    loss = tables.build_report(tied, "test_loss").settings[0]
     assert loss.table.heading == "test_loss, mean ± sd (n seeds), last epoch"
     constant = loss.table.rows["constant"]  # test_loss = 1.5 - test_acc: lower is better, so the same marks
-    assert report.format_cell(constant[10.0], False).endswith(" *") and report.format_cell(constant[1.0], False).endswith(" †")
+    assert tables.format_cell(constant[10.0], False).endswith(" *") and tables.format_cell(constant[1.0], False).endswith(" †")
     assert report_text.headline(loss).startswith("best: constant T=10, 0.756; tied with constant T=5 (0.760")
     assert "* / † = better / worse than the no-KD baseline" in (out / "report-test_loss.md").read_text()
 

@@ -40,7 +40,7 @@ def resolve_methods(references: Sequence[str]) -> list[type[KDMethod]]:
 
     Refused in one line: a module that does not import, a name that is not a KDMethod subclass, or a
     method whose `name` another registered method already has."""
-    from kdtemp.user_code import import_callable  # the same module:callable rule as archs and schedules
+    from kdtemp.plugins import import_callable  # the same module:callable rule as archs and schedules
 
     resolved = []
     for reference in references:

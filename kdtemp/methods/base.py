@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from kdtemp.data import Dataset
-    from kdtemp.engine import LoopSettings, Member, TeacherSignal
-    from kdtemp.hints import FeatureCapture
+    from kdtemp.data.dataset import Dataset
+    from kdtemp.engine.loop import LoopSettings, Member, TeacherSignal
     from kdtemp.methods.hints import Hint
+    from kdtemp.models.features import FeatureCapture
 
 Stacker = Callable[..., Callable]
 """How the group runs a per-member function on stacked (K, ...) tensors: vmap or `each_member`."""

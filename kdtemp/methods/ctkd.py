@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from kdtemp.methods.base import KDMethod, OptimizerSlice, RestoreOptimizer, Step, Terms
-from kdtemp.schedules import LearnableSchedule
+from kdtemp.temperature.schedules import LearnableSchedule
 
 # --- the math, as pure functions ---------------------------------------------------------------
 

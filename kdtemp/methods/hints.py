@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from kdtemp.hints import FeatureCapture, build_regressor, feature_shape
+from kdtemp.models.features import FeatureCapture, build_regressor, feature_shape
 from kdtemp.losses import hint_loss
 from kdtemp.methods.base import (
     GroupSetting,
@@ -28,10 +28,10 @@ from kdtemp.methods.base import (
     Step,
     Terms,
 )
-from kdtemp.stacking import stack_modules
+from kdtemp.engine.stacking import stack_modules
 
 if TYPE_CHECKING:
-    from kdtemp.engine import Member
+    from kdtemp.engine.loop import Member
 
 
 @dataclass(frozen=True)

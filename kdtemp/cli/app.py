@@ -1,0 +1,407 @@
+"""The `kdtemp` command: parse options, call the library, render its events. No training logic here."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, NoReturn, TypeVar, cast
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from kdtemp import events
+from kdtemp.cli.options import Experiment, experiment_options
+from kdtemp.config.schema import ExperimentConfig, check_safe_name
+from kdtemp.engine.loop import StopRequested
+from kdtemp.errors import KDTempError
+from kdtemp.sweep.launch import run_sweep
+from kdtemp.config.overrides import LAUNCH, parse_name_list
+from kdtemp.teachers.training import train_teacher
+from kdtemp.cli import tables
+
+if TYPE_CHECKING:  # one definition for mypy: the installed typer's
+    from typer._click import exceptions as click_errors
+else:
+    try:  # typer >= 0.20 vendors its own copy of click
+        from typer._click import exceptions as click_errors
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        from click import exceptions as click_errors
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    help=(
+        "Knowledge-distillation temperature studies: train a teacher, sweep students over temperatures, "
+        "report."
+    ),
+)
+# Piped output gets a wide console so tables are not cropped to 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+class Interrupt:
+    """First Ctrl-C asks the job to stop after the current step; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    @contextmanager
+    def installed(self):
+        def handle(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            err.print("[yellow]stopping after the current step (Ctrl-C again to stop at once)...[/yellow]")
+
+        previous = signal.signal(signal.SIGINT, handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    # escaped: "pip install 'kdtemp[tensorboard]'" is not rich markup
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+class ProgressView:
+    """Progress bars and notes for a running job: `emit` is the job's emit callback.
+
+    The bars start with the first Progress event, so a job refused up front prints only its error.
+    """
+
+    def __init__(self) -> None:
+        columns = [
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        ]
+        self.progress = Progress(*columns, console=err, transient=False)
+        self.tasks: dict[str, TaskID] = {}
+
+    def emit(self, event: events.Event) -> None:
+        if isinstance(event, events.Progress):
+            self._advance(event)
+        elif isinstance(event, events.Note):
+            style = "yellow" if event.level == "warning" else "dim"
+            prefix = "warning: " if event.level == "warning" else ""
+            self.progress.console.print(
+                f"[{style}]{prefix}{event.text}[/{style}]", highlight=False, soft_wrap=True
+            )
+        elif isinstance(event, events.Submitted):
+            out.print(
+                f"submitted Slurm job array {event.array_id}: {event.tasks} tasks, {event.runs} runs; "
+                f"logs in {event.folder}; follow with `kdtemp status`",
+                highlight=False,
+            )
+
+    def _advance(self, event: events.Progress) -> None:
+        if not self.tasks:
+            self.progress.start()
+        if event.task not in self.tasks:
+            self.tasks[event.task] = self.progress.add_task(event.description, total=event.total)
+        self.progress.update(
+            self.tasks[event.task],
+            description=event.description,
+            completed=event.completed,
+            total=event.total,
+        )
+
+    def __enter__(self) -> ProgressView:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.tasks:
+            self.progress.stop()
+
+
+Result = TypeVar("Result")
+
+
+def run_job(job: Callable[[Interrupt, events.Emit], Result]) -> Result:
+    """Run `job(interrupt, emit)` with its progress shown; a refusal becomes one error line, Ctrl-C a
+    resumable stop."""
+    interrupt = Interrupt()
+    try:
+        with interrupt.installed(), ProgressView() as view:  # the bars stop before an error is printed
+            return job(interrupt, view.emit)
+    except KDTempError as exc:
+        fail(str(exc))
+    except (StopRequested, KeyboardInterrupt):
+        err.print(
+            "[yellow]interrupted: every finished epoch is saved; "
+            "run the same command again to resume.[/yellow]"
+        )
+        raise typer.Exit(130) from None
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+TRAINING_FLAGS = ("dataset", "device", "amp", "tensorboard")
+GRID_FLAGS = ("temps", "seeds", "alpha", "schedules", "dataset", "epochs")
+LAUNCH_FLAGS = (
+    "launcher",
+    "workers",
+    "devices",
+    "slurm_partition",
+    "slurm_gpus_per_job",
+    "slurm_cpus_per_job",
+    "slurm_mem_gb",
+    "slurm_time",
+    "slurm_array_parallelism",
+)
+
+
+@app.command("train-teacher", no_args_is_help=False)
+@experiment_options(*TRAINING_FLAGS, "teacher_epochs")
+def train_teacher_command(
+    experiment: Experiment,
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Retrain even if a finished teacher exists (overwrites it; --name NEW keeps it).",
+    ),
+):
+    """Train, evaluate and checkpoint the teacher (or each teacher of an ensemble).
+
+    [bold]Example:[/bold] kdtemp train-teacher --config configs/fashion-mnist.yaml
+    """
+
+    def job(interrupt, emit):
+        return train_teacher(experiment.settings(), force=force, should_stop=interrupt, emit=emit)
+
+    for result in run_job(job):
+        if isinstance(result, events.TeacherResult):
+            done = "imported" if result.imported else "trained"
+            verb = f"already {done}" if result.already_trained else f"{done} in {result.seconds:.1f}s"
+            out.print(
+                f"{result.label} {verb}: test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
+                f"({result.parameters:,} parameters) -> {result.path}",
+                highlight=False,
+            )
+        elif isinstance(result, events.EnsembleResult):
+            out.print(
+                f"ensemble of {result.teachers} ({result.mode}): "
+                f"test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
+                f"-> {result.path}",
+                highlight=False,
+            )
+
+
+@app.command("sweep")
+@experiment_options(*GRID_FLAGS, "device", "amp", "tensorboard", *LAUNCH_FLAGS)
+def sweep_command(
+    experiment: Experiment,
+    force: bool = typer.Option(False, "--force", help="Retrain every run, even completed ones."),
+    wait: bool = typer.Option(
+        True,
+        "--wait/--no-wait",
+        help="Wait for Slurm jobs, showing progress (--no-wait prints the job id).",
+        rich_help_panel=LAUNCH,
+    ),
+):
+    """Distil students over temperatures x schedules x seeds, plus a no-KD baseline per seed.
+
+    [bold]Example:[/bold] kdtemp sweep --temps 1,3,5,10 --seeds 0,1,2 --alpha 0.9
+
+    Finished runs are skipped and interrupted ones resume; one metrics.csv is written per run.
+    """
+
+    def job(interrupt, emit):
+        return run_sweep(experiment.settings(), force=force, should_stop=interrupt, wait=wait, emit=emit)
+
+    result = run_job(job)
+    if isinstance(result, events.SweepResult):  # None: handed to Slurm without waiting, the view said where
+        out.print(
+            f"{result.planned} runs: {result.skipped} skipped (complete), {result.resumed} resumed, "
+            f"{result.started} started, {result.completed} completed, {len(result.failed)} failed "
+            f"in {result.seconds:.1f}s",
+            highlight=False,
+        )
+        for run_id in result.busy:
+            out.print(f"  left to another process: {run_id}", highlight=False)
+        if result.failed:
+            for run_id, reason in result.failed:
+                err.print(f"[red]failed:[/red] {run_id}: {reason}", highlight=False)
+            raise typer.Exit(1)
+        if result.experiment_dir is not None:
+            out.print(
+                f"results in {result.experiment_dir}; next: kdtemp report{experiment.options()}",
+                highlight=False,
+            )
+
+
+@app.command("report")
+@experiment_options()
+def report_command(
+    experiment: Experiment,
+    metric: str = typer.Option(
+        "test_acc",
+        help="Metric in the table: test_acc, best_test_acc, test_loss, agreement, kl_to_teacher, ece.",
+    ),
+    partial: bool = typer.Option(
+        False,
+        "--partial",
+        help=(
+            "While a sweep runs: tabulate every run's latest completed epoch "
+            "(printed only, no files written)."
+        ),
+    ),
+):
+    """Aggregate the sweep's CSVs: accuracy-vs-temperature table, statistics, plots, report.md and report.html.
+
+    [bold]Example:[/bold] kdtemp report --config configs/fashion-mnist.yaml --metric agreement
+    """  # noqa: E501 - the first line is the command's one-line summary in `kdtemp --help`: kept whole
+    # pandas, scipy and matplotlib load only when a report is asked for
+    from kdtemp.report.render import write_comparison, write_report
+    from kdtemp.report.tables import build_report, problem_lines
+    from kdtemp.report.text import footer, titled
+
+    try:
+        settings = experiment.settings(with_name=False)  # --name here may list several experiments
+        names = _experiment_names(settings, experiment.name)
+        reports = [build_report(settings.runs_dir / folder, metric, partial) for folder in names]
+        if partial:
+            paths = None
+        elif len(reports) == 1:
+            paths = write_report(reports[0])
+        else:
+            paths = write_comparison(reports, settings.runs_dir / "comparison")
+    except KDTempError as exc:
+        fail(str(exc))
+    for built in reports:
+        for section in built.settings:  # one table per setting: runs of different settings never mix
+            title = titled(built.results.name, section)
+            if partial:
+                out.print(tables.temperature_table(title, section.table, tables.PARTIAL_EPOCH))
+                out.print(tables.partial_footer(section.results), highlight=False)
+            else:
+                out.print(tables.temperature_table(title, section.table))
+                out.print(footer(section), highlight=False)
+        for line in problem_lines(built.results):
+            err.print(f"[yellow]{line}[/yellow]", highlight=False)
+    if paths is None:
+        out.print(
+            "partial: nothing written; `kdtemp report` writes the report once the sweep ends", highlight=False
+        )
+    else:
+        out.print(
+            f"wrote {paths['html']}, {paths['markdown'].name} and {paths['summary'].name}", highlight=False
+        )
+
+
+@app.command("status")
+@experiment_options(*GRID_FLAGS, "amp")
+def status_command(experiment: Experiment):
+    """List the runs on disk (completed, running and who runs them, failed, interrupted), then what the
+    config plans that no sweep has started. Give it the grid options the sweep was given.
+
+    [bold]Example:[/bold] kdtemp status --temps 1,3,5,10
+    """
+    from kdtemp.sweep.status import STATES, sweep_status
+
+    try:
+        settings = experiment.settings()
+        statuses = sweep_status(settings)
+    except KDTempError as exc:
+        fail(str(exc))
+    swept = [status for status in statuses if status.on_disk]
+    missing = [status for status in statuses if not status.on_disk]
+    out.print(tables.status_table(f"{settings.name}: {len(swept)} runs on disk", swept))
+    if missing:
+        out.print(tables.status_table(f"planned by the config, not on disk: {len(missing)} runs", missing))
+    out.print(tables.status_line(statuses, STATES), highlight=False)
+
+
+@app.command("export")
+@experiment_options()
+def export_command(
+    experiment: Experiment,
+    run_id: str | None = typer.Argument(None, help="Run to export (default: the best completed run)."),
+    format: str = typer.Option(
+        "pt2",
+        "--format",
+        help="pt2 (torch.export.load) or torchscript (torch.jit.load, deprecated by PyTorch).",
+    ),
+):
+    """Export a student for use without kdtemp.
+
+    [bold]Example:[/bold] kdtemp export --format pt2
+    """
+    from kdtemp.models.export import FILE_NAMES, Format, export_student
+    from kdtemp.store.files import ExperimentLayout, read_summary
+
+    if format not in FILE_NAMES:
+        fail(f"--format: {format!r} is not a format; choose pt2 or torchscript")
+    try:
+        settings = experiment.settings()
+        chosen, path = export_student(
+            ExperimentLayout.of(settings.runs_dir, settings.name), run_id, cast(Format, format)
+        )
+    except KDTempError as exc:
+        fail(str(exc))
+    loader = "torch.jit.load(path)" if format == "torchscript" else "torch.export.load(path).module()"
+    out.print(f"exported {chosen} -> {path}  (load it with {loader})", highlight=False)
+    if run_id is None:  # one run, where the report's cells average seeds: say which and why
+        layout = ExperimentLayout.of(settings.runs_dir, settings.name)
+        summary = read_summary(layout.run_dir(chosen))
+        accuracy = summary.test_acc if summary is not None else None
+        shown = f", {100 * accuracy:.1f}%" if accuracy is not None else ""
+        out.print(
+            f"chosen as the completed run with the highest last-epoch test accuracy{shown}; "
+            "the report's cells average seeds: give a RUN_ID to export another",
+            highlight=False,
+        )
+
+
+def _experiment_names(settings: ExperimentConfig, names: str | None) -> list[str]:
+    if names is None:
+        return [settings.name]
+    if names.strip() == "all":
+        found = sorted(d.parent.name for d in settings.runs_dir.glob("*/students") if d.is_dir())
+        if not found:
+            fail(f"no experiments with runs under {settings.runs_dir}; run `kdtemp sweep` first")
+        return found
+    chosen = parse_name_list(names, "--name")
+    for experiment in chosen:
+        try:
+            check_safe_name(experiment, "--name")
+        except ValueError as exc:
+            fail(str(exc))
+    return chosen
+
+
+def main() -> None:
+    """Entry point: one line for usage errors too, never click's multi-line box."""
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        out.print(exc.ctx.get_help(), highlight=False)
+        raise SystemExit(0) from None
+    except click_errors.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "kdtemp"
+        err.print(
+            f"[bold red]error:[/bold red] {exc.format_message()} (see `{command} --help`)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise SystemExit(2) from None
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        err.print("[yellow]aborted[/yellow]")
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

@@ -1,0 +1,430 @@
+"""Experiment configuration: one pydantic model per YAML section.
+
+Every key has its default here and nowhere else, so a YAML file states only what it changes. Reading
+a file and the command line's overrides is kdtemp/config/loading.py; turning a validation error into
+one line naming the key and the file (or the option that set it) is kdtemp/config/messages.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args
+
+from pydantic import (
+    Discriminator,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from kdtemp.temperature.schedules import ConstantSchedule, ScheduleSpec
+from kdtemp.strict import StrictModel
+from kdtemp.plugins import CALLABLE_REFERENCE
+
+RESNET_ARCHS = (
+    "resnet8",
+    "resnet14",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet8x4",
+    "resnet32x4",
+)
+ZOO_ARCHS = (
+    "wrn_40_2",
+    "wrn_16_2",
+    "wrn_40_1",
+    "vgg13",
+    "vgg8",
+    "mobilenetv2",
+    "shufflenetv1",
+    "shufflenetv2",
+    "resnet50",
+)
+"""The rest of RepDistiller's CIFAR zoo (kdtemp/models/zoo.py)."""
+CIFAR_ARCHS = RESNET_ARCHS + ZOO_ARCHS
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_safe_name(value: str, what: str) -> str:
+    """A name that becomes a directory: letters, digits, '.', '_', '-'; no separators, no '..'."""
+    if not SAFE_NAME.match(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} is not a safe directory name: use letters, digits, '.', '_' and '-' "
+            "(no '/', no '..', at most 100 characters)"
+        )
+    return value
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+class DataConfig(StrictModel):
+    dataset: Literal[
+        "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "image-folder", "tensors"
+    ] = "mnist1d"
+    root: Path = Path("data")
+    """Where generated, cached or downloaded datasets live; for image-folder the folder holding train/ and
+    val/, for tensors the .npz or .pt file."""
+    image_size: PositiveInt = 32
+    """image-folder only: every image is resized (shorter side) and center-cropped to this square size."""
+    batch_size: PositiveInt = 128
+    """Training batch size, unless teacher/student set their own."""
+    eval_batch_size: PositiveInt = 1000
+    augment: bool = False
+    """Random crop (padding 4) and horizontal flip of training images, drawn on the device."""
+    download: bool = True
+    """Let torchvision download mnist, fashion-mnist and CIFAR when no local copy exists."""
+
+
+# --- models and their training ---------------------------------------------------------------
+
+
+class TrainingSettings(StrictModel):
+    """How one network (teacher or student) is optimised."""
+
+    epochs: PositiveInt = 30
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = True
+    """sgd with momentum > 0: Nesterov momentum, or plain (heavy-ball) momentum as RepDistiller uses when
+    false."""
+    weight_decay: NonNegativeFloat = 5e-4
+    batch_size: PositiveInt | None = None
+    """None takes data.batch_size."""
+    lr_schedule: Literal["constant", "cosine", "multistep"] = "cosine"
+    lr_milestones: list[PositiveInt] = []
+    """Epochs at which multistep multiplies the learning rate by lr_gamma."""
+    lr_gamma: PositiveFloat = 0.1
+    seed: NonNegativeInt = 0
+    """Teacher only: students take their seeds from kd.seeds."""
+    checkpoint: Path | None = None
+    """Teacher only: a trained teacher's weights (kdtemp model.pt, state dict, TorchScript or torch.export
+    file) for this arch; train-teacher then only evaluates and records it."""
+
+
+class MLPSpec(TrainingSettings):
+    arch: Literal["mlp"] = "mlp"
+    hidden: list[PositiveInt] = [256, 256]
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class CNNSpec(TrainingSettings):
+    """conv-BN-ReLU-maxpool blocks, then fc-ReLU-dropout-fc; Conv1d for sequences, Conv2d for images."""
+
+    arch: Literal["cnn"] = "cnn"
+    channels: Annotated[list[PositiveInt], Field(min_length=1)] = [32, 64]
+    kernel_size: PositiveInt = 3
+    hidden: PositiveInt = 256
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5
+
+
+class ResNetSpec(TrainingSettings):
+    """The CIFAR archs of RepDistiller without kwargs: its ResNets (He et al. 2016; 'x4' = four times the
+    width) and the zoo of Wide ResNets, VGG, MobileNetV2, ShuffleNetV1/V2 and ResNet-50."""
+
+    arch: Literal[CIFAR_ARCHS]  # type: ignore[valid-type]
+
+
+class CustomSpec(TrainingSettings):
+    """A user's own network: `torchvision:NAME` (any torchvision.models builder) or `module:callable`
+    importable from the working directory or PYTHONPATH, called with `kwargs` (plus num_classes and
+    input_shape when it takes them)."""
+
+    arch: str
+    kwargs: dict[str, Any] = {}
+    weights: str | None = None
+    """torchvision only: a weights name passed through to torchvision.models.get_model (it may download)."""
+
+    @field_validator("arch")
+    @classmethod
+    def _module_and_callable(cls, value):
+        if not CALLABLE_REFERENCE.match(value):
+            raise ValueError(
+                "a custom arch is torchvision:NAME or module:callable (a dotted module, one callable name)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _weights_for_torchvision(self):
+        if self.weights is not None and not self.arch.startswith("torchvision:"):
+            raise ValueError(
+                f"weights names torchvision weights; {self.arch} is not a torchvision: arch, remove weights"
+            )
+        return self
+
+
+BUILT_IN_SPECS = (MLPSpec, CNNSpec, ResNetSpec)
+ARCH_SPEC = {
+    arch: cls.__name__ for cls in BUILT_IN_SPECS for arch in get_args(cls.model_fields["arch"].annotation)
+}
+"""Built-in arch name -> the name of its spec class (the union's tag)."""
+BUILT_IN_ARCHS = tuple(ARCH_SPEC)
+
+
+def _spec_tag(value: Any) -> str | None:
+    """The spec class an arch belongs to: `a:b` is a user's own model; an unknown plain name matches none."""
+    arch = value.get("arch") if isinstance(value, dict) else getattr(value, "arch", None)
+    if isinstance(arch, str) and ":" in arch:
+        return CustomSpec.__name__
+    return ARCH_SPEC.get(arch, arch) if isinstance(arch, str) else None
+
+
+if TYPE_CHECKING:  # what the runtime union below is, for the type checker
+    ModelSpec = MLPSpec | CNNSpec | ResNetSpec | CustomSpec
+else:
+    _TAGGED_SPECS = tuple(Annotated[cls, Tag(cls.__name__)] for cls in (*BUILT_IN_SPECS, CustomSpec))
+    ModelSpec = Annotated[
+        Union[_TAGGED_SPECS],  # noqa: UP007 (a union built at runtime)
+        Discriminator(_spec_tag, custom_error_type="unknown_arch", custom_error_message="unknown arch"),
+    ]
+
+
+def architecture_of(spec: ModelSpec) -> dict:
+    """The fields that shape the network (arch and its kwargs), not how it is trained."""
+    return spec.model_dump(mode="json", exclude=set(TrainingSettings.model_fields))
+
+
+IDENTITY_DEFAULTS_LEFT_OUT = {"nesterov": True, "checkpoint": None}
+"""Training keys added after run ids were first hashed, with the default they are left out at."""
+
+
+def training_identity(spec: ModelSpec) -> dict:
+    """The spec as plain data for run ids and checkpoint identities.
+
+    A key added later is left out while it holds its default, so the ids of runs (and teacher
+    checkpoints) made before it existed stay the same: finished runs are still recognised.
+    """
+    tree = spec.model_dump(mode="json")
+    for key, default in IDENTITY_DEFAULTS_LEFT_OUT.items():
+        if tree.get(key) == default:
+            del tree[key]
+    return tree
+
+
+def _with_default_arch(value: Any, arch: str) -> Any:
+    if isinstance(value, dict) and "arch" not in value:
+        return {"arch": arch, **value}
+    return value
+
+
+# --- distillation ------------------------------------------------------------------------------
+
+
+class FeatureLayers(StrictModel):
+    """Named modules whose outputs a hint matches (names as in model.named_modules())."""
+
+    student: str
+    teacher: str
+
+
+class KDConfig(StrictModel):
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
+    """Weight of the distillation term: (1 - alpha) * CE + alpha * T^2 * KL. (torchdistill's alpha is the CE
+    weight.)"""
+    temperatures: Annotated[list[PositiveFloat], Field(min_length=1)] = [1.0, 2.0, 4.0, 8.0]
+    seeds: Annotated[list[NonNegativeInt], Field(min_length=1)] = [0, 1, 2]
+    schedules: Annotated[list[ScheduleSpec], Field(min_length=1)] = [ConstantSchedule()]
+    """Registered names with their parameters (kdtemp/temperature/schedules.py), or your own module:function."""
+    baseline: bool = True
+    """Also train one no-KD student per seed (schedule 'none', alpha 0)."""
+    ensemble: Literal["mean_probs", "mean_logits", "weighted"] = "mean_probs"
+    """How several teachers' soft targets combine: mean of softmax(t_i/T), softmax(mean t_i / T), or
+    weighted mean."""
+    teacher_weights: list[PositiveFloat] | None = None
+    """One weight per teacher, for ensemble: weighted."""
+    feature_weight: NonNegativeFloat = 0.0
+    """Weight of the FitNets hint term MSE(regressor(student feature), teacher feature); 0 = off."""
+    feature_layers: FeatureLayers | None = None
+    """Layers the hint matches; default: the penultimate features (the input of `classifier`, else of the
+    last nn.Linear)."""
+    generations: PositiveInt = 1
+    """Born-again generations: generation k+1 is distilled from generation k's student."""
+    methods: list[Annotated[str, Field(pattern=CALLABLE_REFERENCE.pattern)]] = []
+    """Your own KD methods (`module:Class`, a kdtemp.methods.KDMethod subclass) every distilled run also
+    trains with; kdtemp imports and registers each (kdtemp.methods.resolve_methods)."""
+
+    @field_validator("schedules", mode="before")
+    @classmethod
+    def _bare_names(cls, value):
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("temperatures", "seeds")
+    @classmethod
+    def _unique(cls, values):
+        return list(dict.fromkeys(values))
+
+
+# --- the sweep engine ----------------------------------------------------------------------------
+
+
+class TrainConfig(StrictModel):
+    max_group_size: PositiveInt | None = None
+    """Most student runs trained at once in one stacked model; None = as many as fit in memory."""
+    amp: bool | None = None
+    """bf16 autocast for forward passes; None = on for CUDA, off for CPU."""
+    clip_grad_norm: PositiveFloat | None = None
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms: repeated CUDA runs give the same bits, more slowly (no cuDNN
+    autotuning)."""
+
+
+# --- where the sweep runs ----------------------------------------------------------------------
+
+
+class LauncherConfig(StrictModel):
+    """How a sweep is spread: one process (local, the default), local workers, or a Slurm job array."""
+
+    name: Literal["local", "slurm"] = "local"
+    workers: PositiveInt | None = None
+    """Local worker processes; on CPU they split the cores. None: one per --devices entry, else one."""
+    devices: list[str] | None = None
+    """Local devices, one worker each: ["cuda:0", "cuda:1"] or ["all"]."""
+    slurm_partition: str | None = None
+    slurm_gpus_per_job: NonNegativeInt = 0
+    slurm_cpus_per_job: PositiveInt = 2
+    slurm_mem_gb: PositiveInt | None = None
+    slurm_time: PositiveInt = 120
+    """Minutes per job; a job cut off at its limit is requeued and resumes."""
+    slurm_array_parallelism: PositiveInt = 16
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value):
+        if value is None:
+            return value
+        for device in value:
+            if device != "all" and not DEVICE.match(device):
+                raise ValueError(f"devices must be cpu, cuda, cuda:N or all, got {device!r}")
+        return value
+
+
+# --- experiment trackers ------------------------------------------------------------------------
+
+
+class LoggingConfig(StrictModel):
+    """Viewers a run's metrics are also sent to (kdtemp/store/loggers.py); metrics.csv is written either way."""
+
+    tensorboard: bool = False
+    """Scalars under runs/<name>/tensorboard/<run_id>/; needs the tensorboard extra (pip install
+    'kdtemp[tensorboard]')."""
+
+
+# --- the whole experiment ----------------------------------------------------------------------
+
+
+class ExperimentConfig(StrictModel):
+    name: str = "default"
+    runs_dir: Path = Path("runs")
+    device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
+    data: DataConfig = DataConfig()
+    teacher: ModelSpec = CNNSpec()
+    teachers: Annotated[list[ModelSpec], Field(min_length=1)] | None = None
+    """Several teachers (an ensemble), instead of `teacher`; each one's seed defaults to its index."""
+    student: ModelSpec = MLPSpec()
+    kd: KDConfig = KDConfig()
+    train: TrainConfig = TrainConfig()
+    launcher: LauncherConfig = LauncherConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value):
+        return check_safe_name(value, "name")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value):
+        if not DEVICE.match(value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_arch(cls, value):
+        return _with_default_arch(value, "cnn")
+
+    @field_validator("teachers", mode="before")
+    @classmethod
+    def _teachers_arch(cls, value):
+        if isinstance(value, list):
+            return [_with_default_arch(item, "cnn") for item in value]
+        return value
+
+    @model_validator(mode="after")
+    def _teachers_consistent(self):
+        if self.teachers is not None and "teacher" in self.model_fields_set:
+            raise ValueError("give teacher or teachers, not both")
+        count = len(self.teacher_specs())
+        weights = self.kd.teacher_weights
+        if self.kd.ensemble == "weighted" and (weights is None or len(weights) != count):
+            raise ValueError(
+                f"kd.ensemble: weighted needs kd.teacher_weights with one weight per teacher ({count})"
+            )
+        if weights is not None and self.kd.ensemble != "weighted":
+            raise ValueError("kd.teacher_weights only apply with kd.ensemble: weighted")
+        return self
+
+    @field_validator("student", mode="before")
+    @classmethod
+    def _student_arch(cls, value):
+        value = _with_default_arch(value, "mlp")
+        if isinstance(value, dict) and "seed" in value:
+            raise ValueError("students take their seeds from kd.seeds; remove student.seed")
+        if isinstance(value, dict) and value.get("checkpoint") is not None:
+            raise ValueError(
+                "the sweep trains the students; remove student.checkpoint "
+                "(a trained teacher goes in teacher.checkpoint)"
+            )
+        return value
+
+    @property
+    def experiment_dir(self) -> Path:
+        return self.runs_dir / self.name
+
+    def teacher_specs(self) -> list[ModelSpec]:
+        """The teacher, or every teacher of the ensemble (seed = index unless set)."""
+        if self.teachers is None:
+            return [self.teacher]
+        return [
+            spec if "seed" in spec.model_fields_set else spec.model_copy(update={"seed": index})
+            for index, spec in enumerate(self.teachers)
+        ]
+
+    def batch_size(self, spec: ModelSpec) -> int:
+        """A network's training batch: its own batch_size, else data.batch_size."""
+        return spec.batch_size or self.data.batch_size
+
+    def student_batch_size(self) -> int:
+        return self.batch_size(self.student)
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def config_to_dict(config: ExperimentConfig) -> dict:
+    """Plain-data form (paths as strings) that validates back to the same experiment.
+
+    Students take their seeds from kd.seeds, so student.seed is left out; an ensemble's teachers
+    are written with their effective seeds.
+    """
+    tree = config.model_dump(mode="json", exclude={"student": {"seed", "checkpoint"}})
+    if config.teachers is None:
+        del tree["teachers"]
+    else:
+        del tree["teacher"]
+        tree["teachers"] = [spec.model_dump(mode="json") for spec in config.teacher_specs()]
+    return tree

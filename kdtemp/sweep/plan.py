@@ -1,0 +1,250 @@
+"""The sweep's grid: which student runs exist, what identifies each one, and which train together.
+
+A run id is a readable prefix plus a hash of everything that changes the run's numbers, and of
+nothing else: growing the grid, renaming the experiment or moving the runs dir keeps every id, so
+finished runs are recognised and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any, cast
+
+from kdtemp.config.schema import ExperimentConfig, training_identity
+from kdtemp.methods import resolve_methods, source_digest
+from kdtemp.store.records import BASELINE
+from kdtemp.temperature.schedules import CTKD, LOGIT_STD, LearnableSchedule, ScheduleBase
+
+RUN_FORMAT = 1
+GRID_AXES = ("schedule", "t0", "alpha", "seed", "generation", "parent")
+"""Identity keys that place a run in the grid; the rest of its identity is its setting (what the report
+may average over seeds and compare across temperatures)."""
+KD_ONLY = ("hint", "methods")
+"""Identity keys only distilled runs carry: the no-KD baseline trains without them, so a baseline pairs
+with every distilled run whose setting differs from its own in these keys alone."""
+
+
+@dataclass(frozen=True, eq=False)
+class RunSpec:
+    """One student run of the grid."""
+
+    run_id: str
+    schedule: ScheduleBase | None
+    """None for the no-KD baseline."""
+    schedule_label: str
+    t0: float | None
+    alpha: float
+    seed: int
+    identity: dict[str, Any] = field(repr=False)
+    generation: int = 1
+    parent: str | None = None
+    """The run whose student this one distils from (born-again generations 2 and later)."""
+    prefix: str = ""
+    """The readable part of run_id, without the hash."""
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.schedule is None
+
+    def columns(self) -> dict[str, Any]:
+        """The run-describing columns of its metrics rows."""
+        return {
+            "run_id": self.run_id,
+            "schedule": self.schedule_label,
+            "t0": self.t0,
+            "alpha": self.alpha,
+            "seed": self.seed,
+            "generation": self.generation,
+        }
+
+
+def schedule_labels(schedules: list[ScheduleBase]) -> list[str]:
+    """A table name per schedule: its label, else its name (a user's function: the function's name),
+    plus its parameters when the name repeats."""
+    names = [s.display_name for s in schedules]
+    labels = []
+    for schedule in schedules:
+        name = schedule.display_name
+        if schedule.label:
+            labels.append(schedule.label)
+        elif names.count(name) == 1:
+            labels.append(name)
+        else:
+            params = schedule.model_dump(exclude={"name", "label"}, exclude_defaults=True)
+            suffix = "-".join(f"{key}{_compact(value)}" for key, value in params.items())
+            labels.append(f"{name}-{suffix}" if suffix else name)
+    if len(set(labels)) != len(labels):
+        from kdtemp.errors import ConfigError
+
+        raise ConfigError(
+            "kd.schedules lists the same schedule twice; remove the repeat or give each a distinct label"
+        )
+    return labels
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":")).replace('"', "")
+
+
+def _token(value: float) -> str:
+    return f"{value:g}".replace("+", "")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+
+
+def shared_identity(config: ExperimentConfig, teacher_fingerprint: str) -> dict[str, Any]:
+    """What every run of the sweep shares and that changes its numbers.
+
+    Method switches enter only when on, so turning none of them on keeps plain-KD run ids stable.
+    """
+    identity: dict[str, Any] = {
+        "format": RUN_FORMAT,
+        "dataset": config.data.dataset,
+        "augment": config.data.augment,
+        "batch_size": config.student_batch_size(),
+        "student": training_identity(config.student),
+        "teacher": teacher_fingerprint,
+        "clip_grad_norm": config.train.clip_grad_norm,
+        "amp": config.train.amp,
+    }
+    if config.kd.feature_weight > 0:
+        layers = config.kd.feature_layers.model_dump() if config.kd.feature_layers else None
+        identity["hint"] = {"weight": config.kd.feature_weight, "layers": layers}
+    if config.kd.methods:
+        identity["methods"] = [
+            {"name": method.name, "source_sha256": source_digest(method)}
+            for method in resolve_methods(config.kd.methods)
+        ]
+    return identity
+
+
+def run_setting(identity: dict[str, Any]) -> dict[str, Any]:
+    """A run's identity without its grid axes: runs of one setting differ only in schedule, t0, alpha,
+    seed and generation, so the report may average and pair them."""
+    return {key: value for key, value in identity.items() if key not in GRID_AXES}
+
+
+def baseline_setting(setting: dict[str, Any]) -> dict[str, Any]:
+    """The setting of the no-KD baseline a run pairs with: its own, less the keys a baseline ignores."""
+    return {key: value for key, value in setting.items() if key not in KD_ONLY}
+
+
+def make_run_id(prefix: str, identity: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{_safe(prefix)}-{digest}"
+
+
+def plan_runs(config: ExperimentConfig, teacher_fingerprint: str) -> list[RunSpec]:
+    """Every (schedule, t0, seed) of the grid, then one baseline per seed when kd.baseline is on.
+
+    A schedule of absolute temperatures (`stages`) runs once per seed with t0 = its first T. A user's
+    schedule is imported and tried first (`check`), so a broken one is refused before anything is written.
+    """
+    shared = shared_identity(config, teacher_fingerprint)
+    alpha = config.kd.alpha
+    runs: list[RunSpec] = []
+    labels = schedule_labels(list(config.kd.schedules))
+    for schedule, label in zip(config.kd.schedules, labels, strict=False):
+        schedule.check(config.student.epochs)
+        schedule_params = schedule.identity(config.student.epochs)
+        for t0 in schedule.grid_t0s(config.kd.temperatures):
+            for seed in config.kd.seeds:
+                identity = {**shared, "schedule": schedule_params, "t0": t0, "alpha": alpha, "seed": seed}
+                prefix = (
+                    f"{label}-a{_token(alpha)}-s{seed}"
+                    if schedule.absolute
+                    else f"{label}-T{_token(t0)}-a{_token(alpha)}-s{seed}"
+                )
+                runs.append(
+                    RunSpec(
+                        make_run_id(prefix, identity),
+                        schedule,
+                        label,
+                        float(t0),
+                        alpha,
+                        seed,
+                        identity,
+                        prefix=prefix,
+                    )
+                )
+    runs += born_again(runs, config.kd.generations)
+    if config.kd.baseline:
+        baseline_identity = baseline_setting(shared)  # the no-KD baseline takes no hint either
+        for seed in config.kd.seeds:
+            identity = {**baseline_identity, "schedule": None, "t0": None, "alpha": 0.0, "seed": seed}
+            runs.append(
+                RunSpec(
+                    make_run_id(f"baseline-s{seed}", identity),
+                    None,
+                    BASELINE,
+                    None,
+                    0.0,
+                    seed,
+                    identity,
+                    prefix=f"baseline-s{seed}",
+                )
+            )
+    return runs
+
+
+def born_again(first_generation: list[RunSpec], generations: int) -> list[RunSpec]:
+    """Generations 2..N of every distilled run (Furlanello et al. 2018): same schedule, t0, alpha and
+    seed, each distilled from the previous generation's student."""
+    later = []
+    for root in first_generation:
+        parent = root
+        for generation in range(2, generations + 1):
+            identity = {**parent.identity, "generation": generation, "parent": parent.run_id}
+            prefix = f"{root.prefix}-g{generation}"
+            parent = RunSpec(
+                make_run_id(prefix, identity),
+                root.schedule,
+                root.schedule_label,
+                root.t0,
+                root.alpha,
+                root.seed,
+                identity,
+                generation,
+                parent.run_id,
+                prefix,
+            )
+            later.append(parent)
+    return sorted(later, key=lambda run: run.generation)
+
+
+def group_runs(runs: list[RunSpec], max_size: int | None, across_seeds: bool) -> list[list[RunSpec]]:
+    """Lockstep groups, each cut into chunks of at most `max_size`.
+
+    Runs of one seed share init, batch order, augmentation and dropout masks, so they always group.
+    Runs of several seeds group too when `across_seeds` (students without dropout): each member then
+    draws its own seed's batch order and augmentation, exactly as it would alone.
+    """
+    ordered = sorted(runs, key=lambda run: run.seed)
+    if len({run.generation for run in runs}) > 1:
+        raise ValueError("a group holds one generation: plan generations one after another")
+    if across_seeds:
+        batches = [ordered]
+    else:
+        batches = [list(same_seed) for _, same_seed in groupby(ordered, key=lambda run: run.seed)]
+    groups: list[list[RunSpec]] = []
+    for members in batches:
+        size = max_size or len(members)
+        groups.extend(members[i : i + size] for i in range(0, len(members), size))
+    return [group for group in groups if group]
+
+
+def uses_standardized_logits(run: RunSpec) -> bool:
+    return run.schedule is not None and run.schedule.method == LOGIT_STD
+
+
+def learnable_schedule(run: RunSpec) -> LearnableSchedule | None:
+    """The schedule of a run whose temperature CTKD trains, else None."""
+    if run.schedule is None or run.schedule.method != CTKD:
+        return None
+    return cast(LearnableSchedule, run.schedule)

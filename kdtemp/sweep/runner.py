@@ -1,0 +1,413 @@
+"""The `kdtemp sweep` job: distil one student per (schedule, t0, seed), plus a no-KD baseline per seed.
+
+Every check a user's input can fail is made before the first run directory is created, so a refused
+command leaves nothing half-written. Finished runs are skipped, interrupted ones resume from their
+last epoch, and runs another process holds are left to it. Born-again generations train one after
+another, each distilled from the previous generation's students (kdtemp.sweep.generations).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import cast
+
+import torch
+from torch import nn
+
+from kdtemp.config.schema import ExperimentConfig, config_to_dict
+from kdtemp.data.dataset import Dataset
+from kdtemp.engine.device import max_group_size, member_bytes, set_up_device
+from kdtemp.engine.job_setup import (
+    StopCheck,
+    data_on,
+    environment_record,
+    loop_settings,
+    per_batch_teachers,
+)
+from kdtemp.engine.loop import (
+    Member,
+    StepsDone,
+    TeacherSignal,
+    inference_module,
+    steps_per_epoch,
+)
+from kdtemp.engine.randomness import caller_rng_kept, keeps_global_rng
+from kdtemp.engine.stacking import vmap_failure
+from kdtemp.errors import CheckpointError
+from kdtemp.events import Emit, Note, Progress, SweepResult, ignore
+from kdtemp.group.student_group import Hint, StudentGroup
+from kdtemp.models.features import build_regressor, feature_shape
+from kdtemp.models.footprint import student_and_teacher
+from kdtemp.models.inspection import has_dropout
+from kdtemp.models.registry import build_model
+from kdtemp.store.files import (
+    STUDENT_COLUMNS,
+    ExperimentLayout,
+    RunLock,
+    atomic_write_json,
+    atomic_write_yaml,
+    check_writable,
+    file_fingerprint,
+    is_completed,
+    keep_epochs_before,
+    load_checkpoint,
+    owner_record,
+)
+from kdtemp.store.loggers import check_loggers, run_loggers
+from kdtemp.sweep.generations import (
+    generation_hint,
+    parent_signal,
+    with_finished_parents,
+)
+from kdtemp.sweep.plan import (
+    RunSpec,
+    group_runs,
+    learnable_schedule,
+    plan_runs,
+    uses_standardized_logits,
+)
+from kdtemp.sweep.recording import STUDENT_FORMAT, SweepState, record_epoch
+from kdtemp.teachers.loading import (
+    LoadedTeacher,
+    all_teacher_logits,
+    ensemble_weights,
+    load_teachers,
+    teacher_features,
+    teacher_paths,
+    teachers_fingerprint,
+)
+from kdtemp.temperature.schedules import (
+    LOW_TEMPERATURE,
+    ScheduleBase,
+    temperature_table,
+)
+
+
+def plan_sweep(config: ExperimentConfig, data: Dataset, fingerprint: str) -> tuple[list[RunSpec], list[Note]]:
+    """The grid's runs, and a warning when any schedule goes below T = 0.5."""
+    runs = plan_runs(config, fingerprint)
+    spe = steps_per_epoch(len(data.train_y), config.student_batch_size())
+    # each distinct schedule and t0 once: seeds and generations share their temperatures
+    cells = {(run.schedule_label, run.t0): run.schedule for run in runs if not run.is_baseline}
+    low = sorted(
+        {
+            label
+            for (label, t0), schedule in cells.items()
+            # a distilled run has a schedule and a t0 (plan.plan_runs)
+            if cast(ScheduleBase, schedule).lowest(cast(float, t0), config.student.epochs, spe)
+            < LOW_TEMPERATURE
+        }
+    )
+    notes = []
+    if low:
+        notes.append(
+            Note(
+                f"temperatures below {LOW_TEMPERATURE} in {', '.join(low)}: soft targets become nearly "
+                "one-hot and gradients grow as 1/T",
+                "warning",
+            )
+        )
+    return runs, notes
+
+
+def planned_runs(config: ExperimentConfig) -> list[RunSpec]:
+    """The grid's runs from the config and the teachers' checkpoint files alone: no data, no models."""
+    fingerprints = [file_fingerprint(path) for path in teacher_paths(config)]
+    return plan_runs(config, teachers_fingerprint(fingerprints, config))
+
+
+def member_for(run: RunSpec, epochs: int, spe: int) -> Member:
+    if run.is_baseline:
+        return Member(seed=run.seed, alpha=0.0, temperatures=torch.ones(epochs * spe), distills=False)
+    assert run.schedule is not None and run.t0 is not None  # a distilled run has both (plan.plan_runs)
+    return Member(
+        seed=run.seed,
+        alpha=run.alpha,
+        temperatures=temperature_table(run.schedule, run.t0, epochs, spe),
+        t0=run.t0,
+        standardize=uses_standardized_logits(run),
+        learnable=learnable_schedule(run),
+        methods=tuple(method["name"] for method in run.identity.get("methods", [])),
+    )
+
+
+def run_config_record(run: RunSpec, config: ExperimentConfig, device: torch.device) -> dict:
+    schedule = run.schedule.model_dump(mode="json") if run.schedule is not None else None
+    return {
+        "run": {
+            "run_id": run.run_id,
+            "schedule": run.schedule_label,
+            "schedule_params": schedule,
+            "t0": run.t0,
+            "alpha": run.alpha,
+            "seed": run.seed,
+            "generation": run.generation,
+            "parent": run.parent,
+        },
+        "identity": run.identity,
+        "experiment": config_to_dict(config),
+        "environment": environment_record(device),
+    }
+
+
+def sweep(
+    config: ExperimentConfig,
+    force: bool = False,
+    should_stop: StopCheck = None,
+    only: set[str] | None = None,
+    worker: str | None = None,
+    emit: Emit = ignore,
+) -> SweepResult:
+    """Train the grid's runs (only those in `only` when given), reporting progress through `emit`."""
+    started_at = time.perf_counter()
+    layout = ExperimentLayout.of(config.runs_dir, config.name)
+    device = set_up_device(config.device, config.train.deterministic)
+    teacher_paths(config)
+    check_loggers(config)
+    data = data_on(device, config, emit)
+    teachers = load_teachers(config, data, device)
+    # built before anything is written, so a student that does not fit the data is refused first
+    with caller_rng_kept():
+        student = build_model(config.student, data.input_shape, data.num_classes).to(device)
+    hint = _hint(config, data, teachers)
+    runs, notes = plan_sweep(config, data, teachers_fingerprint([t.fingerprint for t in teachers], config))
+    for note in notes:
+        emit(note)
+    if only is not None:
+        runs = [run for run in runs if run.run_id in only]
+    pending = [run for run in runs if force or not is_completed(layout.run_dir(run.run_id))]
+    skipped = len(runs) - len(pending)
+    emit(Note(f"{len(runs)} runs planned: {skipped} already complete, {len(pending)} to train"))
+    if not pending:
+        return SweepResult(
+            len(runs), skipped, 0, 0, 0, seconds=time.perf_counter() - started_at, experiment_dir=layout.root
+        )
+    check_writable(layout.root)
+    signal = _teacher_signal(config, data, device, teachers, hint, emit)
+    stackable = _stackable(config, data, device, emit)
+    with caller_rng_kept():  # a forward pass of the student, dropout and all
+        sizes = student_and_teacher(
+            student, [t.model for t in teachers], data.train_x[: config.student_batch_size()], device
+        )
+    state = SweepState(
+        config,
+        layout,
+        data,
+        device,
+        teachers,
+        signal,
+        hint,
+        sizes,
+        force,
+        should_stop,
+        worker,
+        len(pending),
+        stackable=stackable,
+        emit=emit,
+    )
+    limit = _group_limit(config, data, device)
+    across_seeds = not has_dropout(student)  # dropout masks are the one draw a group cannot give each seed
+    for generation in sorted({run.generation for run in pending}):
+        members = [run for run in pending if run.generation == generation]
+        if generation > 1:
+            members = with_finished_parents(state, members)
+        groups = group_runs(members, limit, across_seeds)
+        for number, group in enumerate(groups, 1):
+            label = f"group {number}/{len(groups)}" + (
+                f", generation {generation}" if config.kd.generations > 1 else ""
+            )
+            _train_group(state, group, label)
+    return SweepResult(
+        len(runs),
+        skipped,
+        state.resumed,
+        state.started,
+        state.completed,
+        state.failed,
+        state.busy,
+        time.perf_counter() - started_at,
+        layout.root,
+    )
+
+
+@keeps_global_rng
+def _hint(config: ExperimentConfig, data: Dataset, teachers: list[LoadedTeacher]) -> Hint | None:
+    """The hint settings, with both layers resolved and the regressor's shapes checked before
+    anything runs."""
+    if config.kd.feature_weight <= 0:
+        return None
+    layers = config.kd.feature_layers
+    student_layer = layers.student if layers else None
+    teacher_shape = feature_shape(
+        teachers[0].model, layers.teacher if layers else None, data.train_x[:2], "teacher"
+    )
+    student = build_model(config.student, data.input_shape, data.num_classes)
+    build_regressor(feature_shape(student, student_layer, data.train_x[:2].cpu(), "student"), teacher_shape)
+    return Hint(config.kd.feature_weight, student_layer, teacher_shape)
+
+
+def _teacher_signal(
+    config: ExperimentConfig,
+    data: Dataset,
+    device: torch.device,
+    teachers: list[LoadedTeacher],
+    hint: Hint | None,
+    emit: Emit,
+) -> TeacherSignal:
+    """Generation 1's teacher signal: cached logits (and hint features), or networks run on each batch."""
+    train, test = all_teacher_logits(teachers, data, config, device, emit)
+    teacher_layer = config.kd.feature_layers.teacher if config.kd.feature_layers else None
+    networks: tuple[nn.Module, ...]
+    features, networks, channels_last = None, (), False
+    if train is not None and hint is not None:
+        emit(Note("computing the teachers' hint features on the training set"))
+        features = teacher_features([t.model for t in teachers], teacher_layer, data, config, device)
+    if train is None:
+        example = data.train_x[: config.student_batch_size()]
+        # hints are captured with hooks, which need the eager modules
+        networks, channels_last = per_batch_teachers(
+            [t.model if hint is not None else inference_module(t.model, example, device) for t in teachers],
+            device,
+        )
+    return TeacherSignal(
+        test_logits=test,
+        train_logits=train,
+        train_features=features,
+        networks=networks,
+        ensemble=config.kd.ensemble,
+        weights=ensemble_weights(config, device),
+        feature_layer=teacher_layer,
+        channels_last=channels_last,
+    )
+
+
+def _stackable(config: ExperimentConfig, data: Dataset, device: torch.device, emit: Emit) -> bool:
+    """Whether vmap can run the student stacked; a note when it cannot (its runs then train one at a time)."""
+    reason = _vmap_failure(config, data, device)
+    if reason is not None:
+        emit(
+            Note(
+                f"{config.student.arch} cannot be stacked with vmap ({reason}); "
+                "its runs train one member at a "
+                "time, with the same results and files, more slowly"
+            )
+        )
+    return reason is None
+
+
+@keeps_global_rng
+def _vmap_failure(config: ExperimentConfig, data: Dataset, device: torch.device) -> str | None:
+    pair = [build_model(config.student, data.input_shape, data.num_classes) for _ in range(2)]
+    return vmap_failure(pair, data.train_x[:2].to(device))
+
+
+@keeps_global_rng
+def _group_limit(config: ExperimentConfig, data: Dataset, device: torch.device) -> int:
+    spec = config.student
+    probe = build_model(spec, data.input_shape, data.num_classes).to(device)
+    slots = {"sgd": 1, "adam": 2, "adamw": 2}[spec.optimizer]
+    return max_group_size(
+        member_bytes(probe, data.train_x[: config.student_batch_size()], slots),
+        0,
+        device,
+        config.train.max_group_size,
+    )
+
+
+# --- training a group ------------------------------------------------------------------------------
+
+
+def _prepare_run(state: SweepState, run: RunSpec) -> dict | None:
+    """Clear or keep a run's files for (re)training; returns its checkpoint state when it resumes."""
+    files = state.layout.run_files(run.run_id)
+    resume = None
+    if not state.force and files.checkpoint.exists():
+        try:
+            resume = load_checkpoint(files.checkpoint, "student checkpoint")
+            if resume.get("format") != STUDENT_FORMAT or resume.get("run_id") != run.run_id:
+                resume = None
+        except CheckpointError as exc:
+            state.emit(Note(f"{exc}; restarting {run.run_id}", "warning"))
+            resume = None
+    for stale in (files.summary, files.model):
+        stale.unlink(missing_ok=True)
+    if resume is None:
+        files.checkpoint.unlink(missing_ok=True)
+        files.metrics.unlink(missing_ok=True)
+    else:
+        keep_epochs_before(files.metrics, int(resume["member"]["epoch"]), STUDENT_COLUMNS)
+    atomic_write_yaml(files.config, run_config_record(run, state.config, state.device))
+    return resume
+
+
+def _train_group(state: SweepState, group: list[RunSpec], label: str) -> None:
+    locks = {}
+    try:
+        mine = []
+        for run in group:
+            lock = RunLock(state.layout.lock_path(run.run_id))
+            if not lock.acquire():
+                state.busy.append(run.run_id)
+                state.emit(Note(f"{run.run_id} is being trained by another process; leaving it to that one"))
+                continue
+            if not state.force and is_completed(state.layout.run_dir(run.run_id)):
+                lock.release()  # finished by another process since we planned
+                continue
+            # say who holds it at once, so `kdtemp status` can name the worker or job
+            atomic_write_json(state.layout.run_files(run.run_id).owner, owner_record(state.worker))
+            locks[run.run_id] = lock
+            mine.append(run)
+        by_epoch: dict[int, list] = {}
+        for run in mine:
+            resume = _prepare_run(state, run)
+            epoch = int(resume["member"]["epoch"]) if resume else 0
+            by_epoch.setdefault(epoch, []).append((run, resume))
+            if resume:
+                state.resumed += 1
+            else:
+                state.started += 1
+        for _, members in sorted(by_epoch.items()):
+            _train_members(state, members, label)
+    finally:
+        for lock in locks.values():
+            lock.release()
+
+
+def _train_members(state: SweepState, members: list[tuple[RunSpec, dict | None]], label: str) -> None:
+    config, data, spec, emit = state.config, state.data, state.student_spec, state.emit
+    spe = steps_per_epoch(len(data.train_y), config.student_batch_size())
+    runs = [run for run, _ in members]
+    seeds = sorted({run.seed for run in runs})
+    generation = runs[0].generation
+    signal = state.signal if generation == 1 else parent_signal(state, runs)
+    with caller_rng_kept():  # the group seeds each member's init itself; a hint's shape probe draws too
+        group = StudentGroup(
+            lambda: build_model(spec, data.input_shape, data.num_classes),
+            [member_for(run, spec.epochs, spe) for run in runs],
+            data,
+            signal,
+            loop_settings(config, spec, seeds[0], state.device),
+            generation_hint(state, generation),
+            stackable=state.stackable,
+        )
+    if members[0][1] is not None:
+        # one group resumes from one epoch: its members all have a checkpoint, or none has
+        group.load_member_states([cast(dict, resume)["member"] for _, resume in members])
+    description = (
+        f"{label}: {len(runs)} runs at once "
+        f"(seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+    )
+    emit(Progress("runs", "runs", state.done, state.pending))
+    emit(Progress("epochs", description, group.completed_epochs, spec.epochs))
+    directories = [state.layout.tensorboard_dir(run.run_id) for run in runs]
+    # the group's hint hooks on the shared teachers end with it; the loggers flush however the block ends
+    with group, run_loggers(config, directories) as loggers:
+        for event in group.run(state.should_stop):
+            if isinstance(event, StepsDone):
+                emit(Progress("batches", f"epoch {event.epoch + 1}", event.step, event.steps_per_epoch))
+                continue
+            record_epoch(state, group, runs, event, loggers)
+            emit(Progress("batches", f"epoch {event.epoch + 1}", spe, spe))
+            emit(Progress("epochs", description, event.epoch + 1, spec.epochs))
+    state.done += len(runs)
+    emit(Progress("runs", "runs", state.done, state.pending))
