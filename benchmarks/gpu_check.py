@@ -58,20 +58,27 @@ from torch import nn
 import kdtemp
 import kdtemp.engine.loop as engine_loop
 import kdtemp.group.student_group as student_group
-import kdtemp.sweep.runner as sweep_runner
+import kdtemp.sweep.experiment as sweep_experiment
 from kdtemp.config.loading import load_config
 from kdtemp.config.schema import ExperimentConfig
 from kdtemp.data.builtin import SYSTEM_FASHION_MNIST_DIRS
 from kdtemp.data.dataset import Dataset
 from kdtemp.data.registry import load_dataset
 from kdtemp.engine.device import MEMORY_SHARE, member_bytes
+from kdtemp.engine.evaluation import chunks, inference_module, predict_logits
 from kdtemp.engine.job_setup import loop_settings, wants_channels_last
 from kdtemp.engine.loop import (
-    EpochDone, Member, NetworkTrainer, TeacherSignal, autocast, chunks, inference_module, predict_logits, to_memory_format,
+    EpochDone,
+    Member,
+    TeacherSignal,
+    autocast,
+    to_memory_format,
 )
+from kdtemp.engine.trainer import NetworkTrainer
 from kdtemp.errors import ConfigError
 from kdtemp.events import TeacherResult
-from kdtemp.group.student_group import Hint, StudentGroup
+from kdtemp.group.student_group import StudentGroup
+from kdtemp.models.features import Hint
 from kdtemp.models.footprint import student_and_teacher
 from kdtemp.models.registry import build_model
 from kdtemp.store.files import load_checkpoint, read_csv_rows, read_summary
@@ -360,7 +367,7 @@ def check_hints_two_groups(bench: Bench) -> Outcome:
                           kd={"feature_weight": 1.0, "seeds": list(bench.sizes.seeds[:2]), "temperatures": [4], "baseline": False})
     bench.place_teacher(config)
     teachers: list[nn.Module] = []
-    original = sweep_runner.load_teachers
+    original = sweep_experiment.load_teachers
 
     def recording(*args, **kwargs):
         loaded = original(*args, **kwargs)
@@ -377,13 +384,13 @@ def check_hints_two_groups(bench: Bench) -> Outcome:
             marks[f"group {match[1]}"] = {"hooks": hook_count(teachers), "peak_mib_before": peak_mib(device)}
             reset_peak(device)
 
-    sweep_runner.load_teachers = recording
+    sweep_experiment.load_teachers = recording
     try:
         result = sweep(config, force=True, emit=mark_groups)
         if result.failed:
             raise RuntimeError(f"runs failed: {result.failed}")
     finally:
-        sweep_runner.load_teachers = original
+        sweep_experiment.load_teachers = original
     synchronize(device)
     after = hook_count(teachers)
     names = sorted(marks)

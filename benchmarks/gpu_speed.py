@@ -45,8 +45,9 @@ from kdtemp.config.loading import load_config
 from kdtemp.config.schema import ExperimentConfig
 from kdtemp.data.builtin import NORMALISATION
 from kdtemp.data.dataset import Dataset
+from kdtemp.engine.evaluation import predict_logits
 from kdtemp.engine.job_setup import loop_settings, wants_channels_last
-from kdtemp.engine.loop import EpochDone, Member, TeacherSignal, predict_logits
+from kdtemp.engine.loop import EpochDone, Member, TeacherSignal
 from kdtemp.group.student_group import StudentGroup
 from kdtemp.models.registry import build_model
 

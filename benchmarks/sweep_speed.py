@@ -35,7 +35,8 @@ from kdtemp.data.builtin import IDX_FILES, SYSTEM_FASHION_MNIST_DIRS
 from kdtemp.data.registry import load_dataset
 from kdtemp.events import Note
 from kdtemp.models.registry import build_model
-from kdtemp.store.files import ExperimentLayout, load_checkpoint
+from kdtemp.store.files import load_checkpoint
+from kdtemp.store.layout import ExperimentLayout
 from kdtemp.sweep.runner import sweep
 from kdtemp.teachers.training import train_teacher
 

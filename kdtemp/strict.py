@@ -1,4 +1,5 @@
-"""The base of every config model: its own module so that config.py and schedules.py can both build on it."""
+"""The base of every config model: its own module so that kdtemp.config and kdtemp.temperature
+can both build on it."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from kdtemp.store.files import ExperimentLayout, RunFiles
+from kdtemp.store.layout import ExperimentLayout, RunFiles
 
 REPO = Path(__file__).resolve().parent.parent
 

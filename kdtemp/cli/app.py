@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import signal
-import sys
-from collections.abc import Callable
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, cast
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from kdtemp import events
+from kdtemp.cli import progress, tables
 from kdtemp.cli.options import Experiment, experiment_options
+from kdtemp.cli.progress import fail, run_job
+from kdtemp.config.overrides import LAUNCH, parse_name_list
 from kdtemp.config.schema import ExperimentConfig, check_safe_name
-from kdtemp.engine.loop import StopRequested
 from kdtemp.errors import KDTempError
 from kdtemp.sweep.launch import run_sweep
-from kdtemp.config.overrides import LAUNCH, parse_name_list
 from kdtemp.teachers.training import train_teacher
-from kdtemp.cli import tables
 
 if TYPE_CHECKING:  # one definition for mypy: the installed typer's
     from typer._click import exceptions as click_errors
@@ -41,111 +34,6 @@ app = typer.Typer(
         "report."
     ),
 )
-# Piped output gets a wide console so tables are not cropped to 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-
-
-class Interrupt:
-    """First Ctrl-C asks the job to stop after the current step; a second one stops at once."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    @contextmanager
-    def installed(self):
-        def handle(signum, frame):
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            err.print("[yellow]stopping after the current step (Ctrl-C again to stop at once)...[/yellow]")
-
-        previous = signal.signal(signal.SIGINT, handle)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    # escaped: "pip install 'kdtemp[tensorboard]'" is not rich markup
-    err.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-class ProgressView:
-    """Progress bars and notes for a running job: `emit` is the job's emit callback.
-
-    The bars start with the first Progress event, so a job refused up front prints only its error.
-    """
-
-    def __init__(self) -> None:
-        columns = [
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        ]
-        self.progress = Progress(*columns, console=err, transient=False)
-        self.tasks: dict[str, TaskID] = {}
-
-    def emit(self, event: events.Event) -> None:
-        if isinstance(event, events.Progress):
-            self._advance(event)
-        elif isinstance(event, events.Note):
-            style = "yellow" if event.level == "warning" else "dim"
-            prefix = "warning: " if event.level == "warning" else ""
-            self.progress.console.print(
-                f"[{style}]{prefix}{event.text}[/{style}]", highlight=False, soft_wrap=True
-            )
-        elif isinstance(event, events.Submitted):
-            out.print(
-                f"submitted Slurm job array {event.array_id}: {event.tasks} tasks, {event.runs} runs; "
-                f"logs in {event.folder}; follow with `kdtemp status`",
-                highlight=False,
-            )
-
-    def _advance(self, event: events.Progress) -> None:
-        if not self.tasks:
-            self.progress.start()
-        if event.task not in self.tasks:
-            self.tasks[event.task] = self.progress.add_task(event.description, total=event.total)
-        self.progress.update(
-            self.tasks[event.task],
-            description=event.description,
-            completed=event.completed,
-            total=event.total,
-        )
-
-    def __enter__(self) -> ProgressView:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.tasks:
-            self.progress.stop()
-
-
-Result = TypeVar("Result")
-
-
-def run_job(job: Callable[[Interrupt, events.Emit], Result]) -> Result:
-    """Run `job(interrupt, emit)` with its progress shown; a refusal becomes one error line, Ctrl-C a
-    resumable stop."""
-    interrupt = Interrupt()
-    try:
-        with interrupt.installed(), ProgressView() as view:  # the bars stop before an error is printed
-            return job(interrupt, view.emit)
-    except KDTempError as exc:
-        fail(str(exc))
-    except (StopRequested, KeyboardInterrupt):
-        err.print(
-            "[yellow]interrupted: every finished epoch is saved; "
-            "run the same command again to resume.[/yellow]"
-        )
-        raise typer.Exit(130) from None
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -187,13 +75,13 @@ def train_teacher_command(
         if isinstance(result, events.TeacherResult):
             done = "imported" if result.imported else "trained"
             verb = f"already {done}" if result.already_trained else f"{done} in {result.seconds:.1f}s"
-            out.print(
+            progress.out.print(
                 f"{result.label} {verb}: test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
                 f"({result.parameters:,} parameters) -> {result.path}",
                 highlight=False,
             )
         elif isinstance(result, events.EnsembleResult):
-            out.print(
+            progress.out.print(
                 f"ensemble of {result.teachers} ({result.mode}): "
                 f"test accuracy [bold]{100 * result.test_acc:.2f}%[/bold] "
                 f"-> {result.path}",
@@ -225,20 +113,20 @@ def sweep_command(
 
     result = run_job(job)
     if isinstance(result, events.SweepResult):  # None: handed to Slurm without waiting, the view said where
-        out.print(
+        progress.out.print(
             f"{result.planned} runs: {result.skipped} skipped (complete), {result.resumed} resumed, "
             f"{result.started} started, {result.completed} completed, {len(result.failed)} failed "
             f"in {result.seconds:.1f}s",
             highlight=False,
         )
         for run_id in result.busy:
-            out.print(f"  left to another process: {run_id}", highlight=False)
+            progress.out.print(f"  left to another process: {run_id}", highlight=False)
         if result.failed:
             for run_id, reason in result.failed:
-                err.print(f"[red]failed:[/red] {run_id}: {reason}", highlight=False)
+                progress.err.print(f"[red]failed:[/red] {run_id}: {reason}", highlight=False)
             raise typer.Exit(1)
         if result.experiment_dir is not None:
-            out.print(
+            progress.out.print(
                 f"results in {result.experiment_dir}; next: kdtemp report{experiment.options()}",
                 highlight=False,
             )
@@ -266,8 +154,8 @@ def report_command(
     [bold]Example:[/bold] kdtemp report --config configs/fashion-mnist.yaml --metric agreement
     """  # noqa: E501 - the first line is the command's one-line summary in `kdtemp --help`: kept whole
     # pandas, scipy and matplotlib load only when a report is asked for
+    from kdtemp.report.build import build_report, problem_lines
     from kdtemp.report.render import write_comparison, write_report
-    from kdtemp.report.tables import build_report, problem_lines
     from kdtemp.report.text import footer, titled
 
     try:
@@ -286,19 +174,19 @@ def report_command(
         for section in built.settings:  # one table per setting: runs of different settings never mix
             title = titled(built.results.name, section)
             if partial:
-                out.print(tables.temperature_table(title, section.table, tables.PARTIAL_EPOCH))
-                out.print(tables.partial_footer(section.results), highlight=False)
+                progress.out.print(tables.temperature_table(title, section.table, tables.PARTIAL_EPOCH))
+                progress.out.print(tables.partial_footer(section.results), highlight=False)
             else:
-                out.print(tables.temperature_table(title, section.table))
-                out.print(footer(section), highlight=False)
+                progress.out.print(tables.temperature_table(title, section.table))
+                progress.out.print(footer(section), highlight=False)
         for line in problem_lines(built.results):
-            err.print(f"[yellow]{line}[/yellow]", highlight=False)
+            progress.err.print(f"[yellow]{line}[/yellow]", highlight=False)
     if paths is None:
-        out.print(
+        progress.out.print(
             "partial: nothing written; `kdtemp report` writes the report once the sweep ends", highlight=False
         )
     else:
-        out.print(
+        progress.out.print(
             f"wrote {paths['html']}, {paths['markdown'].name} and {paths['summary'].name}", highlight=False
         )
 
@@ -320,10 +208,12 @@ def status_command(experiment: Experiment):
         fail(str(exc))
     swept = [status for status in statuses if status.on_disk]
     missing = [status for status in statuses if not status.on_disk]
-    out.print(tables.status_table(f"{settings.name}: {len(swept)} runs on disk", swept))
+    progress.out.print(tables.status_table(f"{settings.name}: {len(swept)} runs on disk", swept))
     if missing:
-        out.print(tables.status_table(f"planned by the config, not on disk: {len(missing)} runs", missing))
-    out.print(tables.status_line(statuses, STATES), highlight=False)
+        progress.out.print(
+            tables.status_table(f"planned by the config, not on disk: {len(missing)} runs", missing)
+        )
+    progress.out.print(tables.status_line(statuses, STATES), highlight=False)
 
 
 @app.command("export")
@@ -342,7 +232,8 @@ def export_command(
     [bold]Example:[/bold] kdtemp export --format pt2
     """
     from kdtemp.models.export import FILE_NAMES, Format, export_student
-    from kdtemp.store.files import ExperimentLayout, read_summary
+    from kdtemp.store.files import read_summary
+    from kdtemp.store.layout import ExperimentLayout
 
     if format not in FILE_NAMES:
         fail(f"--format: {format!r} is not a format; choose pt2 or torchscript")
@@ -354,13 +245,13 @@ def export_command(
     except KDTempError as exc:
         fail(str(exc))
     loader = "torch.jit.load(path)" if format == "torchscript" else "torch.export.load(path).module()"
-    out.print(f"exported {chosen} -> {path}  (load it with {loader})", highlight=False)
+    progress.out.print(f"exported {chosen} -> {path}  (load it with {loader})", highlight=False)
     if run_id is None:  # one run, where the report's cells average seeds: say which and why
         layout = ExperimentLayout.of(settings.runs_dir, settings.name)
         summary = read_summary(layout.run_dir(chosen))
         accuracy = summary.test_acc if summary is not None else None
         shown = f", {100 * accuracy:.1f}%" if accuracy is not None else ""
-        out.print(
+        progress.out.print(
             f"chosen as the completed run with the highest last-epoch test accuracy{shown}; "
             "the report's cells average seeds: give a RUN_ID to export another",
             highlight=False,
@@ -389,11 +280,11 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except click_errors.NoArgsIsHelpError as exc:
-        out.print(exc.ctx.get_help(), highlight=False)
+        progress.out.print(exc.ctx.get_help(), highlight=False)
         raise SystemExit(0) from None
     except click_errors.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "kdtemp"
-        err.print(
+        progress.err.print(
             f"[bold red]error:[/bold red] {exc.format_message()} (see `{command} --help`)",
             highlight=False,
             soft_wrap=True,
@@ -402,6 +293,6 @@ def main() -> None:
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except typer.Abort:
-        err.print("[yellow]aborted[/yellow]")
+        progress.err.print("[yellow]aborted[/yellow]")
         raise SystemExit(130) from None
     raise SystemExit(code if isinstance(code, int) else 0)

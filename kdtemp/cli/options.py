@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from kdtemp.config.schema import ExperimentConfig
 from kdtemp.config.loading import load_config
 from kdtemp.config.overrides import EXPERIMENT, FLAGS, command_line_overrides
+from kdtemp.config.schema import ExperimentConfig
 
 CONFIG_HELP = "YAML config; keys not in it keep their defaults. Default: the built-in MNIST-1D experiment."
 SET_HELP = (

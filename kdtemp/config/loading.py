@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kdtemp.config.schema import ExperimentConfig
 from kdtemp.config.messages import describe_validation_error
+from kdtemp.config.schema import ExperimentConfig
 from kdtemp.errors import ConfigError
 
 

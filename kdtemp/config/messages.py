@@ -7,22 +7,24 @@ import difflib
 
 from pydantic import BaseModel, ValidationError
 
-from kdtemp.config.schema import (
+from kdtemp.config.model_specs import (
     BUILT_IN_ARCHS,
     BUILT_IN_SPECS,
     CNNSpec,
     CustomSpec,
+    MLPSpec,
+    ResNetSpec,
+)
+from kdtemp.config.schema import (
     DataConfig,
     ExperimentConfig,
     FeatureLayers,
     KDConfig,
     LauncherConfig,
     LoggingConfig,
-    MLPSpec,
-    ResNetSpec,
     TrainConfig,
 )
-from kdtemp.temperature.schedules import SCHEDULES
+from kdtemp.temperature.registry import SCHEDULES
 
 _UNION_TAGS = {cls.__name__ for cls in (*BUILT_IN_SPECS, CustomSpec)}
 _UNION_FIELDS = {"teacher", "student"}

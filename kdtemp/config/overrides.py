@@ -16,7 +16,7 @@ import yaml
 from kdtemp.errors import ConfigError
 
 Overrides = dict[str, tuple[Any, str]]
-"""{dotted.key: (value, option as typed)}, what config_loading.load_config applies."""
+"""{dotted.key: (value, option as typed)}, what kdtemp.config.loading.load_config applies."""
 
 
 def parse_number_list(text: str, option: str, kind: type = float) -> list:

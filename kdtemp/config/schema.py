@@ -9,48 +9,24 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Literal
 
 from pydantic import (
-    Discriminator,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    Tag,
     field_validator,
     model_validator,
 )
 
-from kdtemp.temperature.schedules import ConstantSchedule, ScheduleSpec
-from kdtemp.strict import StrictModel
+from kdtemp.config.model_specs import CNNSpec, MLPSpec, ModelSpec, with_default_arch
 from kdtemp.plugins import CALLABLE_REFERENCE
+from kdtemp.strict import StrictModel
+from kdtemp.temperature.registry import ScheduleSpec
+from kdtemp.temperature.schedules import ConstantSchedule
 
-RESNET_ARCHS = (
-    "resnet8",
-    "resnet14",
-    "resnet20",
-    "resnet32",
-    "resnet44",
-    "resnet56",
-    "resnet110",
-    "resnet8x4",
-    "resnet32x4",
-)
-ZOO_ARCHS = (
-    "wrn_40_2",
-    "wrn_16_2",
-    "wrn_40_1",
-    "vgg13",
-    "vgg8",
-    "mobilenetv2",
-    "shufflenetv1",
-    "shufflenetv2",
-    "resnet50",
-)
-"""The rest of RepDistiller's CIFAR zoo (kdtemp/models/zoo.py)."""
-CIFAR_ARCHS = RESNET_ARCHS + ZOO_ARCHS
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -86,138 +62,6 @@ class DataConfig(StrictModel):
     """Let torchvision download mnist, fashion-mnist and CIFAR when no local copy exists."""
 
 
-# --- models and their training ---------------------------------------------------------------
-
-
-class TrainingSettings(StrictModel):
-    """How one network (teacher or student) is optimised."""
-
-    epochs: PositiveInt = 30
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: PositiveFloat = 0.05
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    nesterov: bool = True
-    """sgd with momentum > 0: Nesterov momentum, or plain (heavy-ball) momentum as RepDistiller uses when
-    false."""
-    weight_decay: NonNegativeFloat = 5e-4
-    batch_size: PositiveInt | None = None
-    """None takes data.batch_size."""
-    lr_schedule: Literal["constant", "cosine", "multistep"] = "cosine"
-    lr_milestones: list[PositiveInt] = []
-    """Epochs at which multistep multiplies the learning rate by lr_gamma."""
-    lr_gamma: PositiveFloat = 0.1
-    seed: NonNegativeInt = 0
-    """Teacher only: students take their seeds from kd.seeds."""
-    checkpoint: Path | None = None
-    """Teacher only: a trained teacher's weights (kdtemp model.pt, state dict, TorchScript or torch.export
-    file) for this arch; train-teacher then only evaluates and records it."""
-
-
-class MLPSpec(TrainingSettings):
-    arch: Literal["mlp"] = "mlp"
-    hidden: list[PositiveInt] = [256, 256]
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-
-
-class CNNSpec(TrainingSettings):
-    """conv-BN-ReLU-maxpool blocks, then fc-ReLU-dropout-fc; Conv1d for sequences, Conv2d for images."""
-
-    arch: Literal["cnn"] = "cnn"
-    channels: Annotated[list[PositiveInt], Field(min_length=1)] = [32, 64]
-    kernel_size: PositiveInt = 3
-    hidden: PositiveInt = 256
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.5
-
-
-class ResNetSpec(TrainingSettings):
-    """The CIFAR archs of RepDistiller without kwargs: its ResNets (He et al. 2016; 'x4' = four times the
-    width) and the zoo of Wide ResNets, VGG, MobileNetV2, ShuffleNetV1/V2 and ResNet-50."""
-
-    arch: Literal[CIFAR_ARCHS]  # type: ignore[valid-type]
-
-
-class CustomSpec(TrainingSettings):
-    """A user's own network: `torchvision:NAME` (any torchvision.models builder) or `module:callable`
-    importable from the working directory or PYTHONPATH, called with `kwargs` (plus num_classes and
-    input_shape when it takes them)."""
-
-    arch: str
-    kwargs: dict[str, Any] = {}
-    weights: str | None = None
-    """torchvision only: a weights name passed through to torchvision.models.get_model (it may download)."""
-
-    @field_validator("arch")
-    @classmethod
-    def _module_and_callable(cls, value):
-        if not CALLABLE_REFERENCE.match(value):
-            raise ValueError(
-                "a custom arch is torchvision:NAME or module:callable (a dotted module, one callable name)"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _weights_for_torchvision(self):
-        if self.weights is not None and not self.arch.startswith("torchvision:"):
-            raise ValueError(
-                f"weights names torchvision weights; {self.arch} is not a torchvision: arch, remove weights"
-            )
-        return self
-
-
-BUILT_IN_SPECS = (MLPSpec, CNNSpec, ResNetSpec)
-ARCH_SPEC = {
-    arch: cls.__name__ for cls in BUILT_IN_SPECS for arch in get_args(cls.model_fields["arch"].annotation)
-}
-"""Built-in arch name -> the name of its spec class (the union's tag)."""
-BUILT_IN_ARCHS = tuple(ARCH_SPEC)
-
-
-def _spec_tag(value: Any) -> str | None:
-    """The spec class an arch belongs to: `a:b` is a user's own model; an unknown plain name matches none."""
-    arch = value.get("arch") if isinstance(value, dict) else getattr(value, "arch", None)
-    if isinstance(arch, str) and ":" in arch:
-        return CustomSpec.__name__
-    return ARCH_SPEC.get(arch, arch) if isinstance(arch, str) else None
-
-
-if TYPE_CHECKING:  # what the runtime union below is, for the type checker
-    ModelSpec = MLPSpec | CNNSpec | ResNetSpec | CustomSpec
-else:
-    _TAGGED_SPECS = tuple(Annotated[cls, Tag(cls.__name__)] for cls in (*BUILT_IN_SPECS, CustomSpec))
-    ModelSpec = Annotated[
-        Union[_TAGGED_SPECS],  # noqa: UP007 (a union built at runtime)
-        Discriminator(_spec_tag, custom_error_type="unknown_arch", custom_error_message="unknown arch"),
-    ]
-
-
-def architecture_of(spec: ModelSpec) -> dict:
-    """The fields that shape the network (arch and its kwargs), not how it is trained."""
-    return spec.model_dump(mode="json", exclude=set(TrainingSettings.model_fields))
-
-
-IDENTITY_DEFAULTS_LEFT_OUT = {"nesterov": True, "checkpoint": None}
-"""Training keys added after run ids were first hashed, with the default they are left out at."""
-
-
-def training_identity(spec: ModelSpec) -> dict:
-    """The spec as plain data for run ids and checkpoint identities.
-
-    A key added later is left out while it holds its default, so the ids of runs (and teacher
-    checkpoints) made before it existed stay the same: finished runs are still recognised.
-    """
-    tree = spec.model_dump(mode="json")
-    for key, default in IDENTITY_DEFAULTS_LEFT_OUT.items():
-        if tree.get(key) == default:
-            del tree[key]
-    return tree
-
-
-def _with_default_arch(value: Any, arch: str) -> Any:
-    if isinstance(value, dict) and "arch" not in value:
-        return {"arch": arch, **value}
-    return value
-
-
 # --- distillation ------------------------------------------------------------------------------
 
 
@@ -235,7 +79,8 @@ class KDConfig(StrictModel):
     temperatures: Annotated[list[PositiveFloat], Field(min_length=1)] = [1.0, 2.0, 4.0, 8.0]
     seeds: Annotated[list[NonNegativeInt], Field(min_length=1)] = [0, 1, 2]
     schedules: Annotated[list[ScheduleSpec], Field(min_length=1)] = [ConstantSchedule()]
-    """Registered names with their parameters (kdtemp/temperature/schedules.py), or your own module:function."""
+    """Registered names with their parameters (kdtemp/temperature/schedules.py), or your own
+    module:function."""
     baseline: bool = True
     """Also train one no-KD student per seed (schedule 'none', alpha 0)."""
     ensemble: Literal["mean_probs", "mean_logits", "weighted"] = "mean_probs"
@@ -252,7 +97,7 @@ class KDConfig(StrictModel):
     """Born-again generations: generation k+1 is distilled from generation k's student."""
     methods: list[Annotated[str, Field(pattern=CALLABLE_REFERENCE.pattern)]] = []
     """Your own KD methods (`module:Class`, a kdtemp.methods.KDMethod subclass) every distilled run also
-    trains with; kdtemp imports and registers each (kdtemp.methods.resolve_methods)."""
+    trains with; kdtemp imports and registers each (kdtemp.methods.registry.resolve_methods)."""
 
     @field_validator("schedules", mode="before")
     @classmethod
@@ -315,7 +160,8 @@ class LauncherConfig(StrictModel):
 
 
 class LoggingConfig(StrictModel):
-    """Viewers a run's metrics are also sent to (kdtemp/store/loggers.py); metrics.csv is written either way."""
+    """Viewers a run's metrics are also sent to (kdtemp/store/loggers.py); metrics.csv is written
+    either way."""
 
     tensorboard: bool = False
     """Scalars under runs/<name>/tensorboard/<run_id>/; needs the tensorboard extra (pip install
@@ -355,13 +201,13 @@ class ExperimentConfig(StrictModel):
     @field_validator("teacher", mode="before")
     @classmethod
     def _teacher_arch(cls, value):
-        return _with_default_arch(value, "cnn")
+        return with_default_arch(value, "cnn")
 
     @field_validator("teachers", mode="before")
     @classmethod
     def _teachers_arch(cls, value):
         if isinstance(value, list):
-            return [_with_default_arch(item, "cnn") for item in value]
+            return [with_default_arch(item, "cnn") for item in value]
         return value
 
     @model_validator(mode="after")
@@ -381,7 +227,7 @@ class ExperimentConfig(StrictModel):
     @field_validator("student", mode="before")
     @classmethod
     def _student_arch(cls, value):
-        value = _with_default_arch(value, "mlp")
+        value = with_default_arch(value, "mlp")
         if isinstance(value, dict) and "seed" in value:
             raise ValueError("students take their seeds from kd.seeds; remove student.seed")
         if isinstance(value, dict) and value.get("checkpoint") is not None:

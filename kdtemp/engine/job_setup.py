@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import kdtemp
-from kdtemp.config.schema import ExperimentConfig, ModelSpec
+from kdtemp.config.model_specs import ModelSpec
+from kdtemp.config.schema import ExperimentConfig
 from kdtemp.data.dataset import Dataset
 from kdtemp.data.registry import load_dataset
 from kdtemp.engine.device import amp_enabled

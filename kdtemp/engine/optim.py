@@ -3,8 +3,8 @@
 A student group keeps K students in one stacked tensor per parameter. torch's optimisers are
 elementwise, but their vectorised kernels fuse multiply-adds in SIMD lanes and not in the scalar
 tail, so an element's rounding depends on where it sits in the tensor: a student would train
-very slightly differently in a group of 3 than alone, and over 30 epochs that drift reached 0.8%
-test accuracy. `MemberwiseSGD` and `MemberwiseAdam` make the same updates from correctly rounded
+very slightly differently in a group of 3 than alone, and over many epochs that drift grows into
+the test accuracy. `MemberwiseSGD` and `MemberwiseAdam` make the same updates from correctly rounded
 operations only (add, sub, mul, div, sqrt), so each element's result depends on its own inputs
 alone: a student's numbers are the same in any group, in any worker, under any launcher.
 
@@ -23,7 +23,7 @@ from typing import cast
 
 import torch
 
-from kdtemp.config.schema import TrainingSettings
+from kdtemp.config.model_specs import TrainingSettings
 
 
 def use_foreach(foreach: bool | None, params: list[torch.Tensor]) -> bool:

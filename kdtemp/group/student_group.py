@@ -4,14 +4,14 @@ The students share one architecture and are stacked with `torch.func` (parameter
 one `vmap`ped forward), each with its own alpha, temperature schedule, seed and optimizer state.
 Conv and ResNet students on CPU are the exception: vmap would merge their convolutions into grouped
 ones that round differently with K, so their forward runs member by member on slices of the stacked
-parameters (`each_member`), the ops each runs alone (on 2 CPU cores no slower: 0.90x and 0.99x the
-vmapped epoch for 4 `cnn` and 4 `resnet8` students). On CUDA they stay vmapped.
+parameters (`each_member`), the ops each runs alone (no slower on CPU: the docs' speed page has the
+figures and the command). On CUDA they stay vmapped.
 One batch and one teacher pass (or one read of cached teacher logits) serve them all; students of
 several seeds take a batch row per seed, and the teacher one pass per row (on CUDA one on the rows
 concatenated). Their losses
 are summed before `backward`, which keeps their gradients independent; a member whose loss turns
 non-finite is masked out and reported as failed. A member trained here on CPU gives the numbers it
-would give trained alone, bitwise: tests/test_engine.py holds the proof.
+would give trained alone, bitwise: tests/engine/test_engine.py holds the proof.
 """
 
 from __future__ import annotations
@@ -26,6 +26,12 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from kdtemp.data.dataset import Dataset
+from kdtemp.engine.evaluation import (
+    add_sums,
+    chunks,
+    evaluation_sums,
+    finish_evaluation,
+)
 from kdtemp.engine.loop import (
     PROGRESS_EVERY,
     EpochBatches,
@@ -35,12 +41,8 @@ from kdtemp.engine.loop import (
     StepsDone,
     StopRequested,
     TeacherSignal,
-    add_sums,
     autocast,
-    chunks,
     dropout_seed,
-    evaluation_sums,
-    finish_evaluation,
     steps_per_epoch,
 )
 from kdtemp.engine.optim import build_optimizer, learning_rate, set_learning_rate
@@ -49,7 +51,9 @@ from kdtemp.engine.stacking import each_member, stack_modules
 from kdtemp.errors import ConfigError
 from kdtemp.group.teacher_batches import TeacherBatches
 from kdtemp.losses import combine_terms
-from kdtemp.methods import GroupSetting, Hint, KDMethod, Step, Terms, methods_for
+from kdtemp.methods.base import GroupSetting, KDMethod, Step, Terms
+from kdtemp.methods.registry import methods_for
+from kdtemp.models.features import Hint
 from kdtemp.models.inspection import has_dropout, vmap_rounds_by_group
 
 __all__ = ["Hint", "StudentGroup"]

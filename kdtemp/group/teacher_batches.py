@@ -57,7 +57,8 @@ class TeacherBatches:
         (augmented inputs): on CUDA on the S rows concatenated, (S*B, ...), one call per teacher and
         step, whose rows each member indexes by its seed; on CPU once per seed row, because a sample's
         logits can round differently inside a batch of another size (1e-7 for batches of 3, 5 or 17
-        rows, measured), and a member must get exactly the targets it gets alone (tests/test_engine.py).
+        rows, measured), and a member must get exactly the targets it gets alone
+        (tests/engine/test_engine.py).
         """
         if self.teacher.train_logits is not None:
             cached = self.teacher.train_features if self.feature_captures is not None else None

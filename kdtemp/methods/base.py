@@ -22,8 +22,7 @@ from torch import nn
 if TYPE_CHECKING:
     from kdtemp.data.dataset import Dataset
     from kdtemp.engine.loop import LoopSettings, Member, TeacherSignal
-    from kdtemp.methods.hints import Hint
-    from kdtemp.models.features import FeatureCapture
+    from kdtemp.models.features import FeatureCapture, Hint
 
 Stacker = Callable[..., Callable]
 """How the group runs a per-member function on stacked (K, ...) tensors: vmap or `each_member`."""

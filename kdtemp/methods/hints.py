@@ -10,14 +10,13 @@ The no-KD baseline takes no hint (weight 0), but gets a regressor like every mem
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from kdtemp.models.features import FeatureCapture, build_regressor, feature_shape
+from kdtemp.engine.stacking import stack_modules
 from kdtemp.losses import hint_loss
 from kdtemp.methods.base import (
     GroupSetting,
@@ -28,19 +27,10 @@ from kdtemp.methods.base import (
     Step,
     Terms,
 )
-from kdtemp.engine.stacking import stack_modules
+from kdtemp.models.features import FeatureCapture, Hint, build_regressor, feature_shape
 
 if TYPE_CHECKING:
     from kdtemp.engine.loop import Member
-
-
-@dataclass(frozen=True)
-class Hint:
-    """FitNets hint settings of a group: weight * MSE(regressor(student feature), teacher feature)."""
-
-    weight: float
-    student_layer: str | None
-    teacher_shape: tuple[int, ...]
 
 
 class HintCaptures:

@@ -12,7 +12,7 @@ import inspect
 import torch
 from torch import nn
 
-from kdtemp.config.schema import CustomSpec
+from kdtemp.config.model_specs import CustomSpec
 from kdtemp.errors import ConfigError, first_line
 from kdtemp.plugins import import_callable
 

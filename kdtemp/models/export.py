@@ -19,13 +19,8 @@ from pydantic import ValidationError
 from kdtemp.config.schema import ExperimentConfig
 from kdtemp.errors import CheckpointError, RunsError
 from kdtemp.models.registry import build_model
-from kdtemp.store.files import (
-    ExperimentLayout,
-    RunFiles,
-    atomic_write_bytes,
-    load_checkpoint,
-    read_summary,
-)
+from kdtemp.store.files import atomic_write_bytes, load_checkpoint, read_summary
+from kdtemp.store.layout import ExperimentLayout, RunFiles
 from kdtemp.store.records import Status
 
 Format = Literal["torchscript", "pt2"]

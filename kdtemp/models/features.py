@@ -8,6 +8,8 @@ nn.Linear of a torchvision or user's network.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -114,3 +116,12 @@ def predict_features(
     finally:
         capture.remove()
     return torch.cat(outputs)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """FitNets hint settings of a group: weight * MSE(regressor(student feature), teacher feature)."""
+
+    weight: float
+    student_layer: str | None
+    teacher_shape: tuple[int, ...]

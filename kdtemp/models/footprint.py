@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-
 WARMUP, REPEATS = 3, 15
 
 

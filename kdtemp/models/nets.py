@@ -11,12 +11,7 @@ import math
 import torch
 from torch import nn
 
-from kdtemp.config.schema import (
-    RESNET_ARCHS,
-    CNNSpec,
-    MLPSpec,
-    ResNetSpec,
-)
+from kdtemp.config.model_specs import RESNET_ARCHS, CNNSpec, MLPSpec, ResNetSpec
 from kdtemp.errors import ConfigError
 from kdtemp.models.registry import register_model
 

@@ -12,10 +12,7 @@ from typing import TypeVar, cast
 
 from torch import nn
 
-from kdtemp.config.schema import (
-    CustomSpec,
-    ModelSpec,
-)
+from kdtemp.config.model_specs import CustomSpec, ModelSpec
 from kdtemp.errors import ConfigError
 from kdtemp.models.custom import build_custom
 

@@ -3,7 +3,7 @@
 Wide ResNets, VGG with batch norm, MobileNetV2, ShuffleNetV1/V2 and the bottleneck ResNet-50 as
 those repositories build them for 32x32 inputs, so that their teacher -> student pairs (WRN-40-2 ->
 WRN-16-2, VGG-13 -> VGG-8, ResNet-32x4 -> ShuffleNetV2, VGG-13 -> MobileNetV2, ResNet-50 ->
-MobileNetV2) have the published sizes; tests/test_models.py checks each count. Each ends in global
+MobileNetV2) have the published sizes; tests/models/test_models.py checks each count. Each ends in global
 average pooling and a linear `classifier`, so any H x W works and hints capture the pooled features.
 Nothing here updates a tensor in place outside batch norm, so stacked members run under `vmap`.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdtemp.config.schema import ResNetSpec
+from kdtemp.config.model_specs import ResNetSpec
 from kdtemp.models.nets import he_normal_convolutions, image_channels
 from kdtemp.models.registry import register_model
 

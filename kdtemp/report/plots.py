@@ -11,8 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from kdtemp.store.records import BASELINE, TEACHER
 from kdtemp.store.files import atomic_write_bytes
+from kdtemp.store.records import BASELINE, TEACHER
 
 
 def _save(figure: Figure, path: Path) -> Path:

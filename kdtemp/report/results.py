@@ -17,9 +17,10 @@ import pandas as pd
 import torch
 
 from kdtemp.errors import KDTempError, RunsError
-from kdtemp.store.records import BASELINE, Status
 from kdtemp.report.settings import RunSetting, read_run_setting
-from kdtemp.store.files import ExperimentLayout, RunFiles, file_fingerprint, load_checkpoint, load_summary
+from kdtemp.store.files import file_fingerprint, load_checkpoint, load_summary
+from kdtemp.store.layout import ExperimentLayout, RunFiles
+from kdtemp.store.records import BASELINE, Status
 
 NUMERIC_COLUMNS = ["t0", "alpha", "seed", "epoch", "test_acc", "test_loss"]
 

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from kdtemp.store.files import read_summary
+from kdtemp.store.layout import RunFiles
 from kdtemp.store.records import BASELINE, RunSummary
-from kdtemp.store.files import RunFiles, read_summary
 from kdtemp.sweep import plan
 
 if TYPE_CHECKING:

@@ -9,7 +9,15 @@ import math
 
 import pandas as pd
 
-from kdtemp.report.tables import BASELINE_LABEL, LEGEND, METRICS, SettingReport, TemperatureTable, cells_matching, verdict
+from kdtemp.report.build import SettingReport
+from kdtemp.report.summary import cells_matching
+from kdtemp.report.tables import (
+    BASELINE_LABEL,
+    LEGEND,
+    METRICS,
+    TemperatureTable,
+    verdict,
+)
 
 
 def caption(table: TemperatureTable) -> str:

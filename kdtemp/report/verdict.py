@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from kdtemp.store.records import BASELINE
 from kdtemp.report import stats
+from kdtemp.store.records import BASELINE
 
 GRID_KEYS = ["schedule", "alpha", "t0", "generation"]
 CONSTANT = "constant"

@@ -1,4 +1,4 @@
-"""Run storage: how a run's files are written and read, atomically; where they are is kdtemp.layout.
+"""Run storage: how a run's files are written and read, atomically; where they are is kdtemp.store.layout.
 
 Every whole-file write is atomic (temp file in the same directory, fsync, rename); metrics rows are
 appended whole and fsynced per epoch. A reader therefore sees a file either before or after a
@@ -16,7 +16,6 @@ import math
 import os
 import pickle
 import re
-import socket
 import tempfile
 import zipfile
 from collections.abc import Iterable
@@ -25,14 +24,10 @@ from typing import Any
 
 import torch
 import yaml
-from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from kdtemp.errors import CheckpointError, RunsError, first_line
-from kdtemp.store.layout import ExperimentLayout as ExperimentLayout  # asked for through runs by every module
-from kdtemp.store.layout import RunFiles as RunFiles
-from kdtemp.store.records import STUDENT_COLUMNS as STUDENT_COLUMNS  # the metrics.csv columns, typed in records
-from kdtemp.store.records import TEACHER_COLUMNS as TEACHER_COLUMNS
+from kdtemp.store.layout import RunFiles
 from kdtemp.store.records import RunSummary, Status, summary_problem
 
 _UMASK = os.umask(0)
@@ -283,53 +278,3 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-# --- locks ---------------------------------------------------------------------------------------
-
-
-class RunLock:
-    """An exclusive, non-blocking per-run lock: whoever holds it is the only writer of the run."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(path))
-
-    def acquire(self) -> bool:
-        try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            return False
-        return True
-
-    def release(self) -> None:
-        if self._lock.is_locked:
-            self._lock.release()
-
-    @property
-    def held(self) -> bool:
-        return self._lock.is_locked
-
-
-def is_locked_elsewhere(path: Path) -> bool:
-    """True when another process holds the run's lock (it is training right now)."""
-    if not path.exists():
-        return False
-    probe = FileLock(str(path))
-    try:
-        probe.acquire(timeout=0)
-    except Timeout:
-        return True
-    probe.release()
-    return False
-
-
-def owner_record(worker: str | None = None) -> dict:
-    """Who trains a run: host, pid and worker/job, for `kdtemp status`."""
-    record = {"host": socket.gethostname(), "pid": os.getpid()}
-    for variable in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID"):
-        if variable in os.environ:
-            record[variable.lower()] = os.environ[variable]
-    if worker:
-        record["worker"] = worker
-    return record

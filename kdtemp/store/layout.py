@@ -8,7 +8,7 @@
     runs/<name>/report/             what `kdtemp report` writes
     runs/<name>/tensorboard/<run>/  TensorBoard event files (logging.tensorboard), <run> = a run id or teacher
 
-records.py says what the files hold; runs.py writes and reads them.
+kdtemp/store/records.py says what the files hold; kdtemp/store/files.py writes and reads them.
 """
 
 from __future__ import annotations

@@ -12,12 +12,12 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from kdtemp.engine.evaluation import predict_logits
 from kdtemp.engine.job_setup import per_batch_teachers
-from kdtemp.engine.loop import TeacherSignal, predict_logits
+from kdtemp.engine.loop import TeacherSignal
 from kdtemp.engine.randomness import keeps_global_rng
 from kdtemp.events import Note
-from kdtemp.group.student_group import Hint
-from kdtemp.models.features import feature_shape, predict_features
+from kdtemp.models.features import Hint, feature_shape, predict_features
 from kdtemp.models.registry import build_model
 from kdtemp.store.files import load_checkpoint, read_summary, write_summary
 from kdtemp.store.records import Status

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any, cast
 
-from kdtemp.config.schema import ExperimentConfig, training_identity
-from kdtemp.methods import resolve_methods, source_digest
+from kdtemp.config.model_specs import training_identity
+from kdtemp.config.schema import ExperimentConfig
+from kdtemp.methods.registry import resolve_methods, source_digest
 from kdtemp.store.records import BASELINE
-from kdtemp.temperature.schedules import CTKD, LOGIT_STD, LearnableSchedule, ScheduleBase
+from kdtemp.temperature.base import CTKD, LOGIT_STD, ScheduleBase
+from kdtemp.temperature.schedules import LearnableSchedule
 
 RUN_FORMAT = 1
 GRID_AXES = ("schedule", "t0", "alpha", "seed", "generation", "parent")

@@ -16,19 +16,18 @@ from kdtemp.data.dataset import Dataset
 from kdtemp.engine.job_setup import StopCheck
 from kdtemp.engine.loop import EpochDone, Member, TeacherSignal
 from kdtemp.events import Emit, ignore
-from kdtemp.group.student_group import Hint, StudentGroup
+from kdtemp.group.student_group import StudentGroup
+from kdtemp.models.features import Hint
 from kdtemp.store.files import (
-    STUDENT_COLUMNS,
-    ExperimentLayout,
-    RunFiles,
     append_csv_row,
     atomic_torch_save,
     read_csv_rows,
     read_summary,
     write_summary,
 )
+from kdtemp.store.layout import ExperimentLayout, RunFiles
 from kdtemp.store.loggers import RunLogger
-from kdtemp.store.records import RunSummary, Status
+from kdtemp.store.records import STUDENT_COLUMNS, RunSummary, Status
 from kdtemp.sweep.plan import RunSpec
 from kdtemp.teachers.loading import LoadedTeacher
 

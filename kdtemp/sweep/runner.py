@@ -16,34 +16,21 @@ from torch import nn
 
 from kdtemp.config.schema import ExperimentConfig, config_to_dict
 from kdtemp.data.dataset import Dataset
-from kdtemp.engine.device import max_group_size, member_bytes, set_up_device
+from kdtemp.engine.evaluation import inference_module
 from kdtemp.engine.job_setup import (
     StopCheck,
-    data_on,
     environment_record,
     loop_settings,
     per_batch_teachers,
 )
-from kdtemp.engine.loop import (
-    Member,
-    StepsDone,
-    TeacherSignal,
-    inference_module,
-    steps_per_epoch,
-)
-from kdtemp.engine.randomness import caller_rng_kept, keeps_global_rng
-from kdtemp.engine.stacking import vmap_failure
+from kdtemp.engine.loop import Member, StepsDone, TeacherSignal, steps_per_epoch
+from kdtemp.engine.randomness import caller_rng_kept
 from kdtemp.errors import CheckpointError
 from kdtemp.events import Emit, Note, Progress, SweepResult, ignore
-from kdtemp.group.student_group import Hint, StudentGroup
-from kdtemp.models.features import build_regressor, feature_shape
-from kdtemp.models.footprint import student_and_teacher
-from kdtemp.models.inspection import has_dropout
+from kdtemp.group.student_group import StudentGroup
+from kdtemp.models.features import Hint
 from kdtemp.models.registry import build_model
 from kdtemp.store.files import (
-    STUDENT_COLUMNS,
-    ExperimentLayout,
-    RunLock,
     atomic_write_json,
     atomic_write_yaml,
     check_writable,
@@ -51,9 +38,11 @@ from kdtemp.store.files import (
     is_completed,
     keep_epochs_before,
     load_checkpoint,
-    owner_record,
 )
-from kdtemp.store.loggers import check_loggers, run_loggers
+from kdtemp.store.locks import RunLock, owner_record
+from kdtemp.store.loggers import run_loggers
+from kdtemp.store.records import STUDENT_COLUMNS
+from kdtemp.sweep.experiment import prepare_experiment
 from kdtemp.sweep.generations import (
     generation_hint,
     parent_signal,
@@ -71,16 +60,11 @@ from kdtemp.teachers.loading import (
     LoadedTeacher,
     all_teacher_logits,
     ensemble_weights,
-    load_teachers,
     teacher_features,
     teacher_paths,
     teachers_fingerprint,
 )
-from kdtemp.temperature.schedules import (
-    LOW_TEMPERATURE,
-    ScheduleBase,
-    temperature_table,
-)
+from kdtemp.temperature.base import LOW_TEMPERATURE, ScheduleBase, temperature_table
 
 
 def plan_sweep(config: ExperimentConfig, data: Dataset, fingerprint: str) -> tuple[list[RunSpec], list[Note]]:
@@ -160,17 +144,15 @@ def sweep(
 ) -> SweepResult:
     """Train the grid's runs (only those in `only` when given), reporting progress through `emit`."""
     started_at = time.perf_counter()
-    layout = ExperimentLayout.of(config.runs_dir, config.name)
-    device = set_up_device(config.device, config.train.deterministic)
-    teacher_paths(config)
-    check_loggers(config)
-    data = data_on(device, config, emit)
-    teachers = load_teachers(config, data, device)
-    # built before anything is written, so a student that does not fit the data is refused first
-    with caller_rng_kept():
-        student = build_model(config.student, data.input_shape, data.num_classes).to(device)
-    hint = _hint(config, data, teachers)
-    runs, notes = plan_sweep(config, data, teachers_fingerprint([t.fingerprint for t in teachers], config))
+    experiment = prepare_experiment(config, emit)
+    layout, device, data, teachers, hint = (
+        experiment.layout,
+        experiment.device,
+        experiment.data,
+        experiment.teachers,
+        experiment.hint,
+    )
+    runs, notes = plan_sweep(config, data, experiment.teacher_fingerprint)
     for note in notes:
         emit(note)
     if only is not None:
@@ -184,11 +166,8 @@ def sweep(
         )
     check_writable(layout.root)
     signal = _teacher_signal(config, data, device, teachers, hint, emit)
-    stackable = _stackable(config, data, device, emit)
-    with caller_rng_kept():  # a forward pass of the student, dropout and all
-        sizes = student_and_teacher(
-            student, [t.model for t in teachers], data.train_x[: config.student_batch_size()], device
-        )
+    stackable = experiment.stackable(emit)
+    sizes = experiment.sizes()
     state = SweepState(
         config,
         layout,
@@ -205,8 +184,8 @@ def sweep(
         stackable=stackable,
         emit=emit,
     )
-    limit = _group_limit(config, data, device)
-    across_seeds = not has_dropout(student)  # dropout masks are the one draw a group cannot give each seed
+    limit = experiment.group_limit()
+    across_seeds = experiment.seeds_can_share_a_group
     for generation in sorted({run.generation for run in pending}):
         members = [run for run in pending if run.generation == generation]
         if generation > 1:
@@ -228,22 +207,6 @@ def sweep(
         time.perf_counter() - started_at,
         layout.root,
     )
-
-
-@keeps_global_rng
-def _hint(config: ExperimentConfig, data: Dataset, teachers: list[LoadedTeacher]) -> Hint | None:
-    """The hint settings, with both layers resolved and the regressor's shapes checked before
-    anything runs."""
-    if config.kd.feature_weight <= 0:
-        return None
-    layers = config.kd.feature_layers
-    student_layer = layers.student if layers else None
-    teacher_shape = feature_shape(
-        teachers[0].model, layers.teacher if layers else None, data.train_x[:2], "teacher"
-    )
-    student = build_model(config.student, data.input_shape, data.num_classes)
-    build_regressor(feature_shape(student, student_layer, data.train_x[:2].cpu(), "student"), teacher_shape)
-    return Hint(config.kd.feature_weight, student_layer, teacher_shape)
 
 
 def _teacher_signal(
@@ -278,39 +241,6 @@ def _teacher_signal(
         weights=ensemble_weights(config, device),
         feature_layer=teacher_layer,
         channels_last=channels_last,
-    )
-
-
-def _stackable(config: ExperimentConfig, data: Dataset, device: torch.device, emit: Emit) -> bool:
-    """Whether vmap can run the student stacked; a note when it cannot (its runs then train one at a time)."""
-    reason = _vmap_failure(config, data, device)
-    if reason is not None:
-        emit(
-            Note(
-                f"{config.student.arch} cannot be stacked with vmap ({reason}); "
-                "its runs train one member at a "
-                "time, with the same results and files, more slowly"
-            )
-        )
-    return reason is None
-
-
-@keeps_global_rng
-def _vmap_failure(config: ExperimentConfig, data: Dataset, device: torch.device) -> str | None:
-    pair = [build_model(config.student, data.input_shape, data.num_classes) for _ in range(2)]
-    return vmap_failure(pair, data.train_x[:2].to(device))
-
-
-@keeps_global_rng
-def _group_limit(config: ExperimentConfig, data: Dataset, device: torch.device) -> int:
-    spec = config.student
-    probe = build_model(spec, data.input_shape, data.num_classes).to(device)
-    slots = {"sgd": 1, "adam": 2, "adamw": 2}[spec.optimizer]
-    return max_group_size(
-        member_bytes(probe, data.train_x[: config.student_batch_size()], slots),
-        0,
-        device,
-        config.train.max_group_size,
     )
 
 

@@ -19,15 +19,10 @@ import yaml
 
 from kdtemp.config.schema import ExperimentConfig
 from kdtemp.errors import RunsError
+from kdtemp.store.files import load_summary, read_csv_rows, summary_is_complete
+from kdtemp.store.layout import ExperimentLayout, RunFiles
+from kdtemp.store.locks import is_locked_elsewhere
 from kdtemp.store.records import RunSummary, Status
-from kdtemp.store.files import (
-    ExperimentLayout,
-    RunFiles,
-    is_locked_elsewhere,
-    load_summary,
-    read_csv_rows,
-    summary_is_complete,
-)
 from kdtemp.sweep.runner import planned_runs
 
 STATES = tuple(Status)

@@ -19,7 +19,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from kdtemp.config.schema import ModelSpec
+from kdtemp.config.model_specs import ModelSpec
 from kdtemp.errors import CheckpointError, first_line
 from kdtemp.models.registry import build_model
 from kdtemp.store.files import file_sha256, load_checkpoint

@@ -17,25 +17,26 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from kdtemp.config.schema import ExperimentConfig, ModelSpec, architecture_of
+from kdtemp.config.model_specs import ModelSpec, architecture_of
+from kdtemp.config.schema import ExperimentConfig
 from kdtemp.data.dataset import Dataset
+from kdtemp.engine.evaluation import predict_logits
 from kdtemp.engine.job_setup import (
     config_flag,
     wants_channels_last,
 )
-from kdtemp.engine.loop import predict_logits
 from kdtemp.engine.randomness import keeps_global_rng
 from kdtemp.errors import CheckpointError
 from kdtemp.events import Emit, Note, ignore
 from kdtemp.models.features import predict_features
 from kdtemp.models.registry import build_model
 from kdtemp.store.files import (
-    ExperimentLayout,
     atomic_torch_save,
     file_fingerprint,
     file_sha256,
     load_checkpoint,
 )
+from kdtemp.store.layout import ExperimentLayout
 
 TEACHER_FORMAT = "kdtemp-teacher/1"
 LOGITS_FORMAT = "kdtemp-teacher-logits/2"

@@ -1,8 +1,10 @@
-"""The teacher: training it, or an ensemble of them (loading one for the sweep: `trained_teachers`).
+"""The teacher: training it, or an ensemble of them (loading one for the sweep:
+kdtemp.teachers.loading).
 
 `train_teacher` is the `kdtemp train-teacher` job. A finished teacher is kept, an interrupted one
-resumes, one given as `teacher.checkpoint` is only evaluated and recorded (kdtemp.teachers.checkpoint_formats);
-a checkpoint made for other data or another network is refused with a message saying which.
+resumes, one given as `teacher.checkpoint` is only evaluated and recorded
+(kdtemp.teachers.checkpoint_formats); a checkpoint made for other data or another network is
+refused with a message saying which.
 """
 
 from __future__ import annotations
@@ -15,33 +17,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdtemp.config.schema import (
-    ExperimentConfig,
-    ModelSpec,
-    architecture_of,
-    config_to_dict,
-    training_identity,
-)
+from kdtemp.config.model_specs import ModelSpec, architecture_of, training_identity
+from kdtemp.config.schema import ExperimentConfig, config_to_dict
 from kdtemp.data.dataset import Dataset
 from kdtemp.engine.device import set_up_device
+from kdtemp.engine.evaluation import predict_logits
 from kdtemp.engine.job_setup import (
     StopCheck,
     data_on,
     environment_record,
     loop_settings,
 )
-from kdtemp.engine.loop import EpochDone, NetworkTrainer, StepsDone, predict_logits
+from kdtemp.engine.loop import EpochDone, StepsDone
 from kdtemp.engine.metrics import correct_count
 from kdtemp.engine.randomness import keeps_global_rng, seeded
+from kdtemp.engine.trainer import NetworkTrainer
 from kdtemp.errors import CheckpointError
 from kdtemp.events import Emit, EnsembleResult, Note, Progress, TeacherResult, ignore
 from kdtemp.losses import soft_target_log_probs
 from kdtemp.models.footprint import count_parameters
 from kdtemp.models.registry import build_model
 from kdtemp.store.files import (
-    TEACHER_COLUMNS,
-    ExperimentLayout,
-    RunFiles,
     append_csv_row,
     atomic_torch_save,
     atomic_write_json,
@@ -50,7 +46,9 @@ from kdtemp.store.files import (
     keep_epochs_before,
     load_checkpoint,
 )
+from kdtemp.store.layout import ExperimentLayout, RunFiles
 from kdtemp.store.loggers import RunLogger, check_loggers, run_loggers
+from kdtemp.store.records import TEACHER_COLUMNS
 from kdtemp.teachers.checkpoint_formats import (
     ImportedTeacher,
     check_same_logits,

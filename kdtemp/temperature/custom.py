@@ -19,8 +19,8 @@ from typing import Any
 from pydantic import ConfigDict, field_validator
 
 from kdtemp.errors import ConfigError, first_line
-from kdtemp.temperature.schedules import Point, ScheduleBase
 from kdtemp.plugins import CALLABLE_REFERENCE, import_callable
+from kdtemp.temperature.base import Point, ScheduleBase
 
 Formula = Callable[[float, float, float], Any]
 """A user's schedule as called: (t0, progress, epoch) -> T, its params already bound."""

@@ -1,0 +1,106 @@
+"""Everything a report shows, built in one call: each setting's table, summary and cell tests, and the
+soft-target entropy table. `build_report(experiment_dir)` is what the CLI and a notebook call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from kdtemp.report import verdict
+from kdtemp.report.results import ExperimentResults, cached_teacher_logits, load_results
+from kdtemp.report.settings import split_by_setting
+from kdtemp.report.summary import entropy_table, summarize
+from kdtemp.report.tables import (
+    METRICS,
+    TemperatureTable,
+    check_metric,
+    temperature_table,
+)
+
+
+def problem_lines(results: ExperimentResults) -> list[str]:
+    lines = []
+    for run_id, reason in results.failed:
+        lines.append(f"- failed: {run_id}: {reason}")
+    for run_id in results.unfinished:
+        lines.append(f"- unfinished (not averaged): {run_id}")
+    for run_id, reason in results.unreadable:
+        lines.append(f"- skipped, unreadable: {run_id}: {reason}")
+    return lines
+
+
+@dataclass
+class SettingReport:
+    """The table, summary and headline of one setting of an experiment."""
+
+    label: str | None
+    """What tells this setting apart (`student.epochs = 5`); None when the experiment has one setting."""
+    results: ExperimentResults
+    summary: pd.DataFrame
+    table: TemperatureTable
+    tests: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=verdict.TEST_COLUMNS))
+    """verdict.cell_tests on the table's metric: what the markers and the verdict
+    (kdtemp.report.text.headline) say."""
+
+
+@dataclass
+class Report:
+    results: ExperimentResults
+    """Every run of the experiment, all settings together."""
+    settings: list[SettingReport]
+    entropy: pd.DataFrame | None
+    entropy_split: str | None
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        """Every setting's summary rows; a leading `setting` column (the label) when there are several."""
+        if len(self.settings) == 1:
+            return self.settings[0].summary
+        return pd.concat(
+            [s.summary.assign(setting=s.label)[["setting", *s.summary.columns]] for s in self.settings],
+            ignore_index=True,
+        )
+
+    @property
+    def metric(self) -> str:
+        return self.settings[0].table.metric
+
+    @property
+    def table(self) -> TemperatureTable:
+        """The table of a one-setting experiment; with several, each setting's is in `settings`."""
+        if len(self.settings) > 1:
+            raise ValueError(
+                f"{self.results.name} holds {len(self.settings)} settings: "
+                "take each one's table from .settings"
+            )
+        return self.settings[0].table
+
+
+def build_report(root: Path, metric: str = "test_acc", partial: bool = False) -> Report:
+    check_metric(metric)
+    results = load_results(root, partial)
+    settings = []
+    for label, part in split_by_setting(results):
+        accuracy_tests = verdict.cell_tests(part.final, "test_acc", True)
+        column, _, higher_better = METRICS[metric]
+        tests = (
+            accuracy_tests if column == "test_acc" else verdict.cell_tests(part.final, column, higher_better)
+        )
+        summary = summarize(part, accuracy_tests)
+        settings.append(SettingReport(label, part, summary, temperature_table(part, metric, tests), tests))
+    logits, split = cached_teacher_logits(results)
+    entropy = None
+    if logits is not None:
+        grid = [float(t) for t in results.final["t0"].dropna().unique()] if not results.final.empty else []
+        weights = (results.teacher or {}).get("weights")
+        entropy = entropy_table(
+            logits,
+            grid,
+            (results.teacher or {}).get("ensemble") or "mean_probs",
+            None if weights is None else torch.tensor(weights, dtype=torch.float64),
+        )
+    return Report(results, settings, entropy, split)
