@@ -1,0 +1,6 @@
+"""Datasets: the registry, the built-in sets, users' own data, augmentation.
+
+Exports nothing itself: import from its modules.
+"""
+
+from kdtemp.data import builtin, custom  # noqa: F401 - importing them registers their loaders

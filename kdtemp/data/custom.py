@@ -1,0 +1,356 @@
+"""Users' own data: a folder of images (`image-folder`) or arrays in one file (`tensors`).
+
+Both end as the same `Dataset` of tensors the built-in datasets give, so the training loop and the
+device-side augmentation do not know where the data came from. Every malformed input is refused with
+one line naming the file and the fix, before any run writes a file. A teacher trained on one folder or
+file is refused for another through `Dataset.fingerprint`, which hashes the decoded content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdtemp.config.schema import DataConfig
+from kdtemp.data.dataset import Dataset, standardised_images
+from kdtemp.data.registry import register_dataset
+from kdtemp.errors import CheckpointError, DataError, first_line
+from kdtemp.store.files import atomic_torch_save, file_fingerprint, load_checkpoint
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+"""The extensions torchvision's ImageFolder accepts (case-insensitive); other files are ignored, as there."""
+IMAGE_FOLDER_LAYOUT = "image-folder expects root/train/<class>/*.png|jpg and root/val/<class>/..."
+CACHE_FORMAT = "kdtemp-image-folder-cache/1"
+CACHE_DIR = ".kdtemp-cache"
+TENSOR_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+# --- image-folder --------------------------------------------------------------------------------
+
+
+@register_dataset("image-folder")
+def load_image_folder(config: DataConfig) -> Dataset:
+    """torchvision's ImageFolder layout (class = subfolder name, sorted); `val/` is the test split.
+
+    Images are decoded once into a uint8 cache under root/.kdtemp-cache, keyed by every file's relative
+    path, size and mtime and by `image_size`, so a later load reads one file and decodes nothing.
+    """
+    root = Path(config.root)
+    if not root.is_dir():
+        raise DataError(f"image-folder root {root} is not a folder; {IMAGE_FOLDER_LAYOUT}")
+    train, test = scan_split(root, "train"), scan_split(root, "val")
+    if list(train) != list(test):
+        only_train, only_val = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+        raise DataError(
+            f"{root}: train/ and val/ hold different classes (only in train: {only_train or 'none'}, "
+            f"only in val: {only_val or 'none'}); give both the same class folders"
+        )
+    cache = root / CACHE_DIR / f"image-folder-{folder_key(root, train, test, config.image_size)}.pt"
+    arrays = read_image_cache(cache)
+    if arrays is None:
+        arrays = decode_folder(train, test, config.image_size)
+        try:
+            atomic_torch_save({"format": CACHE_FORMAT, **arrays}, cache)
+            source = f"{root}, decoded at {config.image_size}x{config.image_size} and cached in {cache}"
+        except OSError:
+            source = (
+                f"{root}, decoded at {config.image_size}x{config.image_size} (root not writable: not cached)"
+            )
+    else:
+        source = f"{root}, cached at {config.image_size}x{config.image_size} in {cache}"
+    return images_dataset("image-folder", arrays, tuple(train), source)
+
+
+def scan_split(root: Path, split: str) -> dict[str, list[Path]]:
+    """Class name -> its image files (searched recursively, sorted), as ImageFolder finds them."""
+    directory = root / split
+    if not directory.is_dir():
+        raise DataError(f"{root} has no {split}/ folder; {IMAGE_FOLDER_LAYOUT}")
+    classes = sorted(entry.name for entry in directory.iterdir() if entry.is_dir())
+    if not classes:
+        raise DataError(f"{directory} has no class subfolders; {IMAGE_FOLDER_LAYOUT}")
+    files = {}
+    for name in classes:
+        files[name] = sorted(
+            path
+            for path in (directory / name).rglob("*")
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not files[name]:
+            raise DataError(
+                f"{directory / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                "add some or remove the folder"
+            )
+    return files
+
+
+def folder_key(root: Path, train: dict[str, list[Path]], test: dict[str, list[Path]], image_size: int) -> str:
+    """Hash of what the decoded cache depends on: each file's relative path, size and mtime, and the size."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(f"{CACHE_FORMAT}|{image_size}".encode())
+    for files in (*train.values(), *test.values()):
+        for path in files:
+            stat = path.stat()
+            digest.update(f"|{path.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def read_image_cache(path: Path) -> dict[str, torch.Tensor] | None:
+    """The cached arrays, or None when absent or unreadable (then the folder is decoded again)."""
+    try:
+        cached = load_checkpoint(path, "image cache")
+    except CheckpointError:  # absent, torn or foreign: decode again
+        return None
+    keys = ("train_x", "train_y", "test_x", "test_y")
+    if cached.get("format") != CACHE_FORMAT or not all(
+        isinstance(cached.get(key), torch.Tensor) for key in keys
+    ):
+        return None
+    return {key: cached[key] for key in keys}
+
+
+def decode_folder(
+    train: dict[str, list[Path]], test: dict[str, list[Path]], size: int
+) -> dict[str, torch.Tensor]:
+    """Every image as uint8 (N, C, size, size): RGB, or one channel when every image of both splits
+    is grayscale."""
+    arrays, grayscale = {}, True
+    for split, files in (("train", train), ("test", test)):
+        images, labels = [], []
+        for label, paths in enumerate(files.values()):
+            for path in paths:
+                pixels, is_gray = decode_image(path, size)
+                images.append(pixels)
+                labels.append(label)
+                grayscale &= is_gray
+        arrays[f"{split}_x"] = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        arrays[f"{split}_y"] = torch.tensor(labels, dtype=torch.int64)
+    if grayscale:
+        arrays["train_x"], arrays["test_x"] = (
+            arrays["train_x"][:, :1].clone(),
+            arrays["test_x"][:, :1].clone(),
+        )
+    return arrays
+
+
+def decode_image(path: Path, size: int) -> tuple[np.ndarray, bool]:
+    """(size, size, 3) uint8 pixels and whether the file was grayscale.
+
+    As torchvision's Resize(size) + CenterCrop(size): the shorter side is scaled to `size` (bilinear,
+    antialiased by PIL), then the centre square is kept, so no image is distorted.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            is_gray = Image.getmodebands(image.mode) == 1 and image.mode != "P"
+            rgb = image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc}); remove or replace it") from None
+    width, height = rgb.size
+    short, long = min(width, height), max(width, height)
+    scaled_long = int(size * long / short)
+    new_size = (size, scaled_long) if width <= height else (scaled_long, size)
+    resized = rgb.resize(new_size, Image.Resampling.BILINEAR)
+    left, top = round((new_size[0] - size) / 2.0), round((new_size[1] - size) / 2.0)
+    return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8), is_gray
+
+
+def images_dataset(
+    name: str, arrays: dict[str, torch.Tensor], classes: tuple[str, ...], source: str
+) -> Dataset:
+    """uint8 images scaled to [0, 1] and standardised with the TRAIN split's per-channel mean and std.
+
+    The test split uses the train statistics too, as torchvision's Normalize with published values does;
+    a constant channel (std 0) is only centred.
+    """
+    return standardised_images(
+        name,
+        arrays["train_x"].numpy(),
+        arrays["train_y"],
+        arrays["test_x"].numpy(),
+        arrays["test_y"],
+        classes,
+        source,
+        channel_statistics(arrays["train_x"]),
+    )
+
+
+def channel_statistics(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of uint8 (N, C, ...) images in [0, 1], in float64."""
+    channels = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255.0
+    mean = channels.mean(dim=1)
+    std = channels.std(dim=1, correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+# --- tensors (.npz / .pt) ------------------------------------------------------------------------
+
+
+@register_dataset("tensors")
+def load_tensors(config: DataConfig) -> Dataset:
+    """x_train, y_train, x_test, y_test (and optionally `classes`) from an .npz or a .pt file.
+
+    x of any shape (N, ...): channels-first images (N, C, H, W), sequences (N, C, L) or vectors (N, D).
+    uint8 x is scaled to [0, 1] and standardised per channel like image-folder; float x is used as given.
+    """
+    path = Path(config.root)
+    arrays = read_arrays(path)
+    missing = [key for key in TENSOR_ARRAYS if key not in arrays]
+    if missing:
+        raise DataError(
+            f"{path} lacks {', '.join(missing)} (it holds {', '.join(sorted(arrays)) or 'nothing'}); "
+            f"save {', '.join(TENSOR_ARRAYS)}"
+        )
+    for split in ("train", "test"):
+        check_split(path, split, arrays[f"x_{split}"], arrays[f"y_{split}"])
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DataError(
+            f"{path}: x_train samples have shape {arrays['x_train'].shape[1:]}, "
+            f"x_test {arrays['x_test'].shape[1:]}; "
+            "both splits need the same sample shape"
+        )
+    if (arrays["x_train"].dtype == np.uint8) != (arrays["x_test"].dtype == np.uint8):
+        raise DataError(
+            f"{path}: x_train is {arrays['x_train'].dtype}, x_test {arrays['x_test'].dtype}; "
+            "store both as uint8 pixels or both as floats"
+        )
+    largest = int(max(arrays["y_train"].max(), arrays["y_test"].max()))
+    classes = class_names(path, arrays.get("classes"), largest)
+    labels = {key: torch.from_numpy(arrays[key].astype(np.int64)) for key in ("y_train", "y_test")}
+    source = f"{path} (sha256 {file_fingerprint(path)})"
+    if arrays["x_train"].dtype == np.uint8:
+        images = {
+            "train_x": _channels_first(arrays["x_train"]),
+            "test_x": _channels_first(arrays["x_test"]),
+            "train_y": labels["y_train"],
+            "test_y": labels["y_test"],
+        }
+        dataset = images_dataset("tensors", images, classes, source)
+        shape = arrays["x_train"].shape[1:]
+        return replace(
+            dataset, train_x=dataset.train_x.reshape(-1, *shape), test_x=dataset.test_x.reshape(-1, *shape)
+        )
+    return Dataset(
+        name="tensors",
+        train_x=torch.from_numpy(arrays["x_train"].astype(np.float32)),
+        train_y=labels["y_train"],
+        test_x=torch.from_numpy(arrays["x_test"].astype(np.float32)),
+        test_y=labels["y_test"],
+        classes=classes,
+        source=source,
+    )
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The named arrays of an .npz (numpy.load, no pickles) or a .pt dict (torch.load, weights_only)."""
+    if not path.is_file():
+        raise DataError(
+            f"tensors file {path} not found; "
+            f"set data.root to an .npz or .pt file holding {', '.join(TENSOR_ARRAYS)}"
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _read_npz(path)
+    if suffix == ".pt":
+        return _read_pt(path)
+    raise DataError(
+        f"{path}: tensors reads .npz or .pt files; save the arrays with numpy.savez or torch.save"
+    )
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(
+                f"{path} holds object arrays, which would need pickle; store numbers (and classes as strings)"
+            ) from None
+        raise DataError(f"{path}: not a readable .npz file ({exc}); save it again with numpy.savez") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc}); save it again with numpy.savez") from None
+
+
+def _read_pt(path: Path) -> dict[str, np.ndarray]:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(
+            f"refused to load {path}: it holds Python objects beyond tensors and plain data; "
+            "save a dict of tensors with torch.save"
+        ) from None
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise DataError(
+            f"{path}: not a readable .pt file ({first_line(exc)}); save a dict of tensors with torch.save"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise DataError(
+            f"{path} holds a {type(loaded).__name__}, not a dict; "
+            "save {'x_train': ..., 'y_train': ..., ...} with torch.save"
+        )
+    return {
+        str(key): value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        for key, value in loaded.items()
+    }
+
+
+def check_split(path: Path, split: str, x: np.ndarray, y: np.ndarray) -> None:
+    """Refuse, in one line, arrays a classifier cannot train or be evaluated on."""
+    if x.ndim < 2 or len(x) == 0:
+        raise DataError(
+            f"{path}: x_{split} has shape {x.shape}; it needs one row per sample, (N, features...) with N > 0"
+        )
+    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+        raise DataError(
+            f"{path}: x_{split} is {x.dtype}; store inputs as float (used as given) or uint8 (pixels 0..255)"
+        )
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(
+            f"{path}: y_{split} is {y.dtype} of shape {y.shape}; labels must be one integer 0..C-1 per sample"
+        )
+    if len(x) != len(y):
+        raise DataError(
+            f"{path}: x_{split} holds {len(x)} samples but y_{split} {len(y)} labels; they must pair up"
+        )
+    if y.min() < 0:
+        raise DataError(
+            f"{path}: y_{split} has negative labels (smallest {int(y.min())}); labels must be 0..C-1"
+        )
+    if x.dtype != np.uint8:
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        if bad:
+            raise DataError(
+                f"{path}: x_{split} holds {bad} NaN or infinite values; replace them before training"
+            )
+
+
+def class_names(path: Path, names: np.ndarray | None, largest_label: int) -> tuple[str, ...]:
+    """The `classes` array when given (at least one name per label), else '0' .. str(max label)."""
+    if names is None:
+        count = largest_label + 1
+        if count < 2:
+            raise DataError(f"{path}: every label is 0; a classifier needs at least two classes")
+        return tuple(str(label) for label in range(count))
+    names = np.atleast_1d(names)
+    if names.ndim != 1 or len(names) <= largest_label:
+        raise DataError(
+            f"{path}: classes names {names.size} classes but the labels go up to {largest_label}; "
+            f"give one name per class 0..{largest_label}"
+        )
+    return tuple(str(name) for name in names.tolist())
+
+
+def _channels_first(x: np.ndarray) -> torch.Tensor:
+    """uint8 (N, ...) as (N, C, rest, 1), the image layout per-channel normalisation expects: axis 1 is
+    the channel of images and sequences; vectors (N, D) are one channel."""
+    tensor = torch.from_numpy(np.ascontiguousarray(x))
+    channels = 1 if x.ndim == 2 else x.shape[1]
+    return tensor.reshape(len(x), channels, -1, 1)
