@@ -599,7 +599,7 @@ def run_kdtemp(bench: Bench, args: list[str], interrupt_when: Callable[[], bool]
     """`kdtemp ARGS` as a user runs it, sent Ctrl-C once `interrupt_when()` holds.
 
     On CUDA a fresh process (its own CUDA context); on CPU in this process, which saves the interpreter's
-    start-up (same `kdtemp.cli.main`, same SIGINT handler).
+    start-up (same `kdtemp.cli.app.main`, same SIGINT handler).
     """
     if bench.device.type == "cuda":
         log = bench.work / f"kdtemp-{time.monotonic_ns()}.log"

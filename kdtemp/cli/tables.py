@@ -19,7 +19,7 @@ STATE_COLOURS = {
 
 
 def temperature_table(title: str, table, epoch: str | None = None) -> Table:
-    """The accuracy-versus-temperature table (a report.TemperatureTable) for the terminal."""
+    """The accuracy-versus-temperature table (a report.tables.TemperatureTable) for the terminal."""
     from kdtemp.report.tables import LEGEND, table_rows
 
     heading = table.heading if epoch is None else f"{table.heading.rsplit(', ', 1)[0]}, {epoch}"

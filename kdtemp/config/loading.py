@@ -105,12 +105,14 @@ def _configured_schedules(tree: dict, entries: list) -> list:
 
 
 def load_config(
-    path: Path | None = None, overrides: dict[str, tuple[Any, str]] | None = None
+    path: str | Path | None = None, overrides: dict[str, tuple[Any, str]] | None = None
 ) -> ExperimentConfig:
     """Read `path` (or only the defaults), apply overrides {dotted.key: (value, option)} and validate.
 
-    The experiment name defaults to the file's stem, or 'default' without a file.
+    The experiment name defaults to the file's stem, or 'default' without a file. A notebook may pass
+    the path as a string.
     """
+    path = Path(path) if path is not None else None
     tree = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "defaults"
     if path is not None and "name" not in tree:

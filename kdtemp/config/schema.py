@@ -117,13 +117,15 @@ class KDConfig(StrictModel):
 
 class TrainConfig(StrictModel):
     max_group_size: PositiveInt | None = None
-    """Most student runs trained at once in one stacked model; None = as many as fit in memory."""
+    """Most student runs trained at once in one stacked model; None = as many as fit in half the device's
+    free memory (kdtemp.engine.device.MEMORY_SHARE)."""
     amp: bool | None = None
-    """bf16 autocast for forward passes; None = on for CUDA, off for CPU."""
+    """bf16 autocast for the students' and the teacher-training forward passes (a trained teacher's
+    logits stay float32); None = on for CUDA, off for CPU."""
     clip_grad_norm: PositiveFloat | None = None
     deterministic: bool = False
-    """torch.use_deterministic_algorithms: repeated CUDA runs give the same bits, more slowly (no cuDNN
-    autotuning)."""
+    """torch.use_deterministic_algorithms: repeated CUDA runs on the same GPU and software are meant to
+    give the same bits, more slowly (no cuDNN autotuning); not yet run on a GPU."""
 
 
 # --- where the sweep runs ----------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Random crop and horizontal flip on the device, drawn for a whole epoch up front.
 
-Each seed draws its epoch's crop offsets and flips from its own generator (engine.epoch_generator),
+Each seed draws its epoch's crop offsets and flips from its own generator (engine.loop.epoch_generator),
 so a resumed run and a student trained alone or in a group see the same augmented images.
 """
 

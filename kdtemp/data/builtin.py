@@ -1,4 +1,5 @@
-"""The built-in datasets: MNIST-1D, Fashion-MNIST, MNIST, CIFAR-10/100 as normalised tensors, offline sources first.
+"""The built-in datasets (MNIST-1D, Fashion-MNIST, MNIST, CIFAR-10/100) as normalised tensors, offline
+sources first.
 
 Every dataset is small enough to sit on the run's device as one tensor, so the hot loop indexes a
 tensor instead of decoding images item by item. Augmentation (random crop + flip) is drawn for a

@@ -3,10 +3,11 @@
 A student group keeps K students in one stacked tensor per parameter. torch's optimisers are
 elementwise, but their vectorised kernels fuse multiply-adds in SIMD lanes and not in the scalar
 tail, so an element's rounding depends on where it sits in the tensor: a student would train
-very slightly differently in a group of 3 than alone, and over many epochs that drift grows into
-the test accuracy. `MemberwiseSGD` and `MemberwiseAdam` make the same updates from correctly rounded
-operations only (add, sub, mul, div, sqrt), so each element's result depends on its own inputs
-alone: a student's numbers are the same in any group, in any worker, under any launcher.
+very slightly differently in a group of 3 than alone, and over tens of epochs that drift reaches
+the test accuracy (a one-off measurement: docs/concepts/engine.md). `MemberwiseSGD` and
+`MemberwiseAdam` make the same updates from correctly rounded operations only (add, sub, mul, div,
+sqrt), so each element's result depends on its own inputs alone: a student's numbers are the same
+in any group, in any worker, under any launcher.
 
 That reason is a CPU matter. On CUDA one kernel per operation per parameter makes the step
 launch-bound (~9 launches per stacked parameter), so there the same operations run as

@@ -92,7 +92,7 @@ class TeacherBatches:
         teacher with CUDA's cast policy; a float32 classifier alone only brought that to 9.6e-2). On CUDA
         its matmuls and convolutions may use TF32 (device.configure_backends); one pass serves the group."""
         networks = self.teacher.networks
-        # autocast off even inside a caller's autocast region (engine.autocast(..., False) is a no-op)
+        # autocast off even inside a caller's autocast region (engine.loop.autocast(..., False) is a no-op)
         with torch.no_grad(), torch.autocast(self.settings.device.type, enabled=False):
             pairs = zip(networks, batches, strict=True)
             logits = torch.stack([network(batch).float() for network, batch in pairs])

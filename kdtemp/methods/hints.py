@@ -1,6 +1,6 @@
 """FitNets hints (Romero et al. 2015): weight * MSE(regressor(student feature), teacher feature).
 
-Each member has its own regressor (a linear map or 1x1 convolution, kdtemp.hints.build_regressor),
+Each member has its own regressor (a linear map or 1x1 convolution, kdtemp.models.features.build_regressor),
 initialised right after its student under its seed and trained with it. Features are captured with
 forward hooks on the students' stacked template and on the teacher networks; the hooks live only
 inside the group's `with` block (HintCaptures). Several teachers: the target is their mean feature.

@@ -1,7 +1,7 @@
 """A report's input: every run of an experiment read back from its files, checked, and sorted into those
 averaged (completed), listed (failed, unfinished, unreadable) and, with `partial`, shown as they stand.
 
-kdtemp.report turns these results into tables; nothing here computes a statistic.
+kdtemp.report.build turns these results into tables; nothing here computes a statistic.
 """
 
 from __future__ import annotations

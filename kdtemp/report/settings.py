@@ -2,7 +2,7 @@
 
 Two sweeps into one experiment folder (say `--epochs 5`, then `--epochs 10`) leave runs that share a
 cell and a seed but not their numbers. The run id's hash covers "everything that changes the run's
-numbers" (kdtemp.plan.shared_identity) and each run records that identity in config.yaml; its setting
+numbers" (kdtemp.sweep.plan.shared_identity) and each run records that identity in config.yaml; its setting
 is that identity less the grid axes (plan.GRID_AXES: schedule, t0, alpha, seed, generation, parent).
 Grid lists, names, paths, launcher and environment never enter, so growing a grid keeps one setting.
 

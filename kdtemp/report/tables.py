@@ -1,8 +1,8 @@
 """The accuracy-versus-temperature tables: a row per schedule, a cell per temperature, its markers.
 
-kdtemp.report.results reads the runs back. Only completed runs are averaged. Failed, unfinished and unreadable
-runs are counted and listed, never averaged in. Headline numbers are last-epoch values; best-epoch
-accuracy is labelled as such.
+A cell averages the completed runs of one setting (kdtemp.report.results sorts them from the failed,
+unfinished and unreadable ones, which kdtemp.report.build lists). Headline numbers are last-epoch
+values; best-epoch accuracy is labelled as such.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import math
 
 import pandas as pd
 
+from kdtemp.report import verdict
 from kdtemp.report.build import SettingReport
 from kdtemp.report.summary import cells_matching
 from kdtemp.report.tables import (
@@ -16,7 +17,6 @@ from kdtemp.report.tables import (
     LEGEND,
     METRICS,
     TemperatureTable,
-    verdict,
 )
 
 

@@ -22,7 +22,8 @@ from kdtemp.errors import ConfigError, KDTempError
 from kdtemp.events import Emit, Event, Note, Progress, SweepResult, ignore
 from kdtemp.store.files import check_writable
 from kdtemp.store.layout import ExperimentLayout
-from kdtemp.sweep.runner import planned_runs, sweep
+from kdtemp.sweep.plan import planned_runs
+from kdtemp.sweep.runner import sweep
 from kdtemp.sweep.units import combine, work_units
 
 

@@ -17,7 +17,9 @@ from typing import Any, cast
 from kdtemp.config.model_specs import training_identity
 from kdtemp.config.schema import ExperimentConfig
 from kdtemp.methods.registry import resolve_methods, source_digest
+from kdtemp.store.files import file_fingerprint
 from kdtemp.store.records import BASELINE
+from kdtemp.teachers.loading import teacher_paths, teachers_fingerprint
 from kdtemp.temperature.base import CTKD, LOGIT_STD, ScheduleBase
 from kdtemp.temperature.schedules import LearnableSchedule
 
@@ -250,3 +252,9 @@ def learnable_schedule(run: RunSpec) -> LearnableSchedule | None:
     if run.schedule is None or run.schedule.method != CTKD:
         return None
     return cast(LearnableSchedule, run.schedule)
+
+
+def planned_runs(config: ExperimentConfig) -> list[RunSpec]:
+    """The grid's runs from the config and the teachers' checkpoint files alone: no data, no models."""
+    fingerprints = [file_fingerprint(path) for path in teacher_paths(config)]
+    return plan_runs(config, teachers_fingerprint(fingerprints, config))

@@ -1,7 +1,7 @@
 """What every group of one sweep shares (SweepState), and how a run's epochs and end are recorded:
 its metrics rows, checkpoints, weights and summary.json.
 
-The born-again generations (kdtemp.sweep.generations) and the group training (kdtemp.sweep) both record
+The born-again generations (kdtemp.sweep.generations) and the group training (kdtemp.sweep.runner) both record
 a run's end here, so a finished and a failed run's summary.json have one writer.
 """
 

@@ -34,7 +34,6 @@ from kdtemp.store.files import (
     atomic_write_json,
     atomic_write_yaml,
     check_writable,
-    file_fingerprint,
     is_completed,
     keep_epochs_before,
     load_checkpoint,
@@ -61,8 +60,6 @@ from kdtemp.teachers.loading import (
     all_teacher_logits,
     ensemble_weights,
     teacher_features,
-    teacher_paths,
-    teachers_fingerprint,
 )
 from kdtemp.temperature.base import LOW_TEMPERATURE, ScheduleBase, temperature_table
 
@@ -92,12 +89,6 @@ def plan_sweep(config: ExperimentConfig, data: Dataset, fingerprint: str) -> tup
             )
         )
     return runs, notes
-
-
-def planned_runs(config: ExperimentConfig) -> list[RunSpec]:
-    """The grid's runs from the config and the teachers' checkpoint files alone: no data, no models."""
-    fingerprints = [file_fingerprint(path) for path in teacher_paths(config)]
-    return plan_runs(config, teachers_fingerprint(fingerprints, config))
 
 
 def member_for(run: RunSpec, epochs: int, spe: int) -> Member:

@@ -17,7 +17,8 @@ from kdtemp.events import Emit, Note, Progress, Submitted, SweepResult, ignore
 from kdtemp.store.files import check_writable, read_summary
 from kdtemp.store.layout import ExperimentLayout
 from kdtemp.store.records import FINISHED
-from kdtemp.sweep.runner import planned_runs, sweep
+from kdtemp.sweep.plan import planned_runs
+from kdtemp.sweep.runner import sweep
 from kdtemp.sweep.units import POLL_SECONDS, combine, work_units
 
 

@@ -23,7 +23,7 @@ from kdtemp.store.files import load_summary, read_csv_rows, summary_is_complete
 from kdtemp.store.layout import ExperimentLayout, RunFiles
 from kdtemp.store.locks import is_locked_elsewhere
 from kdtemp.store.records import RunSummary, Status
-from kdtemp.sweep.runner import planned_runs
+from kdtemp.sweep.plan import planned_runs
 
 STATES = tuple(Status)
 

@@ -11,8 +11,7 @@ from kdtemp.config.schema import ExperimentConfig
 from kdtemp.events import SweepResult
 from kdtemp.store.files import is_completed
 from kdtemp.store.layout import ExperimentLayout
-from kdtemp.sweep.plan import RunSpec, group_runs
-from kdtemp.sweep.runner import planned_runs
+from kdtemp.sweep.plan import RunSpec, group_runs, planned_runs
 
 POLL_SECONDS = 1.0
 

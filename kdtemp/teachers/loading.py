@@ -2,7 +2,7 @@
 and their outputs on the training set (logits, hint features), computed once and cached.
 
 The cache is keyed by the checkpoint's content, the dataset and the input transform, so every sweep
-after the first reuses it. Training a teacher is `kdtemp.teachers`.
+after the first reuses it. Training a teacher is `kdtemp.teachers.training`.
 """
 
 from __future__ import annotations

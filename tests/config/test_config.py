@@ -20,6 +20,15 @@ def write(tmp_path, text, name="exp.yaml"):
     return path
 
 
+def test_a_notebook_may_name_the_config_file_as_a_string(tmp_path):
+    path = write(tmp_path, "kd: {temperatures: [2, 8]}\nstudent: {epochs: 3}\n", name="from-a-notebook.yaml")
+    as_string, as_path = load_config(str(path)), load_config(path)
+    assert as_string == as_path
+    assert as_string.name == "from-a-notebook" and as_string.kd.temperatures == [2, 8] and as_string.student.epochs == 3
+    with pytest.raises(ConfigError, match=r"config file not found: .*absent\.yaml; pass an existing YAML file"):
+        load_config(str(tmp_path / "absent.yaml"))
+
+
 def test_defaults_describe_the_mnist1d_experiment():
     config = load_config()
     assert config.name == "default"

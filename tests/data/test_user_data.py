@@ -20,7 +20,7 @@ from kdtemp.config.loading import load_config
 from kdtemp.config.schema import DataConfig
 from kdtemp.data.registry import load_dataset
 from kdtemp.errors import DataError
-from kdtemp.sweep.runner import planned_runs
+from kdtemp.sweep.plan import planned_runs
 
 CLASSES = ("apple", "kiwi", "plum")
 

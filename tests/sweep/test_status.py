@@ -6,7 +6,7 @@ from helpers import experiment
 
 from kdtemp.config.loading import load_config
 from kdtemp.store.layout import ExperimentLayout
-from kdtemp.sweep.runner import planned_runs
+from kdtemp.sweep.plan import planned_runs
 
 
 def rows_of(stdout: str) -> list[tuple[str, str]]:
