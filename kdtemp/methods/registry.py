@@ -1,6 +1,15 @@
 """The registry of KD methods: the built-in ones in the order their terms are summed, then users'.
 
-A user's `module:Class` (kd.methods) is imported and registered here; run ids hash its source.
+Where each lives: plain KD and the ensemble's soft targets, `soft_targets.py` (Hinton et al. 2015);
+logit standardisation and its effective temperature, `logit_std.py` (Sun et al. 2024); CTKD's learned
+temperature and its penalty, `ctkd.py` (Li et al. 2023); FitNets hints, `hints.py` (Romero et al.
+2015). The pure math they call is in `kdtemp/losses.py`; a scheduled temperature,
+`kdtemp/temperature/schedules.py`.
+
+Adding a method is one file with a `KDMethod` subclass and one line in `METHODS`; a member uses it
+when its `Member.methods` names it (`kdtemp.sweep.runner.member_for` maps a run to its methods). The
+order of `METHODS` is the order in which temperatures pass through methods and terms are added to the
+loss. A user's `module:Class` (kd.methods) is imported and registered here; run ids hash its source.
 """
 
 from __future__ import annotations
