@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
+import struct
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
+from PIL import Image
 
+import kdtemp.data.builtin
+from kdtemp.store.files import atomic_write_yaml, write_csv
 from kdtemp.store.layout import ExperimentLayout, RunFiles
+from kdtemp.store.records import STUDENT_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,3 +81,68 @@ def kdtemp_command(*args: str) -> list[str]:
 def kdtemp_env(extra: dict | None = None) -> dict:
     """The environment for `python -m kdtemp` in a subprocess: this checkout first, wide tables."""
     return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(extra or {})}
+
+
+# --- writers several test packages share ------------------------------------------------------
+
+
+def write_idx(path, array, compress=False):
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.tobytes()
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+
+
+def write_idx_set(directory, train_count=6, test_count=4, compress=True, seed=0):
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train_x": rng.integers(0, 256, (train_count, 28, 28)), "train_y": rng.integers(0, 10, train_count),
+        "test_x": rng.integers(0, 256, (test_count, 28, 28)), "test_y": rng.integers(0, 10, test_count),
+    }
+    for key, stem in kdtemp.data.builtin.IDX_FILES.items():
+        write_idx(directory / (stem + (".gz" if compress else "")), arrays[key], compress)
+    return arrays
+
+
+def write_run(root, run_id, schedule, t0, seed, final_acc, epochs=3, status="completed", alpha=0.9, identity=None):
+    """A run's metrics.csv and summary.json; with `identity`, a config.yaml recording it as a sweep does."""
+    run_dir = root / "students" / run_id
+    run_dir.mkdir(parents=True)
+    if identity is not None:
+        grid = {"schedule": None if schedule == "none" else {"name": schedule}, "t0": t0, "seed": seed,
+                "alpha": 0.0 if schedule == "none" else alpha}
+        atomic_write_yaml(run_dir / "config.yaml", {"identity": {**identity, **grid}, "experiment": {"name": "x"}})
+    rows = []
+    for epoch in range(epochs):
+        accuracy = final_acc - 0.05 * (epochs - 1 - epoch)
+        rows.append({"run_id": run_id, "schedule": schedule, "t0": t0, "alpha": 0.0 if schedule == "none" else alpha,
+                     "seed": seed, "epoch": epoch, "temperature": t0, "lr": 0.1, "train_loss": 1.0, "train_ce": 1.0,
+                     "train_kd": None, "train_acc": 0.9, "test_loss": 1.5 - accuracy, "test_acc": accuracy,
+                     "agreement": accuracy + 0.01, "epoch_seconds": 0.1, "test_kl": 0.5, "test_ece": 0.05})
+    write_csv(run_dir / "metrics.csv", rows, STUDENT_COLUMNS)
+    summary = {"run_id": run_id, "status": status, "schedule": schedule, "t0": t0, "alpha": rows[0]["alpha"],
+               "seed": seed, "epochs": epochs, "student_params": 1000}
+    if status == "failed":
+        summary["reason"] = "training loss became nan in epoch 1"
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+IMAGE_FOLDER_CLASSES = ("apple", "kiwi", "plum")
+
+
+def write_image_folder(root: Path, seed: int = 0, size: tuple[int, int] = (14, 12), mode: str = "RGB",
+                       train: int = 8, val: int = 4) -> Path:
+    """3 classes, each brightest in its own colour channel (separable); width x height = `size`."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train), ("val", val)):
+        for label, name in enumerate(IMAGE_FOLDER_CLASSES):
+            directory = root / split / name
+            directory.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                pixels = rng.integers(0, 80, (size[1], size[0], 3), dtype=np.uint8)
+                pixels[..., label] += 170
+                image = Image.fromarray(pixels)
+                (image.convert("L") if mode == "L" else image).save(directory / f"{index}.png")
+    return root

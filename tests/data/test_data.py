@@ -1,38 +1,18 @@
 """Dataset loading on files the tests write in the real formats; nothing touches the network."""
 
-import gzip
 import os
 import pickle
-import struct
 import urllib.error
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import write_idx, write_idx_set
 import kdtemp.data.builtin
 from kdtemp.config.schema import DataConfig
 from kdtemp.data import augmentation
 from kdtemp.errors import DataError
-
-
-def write_idx(path, array, compress=False):
-    array = np.asarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.tobytes()
-    path.write_bytes(gzip.compress(payload) if compress else payload)
-
-
-def write_idx_set(directory, train_count=6, test_count=4, compress=True, seed=0):
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    arrays = {
-        "train_x": rng.integers(0, 256, (train_count, 28, 28)), "train_y": rng.integers(0, 10, train_count),
-        "test_x": rng.integers(0, 256, (test_count, 28, 28)), "test_y": rng.integers(0, 10, test_count),
-    }
-    for key, stem in kdtemp.data.builtin.IDX_FILES.items():
-        write_idx(directory / (stem + (".gz" if compress else "")), arrays[key], compress)
-    return arrays
 
 
 def test_mnist1d_reference_split_and_cache(data_root):

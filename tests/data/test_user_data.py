@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import experiment, write_experiment
+from helpers import IMAGE_FOLDER_CLASSES, experiment, write_experiment, write_image_folder
 from PIL import Image
 from rich.console import Console
 
@@ -22,29 +22,13 @@ from kdtemp.data.registry import load_dataset
 from kdtemp.errors import DataError
 from kdtemp.sweep.plan import planned_runs
 
-CLASSES = ("apple", "kiwi", "plum")
+CLASSES = IMAGE_FOLDER_CLASSES
 
 
 @pytest.fixture
 def wide_output(monkeypatch):
     monkeypatch.setattr(progress, "out", Console(width=300))
     monkeypatch.setattr(progress, "err", Console(stderr=True, width=300))
-
-
-def write_image_folder(root: Path, seed: int = 0, size: tuple[int, int] = (14, 12), mode: str = "RGB",
-                       train: int = 8, val: int = 4) -> Path:
-    """3 classes, each brightest in its own colour channel (separable); width x height = `size`."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", train), ("val", val)):
-        for label, name in enumerate(CLASSES):
-            directory = root / split / name
-            directory.mkdir(parents=True, exist_ok=True)
-            for index in range(count):
-                pixels = rng.integers(0, 80, (size[1], size[0], 3), dtype=np.uint8)
-                pixels[..., label] += 170
-                image = Image.fromarray(pixels)
-                (image.convert("L") if mode == "L" else image).save(directory / f"{index}.png")
-    return root
 
 
 def write_npz(path: Path, seed: int = 0, **replace) -> Path:

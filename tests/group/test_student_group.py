@@ -100,7 +100,7 @@ def image_sweep(tmp_path_factory):
     30 test samples: accuracies k/30 are not exact in float32, so a float32 path shows in the CSV.
     Returns the config, the teachers the sweep loaded, and every FeatureCapture made during it.
     """
-    from test_data import write_idx_set
+    from helpers import write_idx_set
 
     import kdtemp.data.builtin
     import kdtemp.sweep.runner

@@ -254,7 +254,7 @@ def test_ensemble_config_checks():
 def test_augmented_images_run_the_teacher_per_batch(tmp_path, monkeypatch, run_cli):
     """Fashion-MNIST-format images with augmentation: no cached train logits, the teachers run on every
     augmented batch (hints captured there too), and generation 2 runs each member's own parent per batch."""
-    from test_data import write_idx_set
+    from helpers import write_idx_set
 
     import kdtemp.data.builtin
 

@@ -280,7 +280,7 @@ def test_torchvision_checkpoint_teacher_into_a_custom_student_on_an_image_folder
     """The combination the issue asks for: a torchvision:resnet18 teacher given as a plain state dict, a
     module:callable student and an image folder, through train-teacher -> sweep -> report."""
     import torchvision
-    from test_user_data import write_image_folder
+    from helpers import write_image_folder
 
     folder = write_image_folder(my_models / "images", seed=0)
     torch.manual_seed(3)

@@ -1,7 +1,6 @@
 """The report on a synthetic experiment whose numbers are known: statistics, tables, files, plots, HTML."""
 
 import html.parser
-import json
 import math
 import shutil
 import subprocess
@@ -12,7 +11,7 @@ import pytest
 import torch
 import yaml
 from helpers import experiment as experiment_dir
-from helpers import train_experiment
+from helpers import train_experiment, write_run
 from matplotlib.image import imread
 from scipy import stats as scipy_stats
 
@@ -23,13 +22,10 @@ from kdtemp.report.build import build_report, problem_lines
 from kdtemp.report.summary import ENTROPY_LADDER
 from kdtemp.store.files import (
     atomic_torch_save,
-    atomic_write_yaml,
     file_fingerprint,
     read_summary,
-    write_csv,
 )
 from kdtemp.store.layout import ExperimentLayout
-from kdtemp.store.records import STUDENT_COLUMNS
 from kdtemp.sweep.runner import sweep
 
 T_975_DF2 = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (from tables)
@@ -41,30 +37,6 @@ ACCURACY = {
     ("linear", 4.0): [0.66],  # n = 1: no spread, no test
     ("none", None): [0.58, 0.61, 0.59],
 }
-
-
-def write_run(root, run_id, schedule, t0, seed, final_acc, epochs=3, status="completed", alpha=0.9, identity=None):
-    """A run's metrics.csv and summary.json; with `identity`, a config.yaml recording it as a sweep does."""
-    run_dir = root / "students" / run_id
-    run_dir.mkdir(parents=True)
-    if identity is not None:
-        grid = {"schedule": None if schedule == "none" else {"name": schedule}, "t0": t0, "seed": seed,
-                "alpha": 0.0 if schedule == "none" else alpha}
-        atomic_write_yaml(run_dir / "config.yaml", {"identity": {**identity, **grid}, "experiment": {"name": "x"}})
-    rows = []
-    for epoch in range(epochs):
-        accuracy = final_acc - 0.05 * (epochs - 1 - epoch)
-        rows.append({"run_id": run_id, "schedule": schedule, "t0": t0, "alpha": 0.0 if schedule == "none" else alpha,
-                     "seed": seed, "epoch": epoch, "temperature": t0, "lr": 0.1, "train_loss": 1.0, "train_ce": 1.0,
-                     "train_kd": None, "train_acc": 0.9, "test_loss": 1.5 - accuracy, "test_acc": accuracy,
-                     "agreement": accuracy + 0.01, "epoch_seconds": 0.1, "test_kl": 0.5, "test_ece": 0.05})
-    write_csv(run_dir / "metrics.csv", rows, STUDENT_COLUMNS)
-    summary = {"run_id": run_id, "status": status, "schedule": schedule, "t0": t0, "alpha": rows[0]["alpha"],
-               "seed": seed, "epochs": epochs, "student_params": 1000}
-    if status == "failed":
-        summary["reason"] = "training loss became nan in epoch 1"
-    (run_dir / "summary.json").write_text(json.dumps(summary))
-    return run_dir
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
-from test_report import write_run
+from helpers import write_run
 
 from kdtemp.report import render, stats, tables, verdict
 from kdtemp.report.build import build_report
