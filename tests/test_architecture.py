@@ -90,7 +90,7 @@ def test_the_cycle_finder_finds_a_cycle_and_only_a_cycle():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-def test_a_package_importing_its_plug_ins_is_not_a_cycle_but_a_registry_importing_them_back_is(tmp_path):
+def test_a_package_importing_its_plug_ins_is_not_a_cycle_but_a_registry_importing_them_back_is():
     """The torchdistill pattern (the package's __init__ imports its plug-ins) is allowed; the pattern the
     layout replaced (a registry importing, at its bottom, a plug-in that imports the registry) is not."""
     graph = import_graph()
