@@ -60,6 +60,13 @@ class DataConfig(StrictModel):
     """Random crop (padding 4) and horizontal flip of training images, drawn on the device."""
     download: bool = True
     """Let torchvision download mnist, fashion-mnist and CIFAR when no local copy exists."""
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    """Share of the training set held out, stratified by class, as the validation split every choice is
+    made on (the best cell, epoch and exported run); neither the teacher nor any student trains on it. A
+    dataset's own split wins (x_val/y_val in a tensors file, val/ beside train/ and test/ in an image
+    folder). 0: no validation split, choices are made on the test set, and the report says so."""
+    split_seed: NonNegativeInt = 0
+    """Seed of the validation split; kd.seeds vary the students, never the split or the teacher."""
 
 
 # --- distillation ------------------------------------------------------------------------------
@@ -77,7 +84,9 @@ class KDConfig(StrictModel):
     """Weight of the distillation term: (1 - alpha) * CE + alpha * T^2 * KL. (torchdistill's alpha is the CE
     weight.)"""
     temperatures: Annotated[list[PositiveFloat], Field(min_length=1)] = [1.0, 2.0, 4.0, 8.0]
-    seeds: Annotated[list[NonNegativeInt], Field(min_length=1)] = [0, 1, 2]
+    seeds: Annotated[list[NonNegativeInt], Field(min_length=1)] = [0, 1, 2, 3, 4]
+    """Student seeds (initial weights, batch order); students of all seeds train as one stacked group. Three
+    seeds cannot give a sign-flip p below 0.25."""
     schedules: Annotated[list[ScheduleSpec], Field(min_length=1)] = [ConstantSchedule()]
     """Registered names with their parameters (kdtemp/temperature/schedules.py), or your own
     module:function."""

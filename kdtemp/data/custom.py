@@ -24,10 +24,15 @@ from kdtemp.store.files import atomic_torch_save, file_fingerprint, load_checkpo
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 """The extensions torchvision's ImageFolder accepts (case-insensitive); other files are ignored, as there."""
-IMAGE_FOLDER_LAYOUT = "image-folder expects root/train/<class>/*.png|jpg and root/val/<class>/..."
+IMAGE_FOLDER_LAYOUT = (
+    "image-folder expects root/train/<class>/*.png|jpg, root/test/<class>/... and optionally "
+    "root/val/<class>/... (or, as before, root/train/ and root/val/ with val/ the test split)"
+)
 CACHE_FORMAT = "kdtemp-image-folder-cache/1"
 CACHE_DIR = ".kdtemp-cache"
 TENSOR_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+VAL_ARRAYS = ("x_val", "y_val")
+"""Optional in a tensors file: the user's own validation split, which then wins over data.val_fraction."""
 
 
 # --- image-folder --------------------------------------------------------------------------------
@@ -35,7 +40,8 @@ TENSOR_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 @register_dataset("image-folder")
 def load_image_folder(config: DataConfig) -> Dataset:
-    """torchvision's ImageFolder layout (class = subfolder name, sorted); `val/` is the test split.
+    """torchvision's ImageFolder layout (class = subfolder name, sorted): train/, test/ and optionally val/,
+    the user's own validation split. Without test/, val/ is the test split, as before this layout existed.
 
     Images are decoded once into a uint8 cache under root/.kdtemp-cache, keyed by every file's relative
     path, size and mtime and by `image_size`, so a later load reads one file and decodes nothing.
@@ -43,17 +49,11 @@ def load_image_folder(config: DataConfig) -> Dataset:
     root = Path(config.root)
     if not root.is_dir():
         raise DataError(f"image-folder root {root} is not a folder; {IMAGE_FOLDER_LAYOUT}")
-    train, test = scan_split(root, "train"), scan_split(root, "val")
-    if list(train) != list(test):
-        only_train, only_val = sorted(set(train) - set(test)), sorted(set(test) - set(train))
-        raise DataError(
-            f"{root}: train/ and val/ hold different classes (only in train: {only_train or 'none'}, "
-            f"only in val: {only_val or 'none'}); give both the same class folders"
-        )
-    cache = root / CACHE_DIR / f"image-folder-{folder_key(root, train, test, config.image_size)}.pt"
-    arrays = read_image_cache(cache)
+    splits, notices = folder_splits(root)
+    cache = root / CACHE_DIR / f"image-folder-{folder_key(root, splits, config.image_size)}.pt"
+    arrays = read_image_cache(cache, has_val="val" in splits)
     if arrays is None:
-        arrays = decode_folder(train, test, config.image_size)
+        arrays = decode_folder(splits, config.image_size)
         try:
             atomic_torch_save({"format": CACHE_FORMAT, **arrays}, cache)
             source = f"{root}, decoded at {config.image_size}x{config.image_size} and cached in {cache}"
@@ -63,7 +63,41 @@ def load_image_folder(config: DataConfig) -> Dataset:
             )
     else:
         source = f"{root}, cached at {config.image_size}x{config.image_size} in {cache}"
-    return images_dataset("image-folder", arrays, tuple(train), source)
+    dataset = images_dataset("image-folder", arrays, tuple(splits["train"]), source)
+    if "val" in splits:
+        dataset = replace(dataset, validation=f"{root / 'val'} (the folder's own)")
+    return replace(dataset, notices=notices)
+
+
+def folder_splits(root: Path) -> tuple[dict[str, dict[str, list[Path]]], tuple[str, ...]]:
+    """Split name ("train", "val", "test") -> its classes' files, and a notice when the folder has the old
+    train/ + val/ layout (val/ read as the test split). Every split must hold the same classes."""
+    notices: tuple[str, ...] = ()
+    if (root / "test").is_dir():
+        names = {"train": "train", "test": "test"}
+        if (root / "val").is_dir():
+            names["val"] = "val"
+    else:
+        if not (root / "val").is_dir():
+            raise DataError(f"{root} has no test/ folder; {IMAGE_FOLDER_LAYOUT}")
+        names = {"train": "train", "test": "val"}
+        notices = (
+            f"{root} has train/ and val/ but no test/: val/ is read as the test split, as before, and the "
+            "validation split is held out of train/ (data.val_fraction); to choose on your own validation "
+            "images, put the test images in test/ and keep val/ for validation",
+        )
+    splits = {split: scan_split(root, folder) for split, folder in names.items()}
+    classes = list(splits["train"])
+    for split, folder in names.items():
+        if list(splits[split]) != classes:
+            only_train = sorted(set(classes) - set(splits[split]))
+            only_here = sorted(set(splits[split]) - set(classes))
+            raise DataError(
+                f"{root}: train/ and {folder}/ hold different classes "
+                f"(only in train: {only_train or 'none'}, only in {folder}: {only_here or 'none'}); "
+                "give every split the same class folders"
+            )
+    return splits, notices
 
 
 def scan_split(root: Path, split: str) -> dict[str, list[Path]]:
@@ -89,24 +123,29 @@ def scan_split(root: Path, split: str) -> dict[str, list[Path]]:
     return files
 
 
-def folder_key(root: Path, train: dict[str, list[Path]], test: dict[str, list[Path]], image_size: int) -> str:
-    """Hash of what the decoded cache depends on: each file's relative path, size and mtime, and the size."""
+def folder_key(root: Path, splits: dict[str, dict[str, list[Path]]], image_size: int) -> str:
+    """Hash of what the decoded cache depends on: each file's relative path, size and mtime, and the size.
+
+    Which folder is which split enters too: the same files as train/ + val/ (val/ the test split) and
+    as train/ + val/ + test/ decode to different arrays."""
     digest = hashlib.blake2b(digest_size=12)
     digest.update(f"{CACHE_FORMAT}|{image_size}".encode())
-    for files in (*train.values(), *test.values()):
-        for path in files:
+    if "val" in splits:
+        digest.update(b"|own-val")
+    for files_of_class in splits.values():
+        for path in (path for files in files_of_class.values() for path in files):
             stat = path.stat()
             digest.update(f"|{path.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 
-def read_image_cache(path: Path) -> dict[str, torch.Tensor] | None:
+def read_image_cache(path: Path, has_val: bool) -> dict[str, torch.Tensor] | None:
     """The cached arrays, or None when absent or unreadable (then the folder is decoded again)."""
     try:
         cached = load_checkpoint(path, "image cache")
     except CheckpointError:  # absent, torn or foreign: decode again
         return None
-    keys = ("train_x", "train_y", "test_x", "test_y")
+    keys = ("train_x", "train_y", "test_x", "test_y", *(("val_x", "val_y") if has_val else ()))
     if cached.get("format") != CACHE_FORMAT or not all(
         isinstance(cached.get(key), torch.Tensor) for key in keys
     ):
@@ -114,13 +153,11 @@ def read_image_cache(path: Path) -> dict[str, torch.Tensor] | None:
     return {key: cached[key] for key in keys}
 
 
-def decode_folder(
-    train: dict[str, list[Path]], test: dict[str, list[Path]], size: int
-) -> dict[str, torch.Tensor]:
-    """Every image as uint8 (N, C, size, size): RGB, or one channel when every image of both splits
-    is grayscale."""
+def decode_folder(splits: dict[str, dict[str, list[Path]]], size: int) -> dict[str, torch.Tensor]:
+    """Every image as uint8 (N, C, size, size), `<split>_x` and `<split>_y`: RGB, or one channel when every
+    image of every split is grayscale."""
     arrays, grayscale = {}, True
-    for split, files in (("train", train), ("test", test)):
+    for split, files in splits.items():
         images, labels = [], []
         for label, paths in enumerate(files.values()):
             for path in paths:
@@ -131,10 +168,8 @@ def decode_folder(
         arrays[f"{split}_x"] = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
         arrays[f"{split}_y"] = torch.tensor(labels, dtype=torch.int64)
     if grayscale:
-        arrays["train_x"], arrays["test_x"] = (
-            arrays["train_x"][:, :1].clone(),
-            arrays["test_x"][:, :1].clone(),
-        )
+        for split in splits:
+            arrays[f"{split}_x"] = arrays[f"{split}_x"][:, :1].clone()
     return arrays
 
 
@@ -166,9 +201,10 @@ def images_dataset(
 ) -> Dataset:
     """uint8 images scaled to [0, 1] and standardised with the TRAIN split's per-channel mean and std.
 
-    The test split uses the train statistics too, as torchvision's Normalize with published values does;
-    a constant channel (std 0) is only centred.
+    The validation and test splits use the train statistics too, as torchvision's Normalize with published
+    values does; a constant channel (std 0) is only centred. `val_x`/`val_y` are optional.
     """
+    val = (arrays["val_x"].numpy(), arrays["val_y"]) if "val_x" in arrays else None
     return standardised_images(
         name,
         arrays["train_x"].numpy(),
@@ -178,6 +214,7 @@ def images_dataset(
         classes,
         source,
         channel_statistics(arrays["train_x"]),
+        val,
     )
 
 
@@ -195,7 +232,7 @@ def channel_statistics(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[f
 
 @register_dataset("tensors")
 def load_tensors(config: DataConfig) -> Dataset:
-    """x_train, y_train, x_test, y_test (and optionally `classes`) from an .npz or a .pt file.
+    """x_train, y_train, x_test, y_test (optionally x_val, y_val and `classes`) from an .npz or a .pt file.
 
     x of any shape (N, ...): channels-first images (N, C, H, W), sequences (N, C, L) or vectors (N, D).
     uint8 x is scaled to [0, 1] and standardised per channel like image-folder; float x is used as given.
@@ -208,43 +245,57 @@ def load_tensors(config: DataConfig) -> Dataset:
             f"{path} lacks {', '.join(missing)} (it holds {', '.join(sorted(arrays)) or 'nothing'}); "
             f"save {', '.join(TENSOR_ARRAYS)}"
         )
-    for split in ("train", "test"):
+    given_val = [key for key in VAL_ARRAYS if key in arrays]
+    if len(given_val) == 1:
+        lacking = next(key for key in VAL_ARRAYS if key not in arrays)
+        raise DataError(
+            f"{path} holds {given_val[0]} but not {lacking}; "
+            "save both for your own validation split, or neither"
+        )
+    splits = ("train", "val", "test") if given_val else ("train", "test")
+    for split in splits:
         check_split(path, split, arrays[f"x_{split}"], arrays[f"y_{split}"])
-    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise DataError(
-            f"{path}: x_train samples have shape {arrays['x_train'].shape[1:]}, "
-            f"x_test {arrays['x_test'].shape[1:]}; "
-            "both splits need the same sample shape"
-        )
-    if (arrays["x_train"].dtype == np.uint8) != (arrays["x_test"].dtype == np.uint8):
-        raise DataError(
-            f"{path}: x_train is {arrays['x_train'].dtype}, x_test {arrays['x_test'].dtype}; "
-            "store both as uint8 pixels or both as floats"
-        )
-    largest = int(max(arrays["y_train"].max(), arrays["y_test"].max()))
+    for split in splits[1:]:
+        if arrays["x_train"].shape[1:] != arrays[f"x_{split}"].shape[1:]:
+            raise DataError(
+                f"{path}: x_train samples have shape {arrays['x_train'].shape[1:]}, "
+                f"x_{split} {arrays[f'x_{split}'].shape[1:]}; "
+                "every split needs the same sample shape"
+            )
+        if (arrays["x_train"].dtype == np.uint8) != (arrays[f"x_{split}"].dtype == np.uint8):
+            raise DataError(
+                f"{path}: x_train is {arrays['x_train'].dtype}, x_{split} {arrays[f'x_{split}'].dtype}; "
+                "store every split as uint8 pixels or every split as floats"
+            )
+    largest = int(max(arrays[f"y_{split}"].max() for split in splits))
     classes = class_names(path, arrays.get("classes"), largest)
-    labels = {key: torch.from_numpy(arrays[key].astype(np.int64)) for key in ("y_train", "y_test")}
+    labels = {split: torch.from_numpy(arrays[f"y_{split}"].astype(np.int64)) for split in splits}
     source = f"{path} (sha256 {file_fingerprint(path)})"
+    validation = f"x_val/y_val of {path.name}" if given_val else ""
     if arrays["x_train"].dtype == np.uint8:
-        images = {
-            "train_x": _channels_first(arrays["x_train"]),
-            "test_x": _channels_first(arrays["x_test"]),
-            "train_y": labels["y_train"],
-            "test_y": labels["y_test"],
-        }
+        images = {f"{split}_x": _channels_first(arrays[f"x_{split}"]) for split in splits}
+        images.update({f"{split}_y": labels[split] for split in splits})
         dataset = images_dataset("tensors", images, classes, source)
         shape = arrays["x_train"].shape[1:]
         return replace(
-            dataset, train_x=dataset.train_x.reshape(-1, *shape), test_x=dataset.test_x.reshape(-1, *shape)
+            dataset,
+            train_x=dataset.train_x.reshape(-1, *shape),
+            test_x=dataset.test_x.reshape(-1, *shape),
+            val_x=None if dataset.val_x is None else dataset.val_x.reshape(-1, *shape),
+            validation=validation,
         )
+    inputs = {split: torch.from_numpy(arrays[f"x_{split}"].astype(np.float32)) for split in splits}
     return Dataset(
         name="tensors",
-        train_x=torch.from_numpy(arrays["x_train"].astype(np.float32)),
-        train_y=labels["y_train"],
-        test_x=torch.from_numpy(arrays["x_test"].astype(np.float32)),
-        test_y=labels["y_test"],
+        train_x=inputs["train"],
+        train_y=labels["train"],
+        test_x=inputs["test"],
+        test_y=labels["test"],
         classes=classes,
         source=source,
+        val_x=inputs.get("val"),
+        val_y=labels.get("val"),
+        validation=validation,
     )
 
 

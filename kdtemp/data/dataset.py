@@ -1,4 +1,5 @@
-"""A classification dataset as tensors, and the helpers every loader of images shares."""
+"""A classification dataset as tensors (train, validation, test), and the helpers every loader of images
+shares."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import torch
 
 @dataclass(frozen=True)
 class Dataset:
-    """A classification dataset as tensors: inputs normalised float32, labels int64."""
+    """A classification dataset as tensors: inputs normalised float32, labels int64.
+
+    The validation split is what every choice (the best cell, the best epoch, the run to export) is made
+    on; the test split is only reported. `val_x` None means there is none and the test set stands in
+    (data.val_fraction 0, or a Dataset built by hand): `val_is_test`.
+    """
 
     name: str
     train_x: torch.Tensor
@@ -22,6 +28,12 @@ class Dataset:
     source: str
     pad_value: tuple[float, ...] = field(default=(0.0,))
     """Normalised value of a black pixel per channel, used to pad crops like torchvision does."""
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
+    validation: str = ""
+    """Where the validation split came from, in words (kdtemp.data.validation)."""
+    notices: tuple[str, ...] = ()
+    """Things the user should know about how the files were read, shown once when the data loads."""
 
     @property
     def num_classes(self) -> int:
@@ -35,6 +47,21 @@ class Dataset:
     def is_image(self) -> bool:
         return len(self.input_shape) == 3
 
+    @property
+    def val_is_test(self) -> bool:
+        """No validation split: choices fall back to the test set, and the report says so."""
+        return self.val_x is None
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, labels) of "train", "val" or "test"; "val" is the test split when there is none."""
+        if name == "train":
+            return self.train_x, self.train_y
+        if name == "val" and self.val_x is not None and self.val_y is not None:
+            return self.val_x, self.val_y
+        if name in ("val", "test"):
+            return self.test_x, self.test_y
+        raise ValueError(f"no split {name!r}: train, val or test")
+
     def to(self, device: torch.device) -> Dataset:
         return replace(
             self,
@@ -42,12 +69,16 @@ class Dataset:
             train_y=self.train_y.to(device),
             test_x=self.test_x.to(device),
             test_y=self.test_y.to(device),
+            val_x=None if self.val_x is None else self.val_x.to(device),
+            val_y=None if self.val_y is None else self.val_y.to(device),
         )
 
     def fingerprint(self) -> str:
         """Content hash of the data, so caches and checkpoints can tell datasets apart.
 
-        Computed once per Dataset object: it copies every tensor to the host (CIFAR-10: ~740 MB)."""
+        Computed once per Dataset object: it copies every tensor to the host (CIFAR-10: ~740 MB). The
+        validation split enters only when there is one, so data.val_fraction 0 keeps the fingerprint an
+        older kdtemp gave (and its teachers); a split from the training set changes train_x anyway."""
         cached = self.__dict__.get("_fingerprint")
         if cached is None:
             cached = self._content_hash()
@@ -57,7 +88,10 @@ class Dataset:
     def _content_hash(self) -> str:
         digest = hashlib.blake2b(digest_size=16)
         digest.update(self.name.encode())
-        for tensor in (self.train_x, self.train_y, self.test_x, self.test_y):
+        tensors = [self.train_x, self.train_y, self.test_x, self.test_y]
+        if self.val_x is not None and self.val_y is not None:
+            tensors += [self.val_x, self.val_y]
+        for tensor in tensors:
             array = tensor.detach().cpu().contiguous().numpy()
             digest.update(str(array.shape).encode())
             digest.update(array.tobytes())
@@ -73,9 +107,11 @@ def standardised_images(
     classes: tuple[str, ...],
     source: str,
     normalisation: tuple[tuple[float, ...], tuple[float, ...]],
+    val: tuple[np.ndarray, torch.Tensor] | None = None,
+    validation: str = "",
 ) -> Dataset:
     """A Dataset of uint8 (N, C, H, W) images standardised per channel with (mean, std); augmentation pads
-    crops with black in those units."""
+    crops with black in those units. `val`: the user's own validation images and labels, if any."""
     mean, std = normalisation
     return Dataset(
         name=name,
@@ -86,6 +122,9 @@ def standardised_images(
         classes=classes,
         source=source,
         pad_value=tuple(-m / s for m, s in zip(mean, std, strict=False)),
+        val_x=None if val is None else normalise_images(val[0], mean, std),
+        val_y=None if val is None else val[1],
+        validation=validation,
     )
 
 

@@ -25,26 +25,51 @@ def chunks(count: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, count))
 
 
+SPLITS = ("val", "test")
+"""What every epoch is evaluated on: validation to choose by, test to report."""
+METRICS = ("loss", "acc", "agreement", "kl", "ece")
+"""What an evaluation measures on each split (agreement and kl only against a teacher)."""
+
+
+def metric_name(split: str, metric: str) -> str:
+    """The column of `metric` (loss, acc, agreement, kl, ece) on `split`: val_acc, val_agreement, ...; on
+    test the names metrics.csv has always had (test_acc, agreement, test_kl, ...)."""
+    return "agreement" if (split, metric) == ("test", "agreement") else f"{split}_{metric}"
+
+
 def evaluation_sums(
     logits: torch.Tensor, targets: torch.Tensor, teacher_log_probs: torch.Tensor | None
 ) -> dict[str, torch.Tensor]:
     """Sums over one chunk; accuracy and agreement stay integer counts, exact however many chunks add up."""
     sums = {
-        "test_loss": cross_entropy_sum(logits, targets),
-        "test_acc": correct_count(logits, targets),
+        "loss": cross_entropy_sum(logits, targets),
+        "acc": correct_count(logits, targets),
         "calibration": calibration_bins(logits, targets),
     }
     if teacher_log_probs is not None:
         sums["agreement"] = agreement_count(logits, teacher_log_probs)
-        sums["test_kl"] = teacher_kl_sum(logits, teacher_log_probs)
+        sums["kl"] = teacher_kl_sum(logits, teacher_log_probs)
     return sums
 
 
-def finish_evaluation(totals: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
-    """Means over the test set, divided in float64: 709 correct of 1000 is 0.709, not float32's 0.70899999."""
-    result = {name: value.double() / count for name, value in totals.items() if name != "calibration"}
-    result["test_ece"] = expected_calibration_error(totals["calibration"])
+def finish_evaluation(totals: dict[str, torch.Tensor], count: int, split: str) -> dict[str, torch.Tensor]:
+    """Means over the split, named for it (`metric_name`), divided in float64: 709 correct of 1000 is
+    0.709, not float32's 0.70899999."""
+    result = {
+        metric_name(split, name): value.double() / count
+        for name, value in totals.items()
+        if name != "calibration"
+    }
+    result[metric_name(split, "ece")] = expected_calibration_error(totals["calibration"])
     return result
+
+
+def test_as_val(metrics: dict) -> dict:
+    """The val_ metrics when there is no validation split (data.val_fraction 0): the test ones, so choices
+    fall back to the test set, as the report then says."""
+    prefixes = {metric_name("test", name): metric_name("val", name) for name in METRICS}
+    return {prefixes[name]: value for name, value in metrics.items() if name in prefixes}
+
 
 
 def add_sums(totals: dict[str, torch.Tensor], sums: dict[str, torch.Tensor]) -> None:

@@ -46,12 +46,15 @@ def config_flag(config: ExperimentConfig) -> str:
 def data_on(device: torch.device, config: ExperimentConfig, emit: Emit = ignore) -> Dataset:
     """The dataset on `device`, with a note saying what was loaded."""
     data = load_dataset(config.data)
+    val = "no val" if data.val_is_test else f"{len(data.split('val')[1])} val"
     emit(
         Note(
-            f"{data.name}: {len(data.train_y)} train / {len(data.test_y)} test, {data.num_classes} classes, "
-            f"from {data.source}"
+            f"{data.name}: {len(data.train_y)} train / {val} / {len(data.test_y)} test, "
+            f"{data.num_classes} classes, from {data.source}; validation: {data.validation}"
         )
     )
+    for notice in data.notices:
+        emit(Note(notice, "warning"))
     if config.data.augment and not data.is_image:
         raise ConfigError(
             f"data.augment crops and flips images; {data.name} holds sequences {data.input_shape}: "

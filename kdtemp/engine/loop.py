@@ -72,13 +72,15 @@ class Member:
 class TeacherSignal:
     """What the teacher contributes to a student group.
 
-    `test_logits` (n_teachers, N_test, C) are the experiment's teacher(s) on the test set: the
-    reference for agreement and KL. For training, cached logits (and hint features) with a teacher
-    axis, (n, N, ...) shared by the group or (K, n, N, ...) with one teacher per member (born-again
-    generations); or, when inputs are augmented, `networks` run on every batch.
+    `test_logits` (n_teachers, N_test, C) and `val_logits` are the experiment's teacher(s) on the test
+    and validation sets: the reference for agreement and KL. For training, cached logits (and hint
+    features) with a teacher axis, (n, N, ...) shared by the group or (K, n, N, ...) with one teacher per
+    member (born-again generations); or, when inputs are augmented, `networks` run on every batch.
     """
 
     test_logits: torch.Tensor
+    val_logits: torch.Tensor | None = None
+    """(n_teachers, N_val, C) on the validation split; None when there is none."""
     train_logits: torch.Tensor | None = None
     train_features: torch.Tensor | None = None
     networks: tuple[nn.Module, ...] = ()
@@ -90,9 +92,11 @@ class TeacherSignal:
     channels_last: bool = False
     """Whether `networks` are in channels_last and take their batches so (conv nets on CUDA)."""
 
-    def test_log_probs(self) -> torch.Tensor:
-        """The teacher's (or ensemble's) predictive log-probabilities at T = 1 on the test set."""
-        return soft_target_log_probs(self.test_logits, 1.0, ensemble=self.ensemble, weights=self.weights)
+    def log_probs(self, split: str) -> torch.Tensor:
+        """The teacher's (or ensemble's) predictive log-probabilities at T = 1 on "val" or "test" (the test
+        set when there is no validation split)."""
+        logits = self.val_logits if split == "val" and self.val_logits is not None else self.test_logits
+        return soft_target_log_probs(logits, 1.0, ensemble=self.ensemble, weights=self.weights)
 
 
 @dataclass(frozen=True)

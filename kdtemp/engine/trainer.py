@@ -14,10 +14,12 @@ from torch import nn
 
 from kdtemp.data.dataset import Dataset
 from kdtemp.engine.evaluation import (
+    SPLITS,
     add_sums,
     chunks,
     evaluation_sums,
     finish_evaluation,
+    test_as_val,
 )
 from kdtemp.engine.loop import (
     PROGRESS_EVERY,
@@ -61,18 +63,29 @@ class NetworkTrainer:
         self.completed_epochs = int(state["epoch"])
 
     def evaluate(self) -> dict[str, float]:
+        """Metrics on the validation and the test split (`evaluation.metric_name`); without a validation
+        split the val_ metrics are the test ones."""
         self.model.eval()
-        totals: dict[str, torch.Tensor] = {}
+        metrics: dict[str, float] = {}
         with torch.no_grad(), autocast(self.settings.device, self.settings.amp):
-            for chunk in chunks(len(self.data.test_y), self.settings.eval_batch_size):
-                logits = self.model(
-                    to_memory_format(self.data.test_x[chunk], self.settings.channels_last)
-                ).float()
-                add_sums(totals, evaluation_sums(logits, self.data.test_y[chunk], None))
+            for split in SPLITS:
+                if split == "val" and self.data.val_is_test:
+                    continue
+                inputs, targets = self.data.split(split)
+                totals: dict[str, torch.Tensor] = {}
+                for chunk in chunks(len(targets), self.settings.eval_batch_size):
+                    logits = self.model(to_memory_format(inputs[chunk], self.settings.channels_last)).float()
+                    add_sums(totals, evaluation_sums(logits, targets[chunk], None))
+                metrics.update(
+                    {
+                        name: float(value)
+                        for name, value in finish_evaluation(totals, len(targets), split).items()
+                    }
+                )
+        if self.data.val_is_test:
+            metrics.update(test_as_val(metrics))
         self.model.train()
-        return {
-            name: float(value) for name, value in finish_evaluation(totals, len(self.data.test_y)).items()
-        }
+        return metrics
 
     def run(self, should_stop: Callable[[], bool] | None = None) -> Iterator[StepsDone | EpochDone]:
         settings, device = self.settings, self.settings.device

@@ -27,10 +27,14 @@ from torch.func import functional_call, vmap
 
 from kdtemp.data.dataset import Dataset
 from kdtemp.engine.evaluation import (
+    METRICS,
+    SPLITS,
     add_sums,
     chunks,
     evaluation_sums,
     finish_evaluation,
+    metric_name,
+    test_as_val,
 )
 from kdtemp.engine.loop import (
     PROGRESS_EVERY,
@@ -58,7 +62,7 @@ from kdtemp.models.inspection import has_dropout, vmap_rounds_by_group
 
 __all__ = ["StudentGroup"]
 
-TEST_FIELDS = ("test_loss", "test_acc", "agreement", "test_kl", "test_ece")
+EVALUATION_FIELDS = tuple(metric_name(split, metric) for split in SPLITS for metric in METRICS)
 
 
 class StudentGroup:
@@ -138,7 +142,7 @@ class StudentGroup:
         """Members that failed: their losses are masked out of the sum that is back-propagated."""
         self.failed: dict[int, str] = {}
         self.completed_epochs = 0
-        self.teacher_test_log_probs = teacher.test_log_probs().to(device)
+        self.teacher_log_probs = {split: teacher.log_probs(split).to(device) for split in SPLITS}
         self._hooks = contextlib.ExitStack()
 
     def __enter__(self) -> StudentGroup:
@@ -262,16 +266,25 @@ class StudentGroup:
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
 
     def evaluate(self) -> dict[str, torch.Tensor]:
-        """Test metrics per member, as (K,) tensors on the device."""
+        """Validation and test metrics per member, as (K,) tensors on the device; without a validation
+        split the val_ metrics are the test ones."""
         self.template.eval()
-        totals: dict[str, torch.Tensor] = {}
+        metrics: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            for chunk in chunks(len(self.data.test_y), self.settings.eval_batch_size):
-                logits = self._forward(self.data.test_x[chunk], own_batches=False)[0].float()
-                teacher = self.teacher_test_log_probs[..., chunk, :]
-                add_sums(totals, evaluation_sums(logits, self.data.test_y[chunk], teacher))
+            for split in SPLITS:
+                if split == "val" and self.data.val_is_test:
+                    continue
+                inputs, targets = self.data.split(split)
+                totals: dict[str, torch.Tensor] = {}
+                for chunk in chunks(len(targets), self.settings.eval_batch_size):
+                    logits = self._forward(inputs[chunk], own_batches=False)[0].float()
+                    teacher = self.teacher_log_probs[split][..., chunk, :]
+                    add_sums(totals, evaluation_sums(logits, targets[chunk], teacher))
+                metrics.update(finish_evaluation(totals, len(targets), split))
+        if self.data.val_is_test:
+            metrics.update(test_as_val(metrics))
         self.template.train()
-        return finish_evaluation(totals, len(self.data.test_y))
+        return metrics
 
     def _temperature(self, step_index: int, epoch: int) -> torch.Tensor:
         """(K,) temperatures of a step: the scheduled ones through each method (CTKD learns its own)."""
@@ -345,7 +358,7 @@ class StudentGroup:
                 "train_acc": host["correct"][k] / count,
                 "epoch_seconds": seconds,
             }
-            row.update({name: evaluation[name][k] for name in TEST_FIELDS})
+            row.update({name: evaluation[name][k] for name in EVALUATION_FIELDS})
             for method in self.methods:
                 row.update(method.row_fields(k, means))
             rows.append(row)

@@ -81,6 +81,11 @@ class StudentRow(BaseModel):
     epoch_seconds: float | None = None
     test_kl: float | None = None
     test_ece: float | None = None
+    val_loss: float | None = None
+    val_acc: float | None = None
+    val_agreement: float | None = None
+    val_kl: float | None = None
+    val_ece: float | None = None
     effective_temperature: float | None = None
     train_penalty: float | None = None
     train_feature: float | None = None
@@ -97,6 +102,9 @@ class TeacherRow(BaseModel):
     test_loss: float | None = None
     test_acc: float | None = None
     test_ece: float | None = None
+    val_loss: float | None = None
+    val_acc: float | None = None
+    val_ece: float | None = None
     epoch_seconds: float | None = None
 
 
@@ -138,8 +146,11 @@ class RunSummary(BaseModel):
     epochs_done: StrictInt | None = None
     final: dict[str, Any] = {}
     """The last metrics.csv row, each cell as a number, text or None."""
-    best_test_acc: Number | None = None
     best_epoch: StrictInt | None = None
+    """The epoch of the highest validation accuracy (the first, on a tie): chosen on validation."""
+    best_val_acc: Number | None = None
+    test_acc_at_best_val: Number | None = None
+    """Test accuracy at `best_epoch`; it replaces best_test_acc, the best epoch chosen on test."""
     wall_seconds: Number | None = None
     device: str | None = None
     group_size: StrictInt | None = None

@@ -65,6 +65,7 @@ def parent_signal(state: SweepState, runs: list[RunSpec]) -> TeacherSignal:
     data, batch = state.data, state.config.data.eval_batch_size
     common: dict[str, Any] = {
         "test_logits": state.signal.test_logits,
+        "val_logits": state.signal.val_logits,
         "per_member": True,
         "feature_layer": layer,
     }

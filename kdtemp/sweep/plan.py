@@ -23,7 +23,9 @@ from kdtemp.teachers.loading import teacher_paths, teachers_fingerprint
 from kdtemp.temperature.base import CTKD, LOGIT_STD, ScheduleBase
 from kdtemp.temperature.schedules import LearnableSchedule
 
-RUN_FORMAT = 1
+RUN_FORMAT = 2
+"""2: every epoch evaluated on a validation split too (metrics.csv's val_ columns), the best epoch chosen
+on it; runs of format 1 are not resumed into the new columns."""
 GRID_AXES = ("schedule", "t0", "alpha", "seed", "generation", "parent")
 """Identity keys that place a run in the grid; the rest of its identity is its setting (what the report
 may average over seeds and compare across temperatures)."""
@@ -110,6 +112,7 @@ def shared_identity(config: ExperimentConfig, teacher_fingerprint: str) -> dict[
     identity: dict[str, Any] = {
         "format": RUN_FORMAT,
         "dataset": config.data.dataset,
+        "validation": [config.data.val_fraction, config.data.split_seed],
         "augment": config.data.augment,
         "batch_size": config.student_batch_size(),
         "student": training_identity(config.student),

@@ -80,8 +80,7 @@ def run_summary(
     """The run's summary.json, from its metrics.csv as written: `final` is its last row, cell by cell."""
     rows = read_csv_rows(files.metrics) if files.metrics.exists() else []
     final = {key: _number(value) for key, value in rows[-1].items()} if rows else {}
-    accuracies = [float(row["test_acc"]) for row in rows if row.get("test_acc")]
-    best = max(range(len(accuracies)), key=accuracies.__getitem__) if accuracies else None
+    best = best_epoch(rows)
     return RunSummary(
         run_id=run.run_id,
         status=status,
@@ -94,8 +93,9 @@ def run_summary(
         epochs=state.student_spec.epochs,
         epochs_done=len(rows),
         final=final,
-        best_test_acc=accuracies[best] if best is not None else None,
         best_epoch=best,
+        best_val_acc=_number(rows[best]["val_acc"]) if best is not None else None,
+        test_acc_at_best_val=_number(rows[best]["test_acc"]) if best is not None else None,
         wall_seconds=sum(float(row["epoch_seconds"]) for row in rows if row.get("epoch_seconds")),
         device=str(state.device),
         group_size=group_size,
@@ -103,6 +103,13 @@ def run_summary(
         **state.sizes,
         **extra,
     )
+
+
+def best_epoch(rows: list[dict[str, str]]) -> int | None:
+    """Index of the metrics.csv row with the highest validation accuracy (the first of equals); None
+    without one. Chosen on validation, so the test accuracy of that epoch is an honest report."""
+    scored = [(float(row["val_acc"]), -index) for index, row in enumerate(rows) if row.get("val_acc")]
+    return -max(scored)[1] if scored else None
 
 
 def _number(text: str):

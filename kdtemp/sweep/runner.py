@@ -209,7 +209,8 @@ def _teacher_signal(
     emit: Emit,
 ) -> TeacherSignal:
     """Generation 1's teacher signal: cached logits (and hint features), or networks run on each batch."""
-    train, test = all_teacher_logits(teachers, data, config, device, emit)
+    logits = all_teacher_logits(teachers, data, config, device, emit)
+    train = logits.train
     teacher_layer = config.kd.feature_layers.teacher if config.kd.feature_layers else None
     networks: tuple[nn.Module, ...]
     features, networks, channels_last = None, (), False
@@ -224,7 +225,8 @@ def _teacher_signal(
             device,
         )
     return TeacherSignal(
-        test_logits=test,
+        test_logits=logits.test,
+        val_logits=logits.val,
         train_logits=train,
         train_features=features,
         networks=networks,

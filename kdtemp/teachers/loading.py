@@ -141,7 +141,9 @@ def check_teacher_matches(checkpoint: dict, spec: ModelSpec, data: Dataset, path
     check_source_unchanged(checkpoint, spec, path)
     if checkpoint.get("data_fingerprint") not in (None, data.fingerprint()):
         raise CheckpointError(
-            f"teacher {path} was trained on different {data.name} data (content differs); {RETRAIN}"
+            f"teacher {path} was trained on different {data.name} data (content differs: a teacher trained "
+            "before kdtemp held out a validation split trained on it too); "
+            f"{RETRAIN}, or set data.val_fraction: 0 to use it as before"
         )
 
 
@@ -173,13 +175,25 @@ def ensemble_weights(config: ExperimentConfig, device: torch.device) -> torch.Te
 # --- soft targets ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SplitLogits:
+    """A teacher's (or, stacked on a first axis, every teacher's) logits on each split."""
+
+    train: torch.Tensor | None
+    """None with augmentation: the training inputs change every epoch, so the teacher runs on each batch."""
+    val: torch.Tensor | None
+    """None when the data has no validation split (data.val_fraction 0)."""
+    test: torch.Tensor
+
+
 def teacher_logits(
     teacher: LoadedTeacher, data: Dataset, config: ExperimentConfig, device: torch.device, emit: Emit = ignore
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(train logits or None, test logits): one eval pass over each split, cached on disk.
+) -> SplitLogits:
+    """The teacher's logits on the training, validation and test sets: one eval pass over each split,
+    cached on disk.
 
-    With augmentation the training inputs change every epoch, so only test logits are cached and
-    the teacher runs on each batch instead.
+    With augmentation the training inputs change every epoch, so only validation and test logits are
+    cached and the teacher runs on each batch instead.
     """
     layout = ExperimentLayout.of(config.runs_dir, config.name)
     transform = "augment" if config.data.augment else "none"
@@ -197,7 +211,7 @@ def _cached_teacher_logits(
     device: torch.device,
     path: Path,
     emit: Emit,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
+) -> SplitLogits:
     data_fingerprint = data.fingerprint()
     channels_last = wants_channels_last(teacher.model, device)
     if path.exists():
@@ -207,10 +221,15 @@ def _cached_teacher_logits(
                 cached.get("format") == LOGITS_FORMAT
                 and cached.get("data_fingerprint") == data_fingerprint
                 and cached["test"].shape == (len(data.test_y), data.num_classes)
+                and (cached.get("val") is None) == data.val_is_test
             ):
                 emit(Note(f"{teacher.label} logits read from cache {path.name}"))
-                train = cached.get("train")
-                return (train.to(device) if train is not None else None, cached["test"].to(device))
+                train, val = (cached.get(split) for split in ("train", "val"))
+                return SplitLogits(
+                    train=None if train is None else train.to(device),
+                    val=None if val is None else val.to(device),
+                    test=cached["test"].to(device),
+                )
         except (CheckpointError, KeyError, AttributeError):
             pass
         emit(
@@ -222,23 +241,32 @@ def _cached_teacher_logits(
         )
     emit(Note(f"computing {teacher.label} logits on the training set (once for the whole grid)"))
     batch = config.data.eval_batch_size
-    train = (
-        None
-        if config.data.augment
-        else predict_logits(teacher.model, data.train_x, batch, device, channels_last)
+
+    def logits_on(split: str) -> torch.Tensor:
+        return predict_logits(teacher.model, data.split(split)[0], batch, device, channels_last)
+
+    logits = SplitLogits(
+        train=None if config.data.augment else logits_on("train"),
+        val=None if data.val_is_test else logits_on("val"),
+        test=logits_on("test"),
     )
-    test = predict_logits(teacher.model, data.test_x, batch, device, channels_last)
     atomic_torch_save(
         {
             "format": LOGITS_FORMAT,
-            "dtype": str(test.dtype),
+            "dtype": str(logits.test.dtype),
             "data_fingerprint": data_fingerprint,
-            "train": None if train is None else train.cpu(),
-            "test": test.cpu(),
+            **{
+                split: None if value is None else value.cpu()
+                for split, value in zip(SPLIT_NAMES, (logits.train, logits.val, logits.test), strict=True)
+            },
         },
         path,
     )
-    return (train, test)
+    return logits
+
+
+SPLIT_NAMES = ("train", "val", "test")
+"""SplitLogits' fields in order, as the cache file names them."""
 
 
 def all_teacher_logits(
@@ -247,16 +275,20 @@ def all_teacher_logits(
     config: ExperimentConfig,
     device: torch.device,
     emit: Emit = ignore,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Every teacher's logits stacked on a teacher axis: (train (n, N, C) or None, test (n, N_test, C))."""
-    trains, tests = [], []
-    for teacher in teachers:
-        train, test = teacher_logits(teacher, data, config, device, emit)
-        trains.append(train)
-        tests.append(test)
-    # with augmentation no teacher has cached train logits, else every one has
-    train = None if trains[0] is None else torch.stack(cast(list[torch.Tensor], trains))
-    return train, torch.stack(tests)
+) -> SplitLogits:
+    """Every teacher's logits stacked on a teacher axis: train (n, N, C) or None, val (n, N_val, C) or None,
+    test (n, N_test, C)."""
+    each = [teacher_logits(teacher, data, config, device, emit) for teacher in teachers]
+
+    def stacked(values: list[torch.Tensor | None]) -> torch.Tensor | None:
+        # every teacher has the split's logits or none has (augmentation, no validation split)
+        return None if values[0] is None else torch.stack(cast(list[torch.Tensor], values))
+
+    return SplitLogits(
+        train=stacked([logits.train for logits in each]),
+        val=stacked([logits.val for logits in each]),
+        test=torch.stack([logits.test for logits in each]),
+    )
 
 
 def teacher_features(

@@ -56,8 +56,10 @@ def test_cifar_configs_follow_repdistillers_sgd(name):
 
 
 def test_default_nesterov_keeps_existing_run_ids():
-    """Ids computed by the code before `nesterov` existed (commit f83a7f6): a run finished then is still
-    recognised. Setting the key to its non-default value makes different runs."""
+    """Ids computed when run format 2 (the validation split) began, from a config that does not name
+    `nesterov`: a run finished then is still recognised. Setting the key to its non-default value makes
+    different runs. (Format 1's ids, from before the split, are not: those runs trained on the validation
+    samples.)"""
     import hashlib
     import json
 
@@ -65,7 +67,7 @@ def test_default_nesterov_keeps_existing_run_ids():
     from kdtemp.sweep.plan import plan_runs
 
     ids = [run.run_id for run in plan_runs(load_config(CONFIGS / "default.yaml"), "teacherfp")]
-    assert ids[:3] == ["constant-T1-a0.9-s0-6b677839", "constant-T1-a0.9-s1-932c756e", "constant-T1-a0.9-s2-82e5204b"]
+    assert ids[:3] == ["constant-T1-a0.9-s0-4648f4ba", "constant-T1-a0.9-s1-e0150986", "constant-T1-a0.9-s2-55374bbc"]
     teacher = hashlib.sha256(json.dumps(training_identity(CNNSpec()), sort_keys=True).encode()).hexdigest()[:8]
     assert teacher == "cc1321d7"  # the teacher checkpoint's training identity, so an interrupted teacher resumes
     plain = load_config(None, {"student.nesterov": (False, "--nesterov")})

@@ -18,7 +18,9 @@ from kdtemp.errors import DataError
 def test_mnist1d_reference_split_and_cache(data_root):
     config = DataConfig(root=data_root)
     first = kdtemp.data.registry.load_dataset(config)
-    assert first.train_x.shape == (4000, 1, 40) and first.test_x.shape == (1000, 1, 40)
+    # the reference 4000 train / 1000 test, less the default 10% validation split held out of train
+    assert first.train_x.shape == (3600, 1, 40) and first.test_x.shape == (1000, 1, 40)
+    assert first.val_x is not None and first.val_x.shape == (400, 1, 40)
     assert first.num_classes == 10 and first.train_x.dtype == torch.float32
     assert sorted(first.train_y.unique().tolist()) == list(range(10))
     second = kdtemp.data.registry.load_dataset(config)
@@ -30,7 +32,7 @@ def test_mnist1d_matches_the_package_reference(data_root):
     from mnist1d.data import get_dataset_args, make_dataset
 
     reference = make_dataset(get_dataset_args())
-    ours = kdtemp.data.registry.load_dataset(DataConfig(root=data_root))
+    ours = kdtemp.data.registry.load_dataset(DataConfig(root=data_root, val_fraction=0))
     assert np.allclose(ours.train_x.squeeze(1).numpy(), reference["x"], atol=1e-6)
     assert np.array_equal(ours.test_y.numpy(), reference["y_test"])
 
@@ -52,7 +54,7 @@ def test_truncated_idx_is_refused(tmp_path):
 def test_fashion_mnist_from_the_data_root(tmp_path, monkeypatch):
     monkeypatch.setattr(kdtemp.data.builtin, "SYSTEM_FASHION_MNIST_DIRS", [tmp_path / "absent"])
     arrays = write_idx_set(tmp_path / "data" / "fashion-mnist")
-    dataset = kdtemp.data.registry.load_dataset(DataConfig(dataset="fashion-mnist", root=tmp_path / "data"))
+    dataset = kdtemp.data.registry.load_dataset(DataConfig(val_fraction=0, dataset="fashion-mnist", root=tmp_path / "data"))
     assert dataset.train_x.shape == (6, 1, 28, 28) and dataset.test_x.shape == (4, 1, 28, 28)
     expected = (arrays["train_x"][2, 5, 7] / 255.0 - 0.2860) / 0.3530
     assert float(dataset.train_x[2, 0, 5, 7]) == pytest.approx(expected, abs=1e-5)
@@ -65,14 +67,14 @@ def test_fashion_mnist_system_directory_comes_first(tmp_path, monkeypatch):
     write_idx_set(system, train_count=3, seed=1)
     write_idx_set(tmp_path / "data" / "fashion-mnist", train_count=5)
     monkeypatch.setattr(kdtemp.data.builtin, "SYSTEM_FASHION_MNIST_DIRS", [system])
-    dataset = kdtemp.data.registry.load_dataset(DataConfig(dataset="fashion-mnist", root=tmp_path / "data"))
+    dataset = kdtemp.data.registry.load_dataset(DataConfig(val_fraction=0, dataset="fashion-mnist", root=tmp_path / "data"))
     assert len(dataset.train_y) == 3 and dataset.source == str(system)
 
 
 def test_fashion_mnist_missing_offline_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(kdtemp.data.builtin, "SYSTEM_FASHION_MNIST_DIRS", [tmp_path / "absent"])
     with pytest.raises(DataError) as excinfo:
-        kdtemp.data.registry.load_dataset(DataConfig(dataset="fashion-mnist", root=tmp_path, download=False))
+        kdtemp.data.registry.load_dataset(DataConfig(val_fraction=0, dataset="fashion-mnist", root=tmp_path, download=False))
     assert "apt-get install dataset-fashion-mnist" in str(excinfo.value)
     assert "\n" not in str(excinfo.value)
 
@@ -86,19 +88,19 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(kdtemp.data.builtin, "SYSTEM_FASHION_MNIST_DIRS", [tmp_path / "absent"])
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
     with pytest.raises(DataError, match=r"not found offline and the download failed \(.*name resolution.*\); install"):
-        kdtemp.data.registry.load_dataset(DataConfig(dataset="fashion-mnist", root=tmp_path))
+        kdtemp.data.registry.load_dataset(DataConfig(val_fraction=0, dataset="fashion-mnist", root=tmp_path))
 
 
 def test_mnist_in_torchvision_layout(tmp_path):
     arrays = write_idx_set(tmp_path / "MNIST" / "raw", compress=False)
-    dataset = kdtemp.data.registry.load_dataset(DataConfig(dataset="mnist", root=tmp_path, download=False))
+    dataset = kdtemp.data.registry.load_dataset(DataConfig(val_fraction=0, dataset="mnist", root=tmp_path, download=False))
     expected = (arrays["test_x"][1, 0, 3] / 255.0 - 0.1307) / 0.3081
     assert float(dataset.test_x[1, 0, 0, 3]) == pytest.approx(expected, abs=1e-5)
 
 
 def test_mnist_missing_offline(tmp_path):
     with pytest.raises(DataError, match=r"mnist not found offline; run once on a machine with internet"):
-        kdtemp.data.registry.load_dataset(DataConfig(dataset="mnist", root=tmp_path, download=False))
+        kdtemp.data.registry.load_dataset(DataConfig(val_fraction=0, dataset="mnist", root=tmp_path, download=False))
 
 
 def write_cifar(root, name, count=4, seed=0):
@@ -122,7 +124,7 @@ def write_cifar(root, name, count=4, seed=0):
 
 def test_cifar10_batches(tmp_path):
     written = write_cifar(tmp_path, "cifar10")
-    dataset = kdtemp.data.registry.load_dataset(DataConfig(dataset="cifar10", root=tmp_path, download=False))
+    dataset = kdtemp.data.registry.load_dataset(DataConfig(val_fraction=0, dataset="cifar10", root=tmp_path, download=False))
     assert dataset.train_x.shape == (20, 3, 32, 32) and dataset.test_x.shape == (4, 3, 32, 32)
     first = written["data_batch_1"]
     # row layout: 1024 red, then 1024 green, then 1024 blue values, each row-major 32x32
@@ -134,7 +136,7 @@ def test_cifar10_batches(tmp_path):
 
 def test_cifar100_uses_fine_labels(tmp_path):
     written = write_cifar(tmp_path, "cifar100")
-    dataset = kdtemp.data.registry.load_dataset(DataConfig(dataset="cifar100", root=tmp_path, download=False))
+    dataset = kdtemp.data.registry.load_dataset(DataConfig(val_fraction=0, dataset="cifar100", root=tmp_path, download=False))
     assert dataset.num_classes == 100
     assert dataset.test_y.tolist() == written["test"]["fine_labels"]
 
@@ -152,7 +154,7 @@ def test_cifar_pickle_that_would_run_code_is_refused(tmp_path):
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as handle:
         pickle.dump({"data": payload, "labels": [0]}, handle, protocol=2)
     with pytest.raises(DataError, match="refusing to load"):
-        kdtemp.data.registry.load_dataset(DataConfig(dataset="cifar10", root=tmp_path, download=False))
+        kdtemp.data.registry.load_dataset(DataConfig(val_fraction=0, dataset="cifar10", root=tmp_path, download=False))
     assert not marker.exists()
 
 

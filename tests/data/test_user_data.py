@@ -70,7 +70,7 @@ def test_image_folder_matches_torchvision_imagefolder(tmp_path):
     from torchvision import datasets, transforms
 
     root = write_image_folder(tmp_path / "images")
-    data = load_dataset(DataConfig(dataset="image-folder", root=root, image_size=8))
+    data = load_dataset(DataConfig(val_fraction=0, dataset="image-folder", root=root, image_size=8))
     to_pixels = transforms.Compose([transforms.Resize(8), transforms.CenterCrop(8), transforms.PILToTensor()])
     reference = {split: datasets.ImageFolder(str(root / split), transform=to_pixels) for split in ("train", "val")}
     assert data.classes == tuple(reference["train"].classes) == CLASSES
@@ -85,11 +85,11 @@ def test_image_folder_matches_torchvision_imagefolder(tmp_path):
 
 
 def test_grayscale_folder_keeps_one_channel_unless_any_image_has_colour(tmp_path):
-    gray = load_dataset(DataConfig(dataset="image-folder", root=write_image_folder(tmp_path / "gray", mode="L"), image_size=6))
+    gray = load_dataset(DataConfig(val_fraction=0, dataset="image-folder", root=write_image_folder(tmp_path / "gray", mode="L"), image_size=6))
     assert gray.input_shape == (1, 6, 6)
     mixed_root = write_image_folder(tmp_path / "mixed", mode="L")
     Image.new("RGB", (12, 12), (200, 10, 10)).save(mixed_root / "val" / "apple" / "colour.png")
-    mixed = load_dataset(DataConfig(dataset="image-folder", root=mixed_root, image_size=6))
+    mixed = load_dataset(DataConfig(val_fraction=0, dataset="image-folder", root=mixed_root, image_size=6))
     assert mixed.input_shape == (3, 6, 6)
     # a grayscale image in an RGB dataset is its gray level repeated in every channel
     cached = torch.load(next((mixed_root / kdtemp.data.custom.CACHE_DIR).glob("*.pt")), weights_only=True)
@@ -100,7 +100,7 @@ def test_grayscale_folder_keeps_one_channel_unless_any_image_has_colour(tmp_path
 
 def test_second_load_reads_the_cache_and_a_changed_folder_decodes_again(tmp_path, monkeypatch):
     root = write_image_folder(tmp_path / "images")
-    config = DataConfig(dataset="image-folder", root=root, image_size=8)
+    config = DataConfig(val_fraction=0, dataset="image-folder", root=root, image_size=8)
     first = load_dataset(config)
     assert len(list((root / kdtemp.data.custom.CACHE_DIR).glob("*.pt"))) == 1
 
@@ -118,7 +118,7 @@ def test_second_load_reads_the_cache_and_a_changed_folder_decodes_again(tmp_path
     with pytest.raises(AssertionError, match="decoded"):
         load_dataset(config)
     with pytest.raises(AssertionError, match="decoded"):
-        load_dataset(DataConfig(dataset="image-folder", root=root, image_size=6))
+        load_dataset(DataConfig(val_fraction=0, dataset="image-folder", root=root, image_size=6))
 
 
 def break_missing_val(root):
@@ -145,7 +145,7 @@ def break_unreadable_image(root):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (break_missing_val, r"images has no val/ folder; image-folder expects root/train/<class>/"),
+    (break_missing_val, r"images has no test/ folder; image-folder expects root/train/<class>/"),
     (break_missing_train, r"images has no train/ folder; image-folder expects root/train/<class>/"),
     (break_class_lists, r"train/ and val/ hold different classes \(only in train: \['plum'\], only in val: \['pear'\]\)"),
     (break_empty_class, r"train/kiwi holds no images \(\.jpg"),
@@ -164,7 +164,7 @@ def test_bad_image_folders_are_refused_before_anything_is_written(tmp_path, run_
 
 def test_uint8_npz_is_scaled_and_standardised_per_channel(tmp_path):
     path = write_npz(tmp_path / "data.npz", classes=np.array(list(CLASSES)))
-    data = load_dataset(DataConfig(dataset="tensors", root=path))
+    data = load_dataset(DataConfig(val_fraction=0, dataset="tensors", root=path))
     with np.load(path) as arrays:
         train, test = arrays["x_train"] / 255.0, arrays["x_test"] / 255.0
         mean, std = train.mean(axis=(0, 2, 3), keepdims=True), train.std(axis=(0, 2, 3), keepdims=True)
@@ -178,7 +178,7 @@ def test_float_vectors_in_a_pt_file_are_used_as_given(tmp_path):
     arrays = {"x_train": torch.randn(10, 5, dtype=torch.float64), "y_train": torch.arange(10) % 4,
               "x_test": torch.randn(3, 5), "y_test": torch.tensor([0, 1, 2])}
     torch.save(arrays, tmp_path / "data.pt")
-    data = load_dataset(DataConfig(dataset="tensors", root=tmp_path / "data.pt"))
+    data = load_dataset(DataConfig(val_fraction=0, dataset="tensors", root=tmp_path / "data.pt"))
     assert torch.equal(data.train_x, arrays["x_train"].float()) and torch.equal(data.test_x, arrays["x_test"])
     assert data.classes == ("0", "1", "2", "3") and data.input_shape == (5,)
 
@@ -208,10 +208,10 @@ def test_bad_tensor_files_are_refused_before_anything_is_written(tmp_path, run_c
 
 def test_tensor_file_that_is_missing_or_would_run_code(tmp_path, run_cli, wide_output):
     with pytest.raises(DataError, match=r"tensors file .*absent.npz not found; set data.root"):
-        load_dataset(DataConfig(dataset="tensors", root=tmp_path / "absent.npz"))
+        load_dataset(DataConfig(val_fraction=0, dataset="tensors", root=tmp_path / "absent.npz"))
     torch.save({"x_train": Path("x")}, tmp_path / "evil.pt")
     with pytest.raises(DataError, match=r"refused to load .*evil.pt: it holds Python objects"):
-        load_dataset(DataConfig(dataset="tensors", root=tmp_path / "evil.pt"))
+        load_dataset(DataConfig(val_fraction=0, dataset="tensors", root=tmp_path / "evil.pt"))
     config = user_experiment(tmp_path, {"dataset": "tensors", "root": str(tmp_path / "evil.pt")})
     assert_refused(run_cli("train-teacher", "--config", config), r"refused to load .*evil.pt: it holds Python objects",
                    tmp_path / "runs")

@@ -52,7 +52,7 @@ def run_spec(run_id, schedule="constant", t0=4.0, alpha=0.9):
     )
 
 
-def metrics_row(run, epoch, test_acc):
+def metrics_row(run, epoch, test_acc, val_acc=None):
     return {
         "run_id": run.run_id,
         "schedule": run.schedule_label,
@@ -72,6 +72,7 @@ def metrics_row(run, epoch, test_acc):
         "epoch_seconds": 0.25,
         "test_kl": None,
         "test_ece": 0.0625,
+        "val_acc": val_acc,
         "generation": 1,
     }
 
@@ -79,8 +80,8 @@ def metrics_row(run, epoch, test_acc):
 def old_summary(run, status, rows, group_size, **extra):
     """summary.json as the dict literal before RunSummary wrote it, from the same inputs."""
     final = {column: rows[-1].get(column) for column in STUDENT_COLUMNS} if rows else {}
-    accuracies = [row["test_acc"] for row in rows]
-    best = accuracies.index(max(accuracies)) if rows else None
+    val = [row["val_acc"] for row in rows]
+    best = val.index(max(val)) if rows else None  # the epoch is chosen on validation
     return {
         "run_id": run.run_id,
         "status": status,
@@ -93,8 +94,9 @@ def old_summary(run, status, rows, group_size, **extra):
         "epochs": 2,
         "epochs_done": len(rows),
         "final": final,
-        "best_test_acc": accuracies[best] if rows else None,
         "best_epoch": best,
+        "best_val_acc": val[best] if rows else None,
+        "test_acc_at_best_val": rows[best]["test_acc"] if rows else None,
         "wall_seconds": sum(row["epoch_seconds"] for row in rows),
         "device": "cpu",
         "group_size": group_size,
@@ -109,7 +111,12 @@ def test_a_summary_round_trips_through_writer_and_reader_byte_for_byte(tmp_path,
     root = tmp_path / "exp"
     run = run_spec("baseline-s3", BASELINE, None, 0.0) if case == "baseline" else run_spec("constant-T4-s3")
     files = RunFiles(root / "students" / run.run_id)
-    rows = [] if case == "failed before an epoch" else [metrics_row(run, 0, 0.625), metrics_row(run, 1, 0.75)]
+    # validation and test disagree on the best epoch: the summary takes validation's (epoch 0)
+    rows = (
+        []
+        if case == "failed before an epoch"
+        else [metrics_row(run, 0, 0.625, val_acc=0.75), metrics_row(run, 1, 0.75, val_acc=0.5)]
+    )
     for row in rows:
         append_csv_row(files.metrics, row, STUDENT_COLUMNS)
     extra = (
@@ -245,8 +252,9 @@ def test_the_metrics_row_models_keep_the_csv_columns_in_order():
     assert STUDENT_COLUMNS == [
         "run_id", "schedule", "t0", "alpha", "seed", "epoch", "temperature", "lr", "train_loss", "train_ce",
         "train_kd", "train_acc", "test_loss", "test_acc", "agreement", "epoch_seconds", "test_kl", "test_ece",
-        "effective_temperature", "train_penalty", "train_feature", "generation",
+        "val_loss", "val_acc", "val_agreement", "val_kl", "val_ece", "effective_temperature", "train_penalty", "train_feature", "generation",
     ]  # fmt: skip
     assert TEACHER_COLUMNS == [
-        "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_ece", "epoch_seconds",
+        "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_ece", "val_loss", "val_acc",
+        "val_ece", "epoch_seconds",
     ]  # fmt: skip

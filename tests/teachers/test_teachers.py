@@ -46,7 +46,8 @@ def test_cached_logits_are_float32_even_with_amp(trained, tmp_path, data_root, m
     device = torch.device("cpu")
     data = load_dataset(config.data)
     teacher = load_teachers(config, data, device)[0]
-    train, test = teacher_logits(teacher, data, config, device)
+    logits = teacher_logits(teacher, data, config, device)
+    train, test = logits.train, logits.test
 
     model = teacher.model.double().eval()
     with torch.no_grad():
@@ -59,6 +60,7 @@ def test_cached_logits_are_float32_even_with_amp(trained, tmp_path, data_root, m
     record = load_checkpoint(cache)
     assert record["dtype"] == "torch.float32" and record["format"] == loading.LOGITS_FORMAT
     assert torch.equal(record["train"], train) and torch.equal(record["test"], test)
+    assert torch.equal(record["val"], logits.val) and len(logits.val) == len(data.val_y)
 
 
 def test_a_cache_of_the_older_format_is_recomputed(trained, tmp_path, data_root):
@@ -71,7 +73,7 @@ def test_a_cache_of_the_older_format_is_recomputed(trained, tmp_path, data_root)
     stale = torch.zeros(len(data.train_y), data.num_classes)
     atomic_torch_save({"data_fingerprint": data.fingerprint(), "train": stale,
                          "test": torch.zeros(len(data.test_y), data.num_classes)}, path)
-    train, _ = teacher_logits(teacher, data, config, device)
+    train = teacher_logits(teacher, data, config, device).train
     with torch.no_grad():
         reference = teacher.model.double()(data.train_x.double())
     assert torch.allclose(train.double(), reference, rtol=1e-4, atol=1e-4)
