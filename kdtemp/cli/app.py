@@ -132,13 +132,20 @@ def sweep_command(
             )
 
 
+REPORT_GRID_FLAGS = ("temps", "seeds", "alpha", "schedules")
+"""The sweep's grid options `report` takes: given any, it reports only the runs of that grid."""
+
+
 @app.command("report")
-@experiment_options()
+@experiment_options(*REPORT_GRID_FLAGS)
 def report_command(
     experiment: Experiment,
     metric: str = typer.Option(
         "test_acc",
-        help="Metric in the table: test_acc, best_test_acc, test_loss, agreement, kl_to_teacher, ece.",
+        help=(
+            "Metric in the table: test_acc, val_acc, test_acc_at_best_val, test_loss, agreement, "
+            "kl_to_teacher, ece."
+        ),
     ),
     partial: bool = typer.Option(
         False,
@@ -156,12 +163,18 @@ def report_command(
     # pandas, scipy and matplotlib load only when a report is asked for
     from kdtemp.report.build import build_report, problem_lines
     from kdtemp.report.render import write_comparison, write_report
+    from kdtemp.report.selection import GridSelection
     from kdtemp.report.text import footer, titled
 
     try:
         settings = experiment.settings(with_name=False)  # --name here may list several experiments
         names = _experiment_names(settings, experiment.name)
-        reports = [build_report(settings.runs_dir / folder, metric, partial) for folder in names]
+        asked = any(experiment.flags.get(flag) is not None for flag in REPORT_GRID_FLAGS)
+        selection = GridSelection.of(settings) if asked else None
+        reports = [
+            build_report(settings.runs_dir / folder, metric, partial, settings.report, selection)
+            for folder in names
+        ]
         if partial:
             paths = None
         elif len(reports) == 1:
@@ -181,6 +194,12 @@ def report_command(
                 progress.out.print(footer(section), highlight=False)
         for line in problem_lines(built.results):
             progress.err.print(f"[yellow]{line}[/yellow]", highlight=False)
+        if built.left_out:
+            progress.out.print(
+                f"{built.left_out} completed runs of {built.results.name} lie outside the grid asked for "
+                "(--temps, --seeds, --alpha, --schedules) and are left out",
+                highlight=False,
+            )
     if paths is None:
         progress.out.print(
             "partial: nothing written; `kdtemp report` writes the report once the sweep ends", highlight=False
@@ -249,10 +268,17 @@ def export_command(
     if run_id is None:  # one run, where the report's cells average seeds: say which and why
         layout = ExperimentLayout.of(settings.runs_dir, settings.name)
         summary = read_summary(layout.run_dir(chosen))
-        accuracy = summary.test_acc if summary is not None else None
-        shown = f", {100 * accuracy:.1f}%" if accuracy is not None else ""
+        val = summary.final.get("val_acc") if summary is not None else None
+        test = summary.test_acc if summary is not None else None
+        on_val = summary is not None and val is not None and summary.val_is_test is False
+        shown = f", {100 * test:.1f}% on test" if test is not None else ""
+        chosen_on = (
+            f"validation accuracy ({100 * val:.1f}%{shown})"
+            if on_val and val is not None
+            else f"test accuracy, no validation split{shown}"
+        )
         progress.out.print(
-            f"chosen as the completed run with the highest last-epoch test accuracy{shown}; "
+            f"chosen as the completed run with the highest last-epoch {chosen_on}; "
             "the report's cells average seeds: give a RUN_ID to export another",
             highlight=False,
         )

@@ -179,6 +179,21 @@ class LoggingConfig(StrictModel):
     'kdtemp[tensorboard]')."""
 
 
+# --- the report's statistics ---------------------------------------------------------------------
+
+
+class ReportConfig(StrictModel):
+    """What `kdtemp report` tests against: differences in the table's units, points for accuracy (1 = one
+    percentage point)."""
+
+    min_effect: PositiveFloat = 1.0
+    """The smallest difference worth detecting: the seed plan under the verdict says how many seeds detect
+    it between the best cell and its runner-up (power 0.8, paired t-test, alpha 0.05)."""
+    equivalence_margin: PositiveFloat | None = None
+    """Call a cell "tied" with the best only when an equivalence test (TOST, alpha 0.05) puts their
+    difference within ± this margin; None: no cell is called tied, only "not distinguishable"."""
+
+
 # --- the whole experiment ----------------------------------------------------------------------
 
 
@@ -196,6 +211,7 @@ class ExperimentConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     launcher: LauncherConfig = LauncherConfig()
     logging: LoggingConfig = LoggingConfig()
+    report: ReportConfig = ReportConfig()
 
     @field_validator("name")
     @classmethod

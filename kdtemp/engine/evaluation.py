@@ -71,7 +71,6 @@ def test_as_val(metrics: dict) -> dict:
     return {prefixes[name]: value for name, value in metrics.items() if name in prefixes}
 
 
-
 def add_sums(totals: dict[str, torch.Tensor], sums: dict[str, torch.Tensor]) -> None:
     for name, value in sums.items():
         totals[name] = totals[name] + value if name in totals else value

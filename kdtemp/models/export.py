@@ -28,12 +28,15 @@ FILE_NAMES = {"torchscript": "student.torchscript.pt", "pt2": "student.pt2"}
 
 
 def best_run(layout: ExperimentLayout) -> str:
-    """The completed run with the highest last-epoch test accuracy."""
+    """The completed run with the highest last-epoch validation accuracy (the model.pt it exports is its
+    last epoch's), the first in run-id order of equals; on test accuracy only for runs without a
+    validation split (which the CLI then says)."""
     best, best_accuracy = None, -1.0
     for run_dir in layout.run_dirs():
         summary = read_summary(run_dir)
         if summary is not None and summary.status == Status.COMPLETED:
-            accuracy = summary.test_acc or 0.0
+            val = summary.final.get("val_acc")
+            accuracy = val if isinstance(val, (int, float)) else summary.test_acc or 0.0
             if accuracy > best_accuracy:
                 best, best_accuracy = run_dir.name, accuracy
     if best is None:

@@ -10,8 +10,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from kdtemp.config.schema import ReportConfig
 from kdtemp.report import verdict
 from kdtemp.report.results import ExperimentResults, cached_teacher_logits, load_results
+from kdtemp.report.selection import GridSelection, restrict
 from kdtemp.report.settings import split_by_setting
 from kdtemp.report.summary import entropy_table, summarize
 from kdtemp.report.tables import (
@@ -45,6 +47,7 @@ class SettingReport:
     tests: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=verdict.TEST_COLUMNS))
     """verdict.cell_tests on the table's metric: what the markers and the verdict
     (kdtemp.report.text.headline) say."""
+    statistics: ReportConfig = field(default_factory=ReportConfig)
 
 
 @dataclass
@@ -54,6 +57,10 @@ class Report:
     settings: list[SettingReport]
     entropy: pd.DataFrame | None
     entropy_split: str | None
+    statistics: ReportConfig = field(default_factory=ReportConfig)
+    """The equivalence margin and smallest effect the verdicts use."""
+    left_out: int = 0
+    """Completed runs on disk outside the grid the report was asked for."""
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -80,18 +87,39 @@ class Report:
         return self.settings[0].table
 
 
-def build_report(root: Path, metric: str = "test_acc", partial: bool = False) -> Report:
+def build_report(
+    root: Path,
+    metric: str = "test_acc",
+    partial: bool = False,
+    statistics: ReportConfig | None = None,
+    selection: GridSelection | None = None,
+) -> Report:
+    """Every setting's table, summary and tests for the experiment at `root`; `statistics`: the
+    equivalence margin and smallest effect the verdict uses (the config's `report:`); `selection`: keep
+    only the runs of one grid (the sweep's options)."""
     check_metric(metric)
+    statistics = statistics or ReportConfig()
     results = load_results(root, partial)
+    left_out = 0
+    if selection is not None:
+        results, left_out = restrict(results, selection)
+    column, percent, higher_better = METRICS[metric]
+
+    def margin(in_percent: bool) -> float | None:
+        given = statistics.equivalence_margin
+        return None if given is None else given / 100 if in_percent else given
+
     settings = []
     for label, part in split_by_setting(results):
-        accuracy_tests = verdict.cell_tests(part.final, "test_acc", True)
-        column, _, higher_better = METRICS[metric]
+        accuracy_tests = verdict.cell_tests(part.final, "test_acc", True, margin(True))
         tests = (
-            accuracy_tests if column == "test_acc" else verdict.cell_tests(part.final, column, higher_better)
+            accuracy_tests
+            if column == "test_acc"
+            else verdict.cell_tests(part.final, column, higher_better, margin(percent))
         )
         summary = summarize(part, accuracy_tests)
-        settings.append(SettingReport(label, part, summary, temperature_table(part, metric, tests), tests))
+        table = temperature_table(part, metric, tests)
+        settings.append(SettingReport(label, part, summary, table, tests, statistics))
     logits, split = cached_teacher_logits(results)
     entropy = None
     if logits is not None:
@@ -103,4 +131,4 @@ def build_report(root: Path, metric: str = "test_acc", partial: bool = False) ->
             (results.teacher or {}).get("ensemble") or "mean_probs",
             None if weights is None else torch.tensor(weights, dtype=torch.float64),
         )
-    return Report(results, settings, entropy, split)
+    return Report(results, settings, entropy, split, statistics, left_out)

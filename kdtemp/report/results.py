@@ -32,7 +32,8 @@ class ExperimentResults:
     name: str
     root: Path
     final: pd.DataFrame
-    """One row per completed run: its last epoch, plus best_test_acc."""
+    """One row per completed run: its last epoch, plus test_acc_at_best_val, best_val_acc, val_is_test and
+    its setting."""
     curves: pd.DataFrame
     """Every epoch of every completed run."""
     teacher: dict | None
@@ -166,11 +167,31 @@ def _load_run(run_dir: Path, results: ExperimentResults, partial: bool) -> tuple
         results.setting_sizes.setdefault(setting.key, sizes)
     last = frame.iloc[-1].to_dict()
     last.update(
-        best_test_acc=float(frame["test_acc"].max()),
+        at_best_val(frame),
+        val_is_test=(summary.val_is_test if summary is not None else None) is True or not has_val(frame),
         setting=setting.key,
         baseline_setting=setting.baseline_key,
     )
     return last, frame
+
+
+def has_val(frame: pd.DataFrame) -> bool:
+    """Whether every epoch of the run was evaluated on a validation split (runs of kdtemp before it had
+    one were not)."""
+    return "val_acc" in frame and bool(frame["val_acc"].notna().all())
+
+
+def at_best_val(frame: pd.DataFrame) -> dict[str, float]:
+    """test_acc_at_best_val and best_val_acc: the test accuracy of the epoch with the highest validation
+    accuracy (the first of equals), so the epoch is not chosen on the accuracy it reports. NaN without a
+    validation split."""
+    if not has_val(frame):
+        return {"test_acc_at_best_val": math.nan, "best_val_acc": math.nan}
+    best = int(frame["val_acc"].to_numpy().argmax())  # argmax takes the first of equals
+    return {
+        "test_acc_at_best_val": float(frame["test_acc"].iloc[best]),
+        "best_val_acc": float(frame["val_acc"].iloc[best]),
+    }
 
 
 def _has_epochs(run_dir: Path) -> bool:

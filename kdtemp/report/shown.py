@@ -37,10 +37,13 @@ SUMMARY_SHOWN = [
     "mean_test_acc",
     "std_test_acc",
     "ci95_test_acc",
-    "mean_best_test_acc",
+    "mean_val_acc",
+    "mean_test_acc_at_best_val",
+    "chosen",
     "delta_vs_baseline",
     "p_value",
     "holm_p_value",
+    "diff_vs_best",
     "p_vs_best",
     "p_vs_constant",
     "mean_agreement",
@@ -51,15 +54,19 @@ SUMMARY_SHOWN = [
 ]
 
 
-P_COLUMNS = ("p_value", "holm_p_value", "p_vs_best", "p_vs_constant")
+P_COLUMNS = ("p_value", "holm_p_value", "p_vs_best", "tost_p_vs_best", "p_vs_constant")
 
 
 PERCENT_COLUMNS = {
     "mean_test_acc",
     "std_test_acc",
     "ci95_test_acc",
-    "mean_best_test_acc",
+    "mean_val_acc",
+    "mean_test_acc_at_best_val",
     "delta_vs_baseline",
+    "diff_vs_best",
+    "diff_vs_best_low",
+    "diff_vs_best_high",
     "mean_agreement",
     "mean_ece",
     "gap_closed",

@@ -76,32 +76,6 @@ def paired_power(effect_size: float, n: int, alpha: float = POWER_ALPHA) -> floa
     return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.sf(critical, df, -noncentrality))
 
 
-def seeds_needed(
-    differences: Sequence[float], power: float = POWER_TARGET, limit: int = 1_000_000
-) -> int | None:
-    """The fewest pairs n >= 2 at which a two-sided paired t-test (alpha 0.05) reaches `power`, if the
-    per-seed differences keep their observed mean and sd; exact, from the noncentral t (`paired_power`).
-
-    None when there is nothing to scale: fewer than two differences, no spread (the test is undefined),
-    identical means, or more than `limit` pairs."""
-    if (
-        len(differences) < 2
-        or np.ptp(differences) <= TIE_TOLERANCE
-        or abs(mean(differences)) <= TIE_TOLERANCE
-    ):
-        return None
-    effect_size = mean(differences) / std(differences)
-    low, high = 1, 2  # power(low) < target <= power(high); power grows with n
-    while paired_power(effect_size, high) < power:
-        if high >= limit:
-            return None
-        low, high = high, min(2 * high, limit)
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if paired_power(effect_size, middle) < power else (low, middle)
-    return high
-
-
 def seeds_to_detect(
     min_effect: float, sd: float, power: float = POWER_TARGET, alpha: float = POWER_ALPHA, limit: int = 10_000
 ) -> int | None:

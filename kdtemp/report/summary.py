@@ -30,11 +30,17 @@ SUMMARY_COLUMNS = [
     "mean_test_acc",
     "std_test_acc",
     "ci95_test_acc",
-    "mean_best_test_acc",
+    "mean_val_acc",
+    "mean_test_acc_at_best_val",
+    "chosen",
     "delta_vs_baseline",
     "p_value",
     "holm_p_value",
+    "diff_vs_best",
+    "diff_vs_best_low",
+    "diff_vs_best_high",
     "p_vs_best",
+    "tost_p_vs_best",
     "p_vs_constant",
     "mean_test_loss",
     "mean_agreement",
@@ -79,8 +85,9 @@ def summarize(results: ExperimentResults, accuracy_tests: pd.DataFrame | None = 
     """One row per schedule x alpha x t0 x generation, the baseline row(s), and the teacher row.
 
     The tests are on test_acc, the headline metric, whatever `--metric` the table shows: p_value against
-    no-KD and its Holm adjustment over the setting's cells, p_vs_best and p_vs_constant
-    (kdtemp.report.verdict);
+    no-KD and its Holm adjustment over the setting's cells, the difference to the cell `chosen` on
+    validation (diff_vs_best with its 95% CI, p_vs_best, tost_p_vs_best with an equivalence margin) and
+    p_vs_constant (kdtemp.report.verdict);
     `accuracy_tests`: verdict.cell_tests on test_acc when the caller has them already."""
     rows = []
     final = results.final
@@ -99,6 +106,7 @@ def summarize(results: ExperimentResults, accuracy_tests: pd.DataFrame | None = 
             rows.append(_summary_row(key, cell, baseline, results))
             if key in tests:
                 rows[-1].update({c: tests[key][c] for c in verdict.SUMMARY_TEST_COLUMNS})
+                rows[-1]["chosen"] = bool(tests[key]["best"])
     for (schedule, alpha, t0, generation), count in results.cells_failed.items():
         if (schedule, alpha, t0, generation) not in seen:
             rows.append(
@@ -142,7 +150,8 @@ def _summary_row(key: tuple, cell: pd.DataFrame, baseline: pd.DataFrame, results
         "mean_test_acc": stats.mean(accuracies),
         "std_test_acc": stats.std(accuracies),
         "ci95_test_acc": stats.ci95_half_width(accuracies),
-        "mean_best_test_acc": stats.mean(cell["best_test_acc"].tolist()),
+        "mean_val_acc": _mean_of(cell, "val_acc"),
+        "mean_test_acc_at_best_val": _mean_of(cell, "test_acc_at_best_val"),
         "mean_test_loss": stats.mean(cell["test_loss"].tolist()),
         "mean_agreement": _mean_of(cell, "agreement"),
         "mean_kl_to_teacher": _mean_of(cell, "test_kl"),

@@ -2,7 +2,8 @@
 
 A cell averages the completed runs of one setting (kdtemp.report.results sorts them from the failed,
 unfinished and unreadable ones, which kdtemp.report.build lists). Headline numbers are last-epoch
-values; best-epoch accuracy is labelled as such.
+values; the test accuracy at each run's best-validation epoch is labelled as such. The bold cell of a row
+is chosen on validation accuracy, like the verdict's best cell (kdtemp.report.verdict).
 """
 
 from __future__ import annotations
@@ -21,18 +22,19 @@ from kdtemp.store.records import BASELINE
 METRICS = {
     # --metric name: (column in the per-run table, shown as percent, higher is better)
     "test_acc": ("test_acc", True, True),
-    "best_test_acc": ("best_test_acc", True, True),
+    "val_acc": ("val_acc", True, True),
+    "test_acc_at_best_val": ("test_acc_at_best_val", True, True),
     "test_loss": ("test_loss", False, False),
     "agreement": ("agreement", True, True),
     "kl_to_teacher": ("test_kl", False, False),
     "ece": ("test_ece", True, False),
 }
-
-
-# --- soft targets versus temperature ----------------------------------------------------------
-
-
-# --- summaries ---------------------------------------------------------------------------------
+RENAMED_METRICS = {
+    "best_test_acc": (
+        "best_test_acc chose each run's epoch on the test set it reported; use --metric test_acc_at_best_val "
+        "(test accuracy at the epoch of best validation accuracy)"
+    ),
+}
 
 
 # --- the accuracy-versus-temperature table ---------------------------------------------------
@@ -47,6 +49,8 @@ class Cell:
     mean: float
     std: float
     n: int
+    val_mean: float = math.nan
+    """Mean validation accuracy: what the row's bold cell is chosen on."""
     p_value: float = math.nan
     """Against no-KD, paired over seeds and Holm-adjusted over the table."""
     best: bool = False
@@ -70,17 +74,19 @@ class TemperatureTable:
     @property
     def heading(self) -> str:
         """What a cell holds: `test_acc (%), mean ± sd (n seeds), last epoch`."""
-        epoch = "each run's best epoch" if self.metric == "best_test_acc" else "last epoch"
+        epoch = "each run's best-validation epoch" if self.metric == "test_acc_at_best_val" else "last epoch"
         return f"{self.metric}{' (%)' if self.percent else ''}, mean ± sd (n seeds), {epoch}"
 
 
 LEGEND = (
-    "bold = best temperature of the row; * / † = better / worse than the no-KD baseline: paired t-test over "
-    "seeds, Holm-adjusted p < 0.05 over the table's cells"
+    "bold = the row's temperature of best validation accuracy; * / † = better / worse than the no-KD "
+    "baseline: paired t-test over seeds, Holm-adjusted p < 0.05 over the table's cells"
 )
 
 
 def check_metric(metric: str) -> None:
+    if metric in RENAMED_METRICS:
+        raise RunsError(f"--metric {metric}: {RENAMED_METRICS[metric]}")
     if metric not in METRICS:
         raise RunsError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
 
@@ -107,8 +113,11 @@ def temperature_table(
         cells = {
             float(t0): _table_cell(cell, column, tests, higher_better) for t0, cell in part.groupby("t0")
         }
-        pick = max if higher_better else min
-        best_t = pick(cells, key=lambda t: cells[t].mean)
+        on_val = verdict.chosen_on_val(part)
+        if on_val:
+            best_t = max(cells, key=lambda t: cells[t].val_mean)
+        else:
+            best_t = (max if higher_better else min)(cells, key=lambda t: cells[t].mean)
         cells[best_t].best = True
         rows[label] = cells
     return TemperatureTable(metric, percent, temperatures, rows, _references(results, column), higher_better)
@@ -117,6 +126,8 @@ def temperature_table(
 def _table_cell(cell: pd.DataFrame, column: str, tests: pd.DataFrame, higher_better: bool) -> Cell:
     values = cell[column].dropna().tolist()
     result = Cell(stats.mean(values), stats.std(values), len(values))
+    if verdict.SELECTION_COLUMN in cell:
+        result.val_mean = stats.mean(cell[verdict.SELECTION_COLUMN].dropna().tolist())
     match = cells_matching(tests, cell.iloc[0])
     if len(match):
         result.p_value = float(match["holm_p_value"].iloc[0])

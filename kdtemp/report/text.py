@@ -1,5 +1,5 @@
 """A setting's results in words: the table's caption, its one-line footer (teacher, sizes, run counts)
-and the verdict line that names the best cell and what it beats or ties with (kdtemp.report.verdict's tests).
+and the verdict that names the best cell and how the others stand against it (kdtemp.report.wording).
 The CLI prints them under each table; report.md and report.html carry the same text (kdtemp.report.render).
 """
 
@@ -9,7 +9,6 @@ import math
 
 import pandas as pd
 
-from kdtemp.report import verdict
 from kdtemp.report.build import SettingReport
 from kdtemp.report.summary import cells_matching
 from kdtemp.report.tables import (
@@ -18,6 +17,7 @@ from kdtemp.report.tables import (
     METRICS,
     TemperatureTable,
 )
+from kdtemp.report.wording import Wording, best_text, clauses, planning_line
 
 
 def caption(table: TemperatureTable) -> str:
@@ -52,13 +52,14 @@ def footer(report: SettingReport) -> str:
 
 
 def headline(section: SettingReport) -> str | None:
-    """The verdict: the best cell in words (with the share of the teacher's gap closed, at how much smaller
-    and faster), the cells it cannot be told from, whether they beat no-KD, where KD hurt; then, when the
-    top two tie, how many more seeds would separate them."""
+    """The verdict: the best cell (chosen on validation) with its test value, what it closes of the
+    teacher's gap and at how much smaller and faster; its confirmatory test against no-KD; how every other
+    cell stands against it; where KD hurt; then the seed plan, and a warning when the choice was made on
+    the test set itself."""
     tests, results, table = section.tests, section.results, section.table
     if tests.empty:
         return None
-    wording = verdict.Wording(
+    wording = Wording(
         table.percent,
         table.higher_better,
         len(set(tests["alpha"])) > 1,
@@ -66,7 +67,7 @@ def headline(section: SettingReport) -> str | None:
         len(set(tests["schedule"])) > 1,
     )
     best = tests[tests["best"]].iloc[0]
-    text = f"best: {wording.name(best)}, {wording.value(best['mean'])}"
+    text = f"best: {best_text(best, wording)}"
     extras = []
     gap = cells_matching(section.summary, best)["gap_closed"]
     if table.metric == "test_acc" and len(gap) and not pd.isna(gap.iloc[0]):
@@ -79,10 +80,21 @@ def headline(section: SettingReport) -> str | None:
     if sizes:
         extras.append("at " + ", ".join(sizes))
     text += f" ({', '.join(extras)})" if extras else ""
-    baseline = table.references.get(BASELINE_LABEL)
-    lines = ["; ".join([text, *verdict.clauses(tests, baseline.mean if baseline else math.nan, wording)])]
-    separation = verdict.separation_line(results.final, METRICS[table.metric][0], tests, wording)
-    return "\n".join(lines + ([separation] if separation else []))
+    margin = section.statistics.equivalence_margin
+    has_baseline = BASELINE_LABEL in table.references
+    in_units = None if margin is None else margin / 100 if table.percent else margin
+    lines = ["; ".join([text, *clauses(tests, has_baseline, wording, in_units)])]
+    plan = planning_line(
+        results.final, METRICS[table.metric][0], tests, wording, section.statistics.min_effect
+    )
+    if plan:
+        lines.append(plan)
+    if not bool(best["chosen_on_val"]):
+        lines.append(
+            "warning: chosen on the test set it reports (no validation split: data.val_fraction 0, or runs "
+            "written before kdtemp had one), so the best cell's number is biased upwards"
+        )
+    return "\n".join(lines)
 
 
 def footprint_rows(report: SettingReport) -> list[tuple[str, str, str, str]]:

@@ -151,6 +151,11 @@ class RunSummary(BaseModel):
     best_val_acc: Number | None = None
     test_acc_at_best_val: Number | None = None
     """Test accuracy at `best_epoch`; it replaces best_test_acc, the best epoch chosen on test."""
+    validation: str | None = None
+    """Where the validation split came from (kdtemp.data.validation), in words."""
+    val_is_test: bool | None = None
+    """True when there was no validation split (data.val_fraction 0): val_ metrics are the test ones, and
+    the report says that its choices were made on test. None: written before validation splits."""
     wall_seconds: Number | None = None
     device: str | None = None
     group_size: StrictInt | None = None

@@ -96,6 +96,8 @@ def run_summary(
         best_epoch=best,
         best_val_acc=_number(rows[best]["val_acc"]) if best is not None else None,
         test_acc_at_best_val=_number(rows[best]["test_acc"]) if best is not None else None,
+        validation=state.data.validation,
+        val_is_test=state.data.val_is_test,
         wall_seconds=sum(float(row["epoch_seconds"]) for row in rows if row.get("epoch_seconds")),
         device=str(state.device),
         group_size=group_size,

@@ -36,6 +36,7 @@ def sweep_state(root):
         device="cpu",
         sizes=SIZES,
         teachers=[SimpleNamespace(record=record) for record in TEACHERS],
+        data=SimpleNamespace(validation="0.1 of the training set", val_is_test=False),
     )
 
 
@@ -97,6 +98,8 @@ def old_summary(run, status, rows, group_size, **extra):
         "best_epoch": best,
         "best_val_acc": val[best] if rows else None,
         "test_acc_at_best_val": rows[best]["test_acc"] if rows else None,
+        "validation": "0.1 of the training set",
+        "val_is_test": False,
         "wall_seconds": sum(row["epoch_seconds"] for row in rows),
         "device": "cpu",
         "group_size": group_size,

@@ -335,12 +335,23 @@ def test_low_temperatures_warn_once(tiny_config, run_cli):
     assert result.stderr.count("temperatures below 0.5") == 1
 
 
-def test_runs_whose_temperatures_changed_get_new_ids_and_the_others_keep_theirs():
+def test_runs_whose_temperatures_changed_get_new_ids_and_the_others_keep_theirs(monkeypatch):
     """Ids as the code before the step-granularity and default-milestone fixes made them (commit f83a7f6):
     a run trained with the old temperatures must not pass for a finished run of the new ones, and every
-    unaffected run keeps its id so it is still skipped."""
+    unaffected run keeps its id so it is still skipped. The validation split (run format 2) changed every
+    id since; with its two identity entries taken back out, the ids are format 1's again."""
     from kdtemp.config.loading import load_config
+    from kdtemp.sweep import plan
     from kdtemp.sweep.plan import plan_runs
+
+    with_split = plan.shared_identity
+
+    def format_one(config, teacher_fingerprint):
+        identity = with_split(config, teacher_fingerprint)
+        assert identity.pop("validation") == [0.1, 0] and identity["format"] == 2
+        return {**identity, "format": 1}
+
+    monkeypatch.setattr(plan, "shared_identity", format_one)
 
     schedules = [{"name": "linear"}, {"name": "cosine", "granularity": "step"}, {"name": "step"},
                  {"name": "step", "granularity": "step", "label": "stepS"},
