@@ -200,3 +200,29 @@ def test_zoo_configs_follow_repdistillers_recipe(name, teacher, student):
     for spec, lr in ((config.teacher, 0.05), (config.student, 0.01 if "net" in student else 0.05)):
         assert (spec.optimizer, spec.lr, spec.momentum, spec.weight_decay, spec.nesterov) == ("sgd", lr, 0.9, 5e-4, False)
         assert (spec.epochs, spec.lr_schedule, spec.lr_milestones, spec.lr_gamma) == (240, "multistep", [150, 180, 210], 0.1)
+
+
+def test_export_picks_the_run_of_best_validation_accuracy_not_of_best_test(tmp_path):
+    """`kdtemp export` without a run id: the last-epoch validation accuracy chooses, where test would choose
+    the other run."""
+    from helpers import write_run
+
+    from kdtemp.models.export import best_run
+    from kdtemp.store.layout import ExperimentLayout
+
+    import json
+
+    import pandas as pd
+
+    def run(run_id, t0, test, val, val_is_test=False):
+        run_dir = write_run(root, run_id, "constant", t0, 0, test, val_acc=val)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        final = pd.read_csv(run_dir / "metrics.csv").iloc[-1]
+        summary.update(final={"test_acc": float(final["test_acc"]), "val_acc": float(final["val_acc"])},
+                       val_is_test=val_is_test)
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+
+    root = tmp_path / "runs" / "pick"
+    run("constant-T4-s0", 4.0, 0.80, 0.60)  # best on test
+    run("constant-T8-s0", 8.0, 0.70, 0.75)  # best on validation
+    assert best_run(ExperimentLayout(root)) == "constant-T8-s0"
