@@ -108,7 +108,8 @@ def write_idx_set(directory, train_count=6, test_count=4, compress=True, seed=0)
 def write_run(root, run_id, schedule, t0, seed, final_acc, epochs=3, status="completed", alpha=0.9, identity=None,
               val_acc=None, val_is_test=None):
     """A run's metrics.csv and summary.json; with `identity`, a config.yaml recording it as a sweep does.
-    Validation accuracy climbs to `val_acc` (default: the test accuracy's `final_acc`) as test's does."""
+    Validation accuracy climbs to `val_acc` (default: the test accuracy's `final_acc`) as test's does; with
+    `val_is_test` (no validation split, as data.val_fraction 0 writes) the val_ cells stay empty."""
     val_final = final_acc if val_acc is None else val_acc
     run_dir = root / "students" / run_id
     run_dir.mkdir(parents=True)
@@ -123,7 +124,8 @@ def write_run(root, run_id, schedule, t0, seed, final_acc, epochs=3, status="com
                      "seed": seed, "epoch": epoch, "temperature": t0, "lr": 0.1, "train_loss": 1.0, "train_ce": 1.0,
                      "train_kd": None, "train_acc": 0.9, "test_loss": 1.5 - accuracy, "test_acc": accuracy,
                      "agreement": accuracy + 0.01, "epoch_seconds": 0.1, "test_kl": 0.5, "test_ece": 0.05,
-                     "val_acc": val_final - 0.05 * (epochs - 1 - epoch), "val_loss": 1.5 - accuracy})
+                     "val_acc": None if val_is_test else val_final - 0.05 * (epochs - 1 - epoch),
+                     "val_loss": None if val_is_test else 1.5 - accuracy})
     write_csv(run_dir / "metrics.csv", rows, STUDENT_COLUMNS)
     summary = {"run_id": run_id, "status": status, "schedule": schedule, "t0": t0, "alpha": rows[0]["alpha"],
                "seed": seed, "epochs": epochs, "student_params": 1000}

@@ -195,9 +195,11 @@ def report_command(
         for line in problem_lines(built.results):
             progress.err.print(f"[yellow]{line}[/yellow]", highlight=False)
         if built.left_out:
+            grid = settings.kd
             progress.out.print(
-                f"{built.left_out} completed runs of {built.results.name} lie outside the grid asked for "
-                "(--temps, --seeds, --alpha, --schedules) and are left out",
+                f"{built.left_out} completed runs of {built.results.name} lie outside the grid asked for and "
+                f"are left out (temperatures {', '.join(f'{t:g}' for t in grid.temperatures)}; seeds "
+                f"{', '.join(map(str, grid.seeds))}; alpha {grid.alpha:g}; the config's schedules)",
                 highlight=False,
             )
     if paths is None:

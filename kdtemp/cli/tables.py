@@ -20,10 +20,10 @@ STATE_COLOURS = {
 
 def temperature_table(title: str, table, epoch: str | None = None) -> Table:
     """The accuracy-versus-temperature table (a report.tables.TemperatureTable) for the terminal."""
-    from kdtemp.report.tables import LEGEND, table_rows
+    from kdtemp.report.tables import table_rows
 
     heading = table.heading if epoch is None else f"{table.heading.rsplit(', ', 1)[0]}, {epoch}"
-    grid = Table(title=f"{title}: {heading}", caption=LEGEND)
+    grid = Table(title=f"{title}: {heading}", caption=table.legend)
     grid.add_column("schedule", no_wrap=True)
     for t in table.temperatures:
         grid.add_column(f"T={t:g}", justify="right")

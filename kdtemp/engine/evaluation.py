@@ -64,13 +64,6 @@ def finish_evaluation(totals: dict[str, torch.Tensor], count: int, split: str) -
     return result
 
 
-def test_as_val(metrics: dict) -> dict:
-    """The val_ metrics when there is no validation split (data.val_fraction 0): the test ones, so choices
-    fall back to the test set, as the report then says."""
-    prefixes = {metric_name("test", name): metric_name("val", name) for name in METRICS}
-    return {prefixes[name]: value for name, value in metrics.items() if name in prefixes}
-
-
 def add_sums(totals: dict[str, torch.Tensor], sums: dict[str, torch.Tensor]) -> None:
     for name, value in sums.items():
         totals[name] = totals[name] + value if name in totals else value

@@ -19,7 +19,6 @@ from kdtemp.engine.evaluation import (
     chunks,
     evaluation_sums,
     finish_evaluation,
-    test_as_val,
 )
 from kdtemp.engine.loop import (
     PROGRESS_EVERY,
@@ -63,8 +62,8 @@ class NetworkTrainer:
         self.completed_epochs = int(state["epoch"])
 
     def evaluate(self) -> dict[str, float]:
-        """Metrics on the validation and the test split (`evaluation.metric_name`); without a validation
-        split the val_ metrics are the test ones."""
+        """Metrics on the validation and the test split (`evaluation.metric_name`); no val_ metrics without
+        a validation split (their metrics.csv cells stay empty, so nothing passes test for validation)."""
         self.model.eval()
         metrics: dict[str, float] = {}
         with torch.no_grad(), autocast(self.settings.device, self.settings.amp):
@@ -82,8 +81,6 @@ class NetworkTrainer:
                         for name, value in finish_evaluation(totals, len(targets), split).items()
                     }
                 )
-        if self.data.val_is_test:
-            metrics.update(test_as_val(metrics))
         self.model.train()
         return metrics
 

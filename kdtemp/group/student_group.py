@@ -34,7 +34,6 @@ from kdtemp.engine.evaluation import (
     evaluation_sums,
     finish_evaluation,
     metric_name,
-    test_as_val,
 )
 from kdtemp.engine.loop import (
     PROGRESS_EVERY,
@@ -266,8 +265,8 @@ class StudentGroup:
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
 
     def evaluate(self) -> dict[str, torch.Tensor]:
-        """Validation and test metrics per member, as (K,) tensors on the device; without a validation
-        split the val_ metrics are the test ones."""
+        """Validation and test metrics per member, as (K,) tensors on the device; no val_ metrics without
+        a validation split."""
         self.template.eval()
         metrics: dict[str, torch.Tensor] = {}
         with torch.no_grad():
@@ -281,8 +280,6 @@ class StudentGroup:
                     teacher = self.teacher_log_probs[split][..., chunk, :]
                     add_sums(totals, evaluation_sums(logits, targets[chunk], teacher))
                 metrics.update(finish_evaluation(totals, len(targets), split))
-        if self.data.val_is_test:
-            metrics.update(test_as_val(metrics))
         self.template.train()
         return metrics
 
@@ -358,7 +355,7 @@ class StudentGroup:
                 "train_acc": host["correct"][k] / count,
                 "epoch_seconds": seconds,
             }
-            row.update({name: evaluation[name][k] for name in EVALUATION_FIELDS})
+            row.update({name: evaluation[name][k] for name in EVALUATION_FIELDS if name in evaluation})
             for method in self.methods:
                 row.update(method.row_fields(k, means))
             rows.append(row)

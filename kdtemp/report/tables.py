@@ -70,6 +70,13 @@ class TemperatureTable:
     references: dict[str, Cell]
     """Baseline and teacher, shown beside the grid."""
     higher_better: bool = True
+    chosen_on_val: bool = True
+    """Whether the bold cells were chosen on validation accuracy (else on the table's own metric)."""
+
+    @property
+    def legend(self) -> str:
+        """What bold and the marks mean."""
+        return f"{BOLD_ON_VAL if self.chosen_on_val else BOLD_ON_TEST}; {MARKS}"
 
     @property
     def heading(self) -> str:
@@ -78,10 +85,12 @@ class TemperatureTable:
         return f"{self.metric}{' (%)' if self.percent else ''}, mean ± sd (n seeds), {epoch}"
 
 
-LEGEND = (
-    "bold = the row's temperature of best validation accuracy; * / † = better / worse than the no-KD "
-    "baseline: paired t-test over seeds, Holm-adjusted p < 0.05 over the table's cells"
+MARKS = (
+    "* / † = better / worse than the no-KD baseline: paired t-test over seeds, Holm-adjusted p < 0.05 over "
+    "the table's cells"
 )
+BOLD_ON_VAL = "bold = the row's temperature of best validation accuracy"
+BOLD_ON_TEST = "bold = the row's best temperature on this test set (no validation split)"
 
 
 def check_metric(metric: str) -> None:
@@ -120,7 +129,15 @@ def temperature_table(
             best_t = (max if higher_better else min)(cells, key=lambda t: cells[t].mean)
         cells[best_t].best = True
         rows[label] = cells
-    return TemperatureTable(metric, percent, temperatures, rows, _references(results, column), higher_better)
+    return TemperatureTable(
+        metric,
+        percent,
+        temperatures,
+        rows,
+        _references(results, column),
+        higher_better,
+        verdict.chosen_on_val(grid),
+    )
 
 
 def _table_cell(cell: pd.DataFrame, column: str, tests: pd.DataFrame, higher_better: bool) -> Cell:

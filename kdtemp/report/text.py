@@ -13,7 +13,6 @@ from kdtemp.report.build import SettingReport
 from kdtemp.report.summary import cells_matching
 from kdtemp.report.tables import (
     BASELINE_LABEL,
-    LEGEND,
     METRICS,
     TemperatureTable,
 )
@@ -23,7 +22,7 @@ from kdtemp.report.wording import Wording, best_text, clauses, planning_line
 def caption(table: TemperatureTable) -> str:
     """What the table's cells hold and what its marks mean: the same for every setting's table of one
     metric."""
-    return f"{table.heading}; {LEGEND}"
+    return f"{table.heading}; {table.legend}"
 
 
 def footer(report: SettingReport) -> str:
@@ -65,6 +64,7 @@ def headline(section: SettingReport) -> str | None:
         len(set(tests["alpha"])) > 1,
         results.generations,
         len(set(tests["schedule"])) > 1,
+        "validation" if METRICS[table.metric][0].startswith("val_") else "test",
     )
     best = tests[tests["best"]].iloc[0]
     text = f"best: {best_text(best, wording)}"
@@ -89,6 +89,11 @@ def headline(section: SettingReport) -> str | None:
     )
     if plan:
         lines.append(plan)
+    if bool(best["chosen_on_val"]) and not bool(best["confirmatory"]):
+        lines.append(
+            "chosen and tested on validation: these tests explore; the test_acc table holds the "
+            "confirmatory one"
+        )
     if not bool(best["chosen_on_val"]):
         lines.append(
             "warning: chosen on the test set it reports (no validation split: data.val_fraction 0, or runs "

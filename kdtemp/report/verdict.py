@@ -41,6 +41,7 @@ TEST_COLUMNS = [
     "p_vs_constant",
     "best",
     "chosen_on_val",
+    "confirmatory",
 ]
 SUMMARY_TEST_COLUMNS = (
     "delta_vs_baseline",
@@ -113,6 +114,8 @@ def cell_tests(
     frame["holm_p_value"] = stats.holm(frame["p_value"].tolist())
     frame["best"] = [cell_key(*key) == best for key in frame[GRID_KEYS].itertuples(index=False)]
     frame["chosen_on_val"] = on_val
+    # a table of a validation metric is chosen and tested on the same split: its tests only explore
+    frame["confirmatory"] = on_val and not column.startswith("val_")
     return frame
 
 
@@ -157,8 +160,9 @@ def significant(row, higher_better: bool) -> str:
 
 def confirmed(row, higher_better: bool) -> str:
     """ "better" or "worse" than no-KD by the chosen cell's own test: unadjusted when it was chosen on
-    validation (the table's one confirmatory test), Holm-adjusted when chosen on test."""
-    p = row["p_value"] if row["chosen_on_val"] else row["holm_p_value"]
+    validation and is tested on test (the table's one confirmatory test), else Holm-adjusted like every
+    other cell's."""
+    p = row["p_value"] if row["confirmatory"] else row["holm_p_value"]
     return _direction(p, row["delta_vs_baseline"], higher_better)
 
 
@@ -169,16 +173,15 @@ def _direction(p: float, delta: float, higher_better: bool) -> str:
 
 
 def compared_with_best(row, higher_better: bool, margin: float | None) -> str:
-    """How a cell stands against the best: "tied" (TOST p < 0.05 within the margin), "behind" or "ahead"
-    (paired p < 0.05), "indistinguishable", or "untested" (one seed, or no spread)."""
+    """How a cell stands against the best: "behind" or "ahead" (paired p < 0.05, whatever the margin: a
+    difference a test finds is never called a tie), else "tied" (TOST p < 0.05 within the margin),
+    "indistinguishable", or "untested" (one seed, or no spread)."""
+    p = row["p_vs_best"]
+    if not pd.isna(p) and p < SIGNIFICANCE:
+        return "ahead" if (row["diff_vs_best"] > 0) == higher_better else "behind"
     if margin is not None and not pd.isna(row["tost_p_vs_best"]) and row["tost_p_vs_best"] < SIGNIFICANCE:
         return "tied"
-    p = row["p_vs_best"]
-    if pd.isna(p):
-        return "untested"
-    if p >= SIGNIFICANCE:
-        return "indistinguishable"
-    return "ahead" if (row["diff_vs_best"] > 0) == higher_better else "behind"
+    return "untested" if pd.isna(p) else "indistinguishable"
 
 
 def ranked(tests: pd.DataFrame, higher_better: bool) -> pd.DataFrame:

@@ -32,6 +32,8 @@ class Wording:
     several_alphas: bool = False
     generations: bool = False
     several_schedules: bool = False
+    reported_on: str = "test"
+    """The split the table's metric is measured on: "test", or "validation" for val_acc."""
 
     def value(self, value: float) -> str:
         return f"{100 * value:.1f}%" if self.percent else f"{value:.3f}"
@@ -88,6 +90,8 @@ def best_text(best, wording: Wording) -> str:
     text = f"{wording.name(best)}, {wording.value(best['mean'])}"
     if not best["chosen_on_val"]:
         return f"{text} (chosen on this test set: no validation split)"
+    if wording.reported_on == "validation":
+        return f"{text} on validation (chosen on it too)"
     return f"{text} on test (chosen on validation: {100 * best['val_mean']:.1f}%)"
 
 
@@ -119,7 +123,7 @@ def clauses(
     if "tied" in groups:
         assert margin is not None  # "tied" needs one
         parts.append(
-            f"tied within ±{wording.difference(margin).lstrip('+')} with {listed(groups['tied'], False)} "
+            f"tied within ±{wording.difference(margin).lstrip('+')} with {listed(groups['tied'], True)} "
             f"(equivalence test, TOST p < {SIGNIFICANCE:g})"
         )
     if "indistinguishable" in groups:
@@ -153,7 +157,7 @@ def versus_no_kd(best, wording: Wording) -> str:
     ]
     interval = wording.interval(best["delta_low"], best["delta_high"])
     numbers = f"{wording.difference(best['delta_vs_baseline'])}, {interval}"
-    if best["chosen_on_val"]:
+    if best["confirmatory"]:
         return f"{verb} ({numbers}, {p_text(best['p_value'])}: the table's one confirmatory test)"
     return f"{verb} ({numbers}, {p_text(best['holm_p_value'], 'Holm-adjusted p')})"
 

@@ -7,6 +7,7 @@ a run's end here, so a finished and a failed run's summary.json have one writer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -110,8 +111,18 @@ def run_summary(
 def best_epoch(rows: list[dict[str, str]]) -> int | None:
     """Index of the metrics.csv row with the highest validation accuracy (the first of equals); None
     without one. Chosen on validation, so the test accuracy of that epoch is an honest report."""
-    scored = [(float(row["val_acc"]), -index) for index, row in enumerate(rows) if row.get("val_acc")]
+    scored = [
+        (float(row["val_acc"]), -index) for index, row in enumerate(rows) if _finite(row.get("val_acc"))
+    ]
     return -max(scored)[1] if scored else None
+
+
+def _finite(text: str | None) -> bool:
+    """A CSV cell holding a finite number (not empty, not nan)."""
+    try:
+        return text is not None and math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _number(text: str):

@@ -127,3 +127,30 @@ def test_the_old_train_val_layout_keeps_val_as_test_and_says_so(tmp_path):
     assert len(data.test_y) == 9 and len(data.train_y) + len(data.val_y) == 30 and len(data.val_y) == 3
     (notice,) = data.notices
     assert "val/ is read as the test split" in notice and "put the test images in test/" in notice
+
+
+def test_val_fraction_0_writes_no_validation_numbers_and_the_report_says_it_chose_on_test(tmp_path):
+    from kdtemp.report.build import build_report
+    from kdtemp.report.text import headline
+
+    x, y = unique_rows(90)
+    np.savez(tmp_path / "rows.npz", x_train=x, y_train=y, x_test=x[:30] + 1000, y_test=y[:30])
+    config_path = tmp_path / "whole.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "name": "whole", "runs_dir": str(tmp_path / "runs"),
+        "data": {"dataset": "tensors", "root": str(tmp_path / "rows.npz"), "batch_size": 16, "val_fraction": 0},
+        "teacher": {"arch": "mlp", "hidden": [16], "epochs": 1}, "student": {"hidden": [8], "epochs": 2},
+        "kd": {"temperatures": [1, 4], "seeds": [0, 1, 2]}}))
+    config = load_config(config_path)
+    train_teacher(config)
+    sweep(config)
+    layout = ExperimentLayout.of(config.runs_dir, config.name)
+    for run_dir in layout.run_dirs():
+        rows = (RunFiles(run_dir).metrics).read_text().splitlines()
+        header = rows[0].split(",")
+        assert all(row.split(",")[header.index("val_acc")] == "" for row in rows[1:])
+        summary = json.loads(RunFiles(run_dir).summary.read_text())
+        assert summary["val_is_test"] is True and summary["best_epoch"] is None
+    section = build_report(layout.root).settings[0]
+    assert headline(section).splitlines()[-1].startswith("warning: chosen on the test set it reports")
+    assert "no validation split" in section.table.legend

@@ -196,14 +196,24 @@ def test_without_a_validation_split_the_report_says_it_chose_on_test(tmp_path):
     root = tmp_path / "runs" / "on-test"
     for seed, (low, high, base) in enumerate([(0.70, 0.75, 0.6), (0.71, 0.74, 0.61), (0.69, 0.76, 0.62)]):
         for schedule, t0, accuracy in (("constant", 4.0, low), ("constant", 8.0, high), ("none", None, base)):
-            # val_fraction 0: val_acc is the test accuracy copied, and summary.json says so
+            # val_fraction 0: no val_ cells, and summary.json says so
             write_run(root, f"{schedule}-T{t0}-s{seed}" if t0 else f"baseline-s{seed}", schedule, t0, seed,
-                      accuracy, val_acc=1.0 - accuracy, val_is_test=True)
+                      accuracy, val_is_test=True)
     section = build_report(root).settings[0]
     text = report_text.headline(section)
     assert text.startswith("best: constant T=8, 75.0% (chosen on this test set: no validation split)")
     assert "Holm-adjusted p" in text.splitlines()[0] and "confirmatory" not in text
     assert text.splitlines()[-1].startswith("warning: chosen on the test set it reports")
+    assert section.table.legend.startswith("bold = the row's best temperature on this test set (no validation split)")
+    assert section.summary["mean_val_acc"].isna().all() and section.summary["mean_test_acc_at_best_val"].isna().all()
+
+
+def test_a_validation_metric_is_not_reported_as_test_nor_its_test_called_confirmatory(tied):
+    section = build_report(tied, "val_acc").settings[0]
+    text = report_text.headline(section)
+    assert text.startswith(f"best: constant T=10, {100 * np.mean(TIED[('constant', 10.0)]):.1f}% on validation (chosen on it too)")
+    assert "confirmatory test)" not in text.splitlines()[0] and "Holm-adjusted p = " in text.splitlines()[0]
+    assert "chosen and tested on validation: these tests explore" in text
 
 
 def test_an_equivalence_margin_calls_a_cell_tied_only_when_tost_says_so(tied):
@@ -221,8 +231,14 @@ def test_an_equivalence_margin_calls_a_cell_tied_only_when_tost_says_so(tied):
     assert tost_by_hand(TIED[close], TIED[best], 0.02) < 0.05 < tost_by_hand(TIED[far], TIED[best], 0.02)
     section = build_report(tied, statistics=ReportConfig(equivalence_margin=2.0)).settings[0]
     text = report_text.headline(section).splitlines()[0]
-    assert f"tied within ±2.0 points with constant T=5 ({100 * np.mean(TIED[close]):.1f}%) (equivalence test, TOST p < 0.05)" in text
+    diff, low, high = difference_by_scipy(TIED[close], TIED[best])
+    assert (f"tied within ±2.0 points with constant T=5 ({100 * np.mean(TIED[close]):.1f}%, {points(diff)} points, "
+            f"95% CI {points(low)} to {points(high)}) (equivalence test, TOST p < 0.05)") in text
     assert "not distinguishable" not in text
+    # a difference the paired test finds is never called a tie, however wide the margin
+    wide = report_text.headline(build_report(tied, statistics=ReportConfig(equivalence_margin=5.0)).settings[0])
+    assert tost_by_hand(TIED[far], TIED[best], 0.05) < 0.05 and expected_p(TIED, far, best) < 0.05
+    assert "ahead of linear T=5" in wide and "tied within ±5.0 points with constant T=5 (" in wide
     tests = section.tests.set_index(["schedule", "t0"])
     assert tests.loc[close, "tost_p_vs_best"] == pytest.approx(tost_by_hand(TIED[close], TIED[best], 0.02), rel=1e-9)
     assert tests.loc[far, "tost_p_vs_best"] == pytest.approx(tost_by_hand(TIED[far], TIED[best], 0.02), rel=1e-9)

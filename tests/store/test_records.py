@@ -251,6 +251,14 @@ def test_run_files_name_every_file_of_a_run_and_of_a_teacher(tmp_path):
     )  # `kdtemp status` order
 
 
+def test_the_best_epoch_is_the_first_of_highest_validation_accuracy_and_never_a_nan():
+    from kdtemp.sweep.recording import best_epoch
+
+    rows = [{"val_acc": "nan"}, {"val_acc": "0.5"}, {"val_acc": ""}, {"val_acc": "0.75"}, {"val_acc": "0.75"}]
+    assert best_epoch(rows) == 3
+    assert best_epoch([{"val_acc": ""}, {"test_acc": "0.9"}]) is None  # no validation split: no epoch chosen
+
+
 def test_the_metrics_row_models_keep_the_csv_columns_in_order():
     assert STUDENT_COLUMNS == [
         "run_id", "schedule", "t0", "alpha", "seed", "epoch", "temperature", "lr", "train_loss", "train_ce",
