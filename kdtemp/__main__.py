@@ -1,3 +1,3 @@
-from kdtemp.cli.app import main
+from kdtemp.cli.entry import main
 
 main()

@@ -38,7 +38,7 @@ app = typer.Typer(
 
 # --- commands ----------------------------------------------------------------------------------
 
-TRAINING_FLAGS = ("dataset", "device", "amp", "tensorboard")
+TRAINING_FLAGS = ("dataset", "device", "amp", "tensorboard", "threads")
 GRID_FLAGS = ("temps", "seeds", "alpha", "schedules", "dataset", "epochs")
 LAUNCH_FLAGS = (
     "launcher",
@@ -90,7 +90,7 @@ def train_teacher_command(
 
 
 @app.command("sweep")
-@experiment_options(*GRID_FLAGS, "device", "amp", "tensorboard", *LAUNCH_FLAGS)
+@experiment_options(*GRID_FLAGS, "device", "amp", "tensorboard", "threads", *LAUNCH_FLAGS)
 def sweep_command(
     experiment: Experiment,
     force: bool = typer.Option(False, "--force", help="Retrain every run, even completed ones."),

@@ -74,6 +74,9 @@ FLAGS: dict[str, Flag] = {
         help="mnist1d, fashion-mnist, mnist, cifar10, cifar100, image-folder or tensors.",
     ),
     "device": Flag("--device", "device", help="auto, cpu, cuda or cuda:N."),
+    "threads": Flag(
+        "--threads", "train.threads", int, "CPU threads per process (default: the CPUs this process may use)."
+    ),
     "amp": Flag("--amp", "train.amp", bool, "bf16 autocast for forward passes (default: on for CUDA)."),
     "tensorboard": Flag(
         "--tensorboard",

@@ -132,6 +132,9 @@ class TrainConfig(StrictModel):
     """bf16 autocast for the students' and the teacher-training forward passes (a trained teacher's
     logits stay float32); None = on for CUDA, off for CPU."""
     clip_grad_norm: PositiveFloat | None = None
+    threads: PositiveInt | None = None
+    """CPU threads per process; None: the CPUs the process may use (affinity, cgroup quota,
+    SLURM_CPUS_PER_TASK), split among local workers (kdtemp.engine.threads)."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms: repeated CUDA runs on the same GPU and software are meant to
     give the same bits, more slowly (no cuDNN autotuning); not yet run on a GPU."""

@@ -3,6 +3,7 @@ of versions and hardware that goes beside every result."""
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from kdtemp.data.dataset import Dataset
 from kdtemp.data.registry import load_dataset
 from kdtemp.engine.device import amp_enabled
 from kdtemp.engine.loop import LoopSettings
+from kdtemp.engine.threads import ThreadChoice, thread_choice
 from kdtemp.errors import ConfigError
 from kdtemp.events import Emit, Note, ignore
 
@@ -24,17 +26,29 @@ StopCheck = Callable[[], bool] | None
 
 
 def environment_record(device: torch.device) -> dict:
-    """Versions and hardware, recorded beside every result for reproducibility."""
+    """Versions, hardware and CPU threads, recorded beside every result for reproducibility."""
     record = {
         "kdtemp": kdtemp.__version__,
         "torch": str(torch.__version__),
         "python": platform.python_version(),
         "device": str(device),
         "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
     }
     if device.type == "cuda":
         record["device_name"] = torch.cuda.get_device_name(device)
     return record
+
+
+def set_up_threads(config: ExperimentConfig, emit: Emit = ignore) -> ThreadChoice:
+    """Use the CPU threads the process may really use (or train.threads), and say so once."""
+    choice = thread_choice(config.train.threads)
+    torch.set_num_threads(choice.threads)
+    spin = os.environ.get("GOMP_SPINCOUNT")
+    waiting = f"GOMP_SPINCOUNT={spin}" if spin else "OpenMP's default spin"
+    emit(Note(f"CPU threads: {choice.threads} ({choice.reason}); idle threads wait with {waiting}"))
+    return choice
 
 
 def config_flag(config: ExperimentConfig) -> str:

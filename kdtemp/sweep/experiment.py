@@ -16,7 +16,7 @@ from torch import nn
 from kdtemp.config.schema import ExperimentConfig
 from kdtemp.data.dataset import Dataset
 from kdtemp.engine.device import max_group_size, member_bytes, set_up_device
-from kdtemp.engine.job_setup import data_on
+from kdtemp.engine.job_setup import data_on, set_up_threads
 from kdtemp.engine.randomness import caller_rng_kept, keeps_global_rng
 from kdtemp.engine.stacking import vmap_failure
 from kdtemp.events import Emit, Note, ignore
@@ -99,6 +99,7 @@ def prepare_experiment(config: ExperimentConfig, emit: Emit = ignore) -> Prepare
     can fail made before the first file is written."""
     layout = ExperimentLayout.of(config.runs_dir, config.name)
     device = set_up_device(config.device, config.train.deterministic)
+    set_up_threads(config, emit)
     teacher_paths(config)
     check_loggers(config)
     data = data_on(device, config, emit)

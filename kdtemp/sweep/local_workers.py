@@ -7,7 +7,6 @@ through a queue; Ctrl-C asks every worker to stop after its current step.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import queue as queues
 import signal
 import time
@@ -18,6 +17,7 @@ import torch
 from kdtemp.config.schema import ExperimentConfig, config_to_dict
 from kdtemp.engine.device import resolve_device
 from kdtemp.engine.job_setup import StopCheck
+from kdtemp.engine.threads import thread_choice
 from kdtemp.errors import ConfigError, KDTempError
 from kdtemp.events import Emit, Event, Note, Progress, SweepResult, ignore
 from kdtemp.store.files import check_writable
@@ -69,7 +69,7 @@ def launch_local(
             planned, planned, 0, 0, 0, seconds=time.perf_counter() - started, experiment_dir=layout.root
         )
     check_writable(layout.root)
-    threads = threads_per_worker(os.cpu_count() or 1, len(devices))
+    threads = thread_choice(config.train.threads, len(devices)).threads
     emit(
         Note(
             f"{len(units)} units of work over {len(devices)} workers ({', '.join(devices)}), "
@@ -164,7 +164,9 @@ def _worker_main(
         stop["requested"] = True
 
     signal.signal(signal.SIGINT, request_stop)  # Ctrl-C reaches the whole process group: stop after the step
-    config = ExperimentConfig.model_validate({**config_tree, "device": device})
+    # the worker's share of the CPU, recorded in its runs' config.yaml
+    train = {**config_tree.get("train", {}), "threads": threads}
+    config = ExperimentConfig.model_validate({**config_tree, "device": device, "train": train})
     from kdtemp.engine.loop import StopRequested
 
     try:

@@ -27,6 +27,7 @@ from kdtemp.engine.job_setup import (
     data_on,
     environment_record,
     loop_settings,
+    set_up_threads,
 )
 from kdtemp.engine.loop import EpochDone, StepsDone
 from kdtemp.engine.metrics import correct_count
@@ -76,6 +77,7 @@ def train_teacher(
     """
     layout = ExperimentLayout.of(config.runs_dir, config.name)
     device = set_up_device(config.device, config.train.deterministic)
+    set_up_threads(config, emit)
     check_loggers(config)
     specs = config.teacher_specs()
     count = len(specs)
