@@ -18,7 +18,7 @@ from kdtemp.data.dataset import Dataset
 from kdtemp.data.registry import load_dataset
 from kdtemp.engine.device import amp_enabled
 from kdtemp.engine.loop import LoopSettings
-from kdtemp.engine.threads import ThreadChoice, thread_choice
+from kdtemp.engine.threads import ThreadChoice, thread_choice, wait_description
 from kdtemp.errors import ConfigError
 from kdtemp.events import Emit, Note, ignore
 
@@ -34,7 +34,7 @@ def environment_record(device: torch.device) -> dict:
         "device": str(device),
         "platform": platform.platform(),
         "cpu_threads": torch.get_num_threads(),
-        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+        "omp_wait": wait_description(os.environ),
     }
     if device.type == "cuda":
         record["device_name"] = torch.cuda.get_device_name(device)
@@ -45,9 +45,8 @@ def set_up_threads(config: ExperimentConfig, emit: Emit = ignore) -> ThreadChoic
     """Use the CPU threads the process may really use (or train.threads), and say so once."""
     choice = thread_choice(config.train.threads)
     torch.set_num_threads(choice.threads)
-    spin = os.environ.get("GOMP_SPINCOUNT")
-    waiting = f"GOMP_SPINCOUNT={spin}" if spin else "OpenMP's default spin"
-    emit(Note(f"CPU threads: {choice.threads} ({choice.reason}); idle threads wait with {waiting}"))
+    waiting = wait_description(os.environ)
+    emit(Note(f"CPU threads: {choice.threads} ({choice.reason}); idle threads: {waiting}"))
     return choice
 
 

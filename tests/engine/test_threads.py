@@ -2,7 +2,6 @@
 the OpenMP wait setting the `kdtemp` command makes before torch loads. No timing here:
 benchmarks/busy_cpu.py measures."""
 
-import os
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import pytest
 import yaml
 from helpers import REPO, kdtemp_command, kdtemp_env
 
-from kdtemp.engine.threads import SPIN_COUNT, cgroup_cpus, choose_threads, wait_environment
+from kdtemp.engine.threads import busy_cpus, cgroup_cpus, choose_threads, wait_description, wait_environment
 
 
 @pytest.mark.parametrize(
@@ -50,30 +49,47 @@ def test_cgroup_quotas_of_both_versions_are_read(tmp_path):
     assert cgroup_cpus(tmp_path / "v1") is None and cgroup_cpus(tmp_path / "absent") is None
 
 
-def test_a_wait_policy_the_user_chose_is_left_alone():
-    assert wait_environment({}) == {"GOMP_SPINCOUNT": SPIN_COUNT}
+def test_threads_sleep_at_once_only_when_other_work_keeps_a_cpu_busy():
+    assert wait_environment({}, 0.1) == {"KDTEMP_OTHER_CPU_LOAD": "0.10"}  # idle: OpenMP's default spin
+    busy = wait_environment({}, 1.8)
+    assert busy == {"KDTEMP_OTHER_CPU_LOAD": "1.80", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert wait_description(busy) == "OMP_WAIT_POLICY=PASSIVE: other work kept 1.80 CPUs busy when the job started"
+    assert wait_environment({}, None) == {}  # not measured (not Linux): nothing changes
     for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
-        assert wait_environment({name: "PASSIVE"}) == {}
+        assert wait_environment({name: "PASSIVE"}, 2.0) == {}  # the user's choice stays
+    assert wait_description({"GOMP_SPINCOUNT": "1000"}) == "GOMP_SPINCOUNT=1000 (as set)"
 
 
-def test_the_command_sets_the_spin_before_torch_and_records_the_threads(tmp_path, tiny_config):
-    """In a fresh process, as a user runs it: torch must not be imported when the entry sets the variable
-    (libgomp reads it as torch loads), and the job's config.yaml records the threads and the spin."""
-    probe = ("import sys, os; import kdtemp.cli.entry; assert 'torch' not in sys.modules; "
-             "print(os.environ.get('GOMP_SPINCOUNT'))")
+def test_busy_cpus_reads_the_kernels_counters(tmp_path):
+    """Two snapshots of a faked /proc/stat: 2 CPUs, 150 of 200 jiffies busy in between -> 1.5 CPUs busy."""
+    stat = tmp_path / "stat"
+    snapshots = iter([
+        "cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 50 0 50 350 50 0 0 0 0 0\ncpu1 50 0 50 350 50 0 0 0 0 0\n",
+        "cpu  200 0 150 740 110 0 0 0 0 0\ncpu0 100 0 75 370 55 0 0 0 0 0\ncpu1 100 0 75 370 55 0 0 0 0 0\n",
+    ])
+
+    class Snapshots(type(stat)):
+        def read_text(self, *args, **kwargs):
+            return next(snapshots)
+
+    assert busy_cpus(0.0, Snapshots(stat)) == pytest.approx(2 * 150 / 200)
+    assert busy_cpus(0.0, tmp_path / "absent") is None
+
+
+def test_the_command_measures_the_load_before_torch_and_records_the_threads(tmp_path, tiny_config):
+    """In a fresh process, as a user runs it: importing the entry loads no torch (OpenMP reads the policy
+    as torch loads), a training command records what it measured, the threads and the wait policy."""
+    probe = "import sys; import kdtemp.cli.entry; assert 'torch' not in sys.modules"
     environ = {key: value for key, value in kdtemp_env().items() if key not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    assert subprocess.run([sys.executable, "-c", probe], env=environ, capture_output=True, text=True,
-                          cwd=REPO, check=True).stdout == "None\n"  # importing the entry sets nothing, nor loads torch
+    subprocess.run([sys.executable, "-c", probe], env=environ, cwd=REPO, check=True)
     config = tiny_config(teacher={"epochs": 1})
     done = subprocess.run([*kdtemp_command("train-teacher", "--config", config, "--threads", "1")],
                           env=environ, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    notes = " ".join((done.stdout + done.stderr).split())  # notes go to stderr
-    assert f"CPU threads: 1 (train.threads); idle threads wait with GOMP_SPINCOUNT={SPIN_COUNT}" in notes
+    notes = " ".join(done.stderr.split())  # notes go to stderr
+    assert "CPU threads: 1 (train.threads); idle threads: " in notes and "CPUs busy when the job started" in notes
     recorded = yaml.safe_load((tmp_path / "runs" / "tiny" / "teacher" / "config.yaml").read_text())
-    assert recorded["environment"]["cpu_threads"] == 1
-    assert recorded["environment"]["gomp_spincount"] == SPIN_COUNT
-    passive = subprocess.run([*kdtemp_command("train-teacher", "--config", config, "--force")],
-                             env={**environ, "OMP_WAIT_POLICY": "PASSIVE"}, capture_output=True, text=True, cwd=tmp_path)
-    assert passive.returncode == 0 and "idle threads wait with OpenMP's default spin" in " ".join(passive.stderr.split())
-    assert os.environ.get("GOMP_SPINCOUNT") in (None, SPIN_COUNT)  # this process untouched by the children
+    assert recorded["environment"]["cpu_threads"] == 1 and "when the job started" in recorded["environment"]["omp_wait"]
+    chosen = subprocess.run([*kdtemp_command("train-teacher", "--config", config, "--force")],
+                            env={**environ, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True, cwd=tmp_path)
+    assert chosen.returncode == 0 and "idle threads: OMP_WAIT_POLICY=ACTIVE (as set)" in " ".join(chosen.stderr.split())
