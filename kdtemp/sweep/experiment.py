@@ -99,10 +99,10 @@ def prepare_experiment(config: ExperimentConfig, emit: Emit = ignore) -> Prepare
     can fail made before the first file is written."""
     layout = ExperimentLayout.of(config.runs_dir, config.name)
     device = set_up_device(config.device, config.train.deterministic)
-    set_up_threads(config, emit)
     teacher_paths(config)
     check_loggers(config)
     data = data_on(device, config, emit)
+    set_up_threads(config, emit)  # after the checks above: a refusal stays one line
     teachers = load_teachers(config, data, device)
     # built before anything is written, so a student that does not fit the data is refused first
     with caller_rng_kept():

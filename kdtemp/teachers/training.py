@@ -77,7 +77,6 @@ def train_teacher(
     """
     layout = ExperimentLayout.of(config.runs_dir, config.name)
     device = set_up_device(config.device, config.train.deterministic)
-    set_up_threads(config, emit)
     check_loggers(config)
     specs = config.teacher_specs()
     count = len(specs)
@@ -110,6 +109,7 @@ def train_teacher(
     imported: dict[int, ImportedTeacher] = {}
     if len(finished) < count or count > 1:
         data = data_on(device, config, emit)
+        set_up_threads(config, emit)  # after the checks above: a refusal stays one line
         imported = _check_networks(config, specs, finished, data)
         check_writable(config.runs_dir)
     results: list[TeacherResult | EnsembleResult] = []

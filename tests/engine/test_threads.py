@@ -93,3 +93,20 @@ def test_the_command_measures_the_load_before_torch_and_records_the_threads(tmp_
     chosen = subprocess.run([*kdtemp_command("train-teacher", "--config", config, "--force")],
                             env={**environ, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True, cwd=tmp_path)
     assert chosen.returncode == 0 and "idle threads: OMP_WAIT_POLICY=ACTIVE (as set)" in " ".join(chosen.stderr.split())
+
+
+def test_the_wait_policy_changes_how_threads_wait_not_what_they_compute(tmp_path, tiny_config):
+    """The same teacher trained with OpenMP's default spin and with PASSIVE, two threads each: the same
+    weights, bit for bit (on this CPU; the docs say so)."""
+    import torch
+
+    config = tiny_config(teacher={"epochs": 1})
+    weights = []
+    for policy in ("ACTIVE", "PASSIVE"):
+        done = subprocess.run([*kdtemp_command("train-teacher", "--config", config, "--force", "--threads", "2")],
+                              env={**kdtemp_env(), "OMP_WAIT_POLICY": policy}, capture_output=True, text=True,
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        weights.append(torch.load(tmp_path / "runs" / "tiny" / "teacher" / "model.pt", weights_only=True)["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
