@@ -125,7 +125,8 @@ def choose_threads(
 ) -> ThreadChoice:
     """Intra-op threads for one process of `workers`: `requested` (train.threads) when given, else the
     smallest of the affinity, the cgroup quota (rounded up: 1.5 CPUs keep 2 threads busy) and
-    SLURM_CPUS_PER_TASK, divided by `workers`, at least 1."""
+    SLURM_CPUS_PER_TASK, divided by `workers` (GPU workers too: their data loading and Python run on the
+    CPU), at least 1."""
     if requested is not None:
         return ThreadChoice(requested, "train.threads")
     limits = {"CPUs on the machine": cpu_count or os.cpu_count() or 1}

@@ -123,11 +123,6 @@ def launch_local(
     return combine(results, planned, time.perf_counter() - started, layout.root)
 
 
-def threads_per_worker(cpu_count: int, workers: int) -> int:
-    """The cores split between the workers, GPU workers too: their data loading and Python are on the CPU."""
-    return max(1, cpu_count // max(workers, 1))
-
-
 def cuda_index(device: str) -> int | None:
     """N of 'cuda:N'; None for any other device ('cuda' alone means the current one)."""
     kind, _, index = device.partition(":")

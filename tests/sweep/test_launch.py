@@ -29,7 +29,8 @@ from kdtemp.store.layout import ExperimentLayout, RunFiles
 from kdtemp.store.locks import RunLock
 from kdtemp.sweep import slurm as slurm_launcher
 from kdtemp.sweep import local_workers
-from kdtemp.sweep.local_workers import cuda_index, threads_per_worker
+from kdtemp.engine.threads import choose_threads
+from kdtemp.sweep.local_workers import cuda_index
 from kdtemp.sweep.plan import plan_runs
 from kdtemp.sweep.slurm import UnitJob, job_config_tree
 from kdtemp.sweep.units import work_units
@@ -166,7 +167,8 @@ def test_cifar_configs_ask_slurm_for_a_gpu_and_plan_as_before(name):
 
 @pytest.mark.parametrize("cpus, workers, expected", [(16, 4, 4), (16, 3, 5), (2, 3, 1), (8, 1, 8)])
 def test_workers_split_the_cores_gpu_workers_too(cpus, workers, expected):
-    assert threads_per_worker(cpus, workers) == expected == max(1, cpus // workers)
+    choice = choose_threads(None, workers, {}, affinity=None, quota=None, cpu_count=cpus)
+    assert choice.threads == expected == max(1, cpus // workers)
 
 
 def test_a_cuda_worker_makes_its_gpu_current(monkeypatch):
