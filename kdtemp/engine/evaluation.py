@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
+from kdtemp.data.dataset import Dataset
 from kdtemp.engine.device import full_float32
 from kdtemp.engine.loop import to_memory_format
 from kdtemp.engine.metrics import (
@@ -62,6 +63,30 @@ def finish_evaluation(totals: dict[str, torch.Tensor], count: int, split: str) -
     }
     result[metric_name(split, "ece")] = expected_calibration_error(totals["calibration"])
     return result
+
+
+def split_metrics(
+    data: Dataset,
+    batch_size: int,
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    teacher_log_probs: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Every metric on the validation and the test split (named by `metric_name`), from `logits_of`, the
+    float logits of a chunk of inputs ((B, C), or (K, B, C) for a stacked group); agreement and KL against
+    `teacher_log_probs` by split when given. No val_ metrics without a validation split: their
+    metrics.csv cells stay empty, so no test number passes for a validation one. Call it under no_grad."""
+    metrics: dict[str, torch.Tensor] = {}
+    for split in SPLITS:
+        if split == "val" and data.val_is_test:
+            continue
+        inputs, targets = data.split(split)
+        teacher = None if teacher_log_probs is None else teacher_log_probs[split]
+        totals: dict[str, torch.Tensor] = {}
+        for chunk in chunks(len(targets), batch_size):
+            reference = None if teacher is None else teacher[..., chunk, :]
+            add_sums(totals, evaluation_sums(logits_of(inputs[chunk]), targets[chunk], reference))
+        metrics.update(finish_evaluation(totals, len(targets), split))
+    return metrics
 
 
 def add_sums(totals: dict[str, torch.Tensor], sums: dict[str, torch.Tensor]) -> None:

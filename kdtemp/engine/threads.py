@@ -11,7 +11,8 @@ competitor made a 2-core training run 4x slower, not the fair 2x). So the `kdtem
 a quarter of a second before a training job starts, how many CPUs other work keeps busy, and when that
 is half a CPU or more it sets OMP_WAIT_POLICY=PASSIVE (threads sleep at once). The policy is read when
 torch loads its OpenMP runtime, so this happens in the command's entry (kdtemp/cli/entry.py) before torch
-is imported; it changes how threads wait, never what they compute, so the numbers stay the same. A
+is imported. It changes how threads wait, not what they compute (a teacher trained under ACTIVE and under
+PASSIVE gets the same weights bit for bit on this project's CPU: tests/engine/test_threads.py). A
 notebook sets it itself, before `import torch`: `os.environ.update(wait_environment(os.environ,
 busy_cpus()))`. The thread count is not lowered under load: it would change the numbers.
 

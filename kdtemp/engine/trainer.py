@@ -13,13 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdtemp.data.dataset import Dataset
-from kdtemp.engine.evaluation import (
-    SPLITS,
-    add_sums,
-    chunks,
-    evaluation_sums,
-    finish_evaluation,
-)
+from kdtemp.engine.evaluation import split_metrics
 from kdtemp.engine.loop import (
     PROGRESS_EVERY,
     EpochBatches,
@@ -62,27 +56,17 @@ class NetworkTrainer:
         self.completed_epochs = int(state["epoch"])
 
     def evaluate(self) -> dict[str, float]:
-        """Metrics on the validation and the test split (`evaluation.metric_name`); no val_ metrics without
-        a validation split (their metrics.csv cells stay empty, so nothing passes test for validation)."""
+        """Metrics on the validation and the test split (`evaluation.split_metrics`)."""
         self.model.eval()
-        metrics: dict[str, float] = {}
+        channels_last = self.settings.channels_last
         with torch.no_grad(), autocast(self.settings.device, self.settings.amp):
-            for split in SPLITS:
-                if split == "val" and self.data.val_is_test:
-                    continue
-                inputs, targets = self.data.split(split)
-                totals: dict[str, torch.Tensor] = {}
-                for chunk in chunks(len(targets), self.settings.eval_batch_size):
-                    logits = self.model(to_memory_format(inputs[chunk], self.settings.channels_last)).float()
-                    add_sums(totals, evaluation_sums(logits, targets[chunk], None))
-                metrics.update(
-                    {
-                        name: float(value)
-                        for name, value in finish_evaluation(totals, len(targets), split).items()
-                    }
-                )
+            metrics = split_metrics(
+                self.data,
+                self.settings.eval_batch_size,
+                lambda inputs: self.model(to_memory_format(inputs, channels_last)).float(),
+            )
         self.model.train()
-        return metrics
+        return {name: float(value) for name, value in metrics.items()}
 
     def run(self, should_stop: Callable[[], bool] | None = None) -> Iterator[StepsDone | EpochDone]:
         settings, device = self.settings, self.settings.device

@@ -26,15 +26,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from kdtemp.data.dataset import Dataset
-from kdtemp.engine.evaluation import (
-    METRICS,
-    SPLITS,
-    add_sums,
-    chunks,
-    evaluation_sums,
-    finish_evaluation,
-    metric_name,
-)
+from kdtemp.engine.evaluation import METRICS, SPLITS, metric_name, split_metrics
 from kdtemp.engine.loop import (
     PROGRESS_EVERY,
     EpochBatches,
@@ -265,21 +257,16 @@ class StudentGroup:
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
 
     def evaluate(self) -> dict[str, torch.Tensor]:
-        """Validation and test metrics per member, as (K,) tensors on the device; no val_ metrics without
-        a validation split."""
+        """Validation and test metrics per member, as (K,) tensors on the device
+        (`evaluation.split_metrics`)."""
         self.template.eval()
-        metrics: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            for split in SPLITS:
-                if split == "val" and self.data.val_is_test:
-                    continue
-                inputs, targets = self.data.split(split)
-                totals: dict[str, torch.Tensor] = {}
-                for chunk in chunks(len(targets), self.settings.eval_batch_size):
-                    logits = self._forward(inputs[chunk], own_batches=False)[0].float()
-                    teacher = self.teacher_log_probs[split][..., chunk, :]
-                    add_sums(totals, evaluation_sums(logits, targets[chunk], teacher))
-                metrics.update(finish_evaluation(totals, len(targets), split))
+            metrics = split_metrics(
+                self.data,
+                self.settings.eval_batch_size,
+                lambda inputs: self._forward(inputs, own_batches=False)[0].float(),
+                self.teacher_log_probs,
+            )
         self.template.train()
         return metrics
 

@@ -105,17 +105,20 @@ def build_report(
         results, left_out = restrict(results, selection)
     column, percent, higher_better = METRICS[metric]
 
-    def margin(in_percent: bool) -> float | None:
-        given = statistics.equivalence_margin
-        return None if given is None else given / 100 if in_percent else given
-
     settings = []
     for label, part in split_by_setting(results):
-        accuracy_tests = verdict.cell_tests(part.final, "test_acc", True, margin(True))
+        accuracy_tests = verdict.cell_tests(
+            part.final, "test_acc", True, verdict.in_table_units(statistics.equivalence_margin, True)
+        )
         tests = (
             accuracy_tests
             if column == "test_acc"
-            else verdict.cell_tests(part.final, column, higher_better, margin(percent))
+            else verdict.cell_tests(
+                part.final,
+                column,
+                higher_better,
+                verdict.in_table_units(statistics.equivalence_margin, percent),
+            )
         )
         summary = summarize(part, accuracy_tests)
         table = temperature_table(part, metric, tests)

@@ -16,6 +16,7 @@ from kdtemp.report.tables import (
     METRICS,
     TemperatureTable,
 )
+from kdtemp.report.verdict import in_table_units, measured_on_validation
 from kdtemp.report.wording import Wording, best_text, clauses, planning_line
 
 
@@ -64,7 +65,7 @@ def headline(section: SettingReport) -> str | None:
         len(set(tests["alpha"])) > 1,
         results.generations,
         len(set(tests["schedule"])) > 1,
-        "validation" if METRICS[table.metric][0].startswith("val_") else "test",
+        "validation" if measured_on_validation(METRICS[table.metric][0]) else "test",
     )
     best = tests[tests["best"]].iloc[0]
     text = f"best: {best_text(best, wording)}"
@@ -80,9 +81,8 @@ def headline(section: SettingReport) -> str | None:
     if sizes:
         extras.append("at " + ", ".join(sizes))
     text += f" ({', '.join(extras)})" if extras else ""
-    margin = section.statistics.equivalence_margin
     has_baseline = BASELINE_LABEL in table.references
-    in_units = None if margin is None else margin / 100 if table.percent else margin
+    in_units = in_table_units(section.statistics.equivalence_margin, table.percent)
     lines = ["; ".join([text, *clauses(tests, has_baseline, wording, in_units)])]
     plan = planning_line(
         results.final, METRICS[table.metric][0], tests, wording, section.statistics.min_effect

@@ -23,26 +23,6 @@ CONSTANT = "constant"
 SIGNIFICANCE = 0.05
 SELECTION_COLUMN = "val_acc"
 """What the best cell is chosen on: mean validation accuracy, whatever metric the table shows."""
-TEST_COLUMNS = [
-    *GRID_KEYS,
-    "n",
-    "mean",
-    "val_mean",
-    "delta_vs_baseline",
-    "delta_low",
-    "delta_high",
-    "p_value",
-    "holm_p_value",
-    "diff_vs_best",
-    "diff_vs_best_low",
-    "diff_vs_best_high",
-    "p_vs_best",
-    "tost_p_vs_best",
-    "p_vs_constant",
-    "best",
-    "chosen_on_val",
-    "confirmatory",
-]
 SUMMARY_TEST_COLUMNS = (
     "delta_vs_baseline",
     "p_value",
@@ -55,6 +35,29 @@ SUMMARY_TEST_COLUMNS = (
     "p_vs_constant",
 )
 """What summary.csv takes from cell_tests, so each test is computed once."""
+TEST_COLUMNS = [
+    *GRID_KEYS,
+    "n",
+    "mean",
+    "val_mean",
+    "delta_low",
+    "delta_high",
+    *SUMMARY_TEST_COLUMNS,
+    "best",
+    "chosen_on_val",
+    "confirmatory",
+]
+
+
+def in_table_units(points: float | None, percent: bool) -> float | None:
+    """A difference given in points (report.min_effect, report.equivalence_margin) in the units a table's
+    metric is stored in: a fraction for percent metrics, the metric's own units otherwise."""
+    return None if points is None else points / 100 if percent else points
+
+
+def measured_on_validation(column: str) -> bool:
+    """A table of a validation metric: its best cell is chosen and tested on the same split."""
+    return column.startswith("val_")
 
 
 def cell_key(schedule, alpha, t0, generation) -> tuple:
@@ -115,7 +118,7 @@ def cell_tests(
     frame["best"] = [cell_key(*key) == best for key in frame[GRID_KEYS].itertuples(index=False)]
     frame["chosen_on_val"] = on_val
     # a table of a validation metric is chosen and tested on the same split: its tests only explore
-    frame["confirmatory"] = on_val and not column.startswith("val_")
+    frame["confirmatory"] = on_val and not measured_on_validation(column)
     return frame
 
 

@@ -10,6 +10,7 @@ test (TOST) within a margin the user set, and "KD hurt" needs a Holm-adjusted te
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import pandas as pd
 
@@ -195,7 +196,7 @@ def planning_line(
     )
     differences = [x - y for x, y in zip(a, b, strict=False)]
     pair = f"{wording.name(first)} and {wording.name(second, first)}"
-    effect = min_effect / 100 if wording.percent else min_effect
+    effect = cast(float, verdict.in_table_units(min_effect, wording.percent))
     effect_text = f"{min_effect:g}-point" if wording.percent else f"{min_effect:g}"
     if len(differences) < 3:
         return (
