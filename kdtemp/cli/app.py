@@ -39,7 +39,7 @@ app = typer.Typer(
 # --- commands ----------------------------------------------------------------------------------
 
 TRAINING_FLAGS = ("dataset", "device", "amp", "tensorboard", "threads")
-GRID_FLAGS = ("temps", "seeds", "alpha", "schedules", "dataset", "epochs")
+GRID_FLAGS = ("temps", "seeds", "alpha", "alphas", "schedules", "dataset", "epochs")
 LAUNCH_FLAGS = (
     "launcher",
     "workers",
@@ -132,7 +132,7 @@ def sweep_command(
             )
 
 
-REPORT_GRID_FLAGS = ("temps", "seeds", "alpha", "schedules")
+REPORT_GRID_FLAGS = ("temps", "seeds", "alpha", "alphas", "schedules")
 """The sweep's grid options `report` takes: given any, it reports only the runs of that grid."""
 
 
@@ -199,7 +199,8 @@ def report_command(
             progress.out.print(
                 f"{built.left_out} completed runs of {built.results.name} lie outside the grid asked for and "
                 f"are left out (temperatures {', '.join(f'{t:g}' for t in grid.temperatures)}; seeds "
-                f"{', '.join(map(str, grid.seeds))}; alpha {grid.alpha:g}; the config's schedules)",
+                f"{', '.join(map(str, grid.seeds))}; alpha {', '.join(f'{a:g}' for a in grid.alpha_grid())}; "
+                "the config's schedules)",
                 highlight=False,
             )
     if paths is None:

@@ -72,7 +72,8 @@ def set_override(tree: dict, dotted_key: str, value: Any, defaults: dict | None 
     `teacher.<key>` sets that key on every member when the file gives a `teachers:` ensemble, so
     `train-teacher --epochs` means the teachers' epochs whichever form the config takes. Schedules
     named bare in `kd.schedules` take the file's parameters for that name (`--schedules linear` sweeps
-    the file's linear schedule), else their defaults.
+    the file's linear schedule), else their defaults. kd.alpha and kd.alphas are two forms of one axis:
+    setting one drops the file's other, so `--alphas 0.5,0.9` works over a file's `alpha: 0.7`.
     """
     section, _, rest = dotted_key.partition(".")
     members = tree.get("teachers")
@@ -87,6 +88,9 @@ def set_override(tree: dict, dotted_key: str, value: Any, defaults: dict | None 
         return [f"teachers[{index}].{rest}" for index in range(len(members))]
     if dotted_key == "kd.schedules" and isinstance(value, list):
         value = _configured_schedules(tree, value)
+    other_form = {"kd.alpha": "alphas", "kd.alphas": "alpha"}.get(dotted_key)
+    if other_form is not None and isinstance(tree.get("kd"), dict):
+        tree["kd"].pop(other_form, None)
     set_dotted(tree, dotted_key, value, defaults)
     return [dotted_key]
 

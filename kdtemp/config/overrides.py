@@ -103,6 +103,13 @@ FLAGS: dict[str, Flag] = {
         parse=parse_whole_number_list,
     ),
     "alpha": Flag("--alpha", "kd.alpha", float, "Weight of the KD term, in [0, 1].", GRID),
+    "alphas": Flag(
+        "--alphas",
+        "kd.alphas",
+        help="Several KD weights as a grid axis, comma-separated, e.g. 0.5,0.9.",
+        panel=GRID,
+        parse=parse_number_list,
+    ),
     "schedules": Flag(
         "--schedules",
         "kd.schedules",

@@ -83,6 +83,9 @@ class KDConfig(StrictModel):
     alpha: Annotated[float, Field(ge=0, le=1)] = 0.9
     """Weight of the distillation term: (1 - alpha) * CE + alpha * T^2 * KL. (torchdistill's alpha is the CE
     weight.)"""
+    alphas: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1)] | None = None
+    """Several alphas as a grid axis (like temperatures, alpha only enters the loss, so one batch and one
+    teacher pass serve every pair); None: the one `alpha`."""
     temperatures: Annotated[list[PositiveFloat], Field(min_length=1)] = [1.0, 2.0, 4.0, 8.0]
     seeds: Annotated[list[NonNegativeInt], Field(min_length=1)] = [0, 1, 2, 3, 4]
     """Student seeds (initial weights, batch order); students of all seeds train as one stacked group. Three
@@ -115,10 +118,20 @@ class KDConfig(StrictModel):
             return [{"name": item} if isinstance(item, str) else item for item in value]
         return value
 
-    @field_validator("temperatures", "seeds")
+    @field_validator("temperatures", "seeds", "alphas")
     @classmethod
     def _unique(cls, values):
-        return list(dict.fromkeys(values))
+        return None if values is None else list(dict.fromkeys(values))
+
+    @model_validator(mode="after")
+    def _one_alpha_form(self):
+        if self.alphas is not None and "alpha" in self.model_fields_set:
+            raise ValueError("give kd.alpha or kd.alphas, not both")
+        return self
+
+    def alpha_grid(self) -> list[float]:
+        """The grid's alphas: kd.alphas, else the one kd.alpha."""
+        return list(self.alphas) if self.alphas is not None else [self.alpha]
 
 
 # --- the sweep engine ----------------------------------------------------------------------------

@@ -182,3 +182,52 @@ def entropy_vs_temperature(entropy: pd.DataFrame, num_classes: int, name: str, p
         axis.legend(fontsize=8)
     figure.suptitle(f"{name}: how soft the teacher's targets are")
     return _save(figure, path)
+
+
+def temperature_alpha_heatmap(summary: pd.DataFrame, name: str, path: Path) -> Path:
+    """Mean test accuracy (%) over t0 x alpha, one panel per schedule, the cell chosen on validation
+    outlined: where T and alpha interact, a line per alpha hides it."""
+    grid = summary[~summary["schedule"].isin([BASELINE, TEACHER]) & (summary["n"] > 0)]
+    grid = grid[grid["generation"] == grid["generation"].min()]
+    schedules = list(dict.fromkeys(grid["schedule"]))
+    figure = Figure(figsize=(3.2 + 2.8 * len(schedules), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(schedules), squeeze=False)[0]
+    low, high = 100 * grid["mean_test_acc"].min(), 100 * grid["mean_test_acc"].max()
+    image = None
+    for axis, schedule in zip(axes, schedules, strict=True):
+        part = grid[grid["schedule"] == schedule]
+        values = part.pivot_table(index="alpha", columns="t0", values="mean_test_acc", aggfunc="first") * 100
+        image = axis.imshow(
+            values.to_numpy(), cmap="viridis", vmin=low, vmax=high, aspect="auto", origin="lower"
+        )
+        axis.set_xticks(range(len(values.columns)), [f"{t:g}" for t in values.columns])
+        axis.set_yticks(range(len(values.index)), [f"{a:g}" for a in values.index])
+        for (row, column), value in np.ndenumerate(values.to_numpy()):
+            if not math.isnan(value):
+                light = value > (low + high) / 2  # viridis runs dark to light
+                axis.text(
+                    column,
+                    row,
+                    f"{value:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="black" if light else "white",
+                )
+        chosen = part[part["chosen"].fillna(False).astype(bool)] if "chosen" in part else part.iloc[:0]
+        for cell in chosen.itertuples():
+            row, column = list(values.index).index(cell.alpha), list(values.columns).index(cell.t0)
+            axis.add_patch(_outline(column, row))
+        axis.set_title(schedule)
+        axis.set_xlabel("T (t0)")
+        axis.set_ylabel("alpha (KD weight)")
+    if image is not None:
+        figure.colorbar(image, ax=list(axes), label="test accuracy (%)")
+    figure.suptitle(f"{name}: test accuracy over T x alpha (outlined: chosen on validation)")
+    return _save(figure, path)
+
+
+def _outline(column: int, row: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2)

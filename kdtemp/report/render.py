@@ -34,6 +34,10 @@ def write_figures(report: Report, out: Path) -> dict[str, Path]:
         figures[f"accuracy_vs_temperature{suffix}"] = plots.accuracy_vs_temperature(
             section.summary, name, out / f"accuracy_vs_temperature{suffix}.png"
         )
+        if section.summary["alpha"][section.summary["n"] > 0].nunique() > 2:  # baseline's 0 and 2+ alphas
+            figures[f"temperature_alpha{suffix}"] = plots.temperature_alpha_heatmap(
+                section.summary, name, out / f"temperature_alpha{suffix}.png"
+            )
         figures[f"learning_curves{suffix}"] = plots.learning_curves(
             curves, name, out / f"learning_curves{suffix}.png"
         )

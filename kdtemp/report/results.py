@@ -125,7 +125,36 @@ def load_results(root: Path, partial: bool = False) -> ExperimentResults:
         results.final = pd.DataFrame(finals)
         results.curves = pd.concat(curves, ignore_index=True)
         check_one_run_per_seed(results.final)
+        _show_same_curves(results, layout)
     return results
+
+
+def _show_same_curves(results: ExperimentResults, layout: ExperimentLayout) -> None:
+    """Completed runs shown again under the labels of the cells that share their temperature curve
+    (same_curves.json, written by the sweep), with `same_as` naming the schedule that trained them: the
+    tables show both cells, the tests count one."""
+    results.final["same_as"] = None
+    try:
+        entries = json.loads(layout.same_curves.read_text()) if layout.same_curves.exists() else []
+    except (OSError, ValueError):
+        entries = []
+    final, curves = [results.final], [results.curves]
+    for entry in entries:
+        trained = results.final[
+            (results.final["schedule"] == entry["same_as"])
+            & (results.final["t0"].astype(float) == float(entry["t0"]))
+            & (results.final["alpha"].astype(float) == float(entry["alpha"]))
+            & (results.final["epoch"] + 1 == int(entry["epochs"]))
+            & results.final["same_as"].isna()
+            & ~results.final["run_id"].isin(results.partial)
+        ]
+        if trained.empty:
+            continue
+        final.append(trained.assign(schedule=entry["schedule"], same_as=entry["same_as"]))
+        shown = results.curves[results.curves["run_id"].isin(trained["run_id"])]
+        curves.append(shown.assign(schedule=entry["schedule"]))
+    results.final = pd.concat(final, ignore_index=True)
+    results.curves = pd.concat(curves, ignore_index=True)
 
 
 def _load_run(run_dir: Path, results: ExperimentResults, partial: bool) -> tuple[dict, pd.DataFrame] | None:

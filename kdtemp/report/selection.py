@@ -30,7 +30,7 @@ class GridSelection:
             frozenset(float(t) for t in config.kd.temperatures),
             frozenset(int(s) for s in config.kd.seeds),
             frozenset(schedule_labels(list(config.kd.schedules))),
-            frozenset({float(config.kd.alpha)}),
+            frozenset(float(a) for a in config.kd.alpha_grid()),
         )
 
     def keeps(self, frame: pd.DataFrame) -> pd.Series:

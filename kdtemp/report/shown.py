@@ -13,7 +13,9 @@ from kdtemp.store.records import BASELINE, TEACHER
 
 FIGURES = {
     "accuracy_vs_temperature": "Test accuracy against the grid temperature",
+    "temperature_alpha": "Test accuracy over T x alpha",
     "learning_curves": "Learning curves",
+    "search_curves": "Each trial's validation curve, and where it was pruned",
     "temperature_schedules": "Temperature schedules as trained",
     "entropy_vs_temperature": "How soft the teacher's targets are",
 }

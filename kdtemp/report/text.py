@@ -35,7 +35,9 @@ def footer(report: SettingReport) -> str:
         parts.append(f"teacher {100 * teacher['test_acc']:.2f}%")
     if sizes.get("student_params") and sizes.get("teacher_params"):
         parts.append(f"parameters: student {sizes['student_params']:,}, teacher {sizes['teacher_params']:,}")
-    runs = f"{len(results.final)} completed runs"
+    shown_twice = results.final["same_as"].notna() if "same_as" in results.final else None
+    trained = len(results.final) - (int(shown_twice.sum()) if shown_twice is not None else 0)
+    runs = f"{trained} completed runs"
     extras = [
         f"{len(items)} {label}"
         for items, label in (
@@ -47,8 +49,25 @@ def footer(report: SettingReport) -> str:
     ]
     parts.append(runs + (f" ({', '.join(extras)}; not averaged)" if extras else ""))
     line = "; ".join(parts)
+    same = same_curve_note(results.final)
+    if same:
+        line = f"{line}\n{same}"
     best = headline(report)
     return f"{line}\n{best}" if best else line
+
+
+def same_curve_note(final: pd.DataFrame) -> str | None:
+    """Which cells show another schedule's runs: their temperature curves are equal, so they were trained
+    once (and are tested once, under the first label)."""
+    if "same_as" not in final or final["same_as"].isna().all():
+        return None
+    shown = final[final["same_as"].notna()].drop_duplicates(["schedule", "t0", "alpha"])
+    several_alphas = final["alpha"].nunique() > 1
+    items = []
+    for row in shown.itertuples():
+        alpha = f" alpha {row.alpha:g}" if several_alphas else ""
+        items.append(f"{row.schedule} T={row.t0:g}{alpha} is {row.same_as} T={row.t0:g}")
+    return f"same temperature curve, trained once and shown under each label: {'; '.join(items)}"
 
 
 def headline(section: SettingReport) -> str | None:

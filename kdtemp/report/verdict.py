@@ -101,6 +101,8 @@ def cell_tests(
     if final.empty or column not in final:
         return pd.DataFrame(columns=TEST_COLUMNS)
     grid = final[(final["schedule"] != BASELINE) & final[column].notna()]
+    if "same_as" in grid:  # a cell shown under a second label is tested once, under the first
+        grid = grid[grid["same_as"].isna()]
     baseline = final[(final["schedule"] == BASELINE) & final[column].notna()]
     cells = {cell_key(*key): part for key, part in grid.groupby(GRID_KEYS, dropna=False, sort=False)}
     if not cells:

@@ -80,6 +80,16 @@ class ExperimentLayout:
     def report_dir(self) -> Path:
         return self.root / "report"
 
+    @property
+    def same_curves(self) -> Path:
+        """Grid cells trained once for several schedule labels (kdtemp.sweep.plan.grid_cells' same_as)."""
+        return self.root / "same_curves.json"
+
+    @property
+    def search_dir(self) -> Path:
+        """`kdtemp search`'s study (Optuna journal) and its record."""
+        return self.root / "search"
+
     def run_dirs(self) -> list[Path]:
         if not self.students_dir.is_dir():
             return []

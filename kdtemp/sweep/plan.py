@@ -20,7 +20,14 @@ from kdtemp.methods.registry import resolve_methods, source_digest
 from kdtemp.store.files import file_fingerprint
 from kdtemp.store.records import BASELINE
 from kdtemp.teachers.loading import teacher_paths, teachers_fingerprint
-from kdtemp.temperature.base import CTKD, LOGIT_STD, ScheduleBase
+from kdtemp.temperature.base import (
+    CTKD,
+    LOGIT_STD,
+    PLAIN_KD,
+    ScheduleBase,
+    epoch_temperatures,
+    temperature_table,
+)
 from kdtemp.temperature.schedules import LearnableSchedule
 
 RUN_FORMAT = 2
@@ -148,38 +155,23 @@ def make_run_id(prefix: str, identity: dict[str, Any]) -> str:
 
 
 def plan_runs(config: ExperimentConfig, teacher_fingerprint: str) -> list[RunSpec]:
-    """Every (schedule, t0, seed) of the grid, then one baseline per seed when kd.baseline is on.
+    """Every (schedule, alpha, t0, seed) of the grid, then one baseline per seed when kd.baseline is on.
+
+    A cell whose temperature curve an earlier schedule's cell has (grid_cells' same_as) is not planned:
+    it would train the same numbers again; the report shows those runs under both labels.
 
     A schedule of absolute temperatures (`stages`) runs once per seed with t0 = its first T. A user's
     schedule is imported and tried first (`check`), so a broken one is refused before anything is written.
     """
     shared = shared_identity(config, teacher_fingerprint)
-    alpha = config.kd.alpha
     runs: list[RunSpec] = []
-    labels = schedule_labels(list(config.kd.schedules))
-    for schedule, label in zip(config.kd.schedules, labels, strict=False):
+    for schedule in config.kd.schedules:
         schedule.check(config.student.epochs)
-        schedule_params = schedule.identity(config.student.epochs)
-        for t0 in schedule.grid_t0s(config.kd.temperatures):
-            for seed in config.kd.seeds:
-                identity = {**shared, "schedule": schedule_params, "t0": t0, "alpha": alpha, "seed": seed}
-                prefix = (
-                    f"{label}-a{_token(alpha)}-s{seed}"
-                    if schedule.absolute
-                    else f"{label}-T{_token(t0)}-a{_token(alpha)}-s{seed}"
-                )
-                runs.append(
-                    RunSpec(
-                        make_run_id(prefix, identity),
-                        schedule,
-                        label,
-                        float(t0),
-                        alpha,
-                        seed,
-                        identity,
-                        prefix=prefix,
-                    )
-                )
+    for cell in grid_cells(config):
+        if cell.same_as is None:  # else the same runs as an earlier schedule's
+            runs += cell_runs(
+                shared, cell.schedule, cell.label, cell.t0, cell.alpha, config.kd.seeds, config.student.epochs
+            )
     runs += born_again(runs, config.kd.generations)
     if config.kd.baseline:
         baseline_identity = baseline_setting(shared)  # the no-KD baseline takes no hint either
@@ -197,6 +189,99 @@ def plan_runs(config: ExperimentConfig, teacher_fingerprint: str) -> list[RunSpe
                     prefix=f"baseline-s{seed}",
                 )
             )
+    return runs
+
+
+PROBE_STEPS = 64
+"""Steps per epoch at which a step-granularity schedule is checked for a constant curve."""
+
+
+def plain_curve(schedule: ScheduleBase, t0: float, epochs: int) -> tuple[float, ...] | None:
+    """A plain-KD schedule's temperatures per epoch, when they are all its runs train at whatever the
+    steps per epoch (epoch granularity, or a constant curve); None otherwise (CTKD, logit-std, curves
+    that change within an epoch). Two cells with the same plain curve train the same numbers."""
+    if schedule.method != PLAIN_KD:
+        return None
+    curve = tuple(epoch_temperatures(schedule, t0, epochs))
+    if schedule.granularity == "step":
+        table = temperature_table(schedule, t0, epochs, PROBE_STEPS)
+        if not bool((table == table[0]).all()) or float(table[0]) != curve[0]:
+            return None
+    return curve
+
+
+@dataclass(frozen=True)
+class SameCurve:
+    """A grid cell not trained because an earlier schedule's cell has its temperature curve: the report
+    shows that cell's runs under this label too."""
+
+    schedule: str
+    """The label of the cell not trained."""
+    same_as: str
+    """The label of the schedule whose runs it shares."""
+    t0: float
+    alpha: float
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One (schedule, alpha, t0) of the grid."""
+
+    schedule: ScheduleBase
+    label: str
+    alpha: float
+    t0: float
+    same_as: str | None = None
+    """The label of an earlier schedule with this cell's temperature curve: its runs are this cell's."""
+
+
+def grid_cells(config: ExperimentConfig) -> list[GridCell]:
+    """Every (schedule, alpha, t0) of the grid in table order, each marked with the earlier schedule whose
+    runs it shares when their temperature curves are equal (linear or cosine at t0 = 1 are constant T = 1)."""
+    epochs = config.student.epochs
+    labels = schedule_labels(list(config.kd.schedules))
+    first_with: dict[tuple, str] = {}
+    cells = []
+    for schedule, label in zip(config.kd.schedules, labels, strict=False):
+        for alpha in config.kd.alpha_grid():
+            for t0 in schedule.grid_t0s(config.kd.temperatures):
+                curve = plain_curve(schedule, float(t0), epochs)
+                first = label if curve is None else first_with.setdefault((curve, alpha), label)
+                cells.append(GridCell(schedule, label, alpha, float(t0), None if first == label else first))
+    return cells
+
+
+def same_curve_cells(config: ExperimentConfig) -> list[SameCurve]:
+    """The cells plan_runs leaves out: their runs are an earlier schedule's."""
+    return [
+        SameCurve(cell.label, cell.same_as, cell.t0, cell.alpha)
+        for cell in grid_cells(config)
+        if cell.same_as is not None
+    ]
+
+
+def cell_runs(
+    shared: dict[str, Any],
+    schedule: ScheduleBase,
+    label: str,
+    t0: float,
+    alpha: float,
+    seeds: list[int],
+    epochs: int,
+) -> list[RunSpec]:
+    """The runs of one grid cell (schedule, t0, alpha), one per seed: the sweep's and the search's."""
+    schedule_params = schedule.identity(epochs)
+    runs = []
+    for seed in seeds:
+        identity = {**shared, "schedule": schedule_params, "t0": t0, "alpha": alpha, "seed": seed}
+        prefix = (
+            f"{label}-a{_token(alpha)}-s{seed}"
+            if schedule.absolute
+            else f"{label}-T{_token(t0)}-a{_token(alpha)}-s{seed}"
+        )
+        runs.append(
+            RunSpec(make_run_id(prefix, identity), schedule, label, t0, alpha, seed, identity, prefix=prefix)
+        )
     return runs
 
 

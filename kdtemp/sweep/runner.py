@@ -8,10 +8,12 @@ another, each distilled from the previous generation's students (kdtemp.sweep.ge
 
 from __future__ import annotations
 
+import json
 import time
 from typing import cast
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from kdtemp.config.schema import ExperimentConfig, config_to_dict
@@ -38,6 +40,7 @@ from kdtemp.store.files import (
     keep_epochs_before,
     load_checkpoint,
 )
+from kdtemp.store.layout import ExperimentLayout
 from kdtemp.store.locks import RunLock, owner_record
 from kdtemp.store.loggers import run_loggers
 from kdtemp.store.records import STUDENT_COLUMNS
@@ -52,6 +55,7 @@ from kdtemp.sweep.plan import (
     group_runs,
     learnable_schedule,
     plan_runs,
+    same_curve_cells,
     uses_standardized_logits,
 )
 from kdtemp.sweep.recording import STUDENT_FORMAT, SweepState, record_epoch
@@ -89,6 +93,36 @@ def plan_sweep(config: ExperimentConfig, data: Dataset, fingerprint: str) -> tup
             )
         )
     return runs, notes
+
+
+def record_same_curves(layout: ExperimentLayout, config: ExperimentConfig, emit: Emit = ignore) -> None:
+    """Add the grid's cells that share another schedule's runs to same_curves.json (kept across sweeps, so
+    the report shows them under each label), and say which ones are trained once."""
+    repeats = same_curve_cells(config)
+    if not repeats:
+        return
+    emit(
+        Note(
+            "same temperature curve, trained once: "
+            + "; ".join(f"{r.schedule} T={r.t0:g} = {r.same_as} T={r.t0:g}" for r in repeats)
+        )
+    )
+    entries = [
+        {
+            "schedule": r.schedule,
+            "same_as": r.same_as,
+            "t0": r.t0,
+            "alpha": r.alpha,
+            "epochs": config.student.epochs,
+        }
+        for r in repeats
+    ]
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(layout.same_curves) + ".lock"):
+        known = json.loads(layout.same_curves.read_text()) if layout.same_curves.exists() else []
+        merged = known + [entry for entry in entries if entry not in known]
+        if merged != known:
+            atomic_write_json(layout.same_curves, merged)
 
 
 def member_for(run: RunSpec, epochs: int, spe: int) -> Member:
@@ -146,6 +180,7 @@ def sweep(
     runs, notes = plan_sweep(config, data, experiment.teacher_fingerprint)
     for note in notes:
         emit(note)
+    record_same_curves(layout, config, emit)
     if only is not None:
         runs = [run for run in runs if run.run_id in only]
     pending = [run for run in runs if force or not is_completed(layout.run_dir(run.run_id))]
