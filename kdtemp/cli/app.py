@@ -132,6 +132,43 @@ def sweep_command(
             )
 
 
+SEARCH_FLAGS = ("pruner", "sampler", "temp_range", "alpha_range", "trials", "storage", "confirm")
+
+
+@app.command("search")
+@experiment_options(*GRID_FLAGS, *SEARCH_FLAGS, "device", "amp", "threads")
+def search_command(experiment: Experiment):
+    """Search the grid with Optuna, training trials in lockstep and pruning the ones behind on validation.
+
+    [bold]Example:[/bold] kdtemp search --temps 1,2,4,8,16 --schedules constant,linear,cosine --confirm
+
+    Killed, the same command resumes; several processes running it share one study.
+    """
+    from kdtemp.search.runner import search
+
+    def job(interrupt, emit):
+        return search(experiment.settings(), should_stop=interrupt, emit=emit)
+
+    result = run_job(job)
+    states = ", ".join(f"{count} {state}" for state, count in sorted(result.trials.items()))
+    progress.out.print(f"trials: {states}; {result.budget_line}; {result.seconds:.1f}s", highlight=False)
+    if result.chosen is not None:
+        chosen = result.chosen
+        progress.out.print(
+            f"chosen on validation: {chosen['schedule']} T={chosen['t0']:.3g} alpha {chosen['alpha']:g} "
+            f"({100 * chosen['val_acc']:.1f}% mean validation accuracy)"
+            + (
+                "; confirmed at fresh seeds" if result.confirmed else "; --confirm retrains it at fresh seeds"
+            ),
+            highlight=False,
+        )
+    for number in result.busy:
+        progress.out.print(f"  left to another process: trial {number}", highlight=False)
+    progress.out.print(
+        f"results in {result.experiment_dir}; next: kdtemp report{experiment.options()}", highlight=False
+    )
+
+
 REPORT_GRID_FLAGS = ("temps", "seeds", "alpha", "alphas", "schedules")
 """The sweep's grid options `report` takes: given any, it reports only the runs of that grid."""
 

@@ -8,7 +8,7 @@ import sys
 
 from kdtemp.engine.threads import busy_cpus, wait_environment
 
-TRAINING_COMMANDS = ("train-teacher", "sweep")
+TRAINING_COMMANDS = ("train-teacher", "sweep", "search")
 """Commands whose speed the wait policy decides: only they pay the quarter second of measuring."""
 
 

@@ -19,6 +19,17 @@ Overrides = dict[str, tuple[Any, str]]
 """{dotted.key: (value, option as typed)}, what kdtemp.config.loading.load_config applies."""
 
 
+def parse_range(text: str, option: str) -> list[float]:
+    """'0.5:32' -> [0.5, 32.0]; the order is checked by the config (search.temp_range)."""
+    low, colon, high = text.partition(":")
+    try:
+        if not colon:
+            raise ValueError
+        return [float(low), float(high)]
+    except ValueError:
+        raise ConfigError(f"{option}: {text!r} is not a range; give low:high, e.g. 0.5:32") from None
+
+
 def parse_number_list(text: str, option: str, kind: type = float) -> list:
     """'1,3,5' -> [1.0, 3.0, 5.0], with errors that say which item is wrong and what to type."""
     example = "1,3,5,10" if kind is float else "0,1,2"
@@ -48,7 +59,7 @@ def parse_name_list(text: str, option: str) -> list[str]:
     return items
 
 
-EXPERIMENT, GRID, LAUNCH = "Experiment", "Grid", "Where it runs"
+EXPERIMENT, GRID, LAUNCH, SEARCH = "Experiment", "Grid", "Where it runs", "Search"
 """The help panels the flags are shown in."""
 
 
@@ -116,6 +127,40 @@ FLAGS: dict[str, Flag] = {
         help="Temperature schedules, e.g. constant,linear,exp.",
         panel=GRID,
         parse=parse_name_list,
+    ),
+    "pruner": Flag(
+        "--pruner", "search.pruner", help="halving (default), hyperband, median or none.", panel=SEARCH
+    ),
+    "sampler": Flag(
+        "--sampler", "search.sampler", help="tpe (default), gp or random, for ranges.", panel=SEARCH
+    ),
+    "temp_range": Flag(
+        "--temp-range",
+        "search.temp_range",
+        help="Search t0 in low:high on a log scale, e.g. 0.5:32.",
+        panel=SEARCH,
+        parse=parse_range,
+    ),
+    "alpha_range": Flag(
+        "--alpha-range",
+        "search.alpha_range",
+        help="Search alpha in low:high, e.g. 0.1:0.99.",
+        panel=SEARCH,
+        parse=parse_range,
+    ),
+    "trials": Flag("--trials", "search.trials", int, "Trials of a continuous space (default 20).", SEARCH),
+    "storage": Flag(
+        "--storage",
+        "search.storage",
+        help="Optuna RDB URL; default: a journal file in runs/<name>/search/.",
+        panel=SEARCH,
+    ),
+    "confirm": Flag(
+        "--confirm",
+        "search.confirm",
+        bool,
+        "Retrain the chosen configuration and no-KD with fresh seeds to the full budget.",
+        SEARCH,
     ),
     "launcher": Flag("--launcher", "launcher.name", help="local (default) or slurm.", panel=LAUNCH),
     "workers": Flag(

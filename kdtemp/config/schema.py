@@ -210,6 +210,57 @@ class ReportConfig(StrictModel):
     difference within ± this margin; None: no cell is called tied, only "not distinguishable"."""
 
 
+# --- kdtemp search --------------------------------------------------------------------------------
+
+
+class SearchConfig(StrictModel):
+    """`kdtemp search`: the sweep's grid (or ranges) searched with Optuna, trials pruned in lockstep."""
+
+    pruner: Literal["halving", "hyperband", "median", "none"] = "halving"
+    """halving: synchronous successive halving (trials asked together are judged together at each rung);
+    hyperband and median: Optuna's HyperbandPruner and MedianPruner; none: every trial to the last epoch."""
+    reduction_factor: Annotated[int, Field(ge=2)] = 3
+    """halving and hyperband keep about 1 in this many trials at each rung."""
+    min_epochs: PositiveInt = 1
+    """The first rung: epochs a trial trains before it can be pruned; later rungs at min_epochs x factor^k."""
+    sampler: Literal["tpe", "gp", "random"] = "tpe"
+    """Optuna's sampler for a continuous space (temp_range or alpha_range); a finite grid tries every cell."""
+    temp_range: tuple[PositiveFloat, PositiveFloat] | None = None
+    """[low, high] of t0, sampled on a log scale; None: the grid's temperatures."""
+    alpha_range: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] | None = None
+    """[low, high] of alpha; None: the grid's alphas."""
+    trials: PositiveInt | None = None
+    """Trials of a continuous space (default 20); a finite grid has one per cell."""
+    batch: PositiveInt | None = None
+    """Trials asked together and trained as one lockstep group; None: every cell of a finite grid, 8 of a
+    continuous space (fewer when train.max_group_size holds fewer)."""
+    sampler_seed: NonNegativeInt = 0
+    storage: str | None = None
+    """An Optuna RDB URL (sqlite:///search.db, postgresql://...); None: a journal file under
+    runs/<name>/search/, safe for several workers on one filesystem."""
+    confirm: bool = False
+    """After the search, retrain the chosen configuration and no-KD with fresh seeds, to the full budget:
+    the test accuracy the report's verdict quotes."""
+    confirm_seeds: list[NonNegativeInt] | None = None
+    """Seeds of the confirmation; None: as many as kd.seeds, after the largest of them."""
+
+    @field_validator("temp_range", "alpha_range")
+    @classmethod
+    def _ordered(cls, value):
+        if value is not None and value[0] >= value[1]:
+            raise ValueError(f"a range is low:high with low below high, got {value[0]:g}:{value[1]:g}")
+        return value
+
+    @field_validator("confirm_seeds")
+    @classmethod
+    def _unique_seeds(cls, values):
+        return None if values is None else list(dict.fromkeys(values))
+
+    @property
+    def continuous(self) -> bool:
+        return self.temp_range is not None or self.alpha_range is not None
+
+
 # --- the whole experiment ----------------------------------------------------------------------
 
 
@@ -228,6 +279,7 @@ class ExperimentConfig(StrictModel):
     launcher: LauncherConfig = LauncherConfig()
     logging: LoggingConfig = LoggingConfig()
     report: ReportConfig = ReportConfig()
+    search: SearchConfig = SearchConfig()
 
     @field_validator("name")
     @classmethod
@@ -265,6 +317,10 @@ class ExperimentConfig(StrictModel):
             )
         if weights is not None and self.kd.ensemble != "weighted":
             raise ValueError("kd.teacher_weights only apply with kd.ensemble: weighted")
+        confirm = self.search.confirm_seeds
+        reused = sorted(set(confirm or []) & set(self.kd.seeds))
+        if reused:
+            raise ValueError(f"search.confirm_seeds must be fresh: {reused} are in kd.seeds")
         return self
 
     @field_validator("student", mode="before")

@@ -52,12 +52,14 @@ class Status(StrEnum):
     COMPLETED = "completed"
     RUNNING = "running"
     FAILED = "failed"
+    PRUNED = "pruned"
+    """Stopped by `kdtemp search`'s pruner at a rung: behind the other trials on validation."""
     INTERRUPTED = "interrupted"
     PENDING = "pending"
 
 
-FINISHED = (Status.COMPLETED, Status.FAILED)
-"""The statuses a summary.json records: a run the sweep has finished with, either way."""
+FINISHED = (Status.COMPLETED, Status.FAILED, Status.PRUNED)
+"""The statuses a summary.json records: a run the sweep or search has finished with, either way."""
 
 
 class StudentRow(BaseModel):
@@ -164,6 +166,8 @@ class RunSummary(BaseModel):
     reason: str | None = None
     """Why a failed run failed, with the likely fix."""
     failed_epoch: StrictInt | None = None
+    pruned_epoch: StrictInt | None = None
+    """The epochs a pruned run trained before `kdtemp search`'s pruner stopped it (its rung)."""
     student_params: StrictInt | None = None
     teacher_params: StrictInt | None = None
     student_size_bytes: StrictInt | None = None

@@ -174,21 +174,7 @@ def plan_runs(config: ExperimentConfig, teacher_fingerprint: str) -> list[RunSpe
             )
     runs += born_again(runs, config.kd.generations)
     if config.kd.baseline:
-        baseline_identity = baseline_setting(shared)  # the no-KD baseline takes no hint either
-        for seed in config.kd.seeds:
-            identity = {**baseline_identity, "schedule": None, "t0": None, "alpha": 0.0, "seed": seed}
-            runs.append(
-                RunSpec(
-                    make_run_id(f"baseline-s{seed}", identity),
-                    None,
-                    BASELINE,
-                    None,
-                    0.0,
-                    seed,
-                    identity,
-                    prefix=f"baseline-s{seed}",
-                )
-            )
+        runs += baseline_runs(shared, config.kd.seeds)
     return runs
 
 
@@ -281,6 +267,19 @@ def cell_runs(
         )
         runs.append(
             RunSpec(make_run_id(prefix, identity), schedule, label, t0, alpha, seed, identity, prefix=prefix)
+        )
+    return runs
+
+
+def baseline_runs(shared: dict[str, Any], seeds: list[int]) -> list[RunSpec]:
+    """One no-KD run per seed (schedule 'none', alpha 0); the baseline takes no hint or KD method either."""
+    baseline_identity = baseline_setting(shared)
+    runs = []
+    for seed in seeds:
+        identity = {**baseline_identity, "schedule": None, "t0": None, "alpha": 0.0, "seed": seed}
+        prefix = f"baseline-s{seed}"
+        runs.append(
+            RunSpec(make_run_id(prefix, identity), None, BASELINE, None, 0.0, seed, identity, prefix=prefix)
         )
     return runs
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import cast
 
 import torch
@@ -44,7 +45,7 @@ from kdtemp.store.layout import ExperimentLayout
 from kdtemp.store.locks import RunLock, owner_record
 from kdtemp.store.loggers import run_loggers
 from kdtemp.store.records import STUDENT_COLUMNS
-from kdtemp.sweep.experiment import prepare_experiment
+from kdtemp.sweep.experiment import PreparedExperiment, prepare_experiment
 from kdtemp.sweep.generations import (
     generation_hint,
     parent_signal,
@@ -170,13 +171,7 @@ def sweep(
     """Train the grid's runs (only those in `only` when given), reporting progress through `emit`."""
     started_at = time.perf_counter()
     experiment = prepare_experiment(config, emit)
-    layout, device, data, teachers, hint = (
-        experiment.layout,
-        experiment.device,
-        experiment.data,
-        experiment.teachers,
-        experiment.hint,
-    )
+    layout, data = experiment.layout, experiment.data
     runs, notes = plan_sweep(config, data, experiment.teacher_fingerprint)
     for note in notes:
         emit(note)
@@ -191,25 +186,7 @@ def sweep(
             len(runs), skipped, 0, 0, 0, seconds=time.perf_counter() - started_at, experiment_dir=layout.root
         )
     check_writable(layout.root)
-    signal = _teacher_signal(config, data, device, teachers, hint, emit)
-    stackable = experiment.stackable(emit)
-    sizes = experiment.sizes()
-    state = SweepState(
-        config,
-        layout,
-        data,
-        device,
-        teachers,
-        signal,
-        hint,
-        sizes,
-        force,
-        should_stop,
-        worker,
-        len(pending),
-        stackable=stackable,
-        emit=emit,
-    )
+    state = sweep_state(experiment, force, should_stop, worker, len(pending), emit)
     limit = experiment.group_limit()
     across_seeds = experiment.seeds_can_share_a_group
     for generation in sorted({run.generation for run in pending}):
@@ -221,7 +198,7 @@ def sweep(
             label = f"group {number}/{len(groups)}" + (
                 f", generation {generation}" if config.kd.generations > 1 else ""
             )
-            _train_group(state, group, label)
+            train_group(state, group, label)
     return SweepResult(
         len(runs),
         skipped,
@@ -235,7 +212,38 @@ def sweep(
     )
 
 
-def _teacher_signal(
+def sweep_state(
+    experiment: PreparedExperiment,
+    force: bool,
+    should_stop: StopCheck,
+    worker: str | None,
+    pending: int,
+    emit: Emit,
+) -> SweepState:
+    """What every group shares: the prepared experiment with its teacher signal (computed here, once)."""
+    config = experiment.config
+    signal = teacher_signal(
+        config, experiment.data, experiment.device, experiment.teachers, experiment.hint, emit
+    )
+    return SweepState(
+        config,
+        experiment.layout,
+        experiment.data,
+        experiment.device,
+        experiment.teachers,
+        signal,
+        experiment.hint,
+        experiment.sizes(),
+        force,
+        should_stop,
+        worker,
+        pending,
+        stackable=experiment.stackable(emit),
+        emit=emit,
+    )
+
+
+def teacher_signal(
     config: ExperimentConfig,
     data: Dataset,
     device: torch.device,
@@ -275,7 +283,7 @@ def _teacher_signal(
 # --- training a group ------------------------------------------------------------------------------
 
 
-def _prepare_run(state: SweepState, run: RunSpec) -> dict | None:
+def prepare_run(state: SweepState, run: RunSpec) -> dict | None:
     """Clear or keep a run's files for (re)training; returns its checkpoint state when it resumes."""
     files = state.layout.run_files(run.run_id)
     resume = None
@@ -298,7 +306,7 @@ def _prepare_run(state: SweepState, run: RunSpec) -> dict | None:
     return resume
 
 
-def _train_group(state: SweepState, group: list[RunSpec], label: str) -> None:
+def train_group(state: SweepState, group: list[RunSpec], label: str) -> None:
     locks = {}
     try:
         mine = []
@@ -317,7 +325,7 @@ def _train_group(state: SweepState, group: list[RunSpec], label: str) -> None:
             mine.append(run)
         by_epoch: dict[int, list] = {}
         for run in mine:
-            resume = _prepare_run(state, run)
+            resume = prepare_run(state, run)
             epoch = int(resume["member"]["epoch"]) if resume else 0
             by_epoch.setdefault(epoch, []).append((run, resume))
             if resume:
@@ -331,10 +339,11 @@ def _train_group(state: SweepState, group: list[RunSpec], label: str) -> None:
             lock.release()
 
 
-def _train_members(state: SweepState, members: list[tuple[RunSpec, dict | None]], label: str) -> None:
-    config, data, spec, emit = state.config, state.data, state.student_spec, state.emit
+def new_group(state: SweepState, runs: list[RunSpec], resumes: Sequence[dict | None]) -> StudentGroup:
+    """A lockstep group of `runs` (one generation), restored from their member states when given (all at
+    one epoch: a group resumes from one epoch, its members all have a state, or none has)."""
+    config, data, spec = state.config, state.data, state.student_spec
     spe = steps_per_epoch(len(data.train_y), config.student_batch_size())
-    runs = [run for run, _ in members]
     seeds = sorted({run.seed for run in runs})
     generation = runs[0].generation
     signal = state.signal if generation == 1 else parent_signal(state, runs)
@@ -348,9 +357,17 @@ def _train_members(state: SweepState, members: list[tuple[RunSpec, dict | None]]
             generation_hint(state, generation),
             stackable=state.stackable,
         )
-    if members[0][1] is not None:
-        # one group resumes from one epoch: its members all have a checkpoint, or none has
-        group.load_member_states([cast(dict, resume)["member"] for _, resume in members])
+    if resumes and resumes[0] is not None:
+        group.load_member_states(cast(list[dict], resumes))
+    return group
+
+
+def _train_members(state: SweepState, members: list[tuple[RunSpec, dict | None]], label: str) -> None:
+    config, data, spec, emit = state.config, state.data, state.student_spec, state.emit
+    spe = steps_per_epoch(len(data.train_y), config.student_batch_size())
+    runs = [run for run, _ in members]
+    seeds = sorted({run.seed for run in runs})
+    group = new_group(state, runs, [resume["member"] if resume else None for _, resume in members])
     description = (
         f"{label}: {len(runs)} runs at once "
         f"(seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"

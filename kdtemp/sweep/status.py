@@ -90,6 +90,11 @@ def _state(files: RunFiles, summary: RunSummary | None, rows: list, problem: str
         return Status.COMPLETED, ""
     if summary is not None and summary.status == Status.FAILED:
         return Status.FAILED, summary.reason or ""
+    if summary is not None and summary.status == Status.PRUNED:
+        return (
+            Status.PRUNED,
+            f"pruned by kdtemp search after epoch {summary.pruned_epoch}; a sweep trains it in full",
+        )
     if is_locked_elsewhere(files.lock):
         return Status.RUNNING, _owner(files)
     if problem:

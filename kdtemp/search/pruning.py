@@ -1,0 +1,84 @@
+"""Which trials stop: the pruner and sampler of a search, by name (search.pruner, search.sampler).
+
+`halving` is synchronous successive halving, written on Optuna's pruner interface. Optuna's own
+SuccessiveHalvingPruner is asynchronous (ASHA): a trial is judged against the trials that reached the
+rung before it, so the first trial of a rung always continues. The trials of a lockstep batch reach a
+rung together and report before any is judged, so here each is judged against all of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial
+
+from kdtemp.config.schema import SearchConfig
+
+
+def rung_epochs(min_epochs: int, factor: int, epochs: int) -> list[int]:
+    """Epochs (completed, 1-based) at which a trial can be pruned: min_epochs x factor^k below `epochs`."""
+    rungs, rung = [], min_epochs
+    while rung < epochs:
+        rungs.append(rung)
+        rung *= factor
+    return rungs
+
+
+class LockstepHalving(BasePruner):
+    """At each rung, a trial continues when its value is among the best max(1, n // factor) of the n
+    trials that have reported that epoch (its own batch included, as a batch reports before it is
+    judged); ties with the last kept value continue. Pure: the decision reads only the study's
+    intermediate values, so a resumed search decides again exactly as before."""
+
+    def __init__(self, min_epochs: int = 1, reduction_factor: int = 3):
+        self.min_epochs, self.reduction_factor = min_epochs, reduction_factor
+
+    def is_rung(self, step: int) -> bool:
+        rung = self.min_epochs
+        while rung < step:
+            rung *= self.reduction_factor
+        return rung == step
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or not self.is_rung(step):
+            return False
+        value = trial.intermediate_values[step]
+        if math.isnan(value):
+            return True
+        others = [
+            t.intermediate_values[step]
+            for t in study.get_trials(deepcopy=False)
+            if t.number != trial.number and step in t.intermediate_values
+        ]
+        values = [v for v in [*others, value] if not math.isnan(v)]
+        keep = max(1, len(values) // self.reduction_factor)
+        maximize = study.direction == StudyDirection.MAXIMIZE
+        threshold = sorted(values, reverse=maximize)[keep - 1]
+        return value < threshold if maximize else value > threshold
+
+
+def build_pruner(search: SearchConfig, epochs: int) -> BasePruner:
+    if search.pruner == "halving":
+        return LockstepHalving(search.min_epochs, search.reduction_factor)
+    if search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=search.min_epochs, max_resource=epochs, reduction_factor=search.reduction_factor
+        )
+    if search.pruner == "median":
+        return optuna.pruners.MedianPruner(n_warmup_steps=search.min_epochs - 1)
+    return optuna.pruners.NopPruner()
+
+
+def build_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
+    """The sampler of a continuous space; a finite grid's trials are enqueued, so any sampler serves it."""
+    seed = search.sampler_seed
+    if not search.continuous or search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if search.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    # several trials of a batch are asked before any is told: the liar keeps them apart
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
