@@ -4,7 +4,7 @@ soft-target entropy table. `build_report(experiment_dir)` is what the CLI and a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +13,7 @@ import torch
 from kdtemp.config.schema import ReportConfig
 from kdtemp.report import verdict
 from kdtemp.report.results import ExperimentResults, cached_teacher_logits, load_results
+from kdtemp.report.search_view import SearchView, split_confirmation
 from kdtemp.report.selection import GridSelection, restrict
 from kdtemp.report.settings import split_by_setting
 from kdtemp.report.summary import entropy_table, summarize
@@ -22,6 +23,8 @@ from kdtemp.report.tables import (
     check_metric,
     temperature_table,
 )
+from kdtemp.search.record import read_search_record
+from kdtemp.store.layout import ExperimentLayout
 
 
 def problem_lines(results: ExperimentResults) -> list[str]:
@@ -48,6 +51,8 @@ class SettingReport:
     """verdict.cell_tests on the table's metric: what the markers and the verdict
     (kdtemp.report.text.headline) say."""
     statistics: ReportConfig = field(default_factory=ReportConfig)
+    search: SearchView | None = None
+    """The experiment's `kdtemp search`, when it had one: budget, choice and confirmation."""
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Report:
     """The equivalence margin and smallest effect the verdicts use."""
     left_out: int = 0
     """Completed runs on disk outside the grid the report was asked for."""
+    search: SearchView | None = None
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -104,6 +110,15 @@ def build_report(
     if selection is not None:
         results, left_out = restrict(results, selection)
     column, percent, higher_better = METRICS[metric]
+    search = None
+    record = read_search_record(ExperimentLayout(Path(root)).search_dir)
+    if record is not None:  # the confirmation's fresh seeds are quoted apart, never averaged into the table
+        final, confirmation = split_confirmation(results.final, record)
+        kept = results.curves["run_id"].isin(final["run_id"]) if not results.curves.empty else None
+        results = replace(
+            results, final=final, curves=results.curves[kept] if kept is not None else results.curves
+        )
+        search = SearchView(record, confirmation)
 
     settings = []
     for label, part in split_by_setting(results):
@@ -120,9 +135,11 @@ def build_report(
                 verdict.in_table_units(statistics.equivalence_margin, percent),
             )
         )
+        if search is not None and search.confirmation is not None:
+            tests = tests.assign(confirmatory=False)  # the confirmation at fresh seeds is the one
         summary = summarize(part, accuracy_tests)
         table = temperature_table(part, metric, tests)
-        settings.append(SettingReport(label, part, summary, table, tests, statistics))
+        settings.append(SettingReport(label, part, summary, table, tests, statistics, search))
     logits, split = cached_teacher_logits(results)
     entropy = None
     if logits is not None:
@@ -134,4 +151,4 @@ def build_report(
             (results.teacher or {}).get("ensemble") or "mean_probs",
             None if weights is None else torch.tensor(weights, dtype=torch.float64),
         )
-    return Report(results, settings, entropy, split, statistics, left_out)
+    return Report(results, settings, entropy, split, statistics, left_out, search)

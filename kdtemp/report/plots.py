@@ -231,3 +231,29 @@ def _outline(column: int, row: int):
     from matplotlib.patches import Rectangle
 
     return Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2)
+
+
+def search_curves(trials: list, name: str, path: Path) -> Path:
+    """Each trial's mean validation accuracy per epoch (what the pruner saw), an x where it was pruned,
+    completed trials drawn thick."""
+    figure = Figure(figsize=(7.5, 4.8), layout="constrained")
+    axis = figure.add_subplot()
+    for trial in trials:
+        if not trial.curve:
+            continue
+        epochs = list(range(1, len(trial.curve) + 1))
+        values = [100 * v for v in trial.curve]
+        complete = trial.state == "complete"
+        label = f"{trial.schedule} T={trial.t0:.3g} a={trial.alpha:g}" if complete else None
+        (line,) = axis.plot(
+            epochs, values, linewidth=2.2 if complete else 0.9, alpha=1 if complete else 0.6, label=label
+        )
+        if trial.state == "pruned":
+            axis.plot(epochs[-1], values[-1], "x", color=line.get_color())
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("mean validation accuracy over seeds (%)")
+    axis.set_title(f"{name}: trials of the search (x = pruned there)")
+    axis.grid(alpha=0.3)
+    if any(trial.state == "complete" for trial in trials):
+        axis.legend(fontsize=8)
+    return _save(figure, path)

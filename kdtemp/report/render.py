@@ -45,6 +45,10 @@ def write_figures(report: Report, out: Path) -> dict[str, Path]:
             figures[f"temperature_schedules{suffix}"] = plots.temperature_schedules(
                 curves, name, out / f"temperature_schedules{suffix}.png"
             )
+    if report.search is not None and report.search.record.trials:
+        figures["search_curves"] = plots.search_curves(
+            report.search.record.trials, results.name, out / "search_curves.png"
+        )
     if report.entropy is not None:
         classes = (results.teacher or {}).get("num_classes") or 10
         figures["entropy_vs_temperature"] = plots.entropy_vs_temperature(

@@ -46,6 +46,8 @@ class ExperimentResults:
     """run id -> its setting (kdtemp.report.settings), for every run with a summary."""
     failed_cells: dict[str, tuple] = field(default_factory=dict)
     """failed run id -> its (schedule, alpha, t0, generation)."""
+    pruned: dict[str, tuple] = field(default_factory=dict)
+    """run id of a run `kdtemp search` pruned -> its (schedule, alpha, t0, generation, epochs trained)."""
     setting_sizes: dict[str, dict] = field(default_factory=dict)
     """setting key -> the sizes its first completed run recorded."""
     partial: dict[str, int] = field(default_factory=dict)
@@ -140,6 +142,19 @@ def _show_same_curves(results: ExperimentResults, layout: ExperimentLayout) -> N
         entries = []
     final, curves = [results.final], [results.curves]
     for entry in entries:
+        for run_id, (schedule, alpha, t0, generation, epoch) in list(results.pruned.items()):
+            if (schedule, float(alpha), float(t0)) == (
+                entry["same_as"],
+                float(entry["alpha"]),
+                float(entry["t0"]),
+            ):
+                results.pruned[f"{run_id} as {entry['schedule']}"] = (
+                    entry["schedule"],
+                    alpha,
+                    t0,
+                    generation,
+                    epoch,
+                )
         trained = results.final[
             (results.final["schedule"] == entry["same_as"])
             & (results.final["t0"].astype(float) == float(entry["t0"]))
@@ -170,6 +185,15 @@ def _load_run(run_dir: Path, results: ExperimentResults, partial: bool) -> tuple
     if summary is not None and summary.status == Status.FAILED:
         results.failed.append((run_dir.name, summary.reason or str(Status.FAILED)))
         results.failed_cells[run_dir.name] = (summary.schedule, summary.alpha, summary.t0, summary.generation)
+        return None
+    if summary is not None and summary.status == Status.PRUNED:
+        results.pruned[run_dir.name] = (
+            summary.schedule,
+            summary.alpha,
+            summary.t0,
+            summary.generation,
+            summary.pruned_epoch,
+        )
         return None
     if summary is None and not (partial and _has_epochs(run_dir)):
         results.unfinished.append(run_dir.name)

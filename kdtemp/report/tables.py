@@ -9,7 +9,7 @@ is chosen on validation accuracy, like the verdict's best cell (kdtemp.report.ve
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -72,11 +72,14 @@ class TemperatureTable:
     higher_better: bool = True
     chosen_on_val: bool = True
     """Whether the bold cells were chosen on validation accuracy (else on the table's own metric)."""
+    pruned: dict[str, dict[float, int]] = field(default_factory=dict)
+    """Row label -> t0 -> the epoch `kdtemp search` pruned that cell at (cells with no completed run)."""
 
     @property
     def legend(self) -> str:
         """What bold and the marks mean."""
-        return f"{BOLD_ON_VAL if self.chosen_on_val else BOLD_ON_TEST}; {MARKS}"
+        pruned = f"; {PRUNED}" if self.pruned else ""
+        return f"{BOLD_ON_VAL if self.chosen_on_val else BOLD_ON_TEST}; {MARKS}{pruned}"
 
     @property
     def heading(self) -> str:
@@ -89,6 +92,7 @@ MARKS = (
     "* / † = better / worse than the no-KD baseline: paired t-test over seeds, Holm-adjusted p < 0.05 over "
     "the table's cells"
 )
+PRUNED = "pruned @e = stopped by kdtemp search's pruner after epoch e, behind on validation"
 BOLD_ON_VAL = "bold = the row's temperature of best validation accuracy"
 BOLD_ON_TEST = "bold = the row's best temperature on this test set (no validation split)"
 
@@ -112,8 +116,11 @@ def temperature_table(
         return TemperatureTable(metric, percent, [], {}, _references(results, column), higher_better)
     tests = verdict.cell_tests(final, column, higher_better) if tests is None else tests
     grid = final[final["schedule"] != BASELINE]
-    temperatures = sorted(float(t) for t in grid["t0"].dropna().unique())
-    alphas = sorted(grid["alpha"].unique())
+    pruned_cells = {cell[:4]: cell[4] for cell in results.pruned.values()}
+    temperatures = sorted(
+        {float(t) for t in grid["t0"].dropna().unique()} | {float(c[2]) for c in pruned_cells}
+    )
+    alphas = sorted(set(grid["alpha"].unique()) | {c[1] for c in pruned_cells})
     rows: dict[str, dict[float, Cell]] = {}
     for (generation, schedule, alpha), part in grid.groupby(["generation", "schedule", "alpha"], sort=True):
         label = schedule if len(alphas) == 1 else f"{schedule} (alpha {alpha:g})"
@@ -129,6 +136,13 @@ def temperature_table(
             best_t = (max if higher_better else min)(cells, key=lambda t: cells[t].mean)
         cells[best_t].best = True
         rows[label] = cells
+    pruned: dict[str, dict[float, int]] = {}
+    for (schedule, alpha, t0, generation), epoch in sorted(pruned_cells.items(), key=str):
+        label = schedule if len(alphas) == 1 else f"{schedule} (alpha {alpha:g})"
+        if results.generations:
+            label += f", gen {generation}"
+        if float(t0) not in rows.get(label, {}):
+            pruned.setdefault(label, {})[float(t0)] = int(epoch or 0)
     return TemperatureTable(
         metric,
         percent,
@@ -137,6 +151,7 @@ def temperature_table(
         _references(results, column),
         higher_better,
         verdict.chosen_on_val(grid),
+        pruned,
     )
 
 
@@ -183,9 +198,12 @@ def table_rows(table: TemperatureTable) -> list[tuple[str, list[tuple[str, bool]
     """(label, [(cell text, is the row's best)], is a reference row) for every row: what the terminal,
     report.md and report.html each decorate in their own way."""
     rows = []
-    for label, cells in table.rows.items():
+    for label in [*table.rows, *(label for label in table.pruned if label not in table.rows)]:
+        cells, pruned = table.rows.get(label, {}), table.pruned.get(label, {})
         texts = [
-            (format_cell(cells[t], table.percent), cells[t].best) if t in cells else ("", False)
+            (format_cell(cells[t], table.percent), cells[t].best)
+            if t in cells
+            else (f"pruned @{pruned[t]}" if t in pruned else "", False)
             for t in table.temperatures
         ]
         rows.append((label, texts, False))

@@ -52,6 +52,8 @@ def footer(report: SettingReport) -> str:
     same = same_curve_note(results.final)
     if same:
         line = f"{line}\n{same}"
+    if report.search is not None:
+        line = f"{line}\n{report.search.budget_line}\n{report.search.verdict_line()}"
     best = headline(report)
     return f"{line}\n{best}" if best else line
 
@@ -108,7 +110,8 @@ def headline(section: SettingReport) -> str | None:
     )
     if plan:
         lines.append(plan)
-    if bool(best["chosen_on_val"]) and not bool(best["confirmatory"]):
+    confirmed = section.search is not None and section.search.confirmation is not None
+    if bool(best["chosen_on_val"]) and not bool(best["confirmatory"]) and not confirmed:
         lines.append(
             "chosen and tested on validation: these tests explore; the test_acc table holds the "
             "confirmatory one"

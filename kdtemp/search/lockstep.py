@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from kdtemp.engine.loop import StepsDone
 from kdtemp.events import Note, Progress
 from kdtemp.group.student_group import StudentGroup
-from kdtemp.store.files import read_csv_rows, read_summary, write_summary
+from kdtemp.store.files import is_completed, read_csv_rows, read_summary, write_summary
 from kdtemp.store.loggers import run_loggers
 from kdtemp.store.records import Status
 from kdtemp.sweep.plan import GridCell, RunSpec, group_runs
@@ -90,8 +90,11 @@ class LockstepBatch:
         works: list[TrialWork],
         across_seeds: bool,
         limit: int | None,
+        extra: Sequence[RunSpec] = (),
     ):
         self.state, self.study, self.works = state, study, works
+        self.extra = list(extra)
+        """Runs trained in the batch's groups to the full budget and never judged (the no-KD baseline)."""
         self.across_seeds, self.limit = across_seeds, limit
         self.epochs = state.student_spec.epochs
         self.active: list[_Active] = []
@@ -113,6 +116,10 @@ class LockstepBatch:
                 resume = prepare_run(self.state, run)
                 epoch = int(resume["member"]["epoch"]) if resume else 0
                 by_epoch.setdefault(epoch, []).append((run, resume))
+        for run in self.extra:
+            if not is_completed(self.state.layout.run_dir(run.run_id)):
+                resume = prepare_run(self.state, run)
+                by_epoch.setdefault(int(resume["member"]["epoch"]) if resume else 0, []).append((run, resume))
         for members in by_epoch.values():
             resumes = {run.run_id: resume for run, resume in members}
             for runs in group_runs([run for run, _ in members], self.limit, self.across_seeds):
@@ -138,7 +145,7 @@ class LockstepBatch:
     def run(self) -> None:
         try:
             self._start()
-            while any(work.live for work in self.works):
+            while any(work.live for work in self.works) or self.active:
                 at = self._common_epoch()
                 if at is not None:
                     self._judge(at)
@@ -174,6 +181,7 @@ class LockstepBatch:
             raise RuntimeError(f"trials {stuck} have no run left to train; their runs' files were changed")
         lowest = min(active.epoch for active in self.active)
         for active in [a for a in self.active if a.epoch == lowest]:
+            goes_on = False
             for event in active.epochs:  # type: ignore[attr-defined]
                 if isinstance(event, StepsDone):
                     self.state.emit(
@@ -181,11 +189,14 @@ class LockstepBatch:
                     )
                     continue
                 record_epoch(self.state, active.group, active.runs, event, active.loggers)
-                for k in event.failures:
-                    self._fail(self.trial_of[active.runs[k].run_id], event.failures[k])
+                for k in event.failures:  # may re-stack `active` without the failed trial's members
+                    if active.runs[k].run_id in self.trial_of:
+                        self._fail(self.trial_of[active.runs[k].run_id], event.failures[k])
+                goes_on = active.epoch < self.epochs and len(active.group.failed) < len(active.runs)
                 break
-            else:
-                self._drop(active, set())
+            if not goes_on and active in self.active:  # the last epoch done, or every member failed
+                self._close(active)
+                self.active.remove(active)
 
     # -- judging --
 

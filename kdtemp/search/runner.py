@@ -92,7 +92,7 @@ def search(
     if not config.search.continuous:
         record_same_curves(experiment.layout, config, emit)
     baseline = baseline_runs(job.shared, config.kd.seeds)
-    _train_runs(job, baseline, "no-KD baseline")
+    baseline_locks = _lock_runs(job, baseline)  # trained in the first batch's groups, never judged
     limit = experiment.group_limit()
     batch_size = _batch_size(config, limit)
     emit(
@@ -107,11 +107,14 @@ def search(
         try:
             cells = ", ".join(describe(work.cell) for work in works[:4]) + (", ..." if len(works) > 4 else "")
             emit(Note(f"batch {number}: {len(works)} trials ({cells})"))
-            LockstepBatch(state, study, works, experiment.seeds_can_share_a_group, limit).run()
+            extra = [run for run in baseline if baseline_locks.get(run.run_id)]
+            LockstepBatch(state, study, works, experiment.seeds_can_share_a_group, limit, extra).run()
         finally:
-            for lock in locks:
+            for lock in [*locks, *baseline_locks.values()]:
                 lock.release()
+            baseline_locks = {}
         _write_record(job, baseline)
+    _train_runs(job, baseline, "no-KD baseline")  # when no batch was left to train it with
     chosen = _chosen(study)
     confirmed = False
     if config.search.confirm and chosen is not None:
@@ -148,6 +151,19 @@ def _train_runs(job: _Search, runs: list[RunSpec], label: str) -> None:
     if pending:
         job.state.emit(Note(f"{label}: {len(pending)} runs"))
         train_group(job.state, pending, label)
+
+
+def _lock_runs(job: _Search, runs: list[RunSpec]) -> dict[str, RunLock]:
+    """Locks of the runs not completed that no other process holds."""
+    locks = {}
+    for run in runs:
+        if is_completed(job.layout.run_dir(run.run_id)):
+            continue
+        lock = RunLock(job.layout.lock_path(run.run_id))
+        if lock.acquire():
+            atomic_write_json(job.layout.run_files(run.run_id).owner, owner_record(job.state.worker))
+            locks[run.run_id] = lock
+    return locks
 
 
 # -- asking for trials ------------------------------------------------------------------------------

@@ -1,0 +1,93 @@
+"""A search in the report: its budget against the full grid's, its chosen cell, and the confirmation at
+fresh seeds, whose test accuracy is the number the verdict quotes. The search's own seeds chose the cell
+(on validation); the confirmation's seeds took no part in choosing it, nor in pruning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from kdtemp.report import stats
+from kdtemp.search.record import SearchRecord
+from kdtemp.store.records import BASELINE
+
+
+@dataclass
+class Confirmation:
+    seeds: list[int]
+    cell_test_acc: list[float]
+    """The chosen cell's last-epoch test accuracy at each confirmation seed, in seed order."""
+    baseline_test_acc: list[float]
+    difference: stats.PairedDifference
+    p_value: float
+
+
+@dataclass
+class SearchView:
+    record: SearchRecord
+    confirmation: Confirmation | None
+
+    @property
+    def budget_line(self) -> str:
+        record = self.record
+        states: dict[str, int] = {}
+        for trial in record.trials:
+            states[trial.state] = states.get(trial.state, 0) + 1
+        counts = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+        if record.grid_student_epochs:
+            share = 100 * record.spent_student_epochs / record.grid_student_epochs
+            spent = (
+                f"spent {record.spent_student_epochs} of the grid's {record.grid_student_epochs} "
+                f"student-epochs ({share:.0f}%)"
+            )
+        else:
+            spent = f"spent {record.spent_student_epochs} student-epochs"
+        return f"search ({record.pruner}): {len(record.trials)} trials ({counts}); {spent}"
+
+    def verdict_line(self) -> str:
+        chosen = self.record.chosen
+        if chosen is None:
+            return "search: no trial completed yet, so none is chosen"
+        cell = f"{chosen['schedule']} T={chosen['t0']:.3g} alpha {chosen['alpha']:g}"
+        head = f"search chose {cell} on validation ({100 * chosen['val_acc']:.1f}%)"
+        confirmation = self.confirmation
+        if confirmation is None:
+            return (
+                f"{head}; not confirmed: its test accuracy in the table is of the seeds that chose it; "
+                "`kdtemp search --confirm` retrains it and no-KD at fresh seeds"
+            )
+        d = confirmation.difference
+        interval = "" if math.isnan(d.low) else f", 95% CI {100 * d.low:+.1f} to {100 * d.high:+.1f}"
+        p = "" if math.isnan(confirmation.p_value) else f", p = {confirmation.p_value:.2g}"
+        return (
+            f"{head}; confirmed at fresh seeds {', '.join(map(str, confirmation.seeds))}: "
+            f"{100 * stats.mean(confirmation.cell_test_acc):.1f}% on test against no-KD's "
+            f"{100 * stats.mean(confirmation.baseline_test_acc):.1f}% "
+            f"({100 * d.mean:+.1f} points{interval}{p}, paired over seeds)"
+        )
+
+
+def split_confirmation(final: pd.DataFrame, record: SearchRecord) -> tuple[pd.DataFrame, Confirmation | None]:
+    """The search's runs without the confirmation's, and the confirmation: the chosen cell against no-KD,
+    paired seed by seed, on test accuracy at the last epoch (the budget the search trained for)."""
+    if final.empty or not record.confirm_run_ids:
+        return final, None
+    confirming = final["run_id"].isin(record.confirm_run_ids)
+    runs = final[confirming]
+    cell = runs[runs["schedule"] != BASELINE].sort_values("seed")
+    baseline = runs[runs["schedule"] == BASELINE].sort_values("seed")
+    paired = cell.merge(baseline, on="seed", suffixes=("", "_baseline"))
+    if paired.empty:
+        return final[~confirming].reset_index(drop=True), None
+    treated, control = paired["test_acc"].tolist(), paired["test_acc_baseline"].tolist()
+    confirmation = Confirmation(
+        [int(seed) for seed in paired["seed"]],
+        treated,
+        control,
+        stats.paired_difference(treated, control),
+        stats.paired_t_test(treated, control),
+    )
+    return final[~confirming].reset_index(drop=True), confirmation
