@@ -70,7 +70,8 @@ def status_table(title: str, statuses: list) -> Table:
 def status_line(statuses: list, states) -> str:
     """`2 completed, 0 running, ...`, saying what the pending ones are."""
     counts = {state: sum(1 for s in statuses if s.state == state) for state in states}
-    line = ", ".join(f"{count} {state}" for state, count in counts.items())
+    # pruned only where a search ran: a sweep's line stays as it was
+    line = ", ".join(f"{count} {state}" for state, count in counts.items() if count or state != "pruned")
     if counts["pending"]:  # not unfinished work of the sweep that ran: what the config would add
         line += " (planned by the config, not on disk: `kdtemp sweep` with the same options trains them)"
     return line

@@ -221,8 +221,9 @@ class SearchConfig(StrictModel):
     hyperband and median: Optuna's HyperbandPruner and MedianPruner; none: every trial to the last epoch."""
     reduction_factor: Annotated[int, Field(ge=2)] = 3
     """halving and hyperband keep about 1 in this many trials at each rung."""
-    min_epochs: PositiveInt = 1
-    """The first rung: epochs a trial trains before it can be pruned; later rungs at min_epochs x factor^k."""
+    min_epochs: PositiveInt | None = None
+    """The first rung: epochs a trial trains before it can be pruned; later rungs at min_epochs x factor^k.
+    None: a factor^2-th of student.epochs (at least 1), so rungs fall at a ninth and a third of the budget."""
     sampler: Literal["tpe", "gp", "random"] = "tpe"
     """Optuna's sampler for a continuous space (temp_range or alpha_range); a finite grid tries every cell."""
     temp_range: tuple[PositiveFloat, PositiveFloat] | None = None
@@ -242,7 +243,7 @@ class SearchConfig(StrictModel):
     """After the search, retrain the chosen configuration and no-KD with fresh seeds, to the full budget:
     the test accuracy the report's verdict quotes."""
     confirm_seeds: list[NonNegativeInt] | None = None
-    """Seeds of the confirmation; None: as many as kd.seeds, after the largest of them."""
+    """Seeds of the confirmation (giving them asks for one); None: as many as kd.seeds, after the largest."""
 
     @field_validator("temp_range", "alpha_range")
     @classmethod
@@ -259,6 +260,10 @@ class SearchConfig(StrictModel):
     @property
     def continuous(self) -> bool:
         return self.temp_range is not None or self.alpha_range is not None
+
+    def first_rung(self, epochs: int) -> int:
+        """min_epochs, else epochs // factor^2 (at least 1)."""
+        return self.min_epochs or max(1, epochs // self.reduction_factor**2)
 
 
 # --- the whole experiment ----------------------------------------------------------------------

@@ -106,19 +106,18 @@ def build_report(
     check_metric(metric)
     statistics = statistics or ReportConfig()
     results = load_results(root, partial)
+    search = None
+    record = read_search_record(ExperimentLayout(Path(root)).search_dir)
+    if record is not None:  # the confirmation's fresh seeds are quoted apart, never averaged into the table
+        final, confirmation = split_confirmation(results.final, record, set(results.partial))
+        kept = results.curves["run_id"].isin(final["run_id"]) if not results.curves.empty else None
+        curves = results.curves[kept] if kept is not None else results.curves
+        results = replace(results, final=final, curves=curves)
+        search = SearchView(record, confirmation)
     left_out = 0
     if selection is not None:
         results, left_out = restrict(results, selection)
     column, percent, higher_better = METRICS[metric]
-    search = None
-    record = read_search_record(ExperimentLayout(Path(root)).search_dir)
-    if record is not None:  # the confirmation's fresh seeds are quoted apart, never averaged into the table
-        final, confirmation = split_confirmation(results.final, record)
-        kept = results.curves["run_id"].isin(final["run_id"]) if not results.curves.empty else None
-        results = replace(
-            results, final=final, curves=results.curves[kept] if kept is not None else results.curves
-        )
-        search = SearchView(record, confirmation)
 
     settings = []
     for label, part in split_by_setting(results):

@@ -45,6 +45,8 @@ class SearchView:
             )
         else:
             spent = f"spent {record.spent_student_epochs} student-epochs"
+        if record.confirm_student_epochs:
+            spent += f", and {record.confirm_student_epochs} more to confirm"
         return f"search ({record.pruner}): {len(record.trials)} trials ({counts}); {spent}"
 
     def verdict_line(self) -> str:
@@ -54,6 +56,8 @@ class SearchView:
         cell = f"{chosen['schedule']} T={chosen['t0']:.3g} alpha {chosen['alpha']:g}"
         head = f"search chose {cell} on validation ({100 * chosen['val_acc']:.1f}%)"
         confirmation = self.confirmation
+        if confirmation is None and self.record.confirm_run_ids:
+            return f"{head}; its confirmation at fresh seeds has not finished: run the same search again"
         if confirmation is None:
             return (
                 f"{head}; not confirmed: its test accuracy in the table is of the seeds that chose it; "
@@ -70,18 +74,24 @@ class SearchView:
         )
 
 
-def split_confirmation(final: pd.DataFrame, record: SearchRecord) -> tuple[pd.DataFrame, Confirmation | None]:
+def split_confirmation(
+    final: pd.DataFrame, record: SearchRecord, partial: set[str] | frozenset[str] = frozenset()
+) -> tuple[pd.DataFrame, Confirmation | None]:
     """The search's runs without the confirmation's, and the confirmation: the chosen cell against no-KD,
-    paired seed by seed, on test accuracy at the last epoch (the budget the search trained for)."""
+    paired seed by seed, on test accuracy at the last epoch (the budget the search trained for); None
+    until every confirmation seed has both runs complete."""
     if final.empty or not record.confirm_run_ids:
         return final, None
     confirming = final["run_id"].isin(record.confirm_run_ids)
-    runs = final[confirming]
+    others = final[~confirming].reset_index(drop=True)
+    runs = final[confirming & ~final["run_id"].isin(partial) & (final["epoch"] + 1 == record.epochs)]
+    if "same_as" in runs:  # the chosen cell shown again under a label sharing its curve: counted once
+        runs = runs[runs["same_as"].isna()]
     cell = runs[runs["schedule"] != BASELINE].sort_values("seed")
     baseline = runs[runs["schedule"] == BASELINE].sort_values("seed")
-    paired = cell.merge(baseline, on="seed", suffixes=("", "_baseline"))
-    if paired.empty:
-        return final[~confirming].reset_index(drop=True), None
+    paired = cell.merge(baseline, on="seed", suffixes=("", "_baseline"), validate="one_to_one")
+    if sorted(paired["seed"].astype(int)) != sorted(record.confirm_seeds):
+        return others, None
     treated, control = paired["test_acc"].tolist(), paired["test_acc_baseline"].tolist()
     confirmation = Confirmation(
         [int(seed) for seed in paired["seed"]],
@@ -90,4 +100,4 @@ def split_confirmation(final: pd.DataFrame, record: SearchRecord) -> tuple[pd.Da
         stats.paired_difference(treated, control),
         stats.paired_t_test(treated, control),
     )
-    return final[~confirming].reset_index(drop=True), confirmation
+    return others, confirmation

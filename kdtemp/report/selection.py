@@ -59,8 +59,9 @@ def restrict(results: ExperimentResults, selection: GridSelection) -> tuple[Expe
         for run_id, reason in results.failed
         if _failed_cell_kept(results.failed_cells[run_id], selection)
     ]
+    pruned = {key: cell for key, cell in results.pruned.items() if _failed_cell_kept(cell[:4], selection)}
     restricted = replace(
-        results, final=results.final[kept].reset_index(drop=True), curves=curves, failed=failed
+        results, final=results.final[kept].reset_index(drop=True), curves=curves, failed=failed, pruned=pruned
     )
     return restricted, int((~kept).sum())
 

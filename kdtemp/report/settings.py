@@ -196,6 +196,11 @@ def _belongs(run: RunSetting, schedule: str, setting: RunSetting) -> bool:
     return run.key == setting.key if schedule != BASELINE else run.baseline_key == setting.baseline_key
 
 
+def pruned_run(key: str) -> str:
+    """The run id of a results.pruned key (a cell shown under a second label is `<run id> as <label>`)."""
+    return key.split(" as ", 1)[0]
+
+
 def _restrict(results: ExperimentResults, setting: RunSetting) -> ExperimentResults:
     """The part of `results` one setting reports; unfinished and unreadable runs stay with the experiment."""
     final, curves = results.final, results.curves
@@ -212,12 +217,18 @@ def _restrict(results: ExperimentResults, setting: RunSetting) -> ExperimentResu
         for run_id, reason in results.failed
         if _belongs(results.settings[run_id], results.failed_cells[run_id][0], setting)
     ]
+    pruned = {
+        key: cell
+        for key, cell in results.pruned.items()
+        if _belongs(results.settings[pruned_run(key)], cell[0], setting)
+    }
     sizes = results.setting_sizes.get(setting.key) or results.setting_sizes.get(setting.baseline_key) or {}
     return replace(
         results,
         final=final.reset_index(drop=True),
         curves=curves.reset_index(drop=True),
         failed=failed,
+        pruned=pruned,
         unfinished=[],
         unreadable=[],
         sizes=sizes,

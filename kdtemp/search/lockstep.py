@@ -110,8 +110,12 @@ class LockstepBatch:
             if pruned:  # a process died while pruning it: finish that
                 self._prune(work, int(pruned[0] or 0), leave=False)
                 continue
-            for run, summary in zip(work.runs, summaries, strict=True):
-                if summary is not None and summary.status in (Status.COMPLETED, Status.FAILED):
+            failed = [s.reason for s in summaries if s is not None and s.status == Status.FAILED]
+            if failed:  # one of its seeds diverged before
+                self._fail(work, str(failed[0]))
+                continue
+            for run in work.runs:
+                if is_completed(self.state.layout.run_dir(run.run_id)):
                     continue  # finished before (by a sweep, or this search): read, not trained
                 resume = prepare_run(self.state, run)
                 epoch = int(resume["member"]["epoch"]) if resume else 0
@@ -128,9 +132,8 @@ class LockstepBatch:
 
     def _open(self, runs: list[RunSpec], states: Sequence[dict | None]) -> _Active:
         group = new_group(self.state, runs, states)
-        stack = ExitStack()
-        stack.enter_context(group)
         directories = [self.state.layout.tensorboard_dir(run.run_id) for run in runs]
+        stack = ExitStack()
         loggers = stack.enter_context(run_loggers(self.state.config, directories))
         active = _Active(group, runs, stack, loggers)
         active.epochs = group.run(self.state.should_stop)
@@ -146,7 +149,7 @@ class LockstepBatch:
         try:
             self._start()
             while any(work.live for work in self.works) or self.active:
-                at = self._common_epoch()
+                at = self._epoch_to_judge()
                 if at is not None:
                     self._judge(at)
                     continue
@@ -163,16 +166,18 @@ class LockstepBatch:
                 epochs[run.run_id] = epochs_done(self.state, run)
         return epochs
 
-    def _common_epoch(self) -> int | None:
-        """The epoch to judge the live trials at: the one all their runs have finished, when they stand at
-        the same one and it is not judged yet; None when some must train on first."""
+    def _epoch_to_judge(self) -> int | None:
+        """The epoch the live trials furthest behind have all finished, when they are not judged at it
+        yet; None when the groups must train on first. Trials ahead (runs a sweep or a killed process
+        took further) wait, and report their values before anyone is judged."""
         done = self._run_epochs()
         live = [work for work in self.works if work.live]
-        epochs = {done[run.run_id] for work in live for run in work.runs}
-        if len(epochs) != 1:
+        if not live:
             return None
-        epoch = epochs.pop()
-        return epoch if epoch > 0 and any(work.judged < epoch for work in live) else None
+        at = {work.trial.number: min(done[run.run_id] for run in work.runs) for work in live}
+        lowest = min(at.values())
+        behind = [work for work in live if at[work.trial.number] == lowest]
+        return lowest if lowest > 0 and any(work.judged < lowest for work in behind) else None
 
     def _advance(self) -> None:
         """One epoch of the groups furthest behind."""
@@ -182,48 +187,63 @@ class LockstepBatch:
         lowest = min(active.epoch for active in self.active)
         for active in [a for a in self.active if a.epoch == lowest]:
             goes_on = False
-            for event in active.epochs:  # type: ignore[attr-defined]
-                if isinstance(event, StepsDone):
-                    self.state.emit(
-                        Progress("batches", f"epoch {event.epoch + 1}", event.step, event.steps_per_epoch)
-                    )
-                    continue
+            # the group's hooks (a hint's, on the shared teachers) only while it trains: other open groups
+            # would capture features they never read
+            with active.group:
+                event = self._next_epoch(active)
+            if event is not None:
                 record_epoch(self.state, active.group, active.runs, event, active.loggers)
-                for k in event.failures:  # may re-stack `active` without the failed trial's members
-                    if active.runs[k].run_id in self.trial_of:
-                        self._fail(self.trial_of[active.runs[k].run_id], event.failures[k])
                 goes_on = active.epoch < self.epochs and len(active.group.failed) < len(active.runs)
-                break
+                failed = {
+                    k: reason
+                    for k, reason in event.failures.items()
+                    if active.runs[k].run_id in self.trial_of
+                }
+                for k, reason in failed.items():  # may re-stack `active` without the failed trials' members
+                    self._fail(self.trial_of[active.runs[k].run_id], reason)
             if not goes_on and active in self.active:  # the last epoch done, or every member failed
                 self._close(active)
                 self.active.remove(active)
 
+    def _next_epoch(self, active: _Active):
+        """Train `active` one epoch: its EpochDone, or None when its generator has ended."""
+        for event in active.epochs:  # type: ignore[attr-defined]
+            if isinstance(event, StepsDone):
+                self.state.emit(
+                    Progress("batches", f"epoch {event.epoch + 1}", event.step, event.steps_per_epoch)
+                )
+                continue
+            return event
+        return None
+
     # -- judging --
 
     def _judge(self, epoch: int) -> None:
+        """Every live trial reports what it has, then those at `epoch` are judged (or told complete)."""
         live = [work for work in self.works if work.live]
+        curves = {work.trial.number: validation_curve(self.state, work.runs) for work in live}
         for work in live:
-            curve = validation_curve(self.state, work.runs)
-            for step in range(1, epoch + 1):
+            for step in range(1, len(curves[work.trial.number]) + 1):
                 if step not in work.reported:
-                    work.trial.report(curve[step - 1], step)
+                    work.trial.report(curves[work.trial.number][step - 1], step)
                     work.reported.add(step)
-            work.judged = epoch
+        judged = [work for work in live if len(curves[work.trial.number]) == epoch]
         pruned = []
-        for work in live:
+        for work in judged:
+            work.judged = epoch
             if epoch >= self.epochs:
-                value = validation_curve(self.state, work.runs)[self.epochs - 1]
-                self.study.tell(work.trial, value)
+                self.study.tell(work.trial, curves[work.trial.number][self.epochs - 1])
                 work.state = TrialState.COMPLETE
             elif work.trial.should_prune():
                 pruned.append(work)
         for work in pruned:
-            self._prune(work, epoch)
-        if pruned:
-            kept = [work for work in live if work.live]
+            self._prune(work, epoch, leave=False)
+        if pruned:  # every pruned trial's members leave at once: one re-stack per group and rung
+            self._leave({run.run_id for work in pruned for run in work.runs})
+            kept = [work for work in judged if work.live]
             self.state.emit(
                 Note(
-                    f"epoch {epoch}: pruned {len(pruned)} of {len(live)} trials; "
+                    f"epoch {epoch}: pruned {len(pruned)} of {len(judged)} trials; "
                     f"{len(kept)} go on ({', '.join(describe(w.cell) for w in kept[:6])}"
                     f"{', ...' if len(kept) > 6 else ''})"
                 )

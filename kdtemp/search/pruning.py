@@ -28,7 +28,7 @@ def rung_epochs(min_epochs: int, factor: int, epochs: int) -> list[int]:
 
 
 class LockstepHalving(BasePruner):
-    """At each rung, a trial continues when its value is among the best max(1, n // factor) of the n
+    """At each rung, a trial continues when its value is among the best ceil(n / factor) of the n
     trials that have reported that epoch (its own batch included, as a batch reports before it is
     judged); ties with the last kept value continue. Pure: the decision reads only the study's
     intermediate values, so a resumed search decides again exactly as before."""
@@ -55,7 +55,8 @@ class LockstepHalving(BasePruner):
             if t.number != trial.number and step in t.intermediate_values
         ]
         values = [v for v in [*others, value] if not math.isnan(v)]
-        keep = max(1, len(values) // self.reduction_factor)
+        # ceil, not floor: at 13 trials 5 go on, not 4 (benchmarks/search_speed.py: MNIST-1D's answer)
+        keep = max(1, math.ceil(len(values) / self.reduction_factor))
         maximize = study.direction == StudyDirection.MAXIMIZE
         threshold = sorted(values, reverse=maximize)[keep - 1]
         return value < threshold if maximize else value > threshold
@@ -63,13 +64,16 @@ class LockstepHalving(BasePruner):
 
 def build_pruner(search: SearchConfig, epochs: int) -> BasePruner:
     if search.pruner == "halving":
-        return LockstepHalving(search.min_epochs, search.reduction_factor)
+        return LockstepHalving(search.first_rung(epochs), search.reduction_factor)
     if search.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=search.min_epochs, max_resource=epochs, reduction_factor=search.reduction_factor
+            min_resource=search.first_rung(epochs),
+            max_resource=epochs,
+            reduction_factor=search.reduction_factor,
         )
     if search.pruner == "median":
-        return optuna.pruners.MedianPruner(n_warmup_steps=search.min_epochs - 1)
+        # its warm-up counts steps before the first it may prune at; our steps are epochs done, from 1
+        return optuna.pruners.MedianPruner(n_warmup_steps=search.first_rung(epochs))
     return optuna.pruners.NopPruner()
 
 

@@ -45,6 +45,8 @@ class SearchRecord:
     confirm_seeds: list[int] = field(default_factory=list)
     confirm_run_ids: list[str] = field(default_factory=list)
     """The chosen cell's and no-KD's runs at the fresh confirm_seeds (search --confirm)."""
+    confirm_student_epochs: int = 0
+    """Epochs the confirmation trained, on top of spent_student_epochs."""
 
     def write(self, directory: Path) -> Path:
         path = directory / RECORD

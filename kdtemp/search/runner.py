@@ -23,7 +23,7 @@ from kdtemp.search.lockstep import LockstepBatch, TrialWork, describe, epochs_do
 from kdtemp.search.record import SearchRecord, TrialRecord
 from kdtemp.search.space import check_space, finite_cells, suggest_cell, total_trials
 from kdtemp.search.study import open_study, setup_lock
-from kdtemp.store.files import atomic_write_json, check_writable, is_completed
+from kdtemp.store.files import atomic_write_json, check_writable, is_completed, read_summary
 from kdtemp.store.locks import RunLock, owner_record
 from kdtemp.sweep.experiment import PreparedExperiment, prepare_experiment
 from kdtemp.sweep.plan import GridCell, RunSpec, baseline_runs, cell_runs, shared_identity
@@ -86,9 +86,10 @@ def search(
     check_space(config)
     experiment = prepare_experiment(config, emit)
     check_writable(experiment.layout.root)
-    study = open_study(config, experiment.layout)
+    shared = shared_identity(config, experiment.teacher_fingerprint)
+    study = open_study(config, experiment.layout, shared)
     state = sweep_state(experiment, False, should_stop, worker, 0, emit)
-    job = _Search(config, experiment, state, study, shared_identity(config, experiment.teacher_fingerprint))
+    job = _Search(config, experiment, state, study, shared)
     if not config.search.continuous:
         record_same_curves(experiment.layout, config, emit)
     baseline = baseline_runs(job.shared, config.kd.seeds)
@@ -114,10 +115,12 @@ def search(
                 lock.release()
             baseline_locks = {}
         _write_record(job, baseline)
+    for lock in baseline_locks.values():
+        lock.release()
     _train_runs(job, baseline, "no-KD baseline")  # when no batch was left to train it with
     chosen = _chosen(study)
     confirmed = False
-    if config.search.confirm and chosen is not None:
+    if wants_confirmation(config) and chosen is not None:
         _confirm(job, chosen)
         confirmed = True
     record = _write_record(job, baseline)
@@ -138,10 +141,10 @@ def search(
 
 def _batch_size(config: ExperimentConfig, limit: int | None) -> int:
     """Trials per batch: search.batch, else all cells of a grid (8 of a continuous space), capped so a
-    batch's runs fit one group."""
+    batch's runs and the no-KD runs fit one group."""
     size = config.search.batch or (CONTINUOUS_BATCH if config.search.continuous else total_trials(config))
-    if limit is not None:
-        size = min(size, max(1, limit // len(config.kd.seeds)))
+    if limit is not None:  # room for the no-KD runs, which train with the first batch
+        size = min(size, max(1, limit // len(config.kd.seeds) - 1))
     return max(1, size)
 
 
@@ -232,6 +235,11 @@ def _chosen(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
 
 
+def wants_confirmation(config: ExperimentConfig) -> bool:
+    """--confirm, or confirmation seeds given."""
+    return config.search.confirm or config.search.confirm_seeds is not None
+
+
 def confirm_seeds(config: ExperimentConfig) -> list[int]:
     """search.confirm_seeds, else as many seeds as the search used, after the largest of them."""
     if config.search.confirm_seeds is not None:
@@ -247,6 +255,12 @@ def _confirm(job: _Search, chosen: optuna.trial.FrozenTrial) -> None:
     seeds = confirm_seeds(job.config)
     job.state.emit(Note(f"confirming {describe(cell)} and no-KD at fresh seeds {', '.join(map(str, seeds))}"))
     _train_runs(job, job.runs_of(cell, seeds) + baseline_runs(job.shared, seeds), "confirmation")
+
+
+def _pruned_epoch(job: _Search, runs: list[RunSpec]) -> int | None:
+    """The epoch a pruned trial stopped at, as its runs' summary.json records it."""
+    summary = read_summary(job.layout.run_dir(runs[0].run_id))
+    return summary.pruned_epoch if summary is not None else None
 
 
 def _write_record(job: _Search, baseline: list[RunSpec]) -> SearchRecord:
@@ -269,22 +283,25 @@ def _write_record(job: _Search, baseline: list[RunSpec]) -> SearchRecord:
                 frozen.state.name.lower(),
                 [run.run_id for run in runs],
                 validation_curve(state, runs),
-                frozen.last_step if frozen.state == TrialState.PRUNED else None,
+                _pruned_epoch(job, runs) if frozen.state == TrialState.PRUNED else None,
             )
         )
     chosen = _chosen(job.study)
     chosen_record = None
     confirm_ids: list[str] = []
+    confirming: list[RunSpec] = []
     seeds = confirm_seeds(config)
     if chosen is not None:
         cell = cell_of(chosen.params, config)
         chosen_record = {"schedule": cell.label, "t0": cell.t0, "alpha": cell.alpha, "val_acc": chosen.value}
-        if config.search.confirm:
-            confirm_ids = [r.run_id for r in job.runs_of(cell, seeds) + baseline_runs(job.shared, seeds)]
+        if wants_confirmation(config):
+            confirming = job.runs_of(cell, seeds) + baseline_runs(job.shared, seeds)
+            confirm_ids = [run.run_id for run in confirming]
     epochs = config.student.epochs
     grid = None
     if not config.search.continuous:
         grid = (len(finite_cells(config)) + 1) * len(config.kd.seeds) * epochs
+    confirm_epochs = sum(epochs_done(state, run) for run in confirming)
     record = SearchRecord(
         list(config.kd.seeds),
         epochs,
@@ -296,6 +313,7 @@ def _write_record(job: _Search, baseline: list[RunSpec]) -> SearchRecord:
         chosen_record,
         seeds if confirm_ids else [],
         confirm_ids,
+        confirm_epochs,
     )
     record.write(job.layout.search_dir)
     return record

@@ -50,9 +50,16 @@ def grid_params(cell: GridCell) -> dict:
 
 
 def enqueue_grid(study: optuna.Study, config: ExperimentConfig) -> None:
-    """Every cell of a finite grid as a waiting trial, once: a study that has trials already is resumed."""
+    """Every cell of a finite grid as a waiting trial, once: cells a trial of the study already holds
+    (a process killed while enqueuing) are not enqueued again."""
+    held = set()
+    for trial in study.get_trials(deepcopy=False):
+        params = trial.params or trial.system_attrs.get("fixed_params") or {}
+        if params:
+            held.add((params["schedule"], float(params["t0"]), float(params["alpha"])))
     for cell in finite_cells(config):
-        study.enqueue_trial(grid_params(cell))
+        if (cell.label, cell.t0, cell.alpha) not in held:
+            study.enqueue_trial(grid_params(cell))
 
 
 def suggest_cell(trial: optuna.Trial, config: ExperimentConfig) -> GridCell:

@@ -6,6 +6,7 @@ rather than mixed in.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -39,10 +40,13 @@ def storage_for(config: ExperimentConfig, layout: ExperimentLayout) -> optuna.st
     return JournalStorage(JournalFileBackend(str(journal_path(layout))))
 
 
-def space_record(config: ExperimentConfig) -> dict:
-    """What makes two searches the same study: the grid (or ranges), seeds, epochs and pruner."""
+def space_record(config: ExperimentConfig, shared: dict) -> dict:
+    """What makes two searches the same study: the grid (or ranges), seeds, epochs, pruner, and the setting
+    every run shares (student, teacher, data: `shared`, plan.shared_identity)."""
     search = config.search
+    setting = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:16]
     return {
+        "setting": setting,
         "schedules": [s.model_dump(mode="json") for s in config.kd.schedules],
         "temperatures": list(config.kd.temperatures),
         "alphas": config.kd.alpha_grid(),
@@ -50,7 +54,7 @@ def space_record(config: ExperimentConfig) -> dict:
         "alpha_range": search.alpha_range,
         "seeds": list(config.kd.seeds),
         "epochs": config.student.epochs,
-        "pruner": [search.pruner, search.reduction_factor, search.min_epochs],
+        "pruner": [search.pruner, search.reduction_factor, search.first_rung(config.student.epochs)],
         "sampler": [search.sampler, search.sampler_seed] if search.continuous else None,
     }
 
@@ -64,11 +68,11 @@ def setup_lock(layout: ExperimentLayout) -> Iterator[None]:
         yield
 
 
-def open_study(config: ExperimentConfig, layout: ExperimentLayout) -> optuna.Study:
+def open_study(config: ExperimentConfig, layout: ExperimentLayout, shared: dict) -> optuna.Study:
     """The experiment's study, created (with a finite grid's cells enqueued) on first use."""
     optuna.logging.set_verbosity(logging.WARNING)
     storage = storage_for(config, layout)
-    space = json.loads(json.dumps(space_record(config)))
+    space = json.loads(json.dumps(space_record(config, shared)))
     with setup_lock(layout):
         try:
             study = optuna.create_study(
@@ -85,9 +89,9 @@ def open_study(config: ExperimentConfig, layout: ExperimentLayout) -> optuna.Stu
             ) from None
         known = study.user_attrs.get(SPACE_ATTR)
         if known is None:
-            study.set_user_attr(SPACE_ATTR, space)
-            if not config.search.continuous:
+            if not config.search.continuous:  # the cells first: a process killed here leaves no mark
                 enqueue_grid(study, config)
+            study.set_user_attr(SPACE_ATTR, space)
         elif known != space:
             changed = sorted(key for key in space if known.get(key) != space.get(key))
             raise ConfigError(

@@ -173,7 +173,7 @@ DAMAGE = {
     "constant-T4-s4": (lambda s: s.update(final=[0.7]), r"final: Input should be a valid dictionary"),
     "constant-T4-s5": (
         lambda s: s.update(status="finished"),
-        r"status: a summary records completed or failed, not 'finished'",
+        r"status: a summary records completed or failed or pruned, not 'finished'",
     ),
 }
 
@@ -246,6 +246,7 @@ def test_run_files_name_every_file_of_a_run_and_of_a_teacher(tmp_path):
         "completed",
         "running",
         "failed",
+        "pruned",
         "interrupted",
         "pending",
     )  # `kdtemp status` order
