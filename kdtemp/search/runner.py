@@ -21,7 +21,7 @@ from kdtemp.engine.job_setup import StopCheck
 from kdtemp.events import Emit, Note, ignore
 from kdtemp.search.lockstep import LockstepBatch, TrialWork, describe, epochs_done, validation_curve
 from kdtemp.search.record import SearchRecord, TrialRecord
-from kdtemp.search.space import check_space, finite_cells, suggest_cell, total_trials
+from kdtemp.search.space import cell_of, check_space, finite_cells, suggest_cell, total_trials
 from kdtemp.search.study import open_study, setup_lock
 from kdtemp.store.files import atomic_write_json, check_writable, is_completed, read_summary
 from kdtemp.store.locks import RunLock, owner_record
@@ -249,8 +249,6 @@ def confirm_seeds(config: ExperimentConfig) -> list[int]:
 
 
 def _confirm(job: _Search, chosen: optuna.trial.FrozenTrial) -> None:
-    from kdtemp.search.space import cell_of
-
     cell = cell_of(chosen.params, job.config)
     seeds = confirm_seeds(job.config)
     job.state.emit(Note(f"confirming {describe(cell)} and no-KD at fresh seeds {', '.join(map(str, seeds))}"))
@@ -264,8 +262,6 @@ def _pruned_epoch(job: _Search, runs: list[RunSpec]) -> int | None:
 
 
 def _write_record(job: _Search, baseline: list[RunSpec]) -> SearchRecord:
-    from kdtemp.search.space import cell_of
-
     config, state = job.config, job.state
     trials, spent = [], sum(epochs_done(state, run) for run in baseline)
     for frozen in job.study.get_trials(deepcopy=False):

@@ -81,16 +81,12 @@ def suggest_cell(trial: optuna.Trial, config: ExperimentConfig) -> GridCell:
         )
         return GridCell(by_label[label], label, float(alpha), float(t0))
     cells = finite_cells(config)
-    label = trial.suggest_categorical("schedule", labels)
-    t0 = trial.suggest_categorical("t0", sorted({cell.t0 for cell in cells}))
-    alpha = trial.suggest_categorical("alpha", sorted({cell.alpha for cell in cells}))
-    for cell in cells:
-        if (cell.label, cell.t0, cell.alpha) == (label, t0, alpha):
-            return cell
-    raise ConfigError(
-        f"the study holds trial {trial.number} ({label}, T={t0:g}, alpha {alpha:g}), not a cell of this "
-        "grid: give the grid the study was made with, or another --name"
-    )
+    params = {
+        "schedule": trial.suggest_categorical("schedule", labels),
+        "t0": trial.suggest_categorical("t0", sorted({cell.t0 for cell in cells})),
+        "alpha": trial.suggest_categorical("alpha", sorted({cell.alpha for cell in cells})),
+    }
+    return cell_of(params, config)
 
 
 def cell_of(params: dict, config: ExperimentConfig) -> GridCell:
