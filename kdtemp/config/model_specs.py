@@ -1,7 +1,8 @@
 """The network specs of `teacher:` and `student:`: the built-in archs, users' own, and how each trains.
 
-A spec is chosen by its `arch`: a built-in name picks its class (MLPSpec, CNNSpec, ResNetSpec), a
-`module:callable` or `torchvision:NAME` the CustomSpec; `training_identity` is what of a spec enters
+A spec is chosen by its `arch`: a built-in name picks its class (MLPSpec, CNNSpec, ResNetSpec, the text
+archs EmbeddingBagSpec and TransformerSpec, HFConfigSpec), `hf:<folder>` the HFSpec, a `module:callable`
+or `torchvision:NAME` the CustomSpec; `training_identity` is what of a spec enters
 run ids and checkpoint identities.
 """
 
@@ -110,6 +111,9 @@ class CustomSpec(TrainingSettings):
     kwargs: dict[str, Any] = {}
     weights: str | None = None
     """torchvision only: a weights name passed through to torchvision.models.get_model (it may download)."""
+    in_channels: PositiveInt | None = None
+    """torchvision only: rebuild the model's first convolution for images of this many channels (1 for
+    gray images; its pretrained weights are summed over the RGB channels); None keeps it as built."""
 
     @field_validator("arch")
     @classmethod
@@ -122,14 +126,91 @@ class CustomSpec(TrainingSettings):
 
     @model_validator(mode="after")
     def _weights_for_torchvision(self):
-        if self.weights is not None and not self.arch.startswith("torchvision:"):
-            raise ValueError(
-                f"weights names torchvision weights; {self.arch} is not a torchvision: arch, remove weights"
-            )
+        for key in ("weights", "in_channels"):
+            if getattr(self, key) is not None and not self.arch.startswith("torchvision:"):
+                raise ValueError(
+                    f"{key} is for torchvision models; {self.arch} is not a torchvision: arch, remove {key}"
+                )
         return self
 
 
-BUILT_IN_SPECS = (MLPSpec, CNNSpec, ResNetSpec)
+# --- text ------------------------------------------------------------------------------------------
+
+
+class EmbeddingBagSpec(TrainingSettings):
+    """fastText-style (Joulin et al. 2017): the mean of the text's token embeddings (and, with ngrams 2,
+    of its hashed bigrams'), an optional hidden layer, then the classifier."""
+
+    arch: Literal["embedding-bag"] = "embedding-bag"
+    embedding_dim: PositiveInt = 64
+    hidden: NonNegativeInt = 0
+    """A ReLU layer of this width before the classifier; 0: none (fastText's linear model)."""
+    ngrams: Literal[1, 2] = 1
+    """2: add hashed bigram embeddings (fastText's word n-grams)."""
+    buckets: PositiveInt = 20000
+    """Hash buckets of the bigram embeddings (ngrams 2)."""
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class TransformerSpec(TrainingSettings):
+    """A small pre-norm Transformer encoder (Vaswani et al. 2017) over token and learned position
+    embeddings, pooled over the unmasked tokens (mean) or at the first token ([CLS])."""
+
+    arch: Literal["transformer"] = "transformer"
+    layers: PositiveInt = 2
+    d_model: PositiveInt = 64
+    heads: PositiveInt = 4
+    feed_forward: PositiveInt = 128
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    pooling: Literal["mean", "cls"] = "mean"
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of heads {self.heads}; change either")
+        return self
+
+
+class HFSpec(TrainingSettings):
+    """`hf:<folder>`: a transformers model saved with save_pretrained (AutoModelForSequenceClassification,
+    local files only; needs the `text` extra)."""
+
+    arch: str
+    fine_tune: bool = False
+    """Teacher only: false takes the saved model as trained (train-teacher evaluates and records it, as
+    for teacher.checkpoint); true fine-tunes it like any teacher. A student is always trained."""
+
+    @field_validator("arch")
+    @classmethod
+    def _folder(cls, value):
+        if not value.startswith(HF_PREFIX) or len(value) == len(HF_PREFIX):
+            raise ValueError("a transformers model is hf:<folder saved with save_pretrained>")
+        return value
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.arch[len(HF_PREFIX) :])
+
+
+class HFConfigSpec(TrainingSettings):
+    """A randomly initialised transformers classifier built offline from `kwargs` (AutoConfig.for_model:
+    model_type and its sizes); vocab_size, num_labels and max_position_embeddings default to the data's."""
+
+    arch: Literal["hf-config"] = "hf-config"
+    kwargs: dict[str, Any] = {"model_type": "bert"}
+
+    @field_validator("kwargs")
+    @classmethod
+    def _model_type(cls, value):
+        if not isinstance(value.get("model_type"), str):
+            raise ValueError("hf-config needs kwargs.model_type (bert, distilbert, roberta, ...)")
+        return value
+
+
+HF_PREFIX = "hf:"
+TEXT_SPECS = (EmbeddingBagSpec, TransformerSpec, HFSpec, HFConfigSpec)
+"""The specs whose networks take token ids (and masks), not float inputs."""
+BUILT_IN_SPECS = (MLPSpec, CNNSpec, ResNetSpec, EmbeddingBagSpec, TransformerSpec, HFConfigSpec)
 ARCH_SPEC = {
     arch: cls.__name__ for cls in BUILT_IN_SPECS for arch in get_args(cls.model_fields["arch"].annotation)
 }
@@ -140,15 +221,26 @@ BUILT_IN_ARCHS = tuple(ARCH_SPEC)
 def _spec_tag(value: Any) -> str | None:
     """The spec class an arch belongs to: `a:b` is a user's own model; an unknown plain name matches none."""
     arch = value.get("arch") if isinstance(value, dict) else getattr(value, "arch", None)
+    if isinstance(arch, str) and arch.startswith(HF_PREFIX):
+        return HFSpec.__name__
     if isinstance(arch, str) and ":" in arch:
         return CustomSpec.__name__
     return ARCH_SPEC.get(arch, arch) if isinstance(arch, str) else None
 
 
 if TYPE_CHECKING:  # what the runtime union below is, for the type checker
-    ModelSpec = MLPSpec | CNNSpec | ResNetSpec | CustomSpec
+    ModelSpec = (
+        MLPSpec
+        | CNNSpec
+        | ResNetSpec
+        | EmbeddingBagSpec
+        | TransformerSpec
+        | HFConfigSpec
+        | HFSpec
+        | CustomSpec
+    )
 else:
-    _TAGGED_SPECS = tuple(Annotated[cls, Tag(cls.__name__)] for cls in (*BUILT_IN_SPECS, CustomSpec))
+    _TAGGED_SPECS = tuple(Annotated[cls, Tag(cls.__name__)] for cls in (*BUILT_IN_SPECS, HFSpec, CustomSpec))
     ModelSpec = Annotated[
         Union[_TAGGED_SPECS],  # noqa: UP007 (a union built at runtime)
         Discriminator(_spec_tag, custom_error_type="unknown_arch", custom_error_message="unknown arch"),
@@ -157,10 +249,13 @@ else:
 
 def architecture_of(spec: ModelSpec) -> dict:
     """The fields that shape the network (arch and its kwargs), not how it is trained."""
-    return spec.model_dump(mode="json", exclude=set(TrainingSettings.model_fields))
+    tree = spec.model_dump(mode="json", exclude=set(TrainingSettings.model_fields) | {"fine_tune"})
+    if tree.get("in_channels", 0) is None:  # added later: absent while unset, so older checkpoints match
+        del tree["in_channels"]
+    return tree
 
 
-IDENTITY_DEFAULTS_LEFT_OUT = {"nesterov": True, "checkpoint": None}
+IDENTITY_DEFAULTS_LEFT_OUT = {"nesterov": True, "checkpoint": None, "in_channels": None}
 """Training keys added after run ids were first hashed, with the default they are left out at."""
 
 
@@ -172,7 +267,7 @@ def training_identity(spec: ModelSpec) -> dict:
     """
     tree = spec.model_dump(mode="json")
     for key, default in IDENTITY_DEFAULTS_LEFT_OUT.items():
-        if tree.get(key) == default:
+        if key in tree and tree[key] == default:
             del tree[key]
     return tree
 

@@ -46,11 +46,12 @@ def check_safe_name(value: str, what: str) -> str:
 
 class DataConfig(StrictModel):
     dataset: Literal[
-        "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "image-folder", "tensors"
+        "mnist1d", "fashion-mnist", "mnist", "cifar10", "cifar100", "image-folder", "tensors", "text"
     ] = "mnist1d"
     root: Path = Path("data")
     """Where generated, cached or downloaded datasets live; for image-folder the folder holding train/ and
-    val/, for tensors the .npz or .pt file."""
+    val/, for tensors the .npz or .pt file, for text the folder holding train.csv and test.csv (or .jsonl,
+    .parquet)."""
     image_size: PositiveInt = 32
     """image-folder only: every image is resized (shorter side) and center-cropped to this square size."""
     batch_size: PositiveInt = 128
@@ -67,6 +68,17 @@ class DataConfig(StrictModel):
     folder). 0: no validation split, choices are made on the test set, and the report says so."""
     split_seed: NonNegativeInt = 0
     """Seed of the validation split; kd.seeds vary the students, never the split or the teacher."""
+    channels: PositiveInt | None = None
+    """Images only: repeat one-channel (gray) images to this many channels, e.g. 3 for a torchvision model
+    or a pretrained RGB teacher; None keeps the data's own channels."""
+    tokenizer: Path | None = None
+    """text only: a tokenizer.json (the `tokenizers` library) or a local transformers model folder; None
+    trains a WordPiece tokenizer on the training texts, saved beside the data and reused."""
+    vocab_size: Annotated[int, Field(ge=16)] = 8000
+    """text only: the vocabulary of the WordPiece tokenizer kdtemp trains (without data.tokenizer)."""
+    max_length: Annotated[int, Field(ge=2)] = 128
+    """text only: texts are cut to this many tokens (with [CLS] and [SEP]) and padded to the longest text
+    of the data, at most this."""
 
 
 # --- distillation ------------------------------------------------------------------------------

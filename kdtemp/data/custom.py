@@ -19,6 +19,7 @@ import torch
 from kdtemp.config.schema import DataConfig
 from kdtemp.data.dataset import Dataset, standardised_images
 from kdtemp.data.registry import register_dataset
+from kdtemp.data.text import token_inputs
 from kdtemp.errors import CheckpointError, DataError, first_line
 from kdtemp.store.files import atomic_torch_save, file_fingerprint, load_checkpoint
 
@@ -31,6 +32,7 @@ IMAGE_FOLDER_LAYOUT = (
 CACHE_FORMAT = "kdtemp-image-folder-cache/1"
 CACHE_DIR = ".kdtemp-cache"
 TENSOR_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+PIXELS, FLOATS, TOKEN_IDS = "pixels", "floats", "token ids"
 VAL_ARRAYS = ("x_val", "y_val")
 """Optional in a tensors file: the user's own validation split, which then wins over data.val_fraction."""
 
@@ -262,16 +264,32 @@ def load_tensors(config: DataConfig) -> Dataset:
                 f"x_{split} {arrays[f'x_{split}'].shape[1:]}; "
                 "every split needs the same sample shape"
             )
-        if (arrays["x_train"].dtype == np.uint8) != (arrays[f"x_{split}"].dtype == np.uint8):
+        if input_kind(arrays["x_train"]) != input_kind(arrays[f"x_{split}"]):
             raise DataError(
                 f"{path}: x_train is {arrays['x_train'].dtype}, x_{split} {arrays[f'x_{split}'].dtype}; "
-                "store every split as uint8 pixels or every split as floats"
+                "store every split as uint8 pixels, every split as floats or every split as int64 token ids"
             )
     largest = int(max(arrays[f"y_{split}"].max() for split in splits))
     classes = class_names(path, arrays.get("classes"), largest)
     labels = {split: torch.from_numpy(arrays[f"y_{split}"].astype(np.int64)) for split in splits}
     source = f"{path} (sha256 {file_fingerprint(path)})"
     validation = f"x_val/y_val of {path.name}" if given_val else ""
+    if input_kind(arrays["x_train"]) == TOKEN_IDS:
+        inputs = token_arrays(path, arrays, splits)
+        vocab_size = token_vocab_size(path, arrays, inputs)
+        return Dataset(
+            name="tensors",
+            train_x=inputs["train"],
+            train_y=labels["train"],
+            test_x=inputs["test"],
+            test_y=labels["test"],
+            classes=classes,
+            source=source,
+            val_x=inputs.get("val"),
+            val_y=labels.get("val"),
+            validation=validation,
+            vocab_size=vocab_size,
+        )
     if arrays["x_train"].dtype == np.uint8:
         images = {f"{split}_x": _channels_first(arrays[f"x_{split}"]) for split in splits}
         images.update({f"{split}_y": labels[split] for split in splits})
@@ -359,9 +377,19 @@ def check_split(path: Path, split: str, x: np.ndarray, y: np.ndarray) -> None:
         raise DataError(
             f"{path}: x_{split} has shape {x.shape}; it needs one row per sample, (N, features...) with N > 0"
         )
-    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+    if (
+        x.dtype != np.uint8
+        and not np.issubdtype(x.dtype, np.floating)
+        and not np.issubdtype(x.dtype, np.integer)
+    ):
         raise DataError(
-            f"{path}: x_{split} is {x.dtype}; store inputs as float (used as given) or uint8 (pixels 0..255)"
+            f"{path}: x_{split} is {x.dtype}; store inputs as float (used as given), uint8 (pixels 0..255) "
+            "or int64 token ids (N, L)"
+        )
+    if input_kind(x) == TOKEN_IDS and (x.ndim != 2 or (x.size and x.min() < 0)):
+        raise DataError(
+            f"{path}: x_{split} holds integers of shape {x.shape}; token ids are (N, L), each 0 or more "
+            "(or store pixels as uint8 and other inputs as float)"
         )
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise DataError(
@@ -375,12 +403,52 @@ def check_split(path: Path, split: str, x: np.ndarray, y: np.ndarray) -> None:
         raise DataError(
             f"{path}: y_{split} has negative labels (smallest {int(y.min())}); labels must be 0..C-1"
         )
-    if x.dtype != np.uint8:
+    if input_kind(x) == FLOATS:
         bad = int(np.count_nonzero(~np.isfinite(x)))
         if bad:
             raise DataError(
                 f"{path}: x_{split} holds {bad} NaN or infinite values; replace them before training"
             )
+
+
+def input_kind(x: np.ndarray) -> str:
+    """What an x array holds: uint8 pixels, floats used as given, or (other integers) token ids."""
+    if x.dtype == np.uint8:
+        return PIXELS
+    return TOKEN_IDS if np.issubdtype(x.dtype, np.integer) else FLOATS
+
+
+def token_arrays(
+    path: Path, arrays: dict[str, np.ndarray], splits: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """Each split's token ids with its mask (`mask_<split>`, 1 = a token, 0 = padding; all ones when
+    absent) as the text layout (N, 2, L)."""
+    inputs = {}
+    for split in splits:
+        ids = arrays[f"x_{split}"]
+        mask = arrays.get(f"mask_{split}")
+        if mask is None:
+            mask = np.ones_like(ids)
+        elif mask.shape != ids.shape or not np.isin(mask, (0, 1)).all():
+            raise DataError(
+                f"{path}: mask_{split} must be 0/1 of x_{split}'s shape {ids.shape} (it is {mask.dtype} "
+                f"{mask.shape}); 1 marks a token, 0 padding"
+            )
+        inputs[split] = token_inputs(
+            torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
+        )
+    return inputs
+
+
+def token_vocab_size(path: Path, arrays: dict[str, np.ndarray], inputs: dict[str, torch.Tensor]) -> int:
+    """The file's `vocab_size` when given (above every id), else the largest id + 1."""
+    largest = max(int(x[:, 0].max()) for x in inputs.values())
+    if "vocab_size" not in arrays:
+        return largest + 1
+    vocab_size = int(np.asarray(arrays["vocab_size"]).reshape(-1)[0])
+    if vocab_size <= largest:
+        raise DataError(f"{path}: vocab_size {vocab_size} but a token id is {largest}; raise vocab_size")
+    return vocab_size
 
 
 def class_names(path: Path, names: np.ndarray | None, largest_label: int) -> tuple[str, ...]:

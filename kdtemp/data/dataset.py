@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from kdtemp.errors import DataError
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -34,6 +36,11 @@ class Dataset:
     """Where the validation split came from, in words (kdtemp.data.validation)."""
     notices: tuple[str, ...] = ()
     """Things the user should know about how the files were read, shown once when the data loads."""
+    vocab_size: int | None = None
+    """Text only: token ids are 0 .. vocab_size - 1. Text inputs are int64 (N, 2, L): each sample's token
+    ids, then its attention mask (1 = a token, 0 = padding); kdtemp.data.text builds them."""
+    tokenizer_json: str | None = None
+    """Text only: the tokenizer (tokenizers' JSON) that made the ids, saved with the experiment for export."""
 
     @property
     def num_classes(self) -> int:
@@ -45,7 +52,11 @@ class Dataset:
 
     @property
     def is_image(self) -> bool:
-        return len(self.input_shape) == 3
+        return len(self.input_shape) == 3 and not self.is_text
+
+    @property
+    def is_text(self) -> bool:
+        return self.vocab_size is not None
 
     @property
     def val_is_test(self) -> bool:
@@ -134,3 +145,32 @@ def normalise_images(images: np.ndarray, mean: tuple[float, ...], std: tuple[flo
     mean_t = torch.tensor(mean).view(1, -1, 1, 1)
     std_t = torch.tensor(std).view(1, -1, 1, 1)
     return tensor.sub_(mean_t).div_(std_t)
+
+
+def with_channels(data: Dataset, channels: int | None) -> Dataset:
+    """`data` with one-channel images repeated to `channels` (data.channels), as torchvision's
+    Grayscale(num_output_channels=3) does; None or the data's own count changes nothing."""
+    if channels is None or (data.is_image and data.input_shape[0] == channels):
+        return data
+    if not data.is_image or data.input_shape[0] != 1:
+        what = (
+            f"{data.input_shape[0]}-channel images"
+            if data.is_image
+            else f"inputs of shape {data.input_shape}"
+        )
+        raise DataError(
+            f"data.channels {channels} repeats one-channel images, but {data.name} holds {what}; "
+            "remove data.channels"
+        )
+
+    def repeat(images: torch.Tensor) -> torch.Tensor:
+        return images.expand(-1, channels, -1, -1).contiguous()
+
+    return replace(
+        data,
+        train_x=repeat(data.train_x),
+        test_x=repeat(data.test_x),
+        val_x=None if data.val_x is None else repeat(data.val_x),
+        pad_value=data.pad_value * channels,
+        notices=(*data.notices, f"gray images repeated to {channels} channels (data.channels)"),
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kdtemp.config.schema import DataConfig
-from kdtemp.data.dataset import Dataset
+from kdtemp.data.dataset import Dataset, with_channels
 from kdtemp.data.validation import with_validation
 from kdtemp.errors import DataError
 
@@ -32,12 +32,12 @@ def dataset_names() -> list[str]:
 
 
 def load_dataset(config: DataConfig) -> Dataset:
-    """Load `config.dataset` on the CPU, with its validation split; the caller moves it to the run's
-    device."""
+    """Load `config.dataset` on the CPU, with its validation split (and data.channels); the caller moves
+    it to the run's device."""
     try:
         loader = _LOADERS[config.dataset]
     except KeyError:
         raise DataError(
             f"unknown dataset {config.dataset!r}; choose one of {', '.join(dataset_names())}"
         ) from None
-    return with_validation(loader(config), config)
+    return with_channels(with_validation(loader(config), config), config.channels)

@@ -70,7 +70,8 @@ def data_on(device: torch.device, config: ExperimentConfig, emit: Emit = ignore)
         emit(Note(notice, "warning"))
     if config.data.augment and not data.is_image:
         raise ConfigError(
-            f"data.augment crops and flips images; {data.name} holds sequences {data.input_shape}: "
+            f"data.augment crops and flips images; {data.name} holds "
+            f"{'texts' if data.is_text else f'sequences {data.input_shape}'}: "
             "set augment: false"
         )
     return data.to(device)

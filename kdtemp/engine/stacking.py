@@ -8,6 +8,8 @@ vmap's merged convolutions would round differently from a member alone.
 from __future__ import annotations
 
 import copy
+import re
+import warnings
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -94,6 +96,10 @@ def each_member(function: Callable, in_dims: tuple[int | None, ...]) -> Callable
     return call
 
 
+BATCHING_RULE = re.compile(r"batching rule for ([\w.:]+)")
+"""How torch warns that vmap runs an op without a batching rule (one slice at a time, inside the vmap)."""
+
+
 def vmap_failure(modules: list[nn.Module], example: torch.Tensor) -> str | None:
     """Why `vmap` cannot run these modules stacked, or None when it can: one dry forward and backward.
 
@@ -101,9 +107,15 @@ def vmap_failure(modules: list[nn.Module], example: torch.Tensor) -> str | None:
     such students still train, one member at a time (`each_member`). The probe runs on copies, in
     forked RNG state, so it changes nothing a run will see.
     """
+    return probe_vmap(modules, example)[0]
+
+
+def probe_vmap(modules: list[nn.Module], example: torch.Tensor) -> tuple[str | None, tuple[str, ...]]:
+    """(vmap_failure's reason or None, the ops torch warned it has no batching rule for, in order)."""
     template, params, buffers = stack_modules([copy.deepcopy(m) for m in modules], example.device)
     cuda = [example.device] if example.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with torch.random.fork_rng(devices=cuda), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         try:
             # each member its own batch, as students of several seeds run: then every activation is batched
             forward = vmap(
@@ -111,5 +123,12 @@ def vmap_failure(modules: list[nn.Module], example: torch.Tensor) -> str | None:
             )
             forward(params, buffers, example.expand(len(modules), *example.shape)).float().sum().backward()
         except Exception as exc:  # vmap raises several kinds; any of them means: do not stack
-            return first_line(exc, 160)
-    return None
+            return first_line(exc, 160), ()
+    slow = (BATCHING_RULE.search(str(warning.message)) for warning in caught)
+    return None, tuple(dict.fromkeys(match.group(1).rstrip(".") for match in slow if match))
+
+
+def quiet_batching_rule_warnings() -> None:
+    """Silence torch's per-call "no batching rule" warnings for the rest of the process, once the probe
+    has said so in one notice."""
+    warnings.filterwarnings("ignore", message=r".*batching rule.*")

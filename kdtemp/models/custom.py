@@ -8,6 +8,8 @@ Each refusal is one `ConfigError` line naming the arch and what to change.
 from __future__ import annotations
 
 import inspect
+import re
+from typing import cast
 
 import torch
 from torch import nn
@@ -16,17 +18,52 @@ from kdtemp.config.model_specs import CustomSpec
 from kdtemp.errors import ConfigError, first_line
 from kdtemp.plugins import import_callable
 
+CHANNEL_MISMATCH = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels")
+"""How torch's convolutions say an image has another number of channels than their weights."""
 
-def build_custom(spec: CustomSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+
+def build_custom(
+    spec: CustomSpec, input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None = None
+) -> nn.Module:
     """Build a user's network for inputs of `input_shape` and `num_classes` classes, checked by a
-    dry forward."""
+    dry forward (on token ids 0 when the data is text, `vocab_size` ids)."""
     source, _, name = spec.arch.partition(":")
     if source == "torchvision":
         model = torchvision_model(name, spec.weights, num_classes, spec.kwargs)
+        if spec.in_channels is not None:
+            with_first_convolution_for(model, spec.in_channels, spec.arch)
     else:
         model = user_model(spec.arch, spec.kwargs, input_shape, num_classes)
-    check_logits_shape(model, spec.arch, input_shape, num_classes)
+    check_logits_shape(model, spec.arch, input_shape, num_classes, text=vocab_size is not None)
     return model
+
+
+def with_first_convolution_for(model: nn.Module, channels: int, arch: str) -> None:
+    """Rebuild the model's first Conv2d for `channels` input channels, in place. Its weights, pretrained or
+    not, are summed over the old input channels and spread evenly over the new ones, so gray images
+    repeated to RGB and their one channel give the same first activations."""
+    found = next(((name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if found is None:
+        raise ConfigError(f"{arch} has no Conv2d to rebuild for in_channels; remove in_channels")
+    name, old = found
+    new = nn.Conv2d(
+        channels,
+        old.out_channels,
+        cast(tuple[int, int], old.kernel_size),
+        cast(tuple[int, int], old.stride),
+        cast(tuple[int, int], old.padding),
+        cast(tuple[int, int], old.dilation),
+        old.groups,
+        old.bias is not None,
+        old.padding_mode,
+    )
+    with torch.no_grad():
+        summed = old.weight.sum(dim=1, keepdim=True) / channels
+        new.weight.copy_(summed.expand(-1, channels, -1, -1))
+        if old.bias is not None and new.bias is not None:
+            new.bias.copy_(old.bias)
+    parent_name, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attribute, new)
 
 
 def torchvision_model(name: str, weights: str | None, num_classes: int, kwargs: dict) -> nn.Module:
@@ -74,16 +111,26 @@ def _accepts(builder, name: str) -> bool:
     return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
-def check_logits_shape(model: nn.Module, arch: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+def check_logits_shape(
+    model: nn.Module, arch: str, input_shape: tuple[int, ...], num_classes: int, text: bool = False
+) -> None:
     """One eval-mode forward on a zero example must give (1, num_classes) logits; the state is
-    restored after."""
+    restored after. A convolution expecting other channels than the images have is refused with the fixes."""
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            output = model(torch.zeros(1, *input_shape))
+            output = model(torch.zeros(1, *input_shape, dtype=torch.int64 if text else torch.float32))
     except Exception as exc:
+        wanted = CHANNEL_MISMATCH.search(str(exc))
+        if wanted and len(input_shape) == 3:
+            have, expected = input_shape[0], int(wanted.group(1))
+            raise ConfigError(
+                f"{arch} expects {expected}-channel images, the data has {have} channel(s); set "
+                f"data.channels: {expected} (repeats gray images to {expected} channels, for pretrained "
+                f"weights) or in_channels: {have} in its spec (rebuilds its first convolution)"
+            ) from None
         raise ConfigError(
             f"{arch} cannot run on one input of shape {tuple(input_shape)} "
             f"({type(exc).__name__}: {first_line(exc)})"

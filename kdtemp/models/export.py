@@ -44,8 +44,9 @@ def best_run(layout: ExperimentLayout) -> str:
     return best
 
 
-def load_student(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...]]:
-    """A completed run's student, rebuilt from the config recorded beside it, and its input shape."""
+def load_student(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...], int | None]:
+    """A completed run's student, rebuilt from the config recorded beside it, its input shape and (text)
+    vocabulary size."""
     files = RunFiles(run_dir)
     if not (files.summary.exists() and files.model.exists()):
         raise RunsError(f"{run_dir.name} has no finished student (no model.pt); let its sweep complete first")
@@ -60,7 +61,8 @@ def load_student(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...]]:
     layout = ExperimentLayout(run_dir.parent.parent)
     teacher = load_checkpoint(layout.teacher_models(len(config.teacher_specs()))[0], "teacher checkpoint")
     input_shape = tuple(teacher["input_shape"])
-    model = build_model(config.student, input_shape, int(teacher["num_classes"]))
+    vocab_size = teacher.get("vocab_size")
+    model = build_model(config.student, input_shape, int(teacher["num_classes"]), vocab_size)
     checkpoint = load_checkpoint(files.model, "student model")
     try:
         model.load_state_dict(checkpoint["state_dict"])
@@ -68,7 +70,20 @@ def load_student(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...]]:
         raise CheckpointError(
             f"{files.model} does not fit the run's student ({exc}); rerun the sweep with --force"
         ) from None
-    return model.eval(), input_shape
+    return model.eval(), input_shape, vocab_size
+
+
+def example_inputs(input_shape: tuple[int, ...], vocab_size: int | None) -> torch.Tensor:
+    """Four inputs to trace and check an export with: normal floats, or (text) random token ids with the
+    second half of the last two texts masked as padding."""
+    generator = torch.Generator().manual_seed(0)
+    if vocab_size is None:
+        return torch.randn(4, *input_shape, generator=generator)
+    length = input_shape[-1]
+    ids = torch.randint(0, vocab_size, (4, length), generator=generator)
+    mask = torch.ones(4, length, dtype=torch.int64)
+    mask[2:, max(1, length // 2) :] = 0
+    return torch.stack([ids, mask], dim=1)
 
 
 def export_student(layout: ExperimentLayout, run_id: str | None, format: Format = "pt2") -> tuple[str, Path]:
@@ -77,8 +92,8 @@ def export_student(layout: ExperimentLayout, run_id: str | None, format: Format 
     run_dir = layout.run_dir(run_id)
     if not run_dir.is_dir():
         raise RunsError(f"no run {run_id} under {layout.students_dir}; `kdtemp status` lists the runs")
-    model, input_shape = load_student(run_dir)
-    example = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0))
+    model, input_shape, vocab_size = load_student(run_dir)
+    example = example_inputs(input_shape, vocab_size)
     with torch.no_grad():
         expected = model(example)
         buffer = io.BytesIO()

@@ -12,9 +12,19 @@ from typing import TypeVar, cast
 
 from torch import nn
 
-from kdtemp.config.model_specs import CustomSpec, ModelSpec
+from kdtemp.config.model_specs import (
+    TEXT_SPECS,
+    CustomSpec,
+    EmbeddingBagSpec,
+    HFConfigSpec,
+    HFSpec,
+    ModelSpec,
+    TransformerSpec,
+)
 from kdtemp.errors import ConfigError
 from kdtemp.models.custom import build_custom
+from kdtemp.models.huggingface import build_from_config, build_saved
+from kdtemp.models.text import build_embedding_bag, build_transformer
 
 Builder = Callable[[ModelSpec, tuple[int, ...], int], nn.Module]
 
@@ -42,10 +52,33 @@ def model_names() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build `spec.arch` for inputs of `input_shape` (without the batch dimension)."""
+TEXT_BUILDERS: dict[type, Callable[..., nn.Module]] = {
+    EmbeddingBagSpec: build_embedding_bag,
+    TransformerSpec: build_transformer,
+    HFSpec: build_saved,
+    HFConfigSpec: build_from_config,
+}
+TEXT_ARCHS = "embedding-bag, transformer, hf:<folder> or hf-config"
+
+
+def build_model(
+    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None = None
+) -> nn.Module:
+    """Build `spec.arch` for inputs of `input_shape` (without the batch dimension); `vocab_size` for text
+    data (token ids), None for float inputs. A text arch on float data, or the reverse, is refused."""
+    if isinstance(spec, TEXT_SPECS):
+        if vocab_size is None:
+            raise ConfigError(
+                f"{spec.arch} reads token ids, but the data holds {tuple(input_shape)} float inputs; "
+                "use it with data.dataset: text (or token ids in a tensors file)"
+            )
+        return TEXT_BUILDERS[type(spec)](spec, tuple(input_shape), num_classes, vocab_size)
     if isinstance(spec, CustomSpec):
-        return build_custom(spec, tuple(input_shape), num_classes)
+        return build_custom(spec, tuple(input_shape), num_classes, vocab_size)
+    if vocab_size is not None:
+        raise ConfigError(
+            f"{spec.arch} takes float inputs, but the data is text (token ids); choose {TEXT_ARCHS}"
+        )
     try:
         builder = _BUILDERS[spec.arch]
     except KeyError:

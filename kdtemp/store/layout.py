@@ -86,6 +86,11 @@ class ExperimentLayout:
         return self.root / "same_curves.json"
 
     @property
+    def tokenizer(self) -> Path:
+        """Text data: the tokenizer (tokenizers' JSON) the experiment's token ids came from, for export."""
+        return self.root / "tokenizer.json"
+
+    @property
     def search_dir(self) -> Path:
         """`kdtemp search`'s study (Optuna journal) and its record."""
         return self.root / "search"

@@ -18,7 +18,7 @@ from kdtemp.data.dataset import Dataset
 from kdtemp.engine.device import max_group_size, member_bytes, set_up_device
 from kdtemp.engine.job_setup import data_on, set_up_threads
 from kdtemp.engine.randomness import caller_rng_kept, keeps_global_rng
-from kdtemp.engine.stacking import vmap_failure
+from kdtemp.engine.stacking import probe_vmap, quiet_batching_rule_warnings
 from kdtemp.events import Emit, Note, ignore
 from kdtemp.models.features import Hint, build_regressor, feature_shape
 from kdtemp.models.footprint import student_and_teacher
@@ -58,8 +58,8 @@ class PreparedExperiment:
 
     def stackable(self, emit: Emit = ignore) -> bool:
         """Whether vmap can run the student stacked; a note when it cannot (its runs then train one at a
-        time)."""
-        reason = self._vmap_failure()
+        time), and one note, instead of torch's stream of warnings, for ops vmap runs slice by slice."""
+        reason, slow_ops = self._probe_vmap()
         if reason is not None:
             emit(
                 Note(
@@ -68,11 +68,20 @@ class PreparedExperiment:
                     "time, with the same results and files, more slowly"
                 )
             )
+        elif slow_ops:
+            emit(
+                Note(
+                    f"torch has no batching rule for {', '.join(slow_ops)}: stacked "
+                    f"{self.config.student.arch} students run it one member at a time inside vmap "
+                    "(same numbers, slower); torch's warnings about it are silenced"
+                )
+            )
+            quiet_batching_rule_warnings()
         return reason is None
 
     @keeps_global_rng
-    def _vmap_failure(self) -> str | None:
-        return vmap_failure([self.student_probe, self.student_probe], self.data.train_x[:2])
+    def _probe_vmap(self) -> tuple[str | None, tuple[str, ...]]:
+        return probe_vmap([self.student_probe, self.student_probe], self.data.train_x[:2])
 
     @keeps_global_rng
     def group_limit(self) -> int:
@@ -106,7 +115,7 @@ def prepare_experiment(config: ExperimentConfig, emit: Emit = ignore) -> Prepare
     teachers = load_teachers(config, data, device)
     # built before anything is written, so a student that does not fit the data is refused first
     with caller_rng_kept():
-        student = build_model(config.student, data.input_shape, data.num_classes).to(device)
+        student = build_model(config.student, data.input_shape, data.num_classes, data.vocab_size).to(device)
     hint = hint_settings(config, data, teachers, student)
     return PreparedExperiment(config, layout, device, data, teachers, student, hint)
 

@@ -52,7 +52,9 @@ def with_finished_parents(state: SweepState, runs: list[RunSpec]) -> list[RunSpe
 
 def _load_student(state: SweepState, run_id: str) -> nn.Module:
     checkpoint = load_checkpoint(state.layout.run_files(run_id).model, "student model")
-    model = build_model(state.student_spec, state.data.input_shape, state.data.num_classes)
+    model = build_model(
+        state.student_spec, state.data.input_shape, state.data.num_classes, state.data.vocab_size
+    )
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(state.device).eval()
 
@@ -87,7 +89,9 @@ def generation_hint(state: SweepState, generation: int) -> Hint | None:
     if state.hint is None or generation == 1:
         return state.hint
     shape = feature_shape(
-        build_model(state.student_spec, state.data.input_shape, state.data.num_classes),
+        build_model(
+            state.student_spec, state.data.input_shape, state.data.num_classes, state.data.vocab_size
+        ),
         state.hint.student_layer,
         state.data.train_x[:2].cpu(),
         "student",

@@ -349,7 +349,7 @@ def new_group(state: SweepState, runs: list[RunSpec], resumes: Sequence[dict | N
     signal = state.signal if generation == 1 else parent_signal(state, runs)
     with caller_rng_kept():  # the group seeds each member's init itself; a hint's shape probe draws too
         group = StudentGroup(
-            lambda: build_model(spec, data.input_shape, data.num_classes),
+            lambda: build_model(spec, data.input_shape, data.num_classes, data.vocab_size),
             [member_for(run, spec.epochs, spe) for run in runs],
             data,
             signal,

@@ -10,6 +10,7 @@ or export program must also compute the same logits as that network, checked on 
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -19,12 +20,13 @@ from typing import cast
 import torch
 from torch import nn
 
-from kdtemp.config.model_specs import ModelSpec
+from kdtemp.config.model_specs import HFSpec, ModelSpec
 from kdtemp.errors import CheckpointError, first_line
 from kdtemp.models.registry import build_model
 from kdtemp.store.files import file_sha256, load_checkpoint
 
 STATE_DICT, KDTEMP, TORCHSCRIPT, EXPORT = "state_dict", "kdtemp", "torchscript", "torch.export"
+TRANSFORMERS = "transformers"
 SHOWN_KEYS = 3
 """How many missing / unexpected / mismatched keys a refusal names."""
 
@@ -104,16 +106,40 @@ class _Program(nn.Module):
         return self.program(inputs)
 
 
-def import_teacher(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> ImportedTeacher:
+def is_saved_model(spec: ModelSpec) -> bool:
+    """A teacher `hf:<folder>` taken as trained: evaluated and recorded, never trained."""
+    return isinstance(spec, HFSpec) and not spec.fine_tune and spec.checkpoint is None
+
+
+def folder_sha256(folder: Path) -> str:
+    """sha256 over a folder's files (relative names and contents, in sorted order)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{file_sha256(path)}\0".encode())
+    return digest.hexdigest()
+
+
+def import_teacher(
+    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, vocab_size: int | None = None
+) -> ImportedTeacher:
     """The spec's network with the checkpoint's weights, refused when they do not fit it (naming
-    which keys)."""
+    which keys); a saved transformers teacher (`is_saved_model`) with its own weights."""
+    if is_saved_model(spec):
+        assert isinstance(spec, HFSpec)
+        model = build_model(spec, input_shape, num_classes, vocab_size)
+        source = {
+            "path": str(spec.folder.resolve()),
+            "sha256": folder_sha256(spec.folder),
+            "format": TRANSFORMERS,
+        }
+        return ImportedTeacher(model.eval(), source, None)
     path = Path(cast(Path, spec.checkpoint))  # called for teachers given a checkpoint only
     if not path.is_file():
         raise CheckpointError(
             f"teacher.checkpoint not found: {path}; give the path of a trained teacher's file"
         )
     state, kind, program = read_weights(path)
-    model = build_model(spec, input_shape, num_classes)
+    model = build_model(spec, input_shape, num_classes, vocab_size)
     problem = state_dict_mismatch(model, state)
     if problem:
         raise CheckpointError(

@@ -17,7 +17,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from kdtemp.config.model_specs import ModelSpec, architecture_of
+from kdtemp.config.model_specs import HFSpec, ModelSpec, architecture_of
 from kdtemp.config.schema import ExperimentConfig
 from kdtemp.data.dataset import Dataset
 from kdtemp.engine.evaluation import predict_logits
@@ -37,6 +37,7 @@ from kdtemp.store.files import (
     load_checkpoint,
 )
 from kdtemp.store.layout import ExperimentLayout
+from kdtemp.teachers.checkpoint_formats import folder_sha256, is_saved_model
 
 TEACHER_FORMAT = "kdtemp-teacher/1"
 LOGITS_FORMAT = "kdtemp-teacher-logits/2"
@@ -57,10 +58,19 @@ def teacher_label(index: int, count: int) -> str:
 
 
 def check_source_unchanged(record: dict, spec: ModelSpec, path: Path) -> None:
-    """A teacher imported from `teacher.checkpoint` stands for that file: refuse it when the file changed."""
+    """A teacher imported from `teacher.checkpoint` (or a saved transformers folder) stands for that file:
+    refuse it when the file changed."""
+    source = record.get("source") or {}
+    if is_saved_model(spec):
+        assert isinstance(spec, HFSpec)
+        if spec.folder.is_dir() and source.get("sha256") != folder_sha256(spec.folder):
+            raise CheckpointError(
+                f"{path} was not recorded from the current {spec.arch} (its files differ); run "
+                "`kdtemp train-teacher --force` to record it again (its students will be retrained)"
+            )
+        return
     if spec.checkpoint is None or not Path(spec.checkpoint).is_file():
         return
-    source = record.get("source") or {}
     if source.get("sha256") != file_sha256(Path(spec.checkpoint)):
         raise CheckpointError(
             f"{path} was not imported from the current teacher.checkpoint {spec.checkpoint} (its content "
@@ -98,7 +108,7 @@ def load_teachers(config: ExperimentConfig, data: Dataset, device: torch.device)
                 f"{path} is not a kdtemp teacher checkpoint; retrain it with `kdtemp train-teacher --force`"
             )
         check_teacher_matches(checkpoint, spec, data, path)
-        model = build_model(spec, data.input_shape, data.num_classes)
+        model = build_model(spec, data.input_shape, data.num_classes, data.vocab_size)
         try:
             model.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as exc:

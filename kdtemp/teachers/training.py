@@ -42,6 +42,7 @@ from kdtemp.store.files import (
     append_csv_row,
     atomic_torch_save,
     atomic_write_json,
+    atomic_write_text,
     atomic_write_yaml,
     check_writable,
     keep_epochs_before,
@@ -54,6 +55,7 @@ from kdtemp.teachers.checkpoint_formats import (
     ImportedTeacher,
     check_same_logits,
     import_teacher,
+    is_saved_model,
 )
 from kdtemp.teachers.loading import (
     RETRAIN,
@@ -112,6 +114,8 @@ def train_teacher(
         set_up_threads(config, emit)  # after the checks above: a refusal stays one line
         imported = _check_networks(config, specs, finished, data)
         check_writable(config.runs_dir)
+        if data.tokenizer_json is not None:
+            atomic_write_text(layout.tokenizer, data.tokenizer_json)
     results: list[TeacherResult | EnsembleResult] = []
     for index, spec in enumerate(specs):
         label = teacher_label(index, count)
@@ -158,12 +162,12 @@ def _check_networks(
     for index, spec in enumerate(specs):
         if index in finished:
             continue
-        if spec.checkpoint is None:
-            build_model(spec, data.input_shape, data.num_classes)
+        if spec.checkpoint is None and not is_saved_model(spec):
+            build_model(spec, data.input_shape, data.num_classes, data.vocab_size)
         else:
-            imported[index] = import_teacher(spec, data.input_shape, data.num_classes)
+            imported[index] = import_teacher(spec, data.input_shape, data.num_classes, data.vocab_size)
             check_same_logits(imported[index], data.test_x, spec.arch)
-    build_model(config.student, data.input_shape, data.num_classes)
+    build_model(config.student, data.input_shape, data.num_classes, data.vocab_size)
     return imported
 
 
@@ -233,6 +237,7 @@ def _teacher_record(
         "data_fingerprint": data.fingerprint(),
         "num_classes": data.num_classes,
         "input_shape": list(data.input_shape),
+        "vocab_size": data.vocab_size,
         "test_acc": test_acc,
         "test_loss": test_loss,
         "epochs": epochs,
@@ -254,7 +259,7 @@ def _train_one(
     emit: Emit,
 ) -> TeacherResult:
     with seeded(spec.seed):  # the init its seed gives, the caller's RNG left as it was
-        model = build_model(spec, data.input_shape, data.num_classes)
+        model = build_model(spec, data.input_shape, data.num_classes, data.vocab_size)
     trainer = NetworkTrainer(model, data, loop_settings(config, spec, spec.seed, device, model))
     files = RunFiles(directory)
     checkpoint_path, metrics_path, model_path = files.checkpoint, files.metrics, files.model
