@@ -306,7 +306,8 @@ def encode_texts(
     tokenizer: TextTokenizer, texts: dict[str, list[str]], max_length: int
 ) -> dict[str, torch.Tensor]:
     """Every split's texts as int64 (N, 2, L): at most `max_length` tokens each (the tokenizer's own
-    truncation, so [CLS]/[SEP] stay), padded with its pad id to L, the longest text of all splits."""
+    truncation, so [CLS]/[SEP] stay), padded with its pad id to L, the longest text of all splits. The
+    tokenizer is left truncating and padding so, for the copy saved with the experiment."""
     backend = tokenizer.tokenizer
     backend.no_padding()
     backend.enable_truncation(max_length)
@@ -320,6 +321,10 @@ def encode_texts(
             ids[row, : len(encoding.ids)] = encoding.ids
             mask[row, : len(encoding.ids)] = 1
         inputs[split] = token_inputs(torch.from_numpy(ids), torch.from_numpy(mask))
+    # as saved with the experiment, the tokenizer gives a new text the ids and mask the model was trained on
+    backend.enable_padding(
+        length=length, pad_id=tokenizer.pad_id, pad_token=backend.id_to_token(tokenizer.pad_id)
+    )
     return inputs
 
 

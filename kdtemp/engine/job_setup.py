@@ -59,6 +59,12 @@ def config_flag(config: ExperimentConfig) -> str:
 def data_on(device: torch.device, config: ExperimentConfig, emit: Emit = ignore) -> Dataset:
     """The dataset on `device`, with a note saying what was loaded."""
     data = load_dataset(config.data)
+    if config.data.augment and not data.is_image:
+        raise ConfigError(
+            f"data.augment crops and flips images; {data.name} holds "
+            f"{'texts' if data.is_text else f'sequences {data.input_shape}'}: "
+            "set augment: false"
+        )
     val = "no val" if data.val_is_test else f"{len(data.split('val')[1])} val"
     emit(
         Note(
@@ -68,12 +74,6 @@ def data_on(device: torch.device, config: ExperimentConfig, emit: Emit = ignore)
     )
     for notice in data.notices:
         emit(Note(notice, "warning"))
-    if config.data.augment and not data.is_image:
-        raise ConfigError(
-            f"data.augment crops and flips images; {data.name} holds "
-            f"{'texts' if data.is_text else f'sequences {data.input_shape}'}: "
-            "set augment: false"
-        )
     return data.to(device)
 
 

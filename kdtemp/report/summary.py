@@ -160,10 +160,10 @@ def _summary_row(key: tuple, cell: pd.DataFrame, baseline: pd.DataFrame, results
 def _gap_closed(cell: pd.DataFrame, baseline: pd.DataFrame, teacher: float | None) -> float:
     """(cell mean - baseline mean) / (teacher - baseline mean), both means over exactly the seeds with a run
     in the cell and a no-KD baseline of the same setting (as delta_vs_baseline and p_value,
-    verdict.cell_tests)."""
+    verdict.cell_tests); NaN when the teacher is no better than no-KD."""
     treated, control = verdict.paired_values(cell, baseline, "test_acc", verdict.baseline_pairing(cell))
     base = stats.mean(control)
-    if not treated or teacher is None or teacher == base:
+    if not treated or teacher is None or teacher <= base:  # no gap to close when no-KD is as good
         return math.nan
     return (stats.mean(treated) - base) / (teacher - base)
 

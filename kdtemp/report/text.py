@@ -93,11 +93,14 @@ def headline(section: SettingReport) -> str | None:
     extras = []
     gap = cells_matching(section.summary, best)["gap_closed"]
     if table.metric == "test_acc" and len(gap) and not pd.isna(gap.iloc[0]):
-        extras.append(f"{100 * gap.iloc[0]:.0f}% of the teacher's accuracy gap over no-KD closed")
+        extras.append(f"{round(100 * gap.iloc[0])}% of the teacher's accuracy gap over no-KD closed")
     sizes = [
-        f"{value:.1f}x {word}"
-        for value, word in ((results.compression, "smaller"), (results.speedup, "faster"))
-        if not math.isnan(value)
+        f"{value:.1f}x {word}" if value >= 1 else f"{1 / value:.1f}x {opposite}"
+        for value, word, opposite in (
+            (results.compression, "smaller", "larger"),
+            (results.speedup, "faster", "slower"),
+        )
+        if not math.isnan(value) and value > 0
     ]
     if sizes:
         extras.append("at " + ", ".join(sizes))
