@@ -134,11 +134,12 @@ def build_report(
                 verdict.in_table_units(statistics.equivalence_margin, percent),
             )
         )
-        if search is not None and search.confirmation is not None:
+        own_search = search if search is not None and search.covers(part.final["run_id"]) else None
+        if own_search is not None and own_search.confirmation is not None:
             tests = tests.assign(confirmatory=False)  # the confirmation at fresh seeds is the one
         summary = summarize(part, accuracy_tests)
         table = temperature_table(part, metric, tests)
-        settings.append(SettingReport(label, part, summary, table, tests, statistics, search))
+        settings.append(SettingReport(label, part, summary, table, tests, statistics, own_search))
     logits, split = cached_teacher_logits(results)
     entropy = None
     if logits is not None:

@@ -30,6 +30,12 @@ class SearchView:
     record: SearchRecord
     confirmation: Confirmation | None
 
+    def covers(self, run_ids) -> bool:
+        """Whether a setting's runs include the search's trials: its lines belong to that setting's table
+        only, not to a sweep of another setting in the same experiment."""
+        trial_runs = {run_id for trial in self.record.trials for run_id in trial.run_ids}
+        return not trial_runs.isdisjoint(run_ids)
+
     @property
     def budget_line(self) -> str:
         record = self.record

@@ -245,6 +245,11 @@ def test_confirm_retrains_the_choice_and_no_kd_at_fresh_seeds_and_the_report_quo
     # the study lives in the RDB given, loadable by Optuna
     study = optuna.load_study(study_name="confirmed", storage=f"sqlite:///{config.parent / 'study.db'}")
     assert len(study.trials) == 2
+    # a sweep of another setting in the same experiment gets its own table, without the search's lines
+    assert run_cli("sweep", "--config", config, "--epochs", "1", "--temps", "4", "--seeds", "0").code == 0
+    both = " ".join(run_cli("report", "--config", config).stdout.split())
+    assert both.count("search (halving):") == 1 and both.count("confirmed at fresh seeds") == 1
+    assert both.index("student.epochs = 1") < both.index("student.epochs = 2") < both.index("search (halving):")
 
 
 @pytest.mark.slow
