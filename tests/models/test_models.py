@@ -175,16 +175,17 @@ def test_zoo_students_train_as_a_vmapped_group(arch, monkeypatch):
         assert math.isfinite(row["train_loss"]) and row["test_loss"] == pytest.approx(loss, rel=1e-4)
 
 
-DATASET_SHAPES = {"mnist1d": ((1, 40), 10), "fashion-mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10),
-                  "cifar100": ((3, 32, 32), 100)}
+DATASET_SHAPES = {"mnist1d": ((1, 40), 10, None), "fashion-mnist": ((1, 28, 28), 10, None),
+                  "cifar10": ((3, 32, 32), 10, None), "cifar100": ((3, 32, 32), 100, None),
+                  "text": ((2, 48), 4, 900)}  # the synthetic reviews: 4 classes, ~800 tokens, texts up to ~45
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_config_builds_its_models(path):
     config = load_config(path)
-    shape, classes = DATASET_SHAPES[config.data.dataset]
+    shape, classes, vocab_size = DATASET_SHAPES[config.data.dataset]
     for spec in [*config.teacher_specs(), config.student]:
-        assert build_model(spec, shape, classes).classifier.out_features == classes
+        assert build_model(spec, shape, classes, vocab_size).classifier.out_features == classes
 
 
 @pytest.mark.parametrize("name, teacher, student", [
