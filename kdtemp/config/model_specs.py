@@ -198,6 +198,10 @@ class HFConfigSpec(TrainingSettings):
 
     arch: Literal["hf-config"] = "hf-config"
     kwargs: dict[str, Any] = {"model_type": "bert"}
+    init_from: Path | None = None
+    """A saved transformers model folder of the same model_type (the teacher's, say) that initialises the
+    student, DistilBERT's recipe (Sanh et al. 2019): its embeddings, every other layer and its head. Its
+    config gives every size kwargs leave out, and half its layers."""
 
     @field_validator("kwargs")
     @classmethod

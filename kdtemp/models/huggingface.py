@@ -7,7 +7,9 @@ nn.Linear is the classification head, whose input is the pooled feature a hint m
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -73,6 +75,21 @@ def build_from_config(
     transformers = _transformers()
     kwargs = dict(spec.kwargs)
     model_type = kwargs.pop("model_type")
+    source = None if spec.init_from is None else saved_source(spec, model_type)
+    if source is not None:
+        layers_key = layer_count_key(source.config)
+        inherited = source.config.to_dict()
+        for key in (
+            "architectures",
+            "id2label",
+            "label2id",
+            "num_labels",
+            "model_type",
+            "transformers_version",
+        ):
+            inherited.pop(key, None)
+        inherited[layers_key] = max(1, getattr(source.config, layers_key) // 2)
+        kwargs = {**inherited, **kwargs}
     kwargs.setdefault("vocab_size", vocab_size)
     kwargs.setdefault("max_position_embeddings", max(input_shape[-1], 16))
     kwargs["num_labels"] = num_classes
@@ -82,7 +99,58 @@ def build_from_config(
     except Exception as exc:
         raise ConfigError(f"hf-config {model_type}: {first_line(exc)}; fix its kwargs") from None
     check_fits("hf-config", config, input_shape, vocab_size)
+    if source is not None:
+        every_other_layer(source, model)
     return SequenceClassifier(model)
+
+
+LAYER = re.compile(r"\.layer\.(\d+)\.")
+"""The encoder layer index in a transformers state-dict key (BERT's encoder.layer.i., DistilBERT's
+transformer.layer.i.)."""
+
+
+def saved_source(spec: HFConfigSpec, model_type: str) -> Any:
+    folder = Path(cast(Path, spec.init_from))
+    if not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"hf-config init_from {folder} holds no config.json; give a folder written by save_pretrained"
+        )
+    transformers = _transformers()
+    try:
+        source = transformers.AutoModelForSequenceClassification.from_pretrained(
+            str(folder), local_files_only=True
+        )
+    except Exception as exc:
+        raise ConfigError(f"hf-config init_from {folder} does not load ({first_line(exc)})") from None
+    if source.config.model_type != model_type:
+        raise ConfigError(
+            f"hf-config init_from {folder} is a {source.config.model_type}, kwargs.model_type {model_type}; "
+            "initialise from a model of the same family"
+        )
+    return source
+
+
+def layer_count_key(config: Any) -> str:
+    for key in ("num_hidden_layers", "n_layers", "num_layers"):
+        if hasattr(config, key):
+            return key
+    raise ConfigError(f"hf-config init_from: {config.model_type} names no layer count kdtemp knows")
+
+
+def every_other_layer(source: nn.Module, student: nn.Module) -> None:
+    """Student layer j takes source layer 2j; every other weight of the same name and shape is copied."""
+    own = student.state_dict()
+    taken = {}
+    for key, tensor in source.state_dict().items():
+        match = LAYER.search(key)
+        if match is not None:
+            index = int(match.group(1))
+            if index % 2:
+                continue
+            key = f"{key[: match.start()]}.layer.{index // 2}.{key[match.end() :]}"
+        if key in own and own[key].shape == tensor.shape:
+            taken[key] = tensor
+    student.load_state_dict(taken, strict=False)
 
 
 def check_fits(arch: str, config: Any, input_shape: tuple[int, ...], vocab_size: int) -> None:

@@ -247,3 +247,24 @@ class WarnsLikeAMissingBatchingRule(nn.Module):
 def test_the_vmap_probe_names_ops_without_a_batching_rule_once():
     reason, slow = probe_vmap([WarnsLikeAMissingBatchingRule(), WarnsLikeAMissingBatchingRule()], torch.randn(3, 4))
     assert reason is None and slow == ("aten::_transformer_encoder_layer_fwd",)
+
+
+def test_hf_config_init_from_takes_every_other_layer_of_a_same_family_model(tmp_path):
+    """DistilBERT's recipe: a 4-layer BERT gives a 2-layer student its layers 0 and 2, embeddings and head."""
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32, num_labels=CLASSES)
+    torch.manual_seed(0)
+    teacher = transformers.BertForSequenceClassification(config)
+    teacher.save_pretrained(tmp_path / "bert4")
+    student = build_model(HFConfigSpec(kwargs={"model_type": "bert"}, init_from=tmp_path / "bert4"),
+                          (2, LENGTH), CLASSES, VOCAB).model
+    assert student.config.num_hidden_layers == 2 and student.config.hidden_size == 16
+    theirs, ours = teacher.state_dict(), student.state_dict()
+    for key in ours:
+        source = key.replace("layer.1.", "layer.2.")
+        assert torch.equal(ours[key], theirs[source]), key
+    assert not torch.equal(ours["bert.encoder.layer.1.output.dense.weight"],
+                           theirs["bert.encoder.layer.1.output.dense.weight"])
+    with pytest.raises(ConfigError, match=r"init_from .*bert4 is a bert, kwargs.model_type distilbert"):
+        build_model(HFConfigSpec(kwargs={"model_type": "distilbert"}, init_from=tmp_path / "bert4"),
+                    (2, LENGTH), CLASSES, VOCAB)
