@@ -3,4 +3,4 @@
 Exports nothing itself: import from its modules.
 """
 
-from kdtemp.data import builtin, custom, text  # noqa: F401 - importing them registers their loaders
+from kdtemp.data import arrays, builtin, custom, text  # noqa: F401 - importing them registers their loaders

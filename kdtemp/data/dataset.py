@@ -174,3 +174,8 @@ def with_channels(data: Dataset, channels: int | None) -> Dataset:
         pad_value=data.pad_value * channels,
         notices=(*data.notices, f"gray images repeated to {channels} channels (data.channels)"),
     )
+
+
+def token_inputs(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """int64 (N, 2, L) from ids (N, L) and mask (N, L): the text layout every text model reads."""
+    return torch.stack([ids.long(), mask.long()], dim=1)

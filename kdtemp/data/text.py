@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from kdtemp.config.schema import DataConfig
-from kdtemp.data.dataset import Dataset
+from kdtemp.data.dataset import Dataset, token_inputs
 from kdtemp.data.registry import register_dataset
 from kdtemp.data.validation import stratified_split
 from kdtemp.errors import CheckpointError, DataError, first_line
@@ -48,11 +48,6 @@ class TextTokenizer:
     @property
     def vocab_size(self) -> int:
         return int(self.tokenizer.get_vocab_size(with_added_tokens=True))
-
-
-def token_inputs(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """int64 (N, 2, L) from ids (N, L) and mask (N, L): the text layout every text model reads."""
-    return torch.stack([ids.long(), mask.long()], dim=1)
 
 
 # --- the loader ------------------------------------------------------------------------------------

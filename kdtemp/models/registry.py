@@ -8,7 +8,7 @@ and the CIFAR zoo, so the registry is full once `kdtemp.models` is imported. Use
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import TypeVar, cast, get_args
 
 from torch import nn
 
@@ -49,7 +49,9 @@ def register_model(*names: str) -> Callable[[_SpecBuilder[_Spec]], _SpecBuilder[
 
 
 def model_names() -> list[str]:
-    return sorted(_BUILDERS)
+    """Every plain arch name a spec may give: the registered builders' and the built-in text archs'."""
+    text_archs = {arch for spec in TEXT_BUILDERS for arch in get_args(spec.model_fields["arch"].annotation)}
+    return sorted({*_BUILDERS, *text_archs})
 
 
 TEXT_BUILDERS: dict[type, Callable[..., nn.Module]] = {

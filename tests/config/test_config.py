@@ -167,7 +167,7 @@ def test_teacher_override_sets_every_member_of_an_ensemble(tmp_path):
 
 
 def test_unknown_dataset_lists_the_choices():
-    with pytest.raises(ConfigError, match=r"--dataset: .*'mnist1d'.*'cifar100'.*'image-folder'.*'tensors' \(got 'imagenet'\)"):
+    with pytest.raises(ConfigError, match=r"--dataset: .*'mnist1d'.*'cifar100'.*'image-folder'.*'tensors' or 'text' \(got 'imagenet'\)"):
         load_config(None, {"data.dataset": ("imagenet", "--dataset")})
 
 
