@@ -22,6 +22,7 @@ from kdtemp.config.model_specs import (
     TransformerSpec,
 )
 from kdtemp.errors import ConfigError
+from kdtemp.strict import StrictModel
 from kdtemp.models.custom import build_custom
 from kdtemp.models.huggingface import build_from_config, build_saved
 from kdtemp.models.text import build_embedding_bag, build_transformer
@@ -54,7 +55,7 @@ def model_names() -> list[str]:
     return sorted({*_BUILDERS, *text_archs})
 
 
-TEXT_BUILDERS: dict[type, Callable[..., nn.Module]] = {
+TEXT_BUILDERS: dict[type[StrictModel], Callable[..., nn.Module]] = {
     EmbeddingBagSpec: build_embedding_bag,
     TransformerSpec: build_transformer,
     HFSpec: build_saved,
