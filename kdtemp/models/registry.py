@@ -22,10 +22,10 @@ from kdtemp.config.model_specs import (
     TransformerSpec,
 )
 from kdtemp.errors import ConfigError
-from kdtemp.strict import StrictModel
 from kdtemp.models.custom import build_custom
 from kdtemp.models.huggingface import build_from_config, build_saved
 from kdtemp.models.text import build_embedding_bag, build_transformer
+from kdtemp.strict import StrictModel
 
 Builder = Callable[[ModelSpec, tuple[int, ...], int], nn.Module]
 
