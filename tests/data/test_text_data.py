@@ -213,3 +213,23 @@ def test_bad_text_data_is_refused_in_one_line_and_nothing_is_written(tmp_path, m
         load_dataset(DataConfig(dataset="text", root=root, vocab_size=50, **settings))
     assert "\n" not in str(caught.value)
     assert not (root / ".kdtemp-cache").exists()
+
+
+def test_a_transformers_folder_without_tokenizer_json_tokenises_as_transformers_does(tmp_path):
+    """A BERT folder holding only vocab.txt: read through AutoTokenizer (local files), ids as it gives them."""
+    transformers = pytest.importorskip("transformers")
+    words = sorted({word for text, _ in review_texts(200, 1) for word in text.split()})
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words[:150]]) + "\n")
+    folder = tmp_path / "bert-tokenizer"
+    transformers.BertTokenizer(str(vocab)).save_pretrained(folder)
+    (folder / "tokenizer.json").unlink(missing_ok=True)
+    root = write_reviews(tmp_path / "reviews", train=60, test=20)
+    data = load_dataset(DataConfig(dataset="text", root=root, tokenizer=folder, max_length=16, val_fraction=0))
+    reference = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    test_texts = [text for text, _ in review_texts(20, 2)]
+    encoded = reference(test_texts, truncation=True, max_length=16, padding="max_length")
+    length = data.input_shape[-1]
+    assert torch.equal(data.test_x[:, 0], torch.tensor(encoded["input_ids"])[:, :length])
+    assert torch.equal(data.test_x[:, 1], torch.tensor(encoded["attention_mask"])[:, :length])
+    assert int(data.test_x[:, 1].sum()) < data.test_x[:, 1].numel()  # some texts have [UNK]s and padding
