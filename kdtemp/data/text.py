@@ -33,7 +33,8 @@ TEXT_LAYOUT = (
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 """The trained tokenizer's special tokens, ids 0..4, as BERT's WordPiece has them ([PAD] = 0)."""
 PAD_TOKENS = ("[PAD]", "<pad>", "<PAD>")
-TEXT_CACHE_FORMAT = "kdtemp-text-cache/1"
+TEXT_CACHE_FORMAT = "kdtemp-text-cache/2"
+"""/2: the saved tokenizer truncates to the padded length L (/1 truncated at max_length)."""
 CACHE_DIR = ".kdtemp-cache"
 
 
@@ -302,7 +303,7 @@ def encode_texts(
 ) -> dict[str, torch.Tensor]:
     """Every split's texts as int64 (N, 2, L): at most `max_length` tokens each (the tokenizer's own
     truncation, so [CLS]/[SEP] stay), padded with its pad id to L, the longest text of all splits. The
-    tokenizer is left truncating and padding so, for the copy saved with the experiment."""
+    tokenizer is left truncating and padding to L, for the copy saved with the experiment."""
     backend = tokenizer.tokenizer
     backend.no_padding()
     backend.enable_truncation(max_length)
@@ -316,7 +317,9 @@ def encode_texts(
             ids[row, : len(encoding.ids)] = encoding.ids
             mask[row, : len(encoding.ids)] = 1
         inputs[split] = token_inputs(torch.from_numpy(ids), torch.from_numpy(mask))
-    # as saved with the experiment, the tokenizer gives a new text the ids and mask the model was trained on
+    # as saved with the experiment, the tokenizer gives a new text the ids and mask the model was trained on,
+    # cut and padded to L: the length an exported student (and a transformer's position table) takes
+    backend.enable_truncation(length)
     backend.enable_padding(
         length=length, pad_id=tokenizer.pad_id, pad_token=backend.id_to_token(tokenizer.pad_id)
     )

@@ -123,9 +123,16 @@ def probe_vmap(modules: list[nn.Module], example: torch.Tensor) -> tuple[str | N
             )
             forward(params, buffers, example.expand(len(modules), *example.shape)).float().sum().backward()
         except Exception as exc:  # vmap raises several kinds; any of them means: do not stack
-            return first_line(exc, 160), ()
+            return first_sentence(first_line(exc, 400), 160), ()
     slow = (BATCHING_RULE.search(str(warning.message)) for warning in caught)
     return None, tuple(dict.fromkeys(match.group(1).rstrip(".") for match in slow if match))
+
+
+def first_sentence(text: str, limit: int) -> str:
+    """`text` up to its first '. ' (torch's messages go on to ask for an issue, with a URL), at most
+    `limit` characters."""
+    end = text.find(". ")
+    return (text if end < 0 else text[:end])[:limit]
 
 
 def quiet_batching_rule_warnings() -> None:

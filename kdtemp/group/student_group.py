@@ -101,6 +101,9 @@ class StudentGroup:
                 )
             self.member_rows = torch.tensor(self.seed_rows, device=device)
         self.template, self.params, self.buffers = stack_modules(modules, device)
+        # what a module's state_dict holds: non-persistent buffers (transformers' position_ids) stay out of
+        # saved states, so model.pt loads into a freshly built module
+        self.saved_names = set(modules[0].state_dict())
         self.steps_per_epoch = steps_per_epoch(len(data.train_y), settings.batch_size)
         self.alpha = torch.tensor([m.alpha for m in self.members], device=device)
         self.temperature_table = torch.stack([m.temperatures for m in self.members]).to(device)
@@ -211,7 +214,11 @@ class StudentGroup:
         trainable = {**self.params, **self._trained_with_students()}
         state = {
             "epoch": self.completed_epochs,
-            "model": {name: t[k].detach().clone() for name, t in {**self.params, **self.buffers}.items()},
+            "model": {
+                name: t[k].detach().clone()
+                for name, t in {**self.params, **self.buffers}.items()
+                if name in self.saved_names
+            },
             "optimizer": {name: optimizer_slice(p) for name, p in trainable.items()},
         }
         for method in self.methods:
@@ -226,7 +233,8 @@ class StudentGroup:
         device = self.settings.device
         with torch.no_grad():
             for name, tensor in {**self.params, **self.buffers}.items():
-                tensor.copy_(torch.stack([s["model"][name] for s in states]).to(device))
+                if name in self.saved_names:  # non-persistent buffers keep the values they were built with
+                    tensor.copy_(torch.stack([s["model"][name] for s in states]).to(device))
         for method in self.methods:
             method.load_member_states(states, self._restore_optimizer_state)
         trainable = {**self.params, **self._trained_with_students()}

@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from kdtemp.config.schema import ExperimentConfig
-from kdtemp.errors import CheckpointError, RunsError
+from kdtemp.errors import CheckpointError, RunsError, first_line
 from kdtemp.models.registry import build_model
 from kdtemp.store.files import atomic_write_bytes, load_checkpoint, read_summary
 from kdtemp.store.layout import ExperimentLayout, RunFiles
@@ -68,7 +68,7 @@ def load_student(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...], int |
         model.load_state_dict(checkpoint["state_dict"])
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(
-            f"{files.model} does not fit the run's student ({exc}); rerun the sweep with --force"
+            f"{files.model} does not fit the run's student ({first_line(exc)}); rerun the sweep with --force"
         ) from None
     return model.eval(), input_shape, vocab_size
 

@@ -68,9 +68,11 @@ def test_a_text_sweep_runs_reports_and_exports_like_an_image_sweep(tmp_path, run
     exported = run_cli("export", "--config", config)
     assert exported.code == 0, exported.stderr
     program = torch.export.load(next(experiment.glob("students/*/student.pt2"))).module()
-    ids = torch.zeros(1, 2, teacher["input_shape"][1], dtype=torch.int64)
-    ids[0, :, 0] = torch.tensor([2, 1])
-    assert program(ids).shape == (1, 4)
+    # a new text longer than any training text: the saved tokenizer cuts it to the length the export takes
+    saved = Tokenizer.from_file(str(experiment / "tokenizer.json"))
+    long = saved.encode(" ".join(pd.read_csv(tmp_path / "reviews" / "test.csv")["text"][:5]))
+    assert len(long.ids) == teacher["input_shape"][1] and all(long.attention_mask)
+    assert program(torch.tensor([[long.ids, long.attention_mask]])).shape == (1, 4)
 
 
 def test_a_saved_bert_teacher_is_evaluated_and_recorded_and_distilled(tmp_path, run_cli, wide_output):
@@ -105,6 +107,9 @@ def test_a_saved_bert_teacher_is_evaluated_and_recorded_and_distilled(tmp_path, 
     assert swept.code == 0, swept.stderr
     assert "hf-config cannot be stacked with vmap" in " ".join((swept.stdout + swept.stderr).split())
     assert len(list((tmp_path / "runs" / "hf" / "students").glob("*/summary.json"))) == 2
+    # a transformers student's model.pt loads into a freshly built one: export works
+    exported = run_cli("export", "--config", hf, "--format", "torchscript")
+    assert exported.code == 0, exported.stderr
 
 
 @pytest.mark.parametrize("student, override, message", [
