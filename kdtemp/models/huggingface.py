@@ -36,7 +36,8 @@ def _transformers() -> Any:
         import transformers
     except ImportError:
         raise ConfigError(f"hf: and hf-config archs need transformers: {TEXT_EXTRA}") from None
-    transformers.logging.set_verbosity_error()  # its load reports are not the user's business
+    transformers.logging.set_verbosity_error()  # its load reports and progress bars are not the user's
+    transformers.logging.disable_progress_bar()
     return transformers
 
 

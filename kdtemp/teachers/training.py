@@ -290,7 +290,8 @@ def _train_one(
     parameters = count_parameters(trainer.model)
     emit(
         Note(
-            f"{label} {spec.arch}: {parameters:,} parameters, {spec.epochs} epochs on {device}, "
+            f"{label} {spec.arch}: {parameters:,} parameters, "
+            f"{spec.epochs} epoch{'s' if spec.epochs != 1 else ''} on {device}, "
             f"seed {spec.seed}"
         )
     )

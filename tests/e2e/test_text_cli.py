@@ -110,6 +110,13 @@ def test_a_saved_bert_teacher_is_evaluated_and_recorded_and_distilled(tmp_path, 
     # a transformers student's model.pt loads into a freshly built one: export works
     exported = run_cli("export", "--config", hf, "--format", "torchscript")
     assert exported.code == 0, exported.stderr
+    # fine_tune: the saved BERT is trained like any teacher instead
+    tuned = run_cli("train-teacher", "--config", hf, "--set", "teacher.fine_tune=true", "--force")
+    assert tuned.code == 0, tuned.stderr
+    record = torch.load(tmp_path / "runs" / "hf" / "teacher" / "model.pt", weights_only=True)
+    assert record["epochs"] == 2 and "source" not in record
+    assert len(pd.read_csv(tmp_path / "runs" / "hf" / "teacher" / "metrics.csv")) == 2
+    assert "Loading weights" not in tuned.stdout + tuned.stderr  # transformers' progress bars stay quiet
 
 
 @pytest.mark.parametrize("student, override, message", [
