@@ -69,22 +69,6 @@ def load_tensors(config: DataConfig) -> Dataset:
     labels = {split: torch.from_numpy(arrays[f"y_{split}"].astype(np.int64)) for split in splits}
     source = f"{path} (sha256 {file_fingerprint(path)})"
     validation = f"x_val/y_val of {path.name}" if given_val else ""
-    if input_kind(arrays["x_train"]) == TOKEN_IDS:
-        inputs = token_arrays(path, arrays, splits)
-        vocab_size = token_vocab_size(path, arrays, inputs)
-        return Dataset(
-            name="tensors",
-            train_x=inputs["train"],
-            train_y=labels["train"],
-            test_x=inputs["test"],
-            test_y=labels["test"],
-            classes=classes,
-            source=source,
-            val_x=inputs.get("val"),
-            val_y=labels.get("val"),
-            validation=validation,
-            vocab_size=vocab_size,
-        )
     if arrays["x_train"].dtype == np.uint8:
         images = {f"{split}_x": _channels_first(arrays[f"x_{split}"]) for split in splits}
         images.update({f"{split}_y": labels[split] for split in splits})
@@ -97,7 +81,12 @@ def load_tensors(config: DataConfig) -> Dataset:
             val_x=None if dataset.val_x is None else dataset.val_x.reshape(-1, *shape),
             validation=validation,
         )
-    inputs = {split: torch.from_numpy(arrays[f"x_{split}"].astype(np.float32)) for split in splits}
+    vocab_size = None
+    if input_kind(arrays["x_train"]) == TOKEN_IDS:
+        inputs = token_arrays(path, arrays, splits)
+        vocab_size = token_vocab_size(path, arrays, inputs)
+    else:
+        inputs = {split: torch.from_numpy(arrays[f"x_{split}"].astype(np.float32)) for split in splits}
     return Dataset(
         name="tensors",
         train_x=inputs["train"],
@@ -109,6 +98,7 @@ def load_tensors(config: DataConfig) -> Dataset:
         val_x=inputs.get("val"),
         val_y=labels.get("val"),
         validation=validation,
+        vocab_size=vocab_size,
     )
 
 
