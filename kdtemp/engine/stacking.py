@@ -121,7 +121,13 @@ def probe_vmap(modules: list[nn.Module], example: torch.Tensor) -> tuple[str | N
             forward = vmap(
                 lambda p, b, x: functional_call(template, (p, b), (x,)), in_dims=(0, 0, 0), randomness="same"
             )
-            forward(params, buffers, example.expand(len(modules), *example.shape)).float().sum().backward()
+            batch = example.expand(len(modules), *example.shape)
+            forward(params, buffers, batch).float().sum().backward()
+            # evaluation runs in eval mode without grad, where torch takes fast paths (its fused
+            # Transformer layer) that have no batching rule; the training forward never meets them
+            template.eval()
+            with torch.no_grad():
+                forward(params, buffers, batch)
         except Exception as exc:  # vmap raises several kinds; any of them means: do not stack
             return first_sentence(first_line(exc, 400), 160), ()
     slow = (BATCHING_RULE.search(str(warning.message)) for warning in caught)

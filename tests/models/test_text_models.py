@@ -249,6 +249,25 @@ def test_the_vmap_probe_names_ops_without_a_batching_rule_once():
     assert reason is None and slow == ("aten::_transformer_encoder_layer_fwd",)
 
 
+class TorchEncoder(nn.Module):
+    """torch's own nn.TransformerEncoder: in eval mode without grad it takes the fused fast path, which vmap
+    runs without a batching rule (the issue's example)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 1)
+        self.classifier = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.classifier(self.encoder(x).mean(1))
+
+
+def test_the_probe_meets_torchs_fused_transformer_layer_as_evaluation_does():
+    torch.manual_seed(0)
+    reason, slow = probe_vmap([TorchEncoder(), TorchEncoder()], torch.randn(4, 5, 16))
+    assert reason is None and slow == ("aten::_transformer_encoder_layer_fwd",)
+
+
 def test_hf_config_init_from_takes_every_other_layer_of_a_same_family_model(tmp_path):
     """DistilBERT's recipe: a 4-layer BERT gives a 2-layer student its layers 0 and 2, embeddings and head."""
     config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
