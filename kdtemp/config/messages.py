@@ -12,8 +12,12 @@ from kdtemp.config.model_specs import (
     BUILT_IN_SPECS,
     CNNSpec,
     CustomSpec,
+    EmbeddingBagSpec,
+    HFConfigSpec,
+    HFSpec,
     MLPSpec,
     ResNetSpec,
+    TransformerSpec,
 )
 from kdtemp.config.schema import (
     DataConfig,
@@ -45,6 +49,10 @@ def _all_field_names() -> set[str]:
         CNNSpec,
         ResNetSpec,
         CustomSpec,
+        EmbeddingBagSpec,
+        TransformerSpec,
+        HFSpec,
+        HFConfigSpec,
         *SCHEDULES.values(),
     ]
     for cls in classes:
@@ -99,7 +107,7 @@ def describe_validation_error(exc: ValidationError, source: str, options: dict[s
         arch = got.get("arch") if isinstance(got, dict) else got
         message = (
             f"{where}: unknown arch {arch!r}; choose one of {', '.join(BUILT_IN_ARCHS)}, "
-            "torchvision:NAME or module:callable"
+            "hf:<folder>, torchvision:NAME or module:callable"
         )
     elif kind == "missing":
         message = f"{where}: required key is missing"
@@ -115,5 +123,8 @@ def describe_validation_error(exc: ValidationError, source: str, options: dict[s
 
 
 def _nearest_key(leaf: str) -> str:
-    close = difflib.get_close_matches(leaf, sorted(_all_field_names()), n=1)
+    names = _all_field_names()
+    if leaf in names:  # a real key, of another arch or section: suggesting it back would not help
+        return f"; '{leaf}' belongs to another arch or section here (see the config reference in README.md)"
+    close = difflib.get_close_matches(leaf, sorted(names), n=1)
     return f"; did you mean '{close[0]}'?" if close else "; remove it (see the config reference in README.md)"

@@ -244,3 +244,11 @@ def test_a_key_below_a_value_is_refused_whether_the_file_or_the_defaults_hold_it
     # a section the defaults leave empty (null) takes keys
     config = load_config(None, command_line_overrides({}, ["kd.feature_layers.student=fc", "kd.feature_layers.teacher=fc"]))
     assert (config.kd.feature_layers.student, config.kd.feature_layers.teacher) == ("fc", "fc")
+
+
+def test_a_key_of_another_arch_is_named_so_not_suggested_back(tmp_path):
+    """in_channels is a torchvision spec's key: on an mlp it is not a typo to correct into itself."""
+    with pytest.raises(ConfigError, match=r"unknown key 'student.in_channels'; 'in_channels' belongs to another arch"):
+        load_config(None, {"student.in_channels": ("1", "--set student.in_channels=1")})
+    with pytest.raises(ConfigError, match=r"unknown key 'teacher.embeding_dim'; did you mean 'embedding_dim'"):
+        load_config(write(tmp_path, "teacher: {arch: embedding-bag, embeding_dim: 8}\n"))
