@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from kdtemp.config.schema import DataConfig
-from kdtemp.data.dataset import Dataset, standardised_images
+from kdtemp.data.dataset import CACHE_DIR, Dataset, standardised_images
 from kdtemp.data.registry import register_dataset
 from kdtemp.errors import CheckpointError, DataError
 from kdtemp.store.files import atomic_torch_save, load_checkpoint
@@ -28,7 +28,6 @@ IMAGE_FOLDER_LAYOUT = (
     "root/val/<class>/... (or, as before, root/train/ and root/val/ with val/ the test split)"
 )
 CACHE_FORMAT = "kdtemp-image-folder-cache/1"
-CACHE_DIR = ".kdtemp-cache"
 
 
 # --- image-folder --------------------------------------------------------------------------------

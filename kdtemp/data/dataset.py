@@ -11,6 +11,9 @@ import torch
 
 from kdtemp.errors import DataError
 
+CACHE_DIR = ".kdtemp-cache"
+"""Where a loader caches what it decoded or tokenised, under the data's own root (image-folder, text)."""
+
 
 @dataclass(frozen=True)
 class Dataset:

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from kdtemp.config.schema import DataConfig
-from kdtemp.data.dataset import Dataset, token_inputs
+from kdtemp.data.dataset import CACHE_DIR, Dataset, token_inputs
 from kdtemp.data.registry import register_dataset
-from kdtemp.data.validation import stratified_split
+from kdtemp.data.validation import held_out
 from kdtemp.errors import CheckpointError, DataError, first_line
 from kdtemp.store.files import atomic_torch_save, atomic_write_text, load_checkpoint
 
@@ -35,7 +35,6 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_TOKENS = ("[PAD]", "<pad>", "<PAD>")
 TEXT_CACHE_FORMAT = "kdtemp-text-cache/2"
 """/2: the saved tokenizer truncates to the padded length L (/1 truncated at max_length)."""
-CACHE_DIR = ".kdtemp-cache"
 
 
 @dataclass(frozen=True)
@@ -72,20 +71,11 @@ def load_text(config: DataConfig) -> Dataset:
     texts = {split: list(table["text"]) for split, table in tables.items()}
     validation = f"{files['val'].name} (the data's own)" if "val" in files else ""
     if "val" not in files and config.val_fraction > 0:
-        train_rows, val_rows = stratified_split(labels["train"], config.val_fraction, config.split_seed)
-        if len(val_rows) == 0:
-            raise DataError(
-                f"data.val_fraction {config.val_fraction:g} of {len(labels['train'])} training texts holds "
-                "out none; raise data.val_fraction, or give your own val table"
-            )
+        train_rows, val_rows, validation = held_out(labels["train"], config, "the text table's")
         all_texts, all_labels = texts["train"], labels["train"]
         texts["train"] = [all_texts[i] for i in train_rows.tolist()]
         texts["val"] = [all_texts[i] for i in val_rows.tolist()]
         labels["train"], labels["val"] = all_labels[train_rows], all_labels[val_rows]
-        validation = (
-            f"{config.val_fraction:g} of the training set, stratified by class "
-            f"(data.split_seed {config.split_seed})"
-        )
     tokenizer = text_tokenizer(config, root, texts["train"])
     encoded = encode_texts(tokenizer, texts, config.max_length)
     arrays: dict[str, Any] = {

@@ -54,20 +54,30 @@ def with_validation(data: Dataset, config: DataConfig) -> Dataset:
         return replace(data, validation=data.validation or "the dataset's own validation split")
     if config.val_fraction == 0:
         return replace(data, validation="none (data.val_fraction 0): choices are made on the test set")
-    train, val = stratified_split(data.train_y, config.val_fraction, config.split_seed)
-    if len(val) == 0:
-        raise DataError(
-            f"data.val_fraction {config.val_fraction:g} of {data.name}'s {len(data.train_y)} training "
-            "samples holds out none; raise data.val_fraction, or give your own validation split"
-        )
+    train, val, validation = held_out(data.train_y, config, f"{data.name}'s")
     return replace(
         data,
         train_x=data.train_x[train],
         train_y=data.train_y[train],
         val_x=data.train_x[val],
         val_y=data.train_y[val],
-        validation=(
-            f"{config.val_fraction:g} of the training set, stratified by class "
-            f"(data.split_seed {config.split_seed})"
-        ),
+        validation=validation,
+    )
+
+
+def held_out(labels: torch.Tensor, config: DataConfig, whose: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(train indices, validation indices, where the split came from in words) of `stratified_split` at
+    data.val_fraction > 0, refused when it holds out nothing. Loaders that must know the split before
+    they finish (text: the tokenizer trains on the training rows only) call it themselves."""
+    train, val = stratified_split(labels, config.val_fraction, config.split_seed)
+    if len(val) == 0:
+        raise DataError(
+            f"data.val_fraction {config.val_fraction:g} of {whose} {len(labels)} training "
+            "samples holds out none; raise data.val_fraction, or give your own validation split"
+        )
+    seed = config.split_seed
+    return (
+        train,
+        val,
+        f"{config.val_fraction:g} of the training set, stratified by class (data.split_seed {seed})",
     )
