@@ -136,3 +136,18 @@ def test_bad_text_settings_are_refused_in_one_line_and_nothing_is_written(tmp_pa
     assert len(errors) == 1 and re.search(message, errors[0]), result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_logit_std_ctkd_and_hints_distil_text_students(tmp_path, run_cli, wide_output):
+    """The methods that act on logits, and a hint on the pooled features (transformer -> embedding bag)."""
+    config = text_config(tmp_path, "methods", kd={"temperatures": [2], "seeds": [0], "feature_weight": 0.5,
+                                                   "schedules": [{"name": "learnable", "curriculum_epochs": 1},
+                                                                 "logit-std"]})
+    for command in ("train-teacher", "sweep"):
+        result = run_cli(command, "--config", config)
+        assert result.code == 0, result.stderr
+    runs = pd.concat(pd.read_csv(path) for path in (tmp_path / "runs" / "methods").glob("students/*/metrics.csv"))
+    last = runs[runs["epoch"] == 1].set_index("schedule")
+    assert set(last.index) == {"learnable", "logit-std", "none"}
+    assert last.loc["logit-std", "effective_temperature"] > 0 and last.loc["learnable", "temperature"] != 2.0
+    assert last.loc["learnable", "train_feature"] > 0  # the hint term, trained
