@@ -1,8 +1,9 @@
 """transformers classifiers: a saved model (`hf:<folder>`) or a random one from a config (`hf-config`).
 
 Local files only: nothing is downloaded. The model is wrapped to read kdtemp's text inputs (N, 2, L) and
-return plain logits, so the engine, the teacher-logit cache and hints see an ordinary module. Its last
-nn.Linear is the classification head, whose input is the pooled feature a hint matches.
+return plain logits, so the engine, the teacher-logit cache and hints see an ordinary module. In
+BERT (tested) the last nn.Linear is the classification head, whose input is the pooled feature a hint
+matches.
 """
 
 from __future__ import annotations
