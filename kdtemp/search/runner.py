@@ -21,7 +21,7 @@ from kdtemp.engine.job_setup import StopCheck
 from kdtemp.events import Emit, Note, ignore
 from kdtemp.search.lockstep import LockstepBatch, TrialWork, describe, epochs_done, validation_curve
 from kdtemp.search.record import SearchRecord, TrialRecord
-from kdtemp.search.space import cell_of, check_space, finite_cells, suggest_cell, total_trials
+from kdtemp.search.space import cell_of, check_space, finite_cells, has_cell, suggest_cell, total_trials
 from kdtemp.search.study import open_study, setup_lock
 from kdtemp.store.files import atomic_write_json, check_writable, is_completed, read_summary
 from kdtemp.store.locks import RunLock, owner_record
@@ -265,8 +265,8 @@ def _write_record(job: _Search, baseline: list[RunSpec]) -> SearchRecord:
     config, state = job.config, job.state
     trials, spent = [], sum(epochs_done(state, run) for run in baseline)
     for frozen in job.study.get_trials(deepcopy=False):
-        if frozen.state == TrialState.WAITING or not frozen.params:
-            continue
+        if frozen.state == TrialState.WAITING or not has_cell(frozen.params):
+            continue  # not asked yet, or another worker is still suggesting its cell
         cell = cell_of(frozen.params, config)
         runs = job.runs_of(cell)
         spent += sum(epochs_done(state, run) for run in runs)

@@ -55,7 +55,7 @@ def enqueue_grid(study: optuna.Study, config: ExperimentConfig) -> None:
     held = set()
     for trial in study.get_trials(deepcopy=False):
         params = trial.params or trial.system_attrs.get("fixed_params") or {}
-        if params:
+        if has_cell(params):  # a process killed between suggest calls left part of a cell: not held
             held.add((params["schedule"], float(params["t0"]), float(params["alpha"])))
     for cell in finite_cells(config):
         if (cell.label, cell.t0, cell.alpha) not in held:
@@ -87,6 +87,15 @@ def suggest_cell(trial: optuna.Trial, config: ExperimentConfig) -> GridCell:
         "alpha": trial.suggest_categorical("alpha", sorted({cell.alpha for cell in cells})),
     }
     return cell_of(params, config)
+
+
+CELL_PARAMS = ("schedule", "t0", "alpha")
+"""What a trial's params hold once it has been asked: the cell it trains."""
+
+
+def has_cell(params: dict) -> bool:
+    """Whether a trial's params name its cell: another process may be between its suggest calls."""
+    return all(name in params for name in CELL_PARAMS)
 
 
 def cell_of(params: dict, config: ExperimentConfig) -> GridCell:

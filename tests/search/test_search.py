@@ -216,6 +216,20 @@ def test_two_workers_share_one_study(tiny_config, teacher_dir):
     assert {t["number"] for t in record["trials"]} == {t.number for t in study.trials}
 
 
+def test_a_trial_between_its_suggest_calls_holds_no_cell():
+    """Another worker asks its trials under the setup lock, suggesting schedule, t0 and alpha one by one; a
+    reader outside that lock (the search record, a resumed grid) may see schedule alone. Seen in the
+    two-worker test as KeyError: 'alpha' from the record writer."""
+    from kdtemp.search.space import enqueue_grid, has_cell
+
+    study = optuna.create_study(direction="maximize")
+    study.ask().suggest_categorical("schedule", ["constant"])
+    assert not has_cell(study.trials[0].params)
+    enqueue_grid(study, load_config(None))  # the default grid: constant at T = 1, 2, 4, 8
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.system_attrs["fixed_params"]["t0"] for t in waiting) == [1.0, 2.0, 4.0, 8.0]
+
+
 @pytest.mark.slow
 def test_confirm_retrains_the_choice_and_no_kd_at_fresh_seeds_and_the_report_quotes_it(
     tiny_config, teacher_dir, run_cli
