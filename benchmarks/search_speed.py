@@ -14,6 +14,10 @@ validation accuracy, the search's chosen cell, and the gap between their grid va
 
     python benchmarks/search_speed.py                         # 5 repeats per dataset, ~40 min on 2 cores
     python benchmarks/search_speed.py --datasets mnist1d --repeats 2 --epochs 9   # a quick look
+    python benchmarks/search_speed.py --curves curves.json   # also keep every grid's validation curves
+
+The curves (mean validation accuracy per cell and epoch of each repeat's grid) let a pruning rule be
+tried offline: the search's survivors train exactly as in the grid, so the grid's curves decide.
 
 This is a benchmark, not a test: it trains real models and prints its figures.
 """
@@ -21,6 +25,7 @@ This is a benchmark, not a test: it trains real models and prints its figures.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import tempfile
@@ -60,6 +65,17 @@ def write_config(workdir: Path, dataset: str, name: str, seeds: list[int], epoch
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path
+
+
+def grid_curves(root: Path) -> dict[str, list[float]]:
+    """Mean validation accuracy per epoch of each (schedule, t0) cell of a swept grid, no-KD included."""
+    frames = [pd.read_csv(path) for path in sorted((root / "students").glob("*/metrics.csv"))]
+    rows = pd.concat(frames, ignore_index=True)
+    means = rows.groupby(["schedule", "t0", "epoch"], dropna=False)["val_acc"].mean()
+    curves: dict[str, list[float]] = {}
+    for (schedule, t0, _), value in means.items():
+        curves.setdefault(f"{schedule} T={t0:g}", []).append(float(value))
+    return curves
 
 
 def grid_cells(root: Path) -> pd.Series:
@@ -102,6 +118,7 @@ def one_repeat(workdir: Path, dataset: str, teacher_root: Path, repeat: int, epo
         "search_chose": f"{chosen[0]} T={chosen[1]:g} ({100 * cells[chosen]:.1f}%)",
         "gap_points": gap,
         "same": gap <= SAME_ANSWER_POINTS + 1e-9,  # 1.00 printed is within 1 point
+        "curves": grid_curves(roots["grid"][0]),
     }
 
 
@@ -113,6 +130,7 @@ def main() -> None:
         "--epochs", type=int, default=None, help="default: 27 for mnist1d, 9 for fashion-mnist"
     )
     parser.add_argument("--teacher-epochs", type=int, default=None, help="default: the config's")
+    parser.add_argument("--curves", type=Path, default=None, help="write each grid's validation curves here")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -139,7 +157,10 @@ def main() -> None:
                     f"{row['search_chose']}, gap {row['gap_points']:.2f} points",
                     flush=True,
                 )
-    table = pd.DataFrame(rows)
+                if args.curves:  # after every repeat, so a long run keeps what it measured
+                    kept = [{k: row[k] for k in ("dataset", "repeat", "grid_best", "curves")} for row in rows]
+                    args.curves.write_text(json.dumps(kept, indent=1))
+    table = pd.DataFrame(rows).drop(columns="curves")
     print()
     print("search (halving, factor 3, rungs at a ninth and a third of the epochs) against the grid:")
     shown = table.assign(

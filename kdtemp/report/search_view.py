@@ -51,6 +51,8 @@ class SearchView:
             )
         else:
             spent = f"spent {record.spent_student_epochs} student-epochs"
+        if record.shared_student_epochs:
+            spent += f" ({record.shared_student_epochs} more shared with a run that trained identically)"
         if record.confirm_student_epochs:
             spent += f", and {record.confirm_student_epochs} more to confirm"
         return f"search ({record.pruner}): {len(record.trials)} trials ({counts}); {spent}"

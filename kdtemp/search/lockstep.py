@@ -5,8 +5,10 @@ once every live trial has finished epoch e, each reports its seeds' mean validat
 then each is judged. A pruned trial's members leave their group: the survivors' states (weights,
 optimiser state and the methods' entries, as a checkpoint holds them) are sliced out and stacked into a
 smaller group, so the work per epoch drops. Batch order and dropout are drawn from (seed, epoch), so a
-survivor continues exactly as it would have in the larger group (tests/search, CPU, MLP). Runs found at
-different epochs (a process killed while writing an epoch) catch up first; nothing is trained twice.
+survivor continues exactly as it would have in the larger group (tests/search, CPU, MLP). Runs that
+train identically so far share one member until their temperatures part (kdtemp.search.shared_prefix).
+Runs found at different epochs (a process killed while writing an epoch) catch up first; nothing is
+trained twice.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import TrialState
 
-from kdtemp.engine.loop import StepsDone
+from kdtemp.engine.loop import Member, StepsDone, steps_per_epoch
 from kdtemp.events import Note, Progress
 from kdtemp.group.student_group import StudentGroup
+from kdtemp.search.shared_prefix import forget_shared, record_shared, shared_epochs, slots
 from kdtemp.store.files import is_completed, read_csv_rows, read_summary, write_summary
 from kdtemp.store.loggers import run_loggers
 from kdtemp.store.records import Status
 from kdtemp.sweep.plan import GridCell, RunSpec, group_runs
 from kdtemp.sweep.recording import SweepState, record_epoch, run_summary
-from kdtemp.sweep.runner import new_group, prepare_run
+from kdtemp.sweep.runner import member_for, new_group, prepare_run
 
 
 @dataclass
@@ -51,22 +54,39 @@ class TrialWork:
 
 @dataclass
 class _Active:
-    """A group in training: its runs (member order), the generator of its epochs and what it holds open."""
+    """A group in training: its slots, the generator of its epochs and what it holds open."""
 
     group: StudentGroup
-    runs: list[RunSpec]
+    slots: list[list[RunSpec]]
+    """Member k's runs: the first is the one trained, the others have trained identically so far."""
     stack: ExitStack
     loggers: list = field(default_factory=list)
+    """One per run, in `runs` order."""
     epochs: object = None
 
     @property
     def epoch(self) -> int:
         return self.group.completed_epochs
 
+    @property
+    def runs(self) -> list[RunSpec]:
+        return [run for slot in self.slots for run in slot]
+
+    @property
+    def members(self) -> list[int]:
+        """The group member of each run, in `runs` order."""
+        return [k for k, slot in enumerate(self.slots) for _ in slot]
+
 
 def epochs_done(state: SweepState, run: RunSpec) -> int:
     files = state.layout.run_files(run.run_id)
     return len(read_csv_rows(files.metrics)) if files.metrics.exists() else 0
+
+
+def trained_epochs(state: SweepState, run: RunSpec) -> int:
+    """Epochs of `run` trained by its own member: those recorded, less those another run's member trained."""
+    done = epochs_done(state, run)
+    return done - shared_epochs(state.layout.search_dir, run.run_id, done)
 
 
 def validation_curve(state: SweepState, runs: list[RunSpec]) -> list[float]:
@@ -99,6 +119,15 @@ class LockstepBatch:
         self.epochs = state.student_spec.epochs
         self.active: list[_Active] = []
         self.trial_of = {run.run_id: work for work in works for run in work.runs}
+        config = state.config
+        self.steps_per_epoch = steps_per_epoch(len(state.data.train_y), config.student_batch_size())
+        self._members: dict[str, Member] = {}
+
+    def member(self, run: RunSpec) -> Member:
+        """What the engine trains `run` with (its temperature per step), to find runs that share."""
+        if run.run_id not in self._members:
+            self._members[run.run_id] = member_for(run, self.epochs, self.steps_per_epoch)
+        return self._members[run.run_id]
 
     # -- setting up --
 
@@ -117,25 +146,31 @@ class LockstepBatch:
             for run in work.runs:
                 if is_completed(self.state.layout.run_dir(run.run_id)):
                     continue  # finished before (by a sweep, or this search): read, not trained
-                resume = prepare_run(self.state, run)
-                epoch = int(resume["member"]["epoch"]) if resume else 0
-                by_epoch.setdefault(epoch, []).append((run, resume))
+                self._prepare(run, by_epoch)
         for run in self.extra:
             if not is_completed(self.state.layout.run_dir(run.run_id)):
-                resume = prepare_run(self.state, run)
-                by_epoch.setdefault(int(resume["member"]["epoch"]) if resume else 0, []).append((run, resume))
-        for members in by_epoch.values():
+                self._prepare(run, by_epoch)
+        for epoch, members in by_epoch.items():
             resumes = {run.run_id: resume for run, resume in members}
-            for runs in group_runs([run for run, _ in members], self.limit, self.across_seeds):
-                states = [_member(resumes[run.run_id]) for run in runs]
-                self.active.append(self._open(runs, states))
+            runs = [run for run, _ in members]
+            # runs identical through the epoch they train next share a member (their states are equal)
+            shared = slots(runs, [self.member(run) for run in runs], epoch, self.steps_per_epoch)
+            slot_of = {slot[0].run_id: slot for slot in shared}
+            for trained in group_runs([slot[0] for slot in shared], self.limit, self.across_seeds):
+                states = [_member(resumes[run.run_id]) for run in trained]
+                self.active.append(self._open([slot_of[run.run_id] for run in trained], states))
 
-    def _open(self, runs: list[RunSpec], states: Sequence[dict | None]) -> _Active:
-        group = new_group(self.state, runs, states)
-        directories = [self.state.layout.tensorboard_dir(run.run_id) for run in runs]
-        stack = ExitStack()
-        loggers = stack.enter_context(run_loggers(self.state.config, directories))
-        active = _Active(group, runs, stack, loggers)
+    def _prepare(self, run: RunSpec, by_epoch: dict[int, list[tuple[RunSpec, dict | None]]]) -> None:
+        resume = prepare_run(self.state, run)
+        epoch = int(resume["member"]["epoch"]) if resume else 0
+        forget_shared(self.state.layout.search_dir, run.run_id, epoch)  # its rows from `epoch` on are gone
+        by_epoch.setdefault(epoch, []).append((run, resume))
+
+    def _open(self, slots: list[list[RunSpec]], states: Sequence[dict | None]) -> _Active:
+        group = new_group(self.state, [slot[0] for slot in slots], states)
+        active = _Active(group, slots, ExitStack())
+        directories = [self.state.layout.tensorboard_dir(run.run_id) for run in active.runs]
+        active.loggers = active.stack.enter_context(run_loggers(self.state.config, directories))
         active.epochs = group.run(self.state.should_stop)
         return active
 
@@ -186,24 +221,60 @@ class LockstepBatch:
             raise RuntimeError(f"trials {stuck} have no run left to train; their runs' files were changed")
         lowest = min(active.epoch for active in self.active)
         for active in [a for a in self.active if a.epoch == lowest]:
+            active = self._part(active)
             goes_on = False
             # the group's hooks (a hint's, on the shared teachers) only while it trains: other open groups
             # would capture features they never read
             with active.group:
                 event = self._next_epoch(active)
             if event is not None:
-                record_epoch(self.state, active.group, active.runs, event, active.loggers)
-                goes_on = active.epoch < self.epochs and len(active.group.failed) < len(active.runs)
+                record_epoch(self.state, active.group, active.runs, event, active.loggers, active.members)
+                self._record_shared(active, event)
+                goes_on = active.epoch < self.epochs and len(active.group.failed) < len(active.slots)
                 failed = {
-                    k: reason
+                    run.run_id: reason
                     for k, reason in event.failures.items()
-                    if active.runs[k].run_id in self.trial_of
+                    for run in active.slots[k]
+                    if run.run_id in self.trial_of
                 }
-                for k, reason in failed.items():  # may re-stack `active` without the failed trials' members
-                    self._fail(self.trial_of[active.runs[k].run_id], reason)
+                # may re-stack `active` without the failed trials' members
+                for run_id, reason in failed.items():
+                    self._fail(self.trial_of[run_id], reason)
             if not goes_on and active in self.active:  # the last epoch done, or every member failed
                 self._close(active)
                 self.active.remove(active)
+
+    def _part(self, active: _Active) -> _Active:
+        """`active`, re-stacked when runs that share a member part at the epoch it trains next: the
+        member's state is copied into each part."""
+        epoch = active.epoch
+        parted = [
+            slots(slot, [self.member(run) for run in slot], epoch, self.steps_per_epoch, start_epoch=epoch)
+            for slot in active.slots
+        ]
+        if all(len(parts) == 1 for parts in parted):
+            return active
+        new_slots, states = [], []
+        for k, parts in enumerate(parted):
+            if k in active.group.failed:
+                continue
+            state = active.group.member_state(k)
+            for part in parts:
+                new_slots.append(part)
+                states.append(state)
+        self._close(active)
+        self.active.remove(active)
+        parted_active = self._open(new_slots, states)
+        self.active.append(parted_active)
+        return parted_active
+
+    def _record_shared(self, active: _Active, event) -> None:
+        """The runs recorded from another's member this epoch: the budget does not count them."""
+        for k, slot in enumerate(active.slots):
+            if k in event.failures or event.metrics[k] is None:
+                continue
+            for run in slot[1:]:
+                record_shared(self.state.layout.search_dir, run.run_id, event.epoch, slot[0].run_id)
 
     def _next_epoch(self, active: _Active):
         """Train `active` one epoch: its EpochDone, or None when its generator has ended."""
@@ -279,18 +350,18 @@ class LockstepBatch:
             self._drop(active, run_ids)
 
     def _drop(self, active: _Active, run_ids: set[str]) -> None:
-        """Slice the members not in `run_ids` out of `active` and stack them into a new group."""
-        keep = [
-            k
-            for k, run in enumerate(active.runs)
-            if run.run_id not in run_ids and k not in active.group.failed
-        ]
-        states = [active.group.member_state(k) for k in keep]
-        runs = [active.runs[k] for k in keep]
+        """Slice the members whose runs are all in `run_ids` out of `active` and stack the rest into a
+        new group; a member whose trained run leaves goes on training for the runs that stay."""
+        kept, states = [], []
+        for k, slot in enumerate(active.slots):
+            staying = [run for run in slot if run.run_id not in run_ids]
+            if staying and k not in active.group.failed:
+                kept.append(staying)
+                states.append(active.group.member_state(k))
         self._close(active)
         self.active.remove(active)
-        if runs:
-            self.active.append(self._open(runs, states))
+        if kept:
+            self.active.append(self._open(kept, states))
 
 
 def _member(resume: dict | None) -> dict | None:

@@ -29,9 +29,12 @@ def rung_epochs(min_epochs: int, factor: int, epochs: int) -> list[int]:
 
 class LockstepHalving(BasePruner):
     """At each rung, a trial continues when its value is among the best ceil(n / factor) of the n
-    trials that have reported that epoch (its own batch included, as a batch reports before it is
-    judged); ties with the last kept value continue. Pure: the decision reads only the study's
-    intermediate values, so a resumed search decides again exactly as before."""
+    results reported at that epoch (its own batch included, as a batch reports before it is judged);
+    ties with the last kept value continue. Trials whose curves are equal up to the rung are one
+    result: at epoch granularity constant, linear and cosine of one t0 train epoch 1 identically (one
+    member trains it for all, kdtemp.search.shared_prefix), so 13 trials are 5 results at epoch 1.
+    Pure: the decision reads only the study's intermediate values, so a resumed search decides again
+    exactly as before."""
 
     def __init__(self, min_epochs: int = 1, reduction_factor: int = 3):
         self.min_epochs, self.reduction_factor = min_epochs, reduction_factor
@@ -49,17 +52,23 @@ class LockstepHalving(BasePruner):
         value = trial.intermediate_values[step]
         if math.isnan(value):
             return True
-        others = [
-            t.intermediate_values[step]
+        results = {
+            curve_to(t, step)
             for t in study.get_trials(deepcopy=False)
             if t.number != trial.number and step in t.intermediate_values
-        ]
-        values = [v for v in [*others, value] if not math.isnan(v)]
-        # ceil, not floor: at 13 trials 5 go on, not 4 (benchmarks/search_speed.py: MNIST-1D's answer)
+        }
+        results.add(curve_to(trial, step))
+        values = [curve[-1] for curve in results if not math.isnan(curve[-1])]
+        # ceil, not floor: at 13 results 5 go on, not 4 (benchmarks/search_speed.py: MNIST-1D's answer)
         keep = max(1, math.ceil(len(values) / self.reduction_factor))
         maximize = study.direction == StudyDirection.MAXIMIZE
         threshold = sorted(values, reverse=maximize)[keep - 1]
         return value < threshold if maximize else value > threshold
+
+
+def curve_to(trial: FrozenTrial, step: int) -> tuple:
+    """A trial's reported values at steps 1..step (None where it reported none)."""
+    return tuple(trial.intermediate_values.get(s) for s in range(1, step + 1))
 
 
 def build_pruner(search: SearchConfig, epochs: int) -> BasePruner:

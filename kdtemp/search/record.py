@@ -36,7 +36,8 @@ class SearchRecord:
     trials: list[TrialRecord]
     baseline_run_ids: list[str]
     spent_student_epochs: int
-    """Epochs trained by the search's runs (trials and no-KD), each counted once."""
+    """Epochs trained by the search's runs (trials and no-KD), each counted once: an epoch two runs
+    shared one member for counts once."""
     grid_student_epochs: int | None
     """What the sweep of the same finite grid trains: every cell and the baseline, every seed, every epoch;
     None for a continuous space."""
@@ -47,6 +48,9 @@ class SearchRecord:
     """The chosen cell's and no-KD's runs at the fresh confirm_seeds (search --confirm)."""
     confirm_student_epochs: int = 0
     """Epochs the confirmation trained, on top of spent_student_epochs."""
+    shared_student_epochs: int = 0
+    """Epochs recorded for a run from another's member while the two trained identically
+    (kdtemp.search.shared_prefix): in the runs' files, not in spent_student_epochs."""
 
     def write(self, directory: Path) -> Path:
         path = directory / RECORD

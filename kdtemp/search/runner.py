@@ -19,7 +19,14 @@ from optuna.trial import TrialState
 from kdtemp.config.schema import ExperimentConfig
 from kdtemp.engine.job_setup import StopCheck
 from kdtemp.events import Emit, Note, ignore
-from kdtemp.search.lockstep import LockstepBatch, TrialWork, describe, epochs_done, validation_curve
+from kdtemp.search.lockstep import (
+    LockstepBatch,
+    TrialWork,
+    describe,
+    epochs_done,
+    trained_epochs,
+    validation_curve,
+)
 from kdtemp.search.record import SearchRecord, TrialRecord
 from kdtemp.search.space import cell_of, check_space, finite_cells, has_cell, suggest_cell, total_trials
 from kdtemp.search.study import open_study, setup_lock
@@ -263,13 +270,16 @@ def _pruned_epoch(job: _Search, runs: list[RunSpec]) -> int | None:
 
 def _write_record(job: _Search, baseline: list[RunSpec]) -> SearchRecord:
     config, state = job.config, job.state
-    trials, spent = [], sum(epochs_done(state, run) for run in baseline)
+    trials, spent = [], sum(trained_epochs(state, run) for run in baseline)
+    shared = 0
     for frozen in job.study.get_trials(deepcopy=False):
         if frozen.state == TrialState.WAITING or not has_cell(frozen.params):
             continue  # not asked yet, or another worker is still suggesting its cell
         cell = cell_of(frozen.params, config)
         runs = job.runs_of(cell)
-        spent += sum(epochs_done(state, run) for run in runs)
+        trained = sum(trained_epochs(state, run) for run in runs)
+        spent += trained
+        shared += sum(epochs_done(state, run) for run in runs) - trained
         trials.append(
             TrialRecord(
                 frozen.number,
@@ -310,6 +320,7 @@ def _write_record(job: _Search, baseline: list[RunSpec]) -> SearchRecord:
         seeds if confirm_ids else [],
         confirm_ids,
         confirm_epochs,
+        shared,
     )
     record.write(job.layout.search_dir)
     return record

@@ -8,6 +8,7 @@ a run's end here, so a finished and a failed run's summary.json have one writer.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -138,12 +139,19 @@ def _number(text: str):
 
 
 def record_epoch(
-    state: SweepState, group: StudentGroup, runs: list[RunSpec], event: EpochDone, loggers: list[RunLogger]
+    state: SweepState,
+    group: StudentGroup,
+    runs: list[RunSpec],
+    event: EpochDone,
+    loggers: list[RunLogger],
+    members: Sequence[int] | None = None,
 ) -> None:
-    """Append each member's row (and log it), then its checkpoint; at the last epoch its weights,
-    then summary.json."""
+    """Append each run's row (and log it), then its checkpoint; at the last epoch its weights,
+    then summary.json. Run i is group member `members[i]` (default i): runs that have trained
+    identically so far may share one member (kdtemp.search.lockstep)."""
     epochs = state.student_spec.epochs
-    for k, run in enumerate(runs):
+    for i, run in enumerate(runs):
+        k = i if members is None else members[i]
         files = state.layout.run_files(run.run_id)
         if k in event.failures:
             files.checkpoint.unlink(missing_ok=True)
@@ -168,7 +176,7 @@ def record_epoch(
         # a user's KD method adds its own fields after the built-in columns
         columns = STUDENT_COLUMNS + [key for key in line if key not in STUDENT_COLUMNS]
         append_csv_row(files.metrics, line, columns)
-        _log_epoch(loggers[k], line, group.members[k], event.epoch, epochs)
+        _log_epoch(loggers[i], line, group.members[k], event.epoch, epochs)
         member = group.member_state(k)
         if event.epoch + 1 < epochs:
             atomic_torch_save(

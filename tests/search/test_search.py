@@ -74,6 +74,26 @@ def test_halving_keeps_the_best_third_of_the_trials_at_each_rung():
     assert not trials[1].should_prune()
 
 
+def test_trials_with_equal_curves_are_one_result_at_a_rung():
+    """13 trials at epoch 1 as a grid's are there: T = 1 alone, and constant, linear and cosine of each
+    other t0 equal (one member trained them). 5 results: the best ceil(5 / 3) = 2 go on, with every
+    trial equal to them; 13 counted apart would keep the best 5 and their ties, 7 trials."""
+    study = optuna.create_study(direction="maximize", pruner=LockstepHalving(1, 3))
+    at_epoch_1 = {1: [0.80], 2: [0.82] * 3, 4: [0.79] * 3, 8: [0.75] * 3, 16: [0.70] * 3}
+    trials = [(t0, study.ask(), value) for t0, values in at_epoch_1.items() for value in values]
+    for _, trial, value in trials:
+        trial.report(value, 1)
+    assert sorted(t0 for t0, trial, _ in trials if not trial.should_prune()) == [1, 2, 2, 2]
+    # equal values with different curves are different results: 4 results at step 3, 2 go on
+    study = optuna.create_study(direction="maximize", pruner=LockstepHalving(3, 3))
+    curves = [(0.5, 0.6, 0.7), (0.4, 0.6, 0.7), (0.5, 0.5, 0.6), (0.5, 0.5, 0.5)]
+    asked = [study.ask() for _ in curves]
+    for trial, curve in zip(asked, curves, strict=True):
+        for step, value in enumerate(curve, start=1):
+            trial.report(value, step)
+    assert [trial.should_prune() for trial in asked] == [False, False, True, True]
+
+
 @pytest.mark.slow
 def test_survivors_continue_bit_for_bit_as_if_trained_alone(tiny_config, teacher_dir):
     config = with_teacher(tiny_config, teacher_dir, "searched")
@@ -319,3 +339,55 @@ def test_a_search_over_a_swept_grid_trains_nothing_and_names_the_grids_best(tiny
     last = before[(before["epoch"] == 1) & (before["schedule"] != "none")]
     means = last.groupby("t0")["val_acc"].mean()
     assert result.chosen["t0"] == means.idxmax() and result.chosen["val_acc"] == pytest.approx(means.max())
+
+
+class _PruneOneCell(optuna.pruners.BasePruner):
+    """Prunes the trial of one (schedule, t0) at step 1 and nothing else."""
+
+    def __init__(self, schedule: str, t0: float):
+        self.cell = (schedule, t0)
+
+    def prune(self, study, trial) -> bool:
+        return trial.last_step == 1 and (trial.params["schedule"], trial.params["t0"]) == self.cell
+
+
+@pytest.mark.slow
+def test_runs_that_train_identically_share_one_member_and_part_exactly(tiny_config, teacher_dir, monkeypatch):
+    """constant and linear of one t0 both train epoch 1 at T = t0: one member trains it for both, then
+    its state goes on in each. Here the trained one (constant T = 2) is pruned after epoch 1 and linear
+    T = 2 goes on from the shared state: every run matches a sweep of the grid, epoch by epoch."""
+    kd = {**GRID["kd"], "temperatures": [2, 4], "schedules": ["constant", "linear"]}
+    config = with_teacher(tiny_config, teacher_dir, "twins", kd=kd)
+    monkeypatch.setattr("kdtemp.search.study.build_pruner", lambda search, epochs: _PruneOneCell("constant", 2.0))
+    result = search(load_config(config))
+    root = experiment(config)
+    grid = with_teacher(tiny_config, teacher_dir, "grid", kd=kd)
+    sweep(load_config(grid))
+    searched, swept = final_metrics(root), final_metrics(experiment(grid))
+    record = read_search_record(ExperimentLayout(root).search_dir)
+    by_cell = {(trial.schedule, trial.t0): trial for trial in record.trials}
+    assert by_cell[("constant", 2.0)].state == "pruned" and by_cell[("constant", 2.0)].pruned_epoch == 1
+    for trial in record.trials:
+        for run_id in trial.run_ids:
+            left = searched[searched["run_id"] == run_id].reset_index(drop=True)
+            right = swept[swept["run_id"] == run_id].reset_index(drop=True).iloc[: len(left)]
+            assert len(left) == (1 if trial.state == "pruned" else 4)
+            pd.testing.assert_frame_equal(left, right)  # every metric, every epoch, exactly
+            if trial.state == "complete":
+                for name, tensor in student_weights(root, run_id).items():
+                    assert torch.equal(tensor, student_weights(experiment(grid), run_id)[name]), name
+    # each linear run's first epoch was its constant twin's member (the twin is first in the batch)
+    shared_dir = ExperimentLayout(root).search_dir / "shared"
+    for t0 in (2.0, 4.0):
+        constant, linear = by_cell[("constant", t0)].run_ids, by_cell[("linear", t0)].run_ids
+        for trained, twin in zip(constant, linear, strict=True):
+            assert not (shared_dir / f"{trained}.json").exists()
+            assert json.loads((shared_dir / f"{twin}.json").read_text()) == [{"epoch": 0, "trained_by": trained}]
+    # the budget counts what was trained: 4 shared first epochs are not counted
+    recorded = len(searched)
+    assert record.shared_student_epochs == 4
+    assert result.spent_student_epochs == recorded - 4 == 2 * (4 + 1 + 3 + 4 + 3)
+    # the same command again trains nothing and changes nothing
+    again = search(load_config(config))
+    assert again.spent_student_epochs == result.spent_student_epochs
+    pd.testing.assert_frame_equal(final_metrics(root), searched)
