@@ -24,10 +24,12 @@ from optuna.trial import TrialState
 from kdtemp.engine.loop import Member, StepsDone, steps_per_epoch
 from kdtemp.events import Note, Progress
 from kdtemp.group.student_group import StudentGroup
-from kdtemp.search.shared_prefix import forget_shared, record_shared, shared_epochs, slots
+from kdtemp.search.pruning import TRAINED_AS
+from kdtemp.search.shared_prefix import slots, training_digests
 from kdtemp.store.files import is_completed, read_csv_rows, read_summary, write_summary
 from kdtemp.store.loggers import run_loggers
 from kdtemp.store.records import Status
+from kdtemp.store.shared_epochs import record_shared, shared_epochs
 from kdtemp.sweep.plan import GridCell, RunSpec, group_runs
 from kdtemp.sweep.recording import SweepState, record_epoch, run_summary
 from kdtemp.sweep.runner import member_for, new_group, prepare_run
@@ -86,7 +88,7 @@ def epochs_done(state: SweepState, run: RunSpec) -> int:
 def trained_epochs(state: SweepState, run: RunSpec) -> int:
     """Epochs of `run` trained by its own member: those recorded, less those another run's member trained."""
     done = epochs_done(state, run)
-    return done - shared_epochs(state.layout.search_dir, run.run_id, done)
+    return done - shared_epochs(state.layout.run_files(run.run_id), done)
 
 
 def validation_curve(state: SweepState, runs: list[RunSpec]) -> list[float]:
@@ -163,7 +165,6 @@ class LockstepBatch:
     def _prepare(self, run: RunSpec, by_epoch: dict[int, list[tuple[RunSpec, dict | None]]]) -> None:
         resume = prepare_run(self.state, run)
         epoch = int(resume["member"]["epoch"]) if resume else 0
-        forget_shared(self.state.layout.search_dir, run.run_id, epoch)  # its rows from `epoch` on are gone
         by_epoch.setdefault(epoch, []).append((run, resume))
 
     def _open(self, slots: list[list[RunSpec]], states: Sequence[dict | None]) -> _Active:
@@ -221,15 +222,20 @@ class LockstepBatch:
             raise RuntimeError(f"trials {stuck} have no run left to train; their runs' files were changed")
         lowest = min(active.epoch for active in self.active)
         for active in [a for a in self.active if a.epoch == lowest]:
-            active = self._part(active)
+            self._part(active)
+        for active in [a for a in self.active if a.epoch == lowest]:
+            if active not in self.active:  # re-stacked when another group's member failed this epoch
+                continue
             goes_on = False
             # the group's hooks (a hint's, on the shared teachers) only while it trains: other open groups
             # would capture features they never read
             with active.group:
                 event = self._next_epoch(active)
             if event is not None:
-                record_epoch(self.state, active.group, active.runs, event, active.loggers, active.members)
+                # the ledger first: a process killed in between counts the epoch as shared, and a rider
+                # whose row was not written yet resumes before it (prepare_run forgets the entry)
                 self._record_shared(active, event)
+                record_epoch(self.state, active.group, active.runs, event, active.loggers, active.members)
                 goes_on = active.epoch < self.epochs and len(active.group.failed) < len(active.slots)
                 failed = {
                     run.run_id: reason
@@ -244,29 +250,29 @@ class LockstepBatch:
                 self._close(active)
                 self.active.remove(active)
 
-    def _part(self, active: _Active) -> _Active:
-        """`active`, re-stacked when runs that share a member part at the epoch it trains next: the
-        member's state is copied into each part."""
+    def _part(self, active: _Active) -> None:
+        """Re-stack `active` when runs that share a member part at the epoch it trains next: the
+        member's state is copied into each part (in groups of at most the group limit)."""
         epoch = active.epoch
         parted = [
             slots(slot, [self.member(run) for run in slot], epoch, self.steps_per_epoch, start_epoch=epoch)
             for slot in active.slots
         ]
         if all(len(parts) == 1 for parts in parted):
-            return active
-        new_slots, states = [], []
+            return
+        slot_of, states = {}, {}
         for k, parts in enumerate(parted):
             if k in active.group.failed:
                 continue
             state = active.group.member_state(k)
             for part in parts:
-                new_slots.append(part)
-                states.append(state)
+                slot_of[part[0].run_id], states[part[0].run_id] = part, state
         self._close(active)
         self.active.remove(active)
-        parted_active = self._open(new_slots, states)
-        self.active.append(parted_active)
-        return parted_active
+        leaders = [slot[0] for slot in slot_of.values()]
+        for chunk in group_runs(leaders, self.limit, self.across_seeds):
+            chunk_slots = [slot_of[run.run_id] for run in chunk]
+            self.active.append(self._open(chunk_slots, [states[run.run_id] for run in chunk]))
 
     def _record_shared(self, active: _Active, event) -> None:
         """The runs recorded from another's member this epoch: the budget does not count them."""
@@ -274,7 +280,7 @@ class LockstepBatch:
             if k in event.failures or event.metrics[k] is None:
                 continue
             for run in slot[1:]:
-                record_shared(self.state.layout.search_dir, run.run_id, event.epoch, slot[0].run_id)
+                record_shared(self.state.layout.run_files(run.run_id), event.epoch, slot[0].run_id)
 
     def _next_epoch(self, active: _Active):
         """Train `active` one epoch: its EpochDone, or None when its generator has ended."""
@@ -294,8 +300,11 @@ class LockstepBatch:
         live = [work for work in self.works if work.live]
         curves = {work.trial.number: validation_curve(self.state, work.runs) for work in live}
         for work in live:
+            digests = training_digests([self._rows(run) for run in work.runs])
             for step in range(1, len(curves[work.trial.number]) + 1):
                 if step not in work.reported:
+                    # first the digest: the pruner tells trials that trained identically by it
+                    work.trial.set_user_attr(f"{TRAINED_AS}{step}", digests[step - 1])
                     work.trial.report(curves[work.trial.number][step - 1], step)
                     work.reported.add(step)
         judged = [work for work in live if len(curves[work.trial.number]) == epoch]
@@ -320,6 +329,10 @@ class LockstepBatch:
                 )
             )
         self.state.emit(Progress("epochs", "search epochs", epoch, self.epochs))
+
+    def _rows(self, run: RunSpec) -> list[dict[str, str]]:
+        files = self.state.layout.run_files(run.run_id)
+        return read_csv_rows(files.metrics) if files.metrics.exists() else []
 
     def _prune(self, work: TrialWork, epoch: int, leave: bool = True) -> None:
         """Its runs end as pruned (summary.json, checkpoints removed), then leave their groups."""

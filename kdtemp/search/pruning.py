@@ -33,6 +33,9 @@ class LockstepHalving(BasePruner):
     ties with the last kept value continue. Trials whose curves are equal up to the rung are one
     result: at epoch granularity constant, linear and cosine of one t0 train epoch 1 identically (one
     member trains it for all, kdtemp.search.shared_prefix), so 13 trials are 5 results at epoch 1.
+    A search stores with each value a digest of the rows behind it (user attr trained_as_<step>), so
+    only trials that trained identically are one result, never two whose means merely tie; without
+    it, equal curves are.
     Pure: the decision reads only the study's intermediate values, so a resumed search decides again
     exactly as before."""
 
@@ -53,12 +56,12 @@ class LockstepHalving(BasePruner):
         if math.isnan(value):
             return True
         results = {
-            curve_to(t, step)
+            result_at(t, step)
             for t in study.get_trials(deepcopy=False)
             if t.number != trial.number and step in t.intermediate_values
         }
-        results.add(curve_to(trial, step))
-        values = [curve[-1] for curve in results if not math.isnan(curve[-1])]
+        results.add(result_at(trial, step))
+        values = [value for _, value in results if not math.isnan(value)]
         # ceil, not floor: at 13 results 5 go on, not 4 (benchmarks/search_speed.py: MNIST-1D's answer)
         keep = max(1, math.ceil(len(values) / self.reduction_factor))
         maximize = study.direction == StudyDirection.MAXIMIZE
@@ -66,9 +69,18 @@ class LockstepHalving(BasePruner):
         return value < threshold if maximize else value > threshold
 
 
-def curve_to(trial: FrozenTrial, step: int) -> tuple:
-    """A trial's reported values at steps 1..step (None where it reported none)."""
-    return tuple(trial.intermediate_values.get(s) for s in range(1, step + 1))
+TRAINED_AS = "trained_as_"
+"""User attr prefix: trained_as_<step> is a digest of what the trial's runs recorded up to that step."""
+
+
+def result_at(trial: FrozenTrial, step: int) -> tuple:
+    """What makes two trials one result at `step`, and the value: the stored digest of their rows, else
+    their reported values at steps 1..step."""
+    value = trial.intermediate_values[step]
+    digest = trial.user_attrs.get(f"{TRAINED_AS}{step}")
+    if digest is not None:
+        return (digest, value), value
+    return tuple(trial.intermediate_values.get(s) for s in range(1, step + 1)), value
 
 
 def build_pruner(search: SearchConfig, epochs: int) -> BasePruner:

@@ -5,8 +5,9 @@ with one seed and alpha they are the same run until their curves part. A search 
 them (the first run of the slot) and records its rows, checkpoints and logs under every run of the
 slot; when their temperatures part, or the trained run is pruned and another goes on, the member's
 state is copied into each part, which then continues exactly as it would have alone (batch order and
-dropout are drawn from (seed, epoch); tests/search). search/shared/<run_id>.json lists the epochs a run
-was recorded from another's member, so the budget counts only what was trained.
+dropout are drawn from (seed, epoch); tests/search). A run's shared_epochs.json lists the epochs it was
+recorded from another's member (kdtemp.store.shared_epochs), so the budget counts only what was trained;
+those rows carry the trained run's epoch_seconds, so summing wall time over runs counts that time twice.
 
 Runs share only when nothing else of theirs differs: seed, alpha, logit standardisation, whether they
 distil, and no further KD method nor a learnable temperature (whose state is their own).
@@ -14,12 +15,11 @@ distil, and no further KD method nor a learnable temperature (whose state is the
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 from kdtemp.engine.loop import Member
-from kdtemp.store.files import atomic_write_json
 from kdtemp.sweep.plan import RunSpec
 
 
@@ -47,31 +47,18 @@ def slots(
     return list(keyed.values())
 
 
-def ledger_path(search_dir: Path, run_id: str) -> Path:
-    return search_dir / "shared" / f"{run_id}.json"
+TRAINED_COLUMNS = ("train_loss", "val_loss", "val_acc")
+"""Cells of a metrics row that two runs share only when they trained identically (float losses)."""
 
 
-def record_shared(search_dir: Path, run_id: str, epoch: int, trained_by: str) -> None:
-    """Epoch `epoch` (0-based) of `run_id` was recorded from `trained_by`'s member."""
-    path = ledger_path(search_dir, run_id)
-    entries = [entry for entry in _entries(path) if entry["epoch"] != epoch]
-    entries.append({"epoch": epoch, "trained_by": trained_by})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, sorted(entries, key=lambda entry: entry["epoch"]))
-
-
-def shared_epochs(search_dir: Path, run_id: str, epochs_done: int) -> int:
-    """How many of a run's first `epochs_done` epochs another run's member trained."""
-    return sum(1 for entry in _entries(ledger_path(search_dir, run_id)) if entry["epoch"] < epochs_done)
-
-
-def forget_shared(search_dir: Path, run_id: str, from_epoch: int) -> None:
-    """A run restarted at `from_epoch` (its later rows gone) trains those epochs itself."""
-    path = ledger_path(search_dir, run_id)
-    if path.exists():
-        kept = [entry for entry in _entries(path) if entry["epoch"] < from_epoch]
-        atomic_write_json(path, kept)
-
-
-def _entries(path: Path) -> list[dict]:
-    return json.loads(path.read_text()) if path.exists() else []
+def training_digests(rows_per_run: Sequence[Sequence[dict[str, str]]]) -> list[str]:
+    """For each epoch every run has finished, a digest of what the runs (a trial's seeds, in order)
+    recorded up to it: equal for trials that trained identically, and not for trials whose mean
+    validation accuracy merely ties."""
+    length = min((len(rows) for rows in rows_per_run), default=0)
+    digest, digests = hashlib.sha256(), []
+    for epoch in range(length):
+        cells = [[rows[epoch].get(column, "") for column in TRAINED_COLUMNS] for rows in rows_per_run]
+        digest.update(json.dumps(cells).encode())
+        digests.append(digest.copy().hexdigest()[:16])
+    return digests

@@ -133,6 +133,12 @@ class RunFiles:
         return self.dir / "summary.json"
 
     @property
+    def shared_epochs(self) -> Path:
+        """shared_epochs.json: the epochs recorded from another run's group member while the two trained
+        identically (a search's, kdtemp.search.shared_prefix); absent when it trained every epoch itself."""
+        return self.dir / "shared_epochs.json"
+
+    @property
     def owner(self) -> Path:
         """owner.json: who trains the run (host, pid, worker or Slurm job), for `kdtemp status`."""
         return self.dir / "owner.json"

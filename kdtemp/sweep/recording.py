@@ -159,7 +159,13 @@ def record_epoch(
             write_summary(
                 files,
                 run_summary(
-                    state, run, files, Status.FAILED, len(runs), reason=reason, failed_epoch=event.epoch
+                    state,
+                    run,
+                    files,
+                    Status.FAILED,
+                    len(group.members),
+                    reason=reason,
+                    failed_epoch=event.epoch,
                 ),
             )
             state.failed.append((run.run_id, reason))
@@ -186,7 +192,7 @@ def record_epoch(
         atomic_torch_save(
             {"format": STUDENT_FORMAT, "run_id": run.run_id, "state_dict": member["model"]}, files.model
         )
-        write_summary(files, run_summary(state, run, files, Status.COMPLETED, len(runs)))
+        write_summary(files, run_summary(state, run, files, Status.COMPLETED, len(group.members)))
         files.checkpoint.unlink(missing_ok=True)
         state.completed += 1
 

@@ -45,6 +45,7 @@ from kdtemp.store.layout import ExperimentLayout
 from kdtemp.store.locks import RunLock, owner_record
 from kdtemp.store.loggers import run_loggers
 from kdtemp.store.records import STUDENT_COLUMNS
+from kdtemp.store.shared_epochs import forget_shared
 from kdtemp.sweep.experiment import PreparedExperiment, prepare_experiment
 from kdtemp.sweep.generations import (
     generation_hint,
@@ -302,6 +303,7 @@ def prepare_run(state: SweepState, run: RunSpec) -> dict | None:
         files.metrics.unlink(missing_ok=True)
     else:
         keep_epochs_before(files.metrics, int(resume["member"]["epoch"]), STUDENT_COLUMNS)
+    forget_shared(files, int(resume["member"]["epoch"]) if resume else 0)  # its rows from there are gone
     atomic_write_yaml(files.config, run_config_record(run, state.config, state.device))
     return resume
 

@@ -377,12 +377,18 @@ def test_runs_that_train_identically_share_one_member_and_part_exactly(tiny_conf
                 for name, tensor in student_weights(root, run_id).items():
                     assert torch.equal(tensor, student_weights(experiment(grid), run_id)[name]), name
     # each linear run's first epoch was its constant twin's member (the twin is first in the batch)
-    shared_dir = ExperimentLayout(root).search_dir / "shared"
     for t0 in (2.0, 4.0):
         constant, linear = by_cell[("constant", t0)].run_ids, by_cell[("linear", t0)].run_ids
         for trained, twin in zip(constant, linear, strict=True):
-            assert not (shared_dir / f"{trained}.json").exists()
-            assert json.loads((shared_dir / f"{twin}.json").read_text()) == [{"epoch": 0, "trained_by": trained}]
+            assert not RunFiles(root / "students" / trained).shared_epochs.exists()
+            ledger = RunFiles(root / "students" / twin).shared_epochs
+            assert json.loads(ledger.read_text()) == [{"epoch": 0, "trained_by": trained}]
+    # the pruner tells twins by the digest of their rows: equal at epoch 1, apart from epoch 2 on
+    digests = {(t.params["schedule"], t.params["t0"]): t.user_attrs for t in study_of(config).trials}
+    for t0 in (2.0, 4.0):
+        assert digests[("constant", t0)]["trained_as_1"] == digests[("linear", t0)]["trained_as_1"]
+    assert digests[("constant", 4.0)]["trained_as_2"] != digests[("linear", 4.0)]["trained_as_2"]
+    assert digests[("constant", 2.0)]["trained_as_1"] != digests[("constant", 4.0)]["trained_as_1"]
     # the budget counts what was trained: 4 shared first epochs are not counted
     recorded = len(searched)
     assert record.shared_student_epochs == 4
