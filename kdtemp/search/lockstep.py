@@ -80,9 +80,14 @@ class _Active:
         return [k for k, slot in enumerate(self.slots) for _ in slot]
 
 
-def epochs_done(state: SweepState, run: RunSpec) -> int:
+def run_rows(state: SweepState, run: RunSpec) -> list[dict[str, str]]:
+    """`run`'s metrics.csv rows, none before its first epoch."""
     files = state.layout.run_files(run.run_id)
-    return len(read_csv_rows(files.metrics)) if files.metrics.exists() else 0
+    return read_csv_rows(files.metrics) if files.metrics.exists() else []
+
+
+def epochs_done(state: SweepState, run: RunSpec) -> int:
+    return len(run_rows(state, run))
 
 
 def trained_epochs(state: SweepState, run: RunSpec) -> int:
@@ -95,8 +100,7 @@ def validation_curve(state: SweepState, runs: list[RunSpec]) -> list[float]:
     """A trial's mean validation accuracy over its seeds (`runs`) after each epoch all of them finished."""
     per_run = []
     for run in runs:
-        files = state.layout.run_files(run.run_id)
-        rows = read_csv_rows(files.metrics) if files.metrics.exists() else []
+        rows = run_rows(state, run)
         per_run.append([float(row["val_acc"]) if row.get("val_acc") else math.nan for row in rows])
     length = min(len(curve) for curve in per_run)
     return [sum(curve[e] for curve in per_run) / len(per_run) for e in range(length)]
@@ -300,7 +304,7 @@ class LockstepBatch:
         live = [work for work in self.works if work.live]
         curves = {work.trial.number: validation_curve(self.state, work.runs) for work in live}
         for work in live:
-            digests = training_digests([self._rows(run) for run in work.runs])
+            digests = training_digests([run_rows(self.state, run) for run in work.runs])
             for step in range(1, len(curves[work.trial.number]) + 1):
                 if step not in work.reported:
                     # first the digest: the pruner tells trials that trained identically by it
@@ -329,10 +333,6 @@ class LockstepBatch:
                 )
             )
         self.state.emit(Progress("epochs", "search epochs", epoch, self.epochs))
-
-    def _rows(self, run: RunSpec) -> list[dict[str, str]]:
-        files = self.state.layout.run_files(run.run_id)
-        return read_csv_rows(files.metrics) if files.metrics.exists() else []
 
     def _prune(self, work: TrialWork, epoch: int, leave: bool = True) -> None:
         """Its runs end as pruned (summary.json, checkpoints removed), then leave their groups."""
