@@ -188,8 +188,21 @@ def metrics_rows(root) -> int:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_rung_then_the_same_command_resumes_exactly(tiny_config, teacher_dir):
-    slow = {"student": {"hidden": [64], "epochs": 4}, "train": {"max_group_size": 4}}
+@pytest.mark.parametrize(
+    "grid",
+    [
+        pytest.param({"max_group_size": 4, "kd": GRID["kd"]}, id="batches-of-one-trial"),
+        pytest.param(  # one batch: constant and linear of a t0 share their first epoch's member
+            {"max_group_size": 10, "kd": {**GRID["kd"], "temperatures": [2, 4], "schedules": ["constant", "linear"]}},
+            id="shared-members",
+        ),
+    ],
+)
+def test_kill_9_mid_rung_then_the_same_command_resumes_exactly(tiny_config, teacher_dir, grid):
+    """The kill may land before, while or after an epoch (a shared one too) is recorded; the resumed
+    study and rows equal an uninterrupted run's, and every shared epoch is a twin's own row."""
+    train = {"max_group_size": grid["max_group_size"]}
+    slow = {"student": {"hidden": [64], "epochs": 4}, "train": train, "kd": grid["kd"]}
     reference = with_teacher(tiny_config, teacher_dir, "whole", **slow)
     search(load_config(reference))
     killed = with_teacher(tiny_config, teacher_dir, "killed", **slow)
@@ -213,6 +226,20 @@ def test_kill_9_mid_rung_then_the_same_command_resumes_exactly(tiny_config, teac
     assert "RUNNING" not in states and len(states) == 4
     for trial in study_of(killed).trials:  # one value per step, as the uninterrupted study has
         assert list(trial.intermediate_values) == list(range(1, len(trial.intermediate_values) + 1))
+    # each ledger names a twin whose row of that epoch is the run's own; the budget leaves those out
+    rows = final_metrics(root).set_index(["run_id", "epoch"])
+    trained_columns = ["train_loss", "val_loss", "val_acc"]
+    shared = 0
+    for path in sorted((root / "students").glob("*/shared_epochs.json")):
+        for entry in json.loads(path.read_text()):
+            own = rows.loc[(path.parent.name, entry["epoch"])]
+            twin = rows.loc[(entry["trained_by"], entry["epoch"])]
+            assert own[trained_columns].tolist() == twin[trained_columns].tolist()
+            shared += 1
+    assert (shared > 0) == ("linear" in grid["kd"].get("schedules", []))
+    record = read_search_record(ExperimentLayout(root).search_dir)
+    assert record.shared_student_epochs == shared
+    assert record.spent_student_epochs == len(rows) - shared
 
 
 @pytest.mark.slow
