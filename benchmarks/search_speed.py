@@ -30,24 +30,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
-import yaml
+from kdtemp.engine.threads import busy_cpus, wait_environment
 
-from kdtemp.config.loading import load_config
-from kdtemp.events import ignore
-from kdtemp.report.results import load_results
-from kdtemp.search.runner import search
-from kdtemp.store.layout import ExperimentLayout
-from kdtemp.sweep.experiment import prepare_experiment
-from kdtemp.sweep.runner import sweep
-from kdtemp.teachers.loading import all_teacher_logits
-from kdtemp.teachers.training import train_teacher
+# as the `kdtemp` command does, before torch loads OpenMP: on a busy machine idle threads wait passively
+os.environ.update(wait_environment(os.environ, busy_cpus()))
+
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from kdtemp.config.loading import load_config  # noqa: E402
+from kdtemp.events import ignore  # noqa: E402
+from kdtemp.report.results import load_results  # noqa: E402
+from kdtemp.search.runner import search  # noqa: E402
+from kdtemp.store.layout import ExperimentLayout  # noqa: E402
+from kdtemp.sweep.experiment import prepare_experiment  # noqa: E402
+from kdtemp.sweep.runner import sweep  # noqa: E402
+from kdtemp.teachers.loading import all_teacher_logits  # noqa: E402
+from kdtemp.teachers.training import train_teacher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
@@ -163,6 +169,7 @@ def main() -> None:
     )
     parser.add_argument("--curves", type=Path, default=None, help="write each grid's validation curves here")
     args = parser.parse_args()
+    print(f"OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'OpenMP default')}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
