@@ -146,8 +146,31 @@ def search_command(experiment: Experiment):
     """
     from kdtemp.search.runner import search
 
+    given = {flag for flag, value in experiment.flags.items() if value is not None}
+    for grid, sampled, what in (
+        (("temps",), "temp_range", "t0"),
+        (("alphas", "alpha"), "alpha_range", "alpha"),
+    ):
+        listed = [flag for flag in grid if flag in given]
+        if sampled in given and listed:
+            grid_flag, range_flag = f"--{listed[0]}", f"--{sampled.replace('_', '-')}"
+            fail(
+                f"{grid_flag} and {range_flag} both set {what}: give {grid_flag} to search those values, "
+                f"or {range_flag} to sample the range"
+            )
+
     def job(interrupt, emit):
-        return search(experiment.settings(), should_stop=interrupt, emit=emit)
+        config = experiment.settings()
+        unused = [f"--{flag}" for flag in ("trials", "sampler") if flag in given]
+        if unused and not config.search.continuous:
+            emit(
+                events.Note(
+                    f"{' and '.join(unused)} {'apply' if len(unused) > 1 else 'applies'} to a range "
+                    "(--temp-range, --alpha-range): this grid is "
+                    "searched one trial per cell"
+                )
+            )
+        return search(config, should_stop=interrupt, emit=emit)
 
     result = run_job(job)
     states = ", ".join(f"{count} {state}" for state, count in sorted(result.trials.items()))
@@ -155,10 +178,13 @@ def search_command(experiment: Experiment):
     if result.chosen is not None:
         chosen = result.chosen
         progress.out.print(
-            f"chosen on validation: {chosen['schedule']} T={chosen['t0']:.3g} alpha {chosen['alpha']:g} "
+            f"chosen on validation: {chosen['schedule']} T={chosen['t0']:g} alpha {chosen['alpha']:g} "
             f"({100 * chosen['val_acc']:.1f}% mean validation accuracy)"
             + (
-                "; confirmed at fresh seeds" if result.confirmed else "; --confirm retrains it at fresh seeds"
+                f"; confirmed at fresh seeds {', '.join(map(str, result.confirm_seeds))}: kdtemp report "
+                "quotes their test accuracy"
+                if result.confirmed
+                else "; --confirm retrains it at fresh seeds"
             ),
             highlight=False,
         )
@@ -330,7 +356,10 @@ def _experiment_names(settings: ExperimentConfig, names: str | None) -> list[str
     if names.strip() == "all":
         found = sorted(d.parent.name for d in settings.runs_dir.glob("*/students") if d.is_dir())
         if not found:
-            fail(f"no experiments with runs under {settings.runs_dir}; run `kdtemp sweep` first")
+            fail(
+                f"no experiments with runs under {settings.runs_dir}; "
+                "run `kdtemp sweep` or `kdtemp search` first"
+            )
         return found
     chosen = parse_name_list(names, "--name")
     for experiment in chosen:

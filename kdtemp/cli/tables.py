@@ -8,14 +8,18 @@ from __future__ import annotations
 from rich.console import JustifyMethod
 from rich.table import Table
 
+from kdtemp.store.records import Status
+
 PARTIAL_EPOCH = "partial: latest completed epoch"
 STATE_COLOURS = {
-    "completed": "green",
-    "running": "cyan",
-    "failed": "red",
-    "interrupted": "yellow",
-    "pending": "dim",
+    Status.COMPLETED: "green",
+    Status.RUNNING: "cyan",
+    Status.FAILED: "red",
+    Status.PRUNED: "magenta",
+    Status.INTERRUPTED: "yellow",
+    Status.PENDING: "dim",
 }
+"""One colour per state a run can be in (a search's pruned runs included)."""
 
 
 def temperature_table(title: str, table, epoch: str | None = None) -> Table:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -48,12 +47,6 @@ def set_up_threads(config: ExperimentConfig, emit: Emit = ignore) -> ThreadChoic
     waiting = wait_description(os.environ)
     emit(Note(f"CPU threads: {choice.threads} ({choice.reason}); idle threads: {waiting}"))
     return choice
-
-
-def config_flag(config: ExperimentConfig) -> str:
-    """How to name this experiment's config on a command line, for messages that suggest a command."""
-    flag = "" if config.name == "default" else f" --config <your {config.name}.yaml>"
-    return flag if config.runs_dir == Path("runs") else f"{flag} --runs-dir {config.runs_dir}"
 
 
 def data_on(device: torch.device, config: ExperimentConfig, emit: Emit = ignore) -> Dataset:

@@ -40,7 +40,9 @@ def best_run(layout: ExperimentLayout) -> str:
             if accuracy > best_accuracy:
                 best, best_accuracy = run_dir.name, accuracy
     if best is None:
-        raise RunsError(f"no completed runs under {layout.students_dir}; run `kdtemp sweep` first")
+        raise RunsError(
+            f"no completed runs under {layout.students_dir}; run `kdtemp sweep` or `kdtemp search` first"
+        )
     return best
 
 

@@ -113,7 +113,7 @@ def load_results(root: Path, partial: bool = False) -> ExperimentResults:
     layout = ExperimentLayout(Path(root))
     run_dirs = layout.run_dirs()
     if not run_dirs:
-        raise RunsError(f"no runs under {layout.students_dir}; run `kdtemp sweep` first")
+        raise RunsError(f"no runs under {layout.students_dir}; run `kdtemp sweep` or `kdtemp search` first")
     finals, curves = [], []
     results = ExperimentResults(
         layout.root.name, layout.root, pd.DataFrame(), pd.DataFrame(), _teacher_info(layout)

@@ -61,7 +61,7 @@ class SearchView:
         chosen = self.record.chosen
         if chosen is None:
             return "search: no trial completed yet, so none is chosen"
-        cell = f"{chosen['schedule']} T={chosen['t0']:.3g} alpha {chosen['alpha']:g}"
+        cell = f"{chosen['schedule']} T={chosen['t0']:g} alpha {chosen['alpha']:g}"
         head = f"search chose {cell} on validation ({100 * chosen['val_acc']:.1f}%)"
         confirmation = self.confirmation
         if confirmation is None and self.record.confirm_run_ids:

@@ -328,7 +328,8 @@ class LockstepBatch:
             self.state.emit(
                 Note(
                     f"epoch {epoch}: pruned {len(pruned)} of {len(judged)} trials; "
-                    f"{len(kept)} go on ({', '.join(describe(w.cell) for w in kept[:6])}"
+                    f"{len(kept)} {'goes' if len(kept) == 1 else 'go'} on "
+                    f"({', '.join(describe(w.cell) for w in kept[:6])}"
                     f"{', ...' if len(kept) > 6 else ''})"
                 )
             )

@@ -52,6 +52,8 @@ class SearchResult:
     experiment_dir: Path
     busy: list[int] = field(default_factory=list)
     """Trials another process holds, left to it."""
+    confirm_seeds: list[int] = field(default_factory=list)
+    """The fresh seeds the confirmation trained (empty without one)."""
 
     @property
     def budget_line(self) -> str:
@@ -104,7 +106,10 @@ def search(
     limit = experiment.group_limit()
     batch_size = _batch_size(config, limit)
     emit(
-        Note(f"search: {total_trials(config)} trials, {batch_size} at a time, pruner {config.search.pruner}")
+        Note(
+            f"search: {total_trials(config)} trial{'' if total_trials(config) == 1 else 's'}, "
+            f"{batch_size} at a time, pruner {config.search.pruner}"
+        )
     )
     number = 0
     while True:
@@ -143,6 +148,7 @@ def search(
         time.perf_counter() - started,
         experiment.layout.root,
         sorted(job.skipped),
+        confirm_seeds(config) if confirmed else [],
     )
 
 

@@ -93,9 +93,18 @@ def open_study(config: ExperimentConfig, layout: ExperimentLayout, shared: dict)
                 enqueue_grid(study, config)
             study.set_user_attr(SPACE_ATTR, space)
         elif known != space:
-            changed = sorted(key for key in space if known.get(key) != space.get(key))
             raise ConfigError(
-                f"the search study of {config.name} was made with other {', '.join(changed)}: run it with "
-                f"the same options, or give another --name (its journal: {journal_path(layout)})"
+                f"the search study of {config.name} was made with other {_changes(known, space)}: run it "
+                f"with the same options, or give another --name (its journal: {journal_path(layout)})"
             )
     return study
+
+
+def _changes(known: dict, space: dict) -> str:
+    """What differs from the study's record, with both values; the shared setting is a digest, so it is
+    named only when nothing else tells the difference."""
+    changed = sorted(key for key in space if known.get(key) != space.get(key))
+    listed = [
+        f"{key} ({known.get(key)} in the study, {space.get(key)} now)" for key in changed if key != "setting"
+    ]
+    return ", ".join(listed) or "student, teacher or data settings"

@@ -22,7 +22,6 @@ from kdtemp.config.schema import ExperimentConfig
 from kdtemp.data.dataset import Dataset
 from kdtemp.engine.evaluation import predict_logits
 from kdtemp.engine.job_setup import (
-    config_flag,
     wants_channels_last,
 )
 from kdtemp.engine.randomness import keeps_global_rng
@@ -172,7 +171,8 @@ def teacher_paths(config: ExperimentConfig) -> list[Path]:
     for path in paths:
         if not path.exists():
             raise CheckpointError(
-                f"no teacher at {path}; run `kdtemp train-teacher{config_flag(config)}` first"
+                f"no teacher at {path}; train it first (`kdtemp train-teacher` with the --config, --name "
+                f"and --runs-dir given here), or copy a trained teacher/ folder into {layout.root}"
             )
     return paths
 

@@ -170,14 +170,14 @@ def test_bad_config_files_are_refused(tmp_path, run_cli, wide_output):
 def test_sweep_before_any_teacher_names_the_command(tiny_config, run_cli, wide_output):
     config = tiny_config()
     result = run_cli("sweep", "--config", config)
-    assert_refused(result, r"no teacher at .*model.pt; run `kdtemp train-teacher --config <your \w+.yaml> --runs-dir ")
-    assert f"--runs-dir {experiment(config).parent}` first" in result.stderr  # the suggested command trains where sweep looks
+    assert_refused(result, r"no teacher at .*model.pt; train it first \(`kdtemp train-teacher` with the --config, --name and --runs-dir given here\)")
+    assert f"copy a trained teacher/ folder into {experiment(config)}" in " ".join(result.stderr.split())
     assert not experiment(config).exists()
 
 
 def test_report_without_runs(tiny_config, run_cli, wide_output):
     config = tiny_config()
-    assert_refused(run_cli("report", "--config", config), r"no runs under .*students; run `kdtemp sweep` first")
+    assert_refused(run_cli("report", "--config", config), r"no runs under .*students; run `kdtemp sweep` or `kdtemp search` first")
 
 
 def test_console_script_help_shows_an_example():

@@ -154,6 +154,9 @@ def test_bad_search_options_are_refused_in_one_line(tiny_config, run_cli):
         (["--set", "search.confirm_seeds=[0,7]"], r"search.confirm_seeds must be fresh: \[0\] are in kd.seeds"),
         (["--set", "kd.schedules=[{name: stages, stages: [[0, 4], [1, 1]]}]", "--temp-range", "1:8"],
          r"--temp-range searches t0, which stages ignores"),
+        (["--temps", "1,2", "--temp-range", "1:4"],
+         r"--temps and --temp-range both set t0: give --temps to search those values, or --temp-range to sample"),
+        (["--alpha", "0.5", "--alpha-range", "0.1:0.9"], r"--alpha and --alpha-range both set alpha"),
     ]
     for options, message in cases:
         result = run_cli("search", "--config", config, *options)
@@ -171,7 +174,12 @@ def test_a_changed_grid_is_refused_rather_than_mixed_into_the_study(tiny_config,
     assert run_cli("search", "--config", config).code == 0
     result = run_cli("search", "--config", config, "--temps", "1,2")
     assert result.code != 0
-    assert "the search study of changed was made with other temperatures" in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "the search study of changed was made with other temperatures ([1.0, 4.0] in the study, [1.0, 2.0] now)" in message
+    longer = run_cli("search", "--config", config, "--epochs", "2")  # epochs change the shared setting too
+    assert "made with other epochs (1 in the study, 2 now): run it with the same options" in " ".join(longer.stderr.split())
+    lr = run_cli("search", "--config", config, "--set", "student.lr=0.01")
+    assert "made with other student, teacher or data settings: run it" in " ".join(lr.stderr.split())
 
 
 def search_process(config, *extra):
@@ -283,12 +291,23 @@ def test_confirm_retrains_the_choice_and_no_kd_at_fresh_seeds_and_the_report_quo
 ):
     config = with_teacher(tiny_config, teacher_dir, "confirmed", student={"hidden": [32], "epochs": 2},
                           kd={"temperatures": [1, 4], "seeds": [0, 1]})
-    result = run_cli("search", "--config", config, "--confirm", "--storage",
+    result = run_cli("search", "--config", config, "--confirm", "--trials", "3", "--storage",
                      f"sqlite:///{config.parent / 'study.db'}")
     assert result.code == 0, result.stderr
+    assert "--trials applies to a range (--temp-range, --alpha-range): this grid is searched one trial per cell" in (
+        " ".join((result.stdout + result.stderr).split())
+    )
     root = experiment(config)
     record = read_search_record(ExperimentLayout(root).search_dir)
     assert record.confirm_seeds == [2, 3] and len(record.confirm_run_ids) == 4
+    assert "confirmed at fresh seeds 2, 3: kdtemp report quotes their test accuracy" in " ".join(
+        result.stdout.split()
+    )
+    status = run_cli("status", "--config", config)  # a pruned run has its own state there
+    pruned = [t for t in record.trials if t.state == "pruned"]
+    assert status.code == 0 and pruned, status.stderr
+    rows = [line for line in status.stdout.splitlines() if pruned[0].run_ids[0] in line]
+    assert len(rows) == 1 and "pruned" in rows[0]
     metrics = final_metrics(root)
     confirm = metrics[metrics["run_id"].isin(record.confirm_run_ids)]
     assert sorted(confirm["seed"].unique()) == [2, 3] and (confirm.groupby("run_id")["epoch"].max() == 1).all()
