@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from kdtemp.report import stats
-from kdtemp.search.record import SearchRecord
+from kdtemp.search.record import SearchRecord, spent_text
 from kdtemp.store.records import BASELINE
 
 
@@ -43,16 +43,9 @@ class SearchView:
         for trial in record.trials:
             states[trial.state] = states.get(trial.state, 0) + 1
         counts = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
-        if record.grid_student_epochs:
-            share = 100 * record.spent_student_epochs / record.grid_student_epochs
-            spent = (
-                f"spent {record.spent_student_epochs} of the grid's {record.grid_student_epochs} "
-                f"student-epochs ({share:.0f}%)"
-            )
-        else:
-            spent = f"spent {record.spent_student_epochs} student-epochs"
-        if record.shared_student_epochs:
-            spent += f" ({record.shared_student_epochs} more shared with a run that trained identically)"
+        spent = spent_text(
+            record.spent_student_epochs, record.grid_student_epochs, record.shared_student_epochs
+        )
         if record.confirm_student_epochs:
             spent += f", and {record.confirm_student_epochs} more to confirm"
         return f"search ({record.pruner}): {len(record.trials)} trials ({counts}); {spent}"

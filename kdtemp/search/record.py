@@ -70,3 +70,14 @@ def read_search_record(directory: Path) -> SearchRecord | None:
         return SearchRecord(**data)
     except (OSError, ValueError, TypeError, KeyError):
         return None
+
+
+def spent_text(spent: int, grid: int | None, shared: int = 0) -> str:
+    """`spent 102 of the grid's 378 student-epochs (27%)`, and the epochs one member trained for several
+    runs, which the count leaves out: the search's last line and the report's budget line say the same."""
+    text = f"spent {spent} student-epochs"
+    if grid:
+        text = f"spent {spent} of the grid's {grid} student-epochs ({100 * spent / grid:.0f}%)"
+    if shared:
+        text += f" ({shared} more shared with a run that trained identically)"
+    return text

@@ -27,7 +27,7 @@ from kdtemp.search.lockstep import (
     trained_epochs,
     validation_curve,
 )
-from kdtemp.search.record import SearchRecord, TrialRecord
+from kdtemp.search.record import SearchRecord, TrialRecord, spent_text
 from kdtemp.search.space import cell_of, check_space, finite_cells, has_cell, suggest_cell, total_trials
 from kdtemp.search.study import open_study, setup_lock
 from kdtemp.store.files import atomic_write_json, check_writable, is_completed, read_summary
@@ -54,16 +54,12 @@ class SearchResult:
     """Trials another process holds, left to it."""
     confirm_seeds: list[int] = field(default_factory=list)
     """The fresh seeds the confirmation trained (empty without one)."""
+    shared_student_epochs: int = 0
+    """Epochs one member trained for several runs, beyond spent_student_epochs (search/shared_prefix.py)."""
 
     @property
     def budget_line(self) -> str:
-        if self.grid_student_epochs:
-            share = 100 * self.spent_student_epochs / self.grid_student_epochs
-            return (
-                f"spent {self.spent_student_epochs} of the grid's {self.grid_student_epochs} "
-                f"student-epochs ({share:.0f}%)"
-            )
-        return f"spent {self.spent_student_epochs} student-epochs"
+        return spent_text(self.spent_student_epochs, self.grid_student_epochs, self.shared_student_epochs)
 
 
 @dataclass
@@ -149,6 +145,7 @@ def search(
         experiment.layout.root,
         sorted(job.skipped),
         confirm_seeds(config) if confirmed else [],
+        record.shared_student_epochs,
     )
 
 

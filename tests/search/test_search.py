@@ -439,6 +439,11 @@ def test_runs_that_train_identically_share_one_member_and_part_exactly(tiny_conf
     recorded = len(searched)
     assert record.shared_student_epochs == 4
     assert result.spent_student_epochs == recorded - 4 == 2 * (4 + 1 + 3 + 4 + 3)
+    assert result.budget_line == (  # the command's last line says what the report says
+        f"spent {result.spent_student_epochs} of the grid's {result.grid_student_epochs} student-epochs "
+        f"({100 * result.spent_student_epochs / result.grid_student_epochs:.0f}%) "
+        "(4 more shared with a run that trained identically)"
+    )
     # the same command again trains nothing and changes nothing
     again = search(load_config(config))
     assert again.spent_student_epochs == result.spent_student_epochs
