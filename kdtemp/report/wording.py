@@ -160,6 +160,9 @@ def versus_no_kd(best, wording: Wording) -> str:
     numbers = f"{wording.difference(best['delta_vs_baseline'])}, {interval}"
     if best["confirmatory"]:
         return f"{verb} ({numbers}, {p_text(best['p_value'])}: the table's one confirmatory test)"
+    # the p is adjusted over the table's cells, the interval is not: say so, or a CI clear of 0 beside
+    # "not distinguishable" reads as a contradiction
+    numbers = f"{wording.difference(best['delta_vs_baseline'])}, unadjusted {interval}"
     return f"{verb} ({numbers}, {p_text(best['holm_p_value'], 'Holm-adjusted p')})"
 
 

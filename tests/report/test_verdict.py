@@ -203,6 +203,7 @@ def test_without_a_validation_split_the_report_says_it_chose_on_test(tmp_path):
     text = report_text.headline(section)
     assert text.startswith("best: constant T=8, 75.0% (chosen on this test set: no validation split)")
     assert "Holm-adjusted p" in text.splitlines()[0] and "confirmatory" not in text
+    assert "unadjusted 95% CI" in text.splitlines()[0]  # the p is adjusted over the cells, the interval is not
     assert text.splitlines()[-1].startswith("warning: chosen on the test set it reports")
     assert section.table.legend.startswith("bold = the row's best temperature on this test set (no validation split)")
     assert section.summary["mean_val_acc"].isna().all() and section.summary["mean_test_acc_at_best_val"].isna().all()
