@@ -156,14 +156,15 @@ def versus_no_kd(best, wording: Wording) -> str:
     verb = {"better": "beats no-KD", "worse": "is below no-KD", "": "is not distinguishable from no-KD"}[
         outcome
     ]
+    difference = wording.difference(best["delta_vs_baseline"])
     interval = wording.interval(best["delta_low"], best["delta_high"])
-    numbers = f"{wording.difference(best['delta_vs_baseline'])}, {interval}"
     if best["confirmatory"]:
-        return f"{verb} ({numbers}, {p_text(best['p_value'])}: the table's one confirmatory test)"
+        return (
+            f"{verb} ({difference}, {interval}, {p_text(best['p_value'])}: the table's one confirmatory test)"
+        )
     # the p is adjusted over the table's cells, the interval is not: say so, or a CI clear of 0 beside
     # "not distinguishable" reads as a contradiction
-    numbers = f"{wording.difference(best['delta_vs_baseline'])}, unadjusted {interval}"
-    return f"{verb} ({numbers}, {p_text(best['holm_p_value'], 'Holm-adjusted p')})"
+    return f"{verb} ({difference}, unadjusted {interval}, {p_text(best['holm_p_value'], 'Holm-adjusted p')})"
 
 
 def _hurt(tests: pd.DataFrame, best, wording: Wording) -> str | None:

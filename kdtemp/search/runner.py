@@ -47,7 +47,6 @@ class SearchResult:
     chosen: dict | None
     spent_student_epochs: int
     grid_student_epochs: int | None
-    confirmed: bool
     seconds: float
     experiment_dir: Path
     busy: list[int] = field(default_factory=list)
@@ -56,6 +55,10 @@ class SearchResult:
     """The fresh seeds the confirmation trained (empty without one)."""
     shared_student_epochs: int = 0
     """Epochs one member trained for several runs, beyond spent_student_epochs (search/shared_prefix.py)."""
+
+    @property
+    def confirmed(self) -> bool:
+        return bool(self.confirm_seeds)
 
     @property
     def budget_line(self) -> str:
@@ -100,11 +103,11 @@ def search(
     baseline = baseline_runs(job.shared, config.kd.seeds)
     baseline_locks = _lock_runs(job, baseline)  # trained in the first batch's groups, never judged
     limit = experiment.group_limit()
-    batch_size = _batch_size(config, limit)
+    batch_size, trials = _batch_size(config, limit), total_trials(config)
     emit(
         Note(
-            f"search: {total_trials(config)} trial{'' if total_trials(config) == 1 else 's'}, "
-            f"{batch_size} at a time, pruner {config.search.pruner}"
+            f"search: {trials} trial{'' if trials == 1 else 's'}, {batch_size} at a time, "
+            f"pruner {config.search.pruner}"
         )
     )
     number = 0
@@ -140,7 +143,6 @@ def search(
         record.chosen,
         record.spent_student_epochs,
         record.grid_student_epochs,
-        confirmed,
         time.perf_counter() - started,
         experiment.layout.root,
         sorted(job.skipped),

@@ -21,9 +21,7 @@ from kdtemp.config.model_specs import HFSpec, ModelSpec, architecture_of
 from kdtemp.config.schema import ExperimentConfig
 from kdtemp.data.dataset import Dataset
 from kdtemp.engine.evaluation import predict_logits
-from kdtemp.engine.job_setup import (
-    wants_channels_last,
-)
+from kdtemp.engine.job_setup import wants_channels_last
 from kdtemp.engine.randomness import keeps_global_rng
 from kdtemp.errors import CheckpointError
 from kdtemp.events import Emit, Note, ignore
